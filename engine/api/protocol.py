@@ -1,0 +1,302 @@
+"""Request, response and websocket message models of Loom's HTTP API (ComfyUI's shapes).
+
+These models are the boundary: request bodies are parsed with them (leniently: unknown keys are
+kept or ignored, as ComfyUI clients send extra fields) and :mod:`engine.api.openapi` derives the
+OpenAPI document from them. Responses that are plain pass-through of engine data (history
+entries, ``/object_info``) are described here for the document and for tests; the handlers build
+them from the engine's own dicts.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# --------------------------------------------------------------------------- errors
+
+
+class ErrorDetail(BaseModel):
+    """One error: a machine-readable ``type``, a short ``message`` and the full ``details``."""
+
+    type: str = Field(description="Machine-readable error kind, e.g. no_prompt, invalid_json, queue_full.")
+    message: str = Field(description="One-line summary.")
+    details: str = Field("", description="What exactly was wrong and what to do about it.")
+    extra_info: dict[str, Any] = Field(default_factory=dict, description="Structured context, if any.")
+
+
+class NodeError(BaseModel):
+    """Validation errors of one node of a submitted prompt."""
+
+    errors: list[ErrorDetail]
+    dependent_outputs: list[str] = Field(default_factory=list)
+    class_type: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    """Body of every 4xx/5xx JSON response (ComfyUI's ``POST /prompt`` error shape)."""
+
+    error: ErrorDetail
+    node_errors: dict[str, NodeError] = Field(default_factory=dict)
+
+
+def error_body(
+    kind: str, message: str, details: str = "", extra_info: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The JSON body of an error response in the one documented schema."""
+    return {
+        "error": {"type": kind, "message": message, "details": details or message,
+                  "extra_info": dict(extra_info or {})},
+        "node_errors": {},
+    }
+
+
+# --------------------------------------------------------------------------- requests
+
+
+class _Lenient(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class PromptRequest(_Lenient):
+    """``POST /prompt``. ``prompt`` is an API-format prompt or an editor (UI) workflow; a UI
+    workflow may also come as ``workflow``."""
+
+    prompt: dict[str, Any] | None = Field(None, description="API-format prompt or editor workflow.")
+    workflow: dict[str, Any] | None = Field(None, description="Editor-format workflow (Loom extension).")
+    client_id: str | None = Field(None, description="Websocket clientId that receives this prompt's events.")
+    prompt_id: str | None = Field(None, min_length=1, max_length=256,
+                                  description="Client-chosen id; a uuid4 is made when absent.")
+    extra_data: dict[str, Any] | None = Field(None, description="extra_pnginfo and other client data.")
+    front: bool | None = Field(None, description="Queue before everything pending.")
+    number: float | None = Field(None, description="Explicit priority number (lowest runs first).")
+    partial_execution_targets: list[str] | None = Field(
+        None, description="Only run these output node ids.")
+
+
+class QueueOperation(_Lenient):
+    """``POST /queue``: clear pending prompts and/or delete some (a running one is interrupted)."""
+
+    clear: bool = False
+    delete: list[str] = Field(default_factory=list)
+
+
+class HistoryOperation(_Lenient):
+    """``POST /history``: forget all entries and/or some."""
+
+    clear: bool = False
+    delete: list[str] = Field(default_factory=list)
+
+
+class InterruptRequest(_Lenient):
+    """``POST /interrupt``: with ``prompt_id``, only interrupt if that prompt is the one running."""
+
+    prompt_id: str | None = None
+
+
+class FreeRequest(_Lenient):
+    """``POST /free``: unload models and/or free cached memory after the current prompt."""
+
+    unload_models: bool = False
+    free_memory: bool = False
+
+
+class UploadForm(BaseModel):
+    """Multipart fields of ``POST /upload/image`` (``/upload/mask`` adds ``original_ref``)."""
+
+    image: bytes = Field(description="The image file (multipart file part).")
+    type: Literal["input", "output", "temp"] = "input"
+    subfolder: str = ""
+    overwrite: str = Field("false", description='"true" or "1" replaces an existing file.')
+    original_ref: str | None = Field(
+        None, description='/upload/mask only: JSON {"filename","subfolder","type"} of the image to mask.')
+
+
+class FileRef(BaseModel):
+    """A file in the input/output/temp folders."""
+
+    filename: str
+    subfolder: str = ""
+    type: Literal["input", "output", "temp"] = "output"
+
+
+# --------------------------------------------------------------------------- responses
+
+
+class PromptResponse(BaseModel):
+    prompt_id: str
+    number: float
+    node_errors: dict[str, NodeError] = Field(default_factory=dict)
+
+
+class ExecInfo(BaseModel):
+    queue_remaining: int
+
+
+class PromptStatus(BaseModel):
+    """``GET /prompt``."""
+
+    exec_info: ExecInfo
+
+
+class QueueResponse(BaseModel):
+    """``GET /queue``: items are ``[number, prompt_id, prompt, extra_data, outputs_to_execute]``."""
+
+    queue_running: list[list[Any]]
+    queue_pending: list[list[Any]]
+
+
+class HistoryStatus(BaseModel):
+    status_str: Literal["success", "error"]
+    completed: bool
+    messages: list[list[Any]] = Field(description="[[event_type, data], ...]")
+
+
+class HistoryEntry(BaseModel):
+    prompt: list[Any] = Field(description="[number, prompt_id, prompt, extra_data, outputs_to_execute]")
+    outputs: dict[str, dict[str, Any]]
+    status: HistoryStatus
+    meta: dict[str, Any] = Field(default_factory=dict)
+
+
+class UploadResponse(BaseModel):
+    name: str
+    subfolder: str
+    type: Literal["input", "output", "temp"]
+
+
+class NodeInfo(BaseModel):
+    """One entry of ``/object_info`` (ComfyUI's schema)."""
+
+    input: dict[str, dict[str, Any]]
+    input_order: dict[str, list[str]]
+    output: list[str]
+    output_is_list: list[bool]
+    output_name: list[str]
+    output_tooltips: list[str] = Field(default_factory=list)
+    name: str
+    display_name: str
+    description: str
+    python_module: str
+    category: str
+    output_node: bool
+
+
+class SystemInfo(BaseModel):
+    os: str
+    ram_total: int
+    ram_free: int
+    comfyui_version: str = Field(description="The ComfyUI API version Loom is compatible with.")
+    loom_version: str
+    required_frontend_version: str = ""
+    installed_templates_version: str = ""
+    required_templates_version: str = ""
+    python_version: str
+    pytorch_version: str
+    embedded_python: bool = False
+    argv: list[str]
+
+
+class DeviceInfo(BaseModel):
+    name: str
+    type: str
+    index: int | None
+    vram_total: int
+    vram_free: int
+    torch_vram_total: int
+    torch_vram_free: int
+
+
+class SystemStats(BaseModel):
+    system: SystemInfo
+    devices: list[DeviceInfo]
+
+
+class FeatureFlags(BaseModel):
+    """``GET /features`` and the websocket ``feature_flags`` answer."""
+
+    supports_preview_metadata: bool = True
+    max_upload_size: int
+
+
+# --------------------------------------------------------------------------- websocket messages
+
+
+class StatusData(BaseModel):
+    status: PromptStatus
+    sid: str | None = Field(None, description="Only in the first status after connecting.")
+
+
+class ExecutingData(BaseModel):
+    node: str | None = Field(description="null marks the end of the prompt (history is written).")
+    display_node: str | None = None
+    prompt_id: str | None = None
+
+
+class ProgressData(BaseModel):
+    value: int
+    max: int
+    prompt_id: str
+    node: str
+
+
+class ExecutedData(BaseModel):
+    node: str
+    display_node: str
+    output: dict[str, Any]
+    prompt_id: str
+
+
+class ExecutionEventData(BaseModel):
+    """execution_start / execution_success (and execution_cached with ``nodes``)."""
+
+    prompt_id: str
+    timestamp: int
+    nodes: list[str] | None = None
+
+
+class ExecutionErrorData(BaseModel):
+    prompt_id: str
+    node_id: str | None
+    node_type: str | None
+    executed: list[str]
+    exception_message: str
+    exception_type: str
+    traceback: list[str]
+    current_inputs: dict[str, Any]
+    current_outputs: list[str]
+    timestamp: int
+
+
+class ExecutionInterruptedData(BaseModel):
+    prompt_id: str
+    node_id: str | None
+    node_type: str | None
+    executed: list[str]
+    timestamp: int
+
+
+class WsMessage(BaseModel):
+    """A websocket text frame: compact JSON ``{"type", "data"}``.
+
+    Types: status, execution_start, execution_cached, executing, progress, executed,
+    execution_success, execution_error, execution_interrupted, feature_flags. Binary frames (only
+    when previews are enabled and the client opted in) are a big-endian uint32 event type
+    (1 = preview image: uint32 image type 1 JPEG / 2 PNG, then the bytes; 4 = preview with
+    metadata: uint32 length, metadata JSON, image bytes).
+    """
+
+    type: str
+    data: (StatusData | ExecutingData | ProgressData | ExecutedData | ExecutionErrorData
+           | ExecutionInterruptedData | ExecutionEventData | FeatureFlags | dict[str, Any])
+
+
+class ClientFeatureFlags(_Lenient):
+    """The optional first client message ``{"type": "feature_flags", "data": {...}}``.
+
+    ``supports_preview_metadata`` selects type-4 preview frames; ``previews: true`` (Loom) asks for
+    type-1 preview frames. Either only matters when the server has previews enabled.
+    """
+
+    supports_preview_metadata: bool = False
+    previews: bool = False

@@ -1,0 +1,254 @@
+"""Security middlewares, on by default, outermost first:
+
+1. **Errors**: every 4xx/5xx leaves as JSON in the one error schema; an unexpected exception is
+   logged and becomes a 500 (the server keeps serving).
+2. **Host check** (DNS-rebinding defence): when Loom listens on a loopback address, a request whose
+   ``Host`` names anything but a loopback name or IP (any port) gets 403. A page on
+   ``evil.example`` that rebinds its name to 127.0.0.1 still sends ``Host: evil.example``.
+3. **Origin check** (CSRF defence): a request with an ``Origin`` header whose scheme-default-aware
+   ``host:port`` differs from ``Host`` gets 403, unless the origin is in ``allowed_origins``
+   (which also get CORS headers and preflight answers). Applies to every method and to the
+   websocket upgrade. ``Origin: null`` (sandboxed frames, file://) counts as foreign.
+4. **Auth**: with ``auth_token`` set, every request needs ``Authorization: Bearer <token>``; the
+   websocket (``/ws``) and ``GET /view`` (``<img src>`` cannot send headers) may pass it as
+   ``?token=``. Exempt: ``GET /`` and ``GET /frontend/...``, the editor's static files, so the
+   editor can load and then ask for the token. Comparison uses :func:`hmac.compare_digest`.
+
+Also: ``X-Content-Type-Options: nosniff``, ``X-Frame-Options: SAMEORIGIN`` and
+``Referrer-Policy: no-referrer`` on every response.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import Awaitable, Callable
+from urllib.parse import urlsplit
+
+from aiohttp import hdrs, web
+
+from engine.api.protocol import error_body
+from engine.settings import Settings, is_loopback
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+_DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
+_QUERY_TOKEN_PATHS = frozenset({"/ws", "/api/ws", "/view", "/api/view"})
+_CORS_METHODS = "GET, POST, PUT, PATCH, DELETE, OPTIONS"
+_CORS_HEADERS = "Authorization, Content-Type"
+
+
+class ApiError(Exception):
+    """Raised by handlers: becomes a JSON error response in the documented schema."""
+
+    def __init__(self, status: int, kind: str, message: str, details: str = "",
+                 extra_info: dict[str, object] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.kind = kind
+        self.message = message
+        self.details = details
+        self.extra_info = dict(extra_info or {})
+
+    def response(self) -> web.Response:
+        return error_response(self.status, self.kind, self.message, self.details, self.extra_info)
+
+
+def error_response(status: int, kind: str, message: str, details: str = "",
+                   extra_info: dict[str, object] | None = None,
+                   headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response(error_body(kind, message, details, extra_info), status=status,
+                             headers=headers)
+
+
+def is_editor_static(request: web.Request) -> bool:
+    """The editor's static files, served without auth so the login-less editor can load."""
+    if request.method not in ("GET", "HEAD"):
+        return False
+    path = request.path
+    return path in ("/", "/index.html") or path.startswith("/frontend/")
+
+
+# --------------------------------------------------------------------------- host / origin parsing
+
+
+def split_host(value: str, default_port: int | None = None) -> tuple[str, int | None]:
+    """``host[:port]`` (IPv6 in brackets) -> (lower-case host without brackets, port or default)."""
+    value = value.strip()
+    if value.startswith("["):
+        end = value.find("]")
+        if end < 0:
+            return value.lower(), default_port
+        host, rest = value[1:end], value[end + 1:]
+        port_text = rest[1:] if rest.startswith(":") else ""
+    elif value.count(":") == 1:
+        host, port_text = value.split(":", 1)
+    else:
+        host, port_text = value, ""
+    port: int | None = default_port
+    if port_text:
+        try:
+            port = int(port_text)
+        except ValueError:
+            port = -1
+    return host.lower().rstrip("."), port
+
+
+def origin_key(origin: str) -> tuple[str, str, int | None] | None:
+    """(scheme, host, port) of an Origin header value, or None if it is not a URL origin."""
+    try:
+        parts = urlsplit(origin.strip())
+    except ValueError:
+        return None
+    if not parts.scheme or not parts.netloc:
+        return None
+    scheme = parts.scheme.lower()
+    host, port = split_host(parts.netloc.rsplit("@", 1)[-1], _DEFAULT_PORTS.get(scheme))
+    return scheme, host, port
+
+
+def _normalised_origins(origins: tuple[str, ...]) -> tuple[bool, set[tuple[str, str, int | None]]]:
+    allow_all = "*" in origins
+    keys = {key for o in origins if o != "*" and (key := origin_key(o)) is not None}
+    return allow_all, keys
+
+
+# --------------------------------------------------------------------------- middlewares
+
+
+def error_middleware() -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+    @web.middleware
+    async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except ApiError as exc:
+            return exc.response()
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            kind = {401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
+                    413: "payload_too_large"}.get(exc.status, "http_error")
+            reason = exc.reason or "error"
+            details = exc.text if exc.text and not exc.text.startswith(f"{exc.status}:") else reason
+            headers = {k: v for k, v in exc.headers.items()
+                       if k in (hdrs.ALLOW, hdrs.WWW_AUTHENTICATE)}
+            return error_response(exc.status, kind, reason, details, headers=headers)
+        except Exception as exc:
+            log.exception("unexpected error serving %s %s", request.method, request.path)
+            return error_response(500, "internal_error", "Internal server error",
+                                  f"{type(exc).__name__}: {exc}")
+
+    return errors
+
+
+def host_middleware(settings: Settings) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+    loopback_only = is_loopback(settings.host)
+
+    @web.middleware
+    async def host_check(request: web.Request, handler: Handler) -> web.StreamResponse:
+        host_header = request.headers.get(hdrs.HOST)
+        if loopback_only and host_header is not None:
+            host, _ = split_host(host_header)
+            if not is_loopback(host):
+                log.warning("refused %s %s with Host %r (DNS rebinding?)",
+                            request.method, request.path, host_header)
+                return error_response(
+                    403, "forbidden_host", "Host not allowed",
+                    f"this server listens on a loopback address and only answers requests for "
+                    f"localhost, 127.0.0.1 or [::1]; got Host {host_header!r}")
+        return await handler(request)
+
+    return host_check
+
+
+def origin_middleware(settings: Settings) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+    allow_all, allowed = _normalised_origins(settings.allowed_origins)
+
+    @web.middleware
+    async def origin_check(request: web.Request, handler: Handler) -> web.StreamResponse:
+        origin = request.headers.get(hdrs.ORIGIN)
+        if origin is None:
+            return await handler(request)
+        key = origin_key(origin)
+        if key is not None and (allow_all or key in allowed):
+            return await _with_cors(request, handler, origin)
+        scheme = request.scheme
+        host_header = request.headers.get(hdrs.HOST, "")
+        same = key is not None and host_header and (
+            key[1:] == split_host(host_header, _DEFAULT_PORTS.get(scheme, 80))
+            and key[0] in ("http", "https")
+        )
+        if not same:
+            log.warning("refused cross-origin %s %s from %r (Host %r)",
+                        request.method, request.path, origin, host_header)
+            return error_response(
+                403, "forbidden_origin", "Cross-origin request refused",
+                f"Origin {origin!r} does not match Host {host_header!r}; add the origin to "
+                "allowed_origins to let that site use this server")
+        return await handler(request)
+
+    return origin_check
+
+
+async def _with_cors(request: web.Request, handler: Handler, origin: str) -> web.StreamResponse:
+    cors = {
+        "Access-Control-Allow-Origin": origin,
+        "Access-Control-Allow-Credentials": "true",
+        "Vary": "Origin",
+    }
+    if request.method == "OPTIONS" and hdrs.ACCESS_CONTROL_REQUEST_METHOD in request.headers:
+        cors.update({
+            "Access-Control-Allow-Methods": _CORS_METHODS,
+            "Access-Control-Allow-Headers": _CORS_HEADERS,
+            "Access-Control-Max-Age": "600",
+        })
+        return web.Response(status=204, headers=cors)
+    response = await handler(request)
+    if not response.prepared:
+        response.headers.update(cors)
+    return response
+
+
+def auth_middleware(settings: Settings) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+    token = settings.auth_token
+    expected = token.encode() if token else b""
+
+    @web.middleware
+    async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if not expected or is_editor_static(request):
+            return await handler(request)
+        if _presented_token_ok(request, expected):
+            return await handler(request)
+        return error_response(
+            401, "unauthorized", "Authentication required",
+            "send the server's token as 'Authorization: Bearer <token>' (or ?token=<token> on /ws)",
+            headers={hdrs.WWW_AUTHENTICATE: 'Bearer realm="loom"'})
+
+    return auth
+
+
+def _presented_token_ok(request: web.Request, expected: bytes) -> bool:
+    header = request.headers.get(hdrs.AUTHORIZATION, "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return hmac.compare_digest(value.strip().encode(), expected)
+    if request.method in ("GET", "HEAD") and request.path in _QUERY_TOKEN_PATHS:
+        query_token = request.query.get("token")
+        if query_token:
+            return hmac.compare_digest(query_token.encode(), expected)
+    return False
+
+
+async def security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """``on_response_prepare`` hook: headers every response carries."""
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("X-Frame-Options", "SAMEORIGIN")
+    response.headers.setdefault("Referrer-Policy", "no-referrer")
+
+
+def middlewares(settings: Settings) -> list[Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]]:
+    """All middlewares in order (outermost first)."""
+    return [error_middleware(), host_middleware(settings), origin_middleware(settings),
+            auth_middleware(settings)]

@@ -1,0 +1,46 @@
+"""RunContext: the narrow view of the engine a node gets while it runs."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine.errors import Interrupted
+from engine.events import EventSink, PreviewImage, Progress
+from engine.folders import Folders
+
+
+@dataclass
+class RunContext:
+    """Handed to ``Node.run``: where files live, models, progress, interrupt checks, a logger.
+
+    ``prompt`` and ``extra_pnginfo`` are what SaveImage embeds in its PNGs.
+    """
+
+    node_id: str
+    prompt_id: str
+    folders: Folders
+    sink: EventSink
+    interrupt: threading.Event
+    prompt: Mapping[str, Any] = field(default_factory=dict)
+    extra_pnginfo: Mapping[str, Any] = field(default_factory=dict)
+    models: Any = None
+    log: logging.Logger = field(default_factory=lambda: logging.getLogger("loom.node"))
+
+    def check_interrupted(self) -> None:
+        """Raise Interrupted if the prompt was interrupted; call it between steps."""
+        if self.interrupt.is_set():
+            raise Interrupted(f"interrupted at node {self.node_id}")
+
+    def progress(self, value: int, total: int) -> None:
+        """Report progress (e.g. sampler steps) and honour an interrupt."""
+        self.sink.emit(Progress(value=value, max=total, prompt_id=self.prompt_id, node=self.node_id))
+        self.check_interrupted()
+
+    def preview(self, image_format: str, data: bytes) -> None:
+        """Send an encoded preview image (JPEG or PNG) to clients that asked for previews."""
+        self.sink.emit(PreviewImage(prompt_id=self.prompt_id, node=self.node_id,
+                                    image_format=image_format, data=data))

@@ -1,0 +1,132 @@
+"""Where files live, and the one place that turns a requested name into a path safely.
+
+Every path that comes from a request or a workflow (``/view``, uploads, image and model names)
+resolves through :class:`Folders`, which refuses anything that would land outside its root:
+``..`` segments, absolute paths, drive letters, NUL bytes and symlinks that point out.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from engine.errors import PathOutsideRoot
+
+#: Model folder names (ComfyUI's) and the other spellings found in model trees we read
+#: (AUTOMATIC1111's ``models/Stable-diffusion``, ``models/Lora``, ...).
+MODEL_FOLDERS: dict[str, tuple[str, ...]] = {
+    "checkpoints": ("checkpoints", "Stable-diffusion"),
+    "vae": ("vae", "VAE"),
+    "loras": ("loras", "Lora", "LyCORIS"),
+    "controlnet": ("controlnet", "ControlNet"),
+    "embeddings": ("embeddings",),
+    "upscale_models": ("upscale_models", "ESRGAN"),
+}
+
+#: File endings a model folder lists.
+MODEL_EXTENSIONS: tuple[str, ...] = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+
+#: The file kinds a client may read and write (``type`` in ``/view`` and ``/upload``).
+FILE_KINDS: tuple[str, ...] = ("input", "output", "temp")
+
+
+def resolve_inside(root: Path, *parts: str) -> Path:
+    """Join ``parts`` under ``root`` and return the real path, or raise PathOutsideRoot.
+
+    Symlinks are resolved before the check, so a link that leads out of ``root`` is refused.
+    """
+    root_real = root.resolve()
+    pieces: list[str] = []
+    for part in parts:
+        if not part:
+            continue
+        if "\x00" in part:
+            raise PathOutsideRoot(f"path contains a NUL byte: {part!r}")
+        norm = part.replace("\\", "/")
+        if norm.startswith("/") or (len(norm) > 1 and norm[1] == ":"):
+            raise PathOutsideRoot(f"absolute paths are not allowed: {part!r}")
+        if any(seg == ".." for seg in norm.split("/")):
+            raise PathOutsideRoot(f"'..' is not allowed in paths: {part!r}")
+        pieces.extend(seg for seg in norm.split("/") if seg and seg != ".")
+    candidate = root_real.joinpath(*pieces).resolve()
+    if candidate != root_real and root_real not in candidate.parents:
+        raise PathOutsideRoot(f"{'/'.join(pieces)!r} resolves outside {root_real}")
+    return candidate
+
+
+@dataclass(frozen=True)
+class Folders:
+    """The input/output/temp folders and the model roots of one Loom instance."""
+
+    input_dir: Path
+    output_dir: Path
+    temp_dir: Path
+    model_roots: tuple[Path, ...] = field(default_factory=tuple)
+
+    def ensure(self) -> None:
+        """Create the input, output and temp folders if they are missing."""
+        for path in (self.input_dir, self.output_dir, self.temp_dir):
+            path.mkdir(parents=True, exist_ok=True)
+
+    def root(self, kind: str) -> Path:
+        """The folder of a file kind: ``input``, ``output`` or ``temp``."""
+        if kind == "input":
+            return self.input_dir
+        if kind == "output":
+            return self.output_dir
+        if kind == "temp":
+            return self.temp_dir
+        raise ValueError(f"unknown file type {kind!r}; use one of {', '.join(FILE_KINDS)}")
+
+    def file_path(self, kind: str, filename: str, subfolder: str = "") -> Path:
+        """A file inside the input/output/temp folder; raises PathOutsideRoot on escapes."""
+        return resolve_inside(self.root(kind), subfolder, filename)
+
+    def list_files(self, kind: str, extensions: Sequence[str] = ()) -> list[str]:
+        """Relative names of the files under a kind's folder, sorted, optionally by ending."""
+        return _list_tree(self.root(kind), extensions)
+
+    def model_dirs(self, folder: str) -> list[Path]:
+        """Existing directories that hold models of ``folder`` across every model root."""
+        names = MODEL_FOLDERS.get(folder, (folder,))
+        found: list[Path] = []
+        for root in self.model_roots:
+            for name in names:
+                path = root / name
+                if path.is_dir() and path not in found:
+                    found.append(path)
+        return found
+
+    def list_models(self, folder: str, extensions: Sequence[str] = MODEL_EXTENSIONS) -> list[str]:
+        """Relative model file names in a model folder (all roots merged), sorted, unique."""
+        names: set[str] = set()
+        for directory in self.model_dirs(folder):
+            names.update(_list_tree(directory, extensions))
+        return sorted(names)
+
+    def model_path(self, folder: str, name: str) -> Path:
+        """The file of model ``name`` in ``folder``; FileNotFoundError names where it looked."""
+        dirs = self.model_dirs(folder)
+        for directory in dirs:
+            path = resolve_inside(directory, name)
+            if path.is_file():
+                return path
+        looked = ", ".join(str(d) for d in dirs) or "no such folder under any model root"
+        raise FileNotFoundError(f"model {name!r} not found in {folder} ({looked})")
+
+
+def _list_tree(root: Path, extensions: Iterable[str]) -> list[str]:
+    exts = tuple(e.lower() for e in extensions)
+    if not root.is_dir():
+        return []
+    out: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        rel_dir = Path(dirpath).relative_to(root)
+        for name in filenames:
+            if name.startswith(".") or (exts and not name.lower().endswith(exts)):
+                continue
+            out.append((rel_dir / name).as_posix())
+    return sorted(out)

@@ -1,0 +1,199 @@
+"""How a node is declared.
+
+A node is a class with typed inputs and outputs, declared once::
+
+    class ImageInvert(Node):
+        '''Invert the colours of an image.'''
+        category = "image"
+        inputs = (Input("image", IMAGE),)
+        outputs = (Output("IMAGE"),)
+
+        def run(self, ctx: RunContext, image: Tensor) -> tuple[Tensor]:
+            return (1.0 - image,)
+
+Everything else derives from that declaration: validation and coercion of inputs, the
+``/object_info`` schema (ComfyUI's exact shape), the editor's widgets, cache keys.
+
+``run`` receives validated, coerced inputs as keyword arguments and returns a tuple with one value
+per output, or a :class:`NodeOutput` when it also shows something in the UI (saved images).
+Impure nodes (they read files) override :meth:`Node.fingerprint` so that the cache notices when the
+file changes; nodes that must run every time set ``always_run = True``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from engine.folders import Folders
+from engine.types import BOOLEAN, COMBO, FLOAT, INT, STRING, WIDGET_TYPES
+
+if TYPE_CHECKING:
+    from engine.context import RunContext
+
+Choices = Sequence[str] | Callable[[Folders], Sequence[str]]
+
+#: ComfyUI's seed range: 0 .. 2**64 - 1.
+SEED_MAX = 0xFFFF_FFFF_FFFF_FFFF
+
+
+@dataclass(frozen=True)
+class Input:
+    """One input of a node.
+
+    ``type`` is a socket type name (IMAGE, LATENT, INT, ...) or COMBO. Widget types (INT, FLOAT,
+    STRING, BOOLEAN, COMBO) are edited in place and may also be linked; ``socket_only`` makes
+    them link-only. ``choices`` is a list or a function of the folders (file lists stay live).
+    """
+
+    name: str
+    type: str
+    default: Any = None
+    min: float | None = None
+    max: float | None = None
+    step: float | None = None
+    round: float | None = None
+    choices: Choices | None = None
+    multiline: bool = False
+    optional: bool = False
+    socket_only: bool = False
+    tooltip: str = ""
+    control_after_generate: bool = False
+    image_upload: bool = False
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.choices is not None and self.type != COMBO:
+            raise TypeError(f"input {self.name!r}: choices are only for COMBO inputs")
+        if self.type == COMBO and self.choices is None:
+            raise TypeError(f"COMBO input {self.name!r} needs choices")
+
+    @property
+    def is_widget(self) -> bool:
+        return self.type in WIDGET_TYPES and not self.socket_only
+
+    def choice_list(self, folders: Folders) -> list[str]:
+        if self.choices is None:
+            return []
+        if callable(self.choices):
+            return list(self.choices(folders))
+        return list(self.choices)
+
+    def options(self) -> dict[str, Any]:
+        """The option dict ComfyUI puts beside the type in ``/object_info``."""
+        opts: dict[str, Any] = {}
+        if self.default is not None:
+            opts["default"] = self.default
+        for key in ("min", "max", "step", "round"):
+            value = getattr(self, key)
+            if value is not None:
+                opts[key] = value
+        if self.type == STRING:
+            opts["multiline"] = self.multiline
+        if self.tooltip:
+            opts["tooltip"] = self.tooltip
+        if self.socket_only:
+            opts["forceInput"] = True
+        if self.control_after_generate:
+            opts["control_after_generate"] = True
+        if self.image_upload:
+            opts["image_upload"] = True
+        opts.update(self.extra)
+        return opts
+
+    def spec(self, folders: Folders) -> list[Any]:
+        """``[type, options]``; a COMBO's type is its list of choices (ComfyUI's legacy form)."""
+        kind: Any = self.choice_list(folders) if self.type == COMBO else self.type
+        return [kind, self.options()]
+
+
+@dataclass(frozen=True)
+class Output:
+    """One output of a node: its socket type and a display name (defaults to the type)."""
+
+    type: str
+    name: str = ""
+    tooltip: str = ""
+    is_list: bool = False
+
+    @property
+    def label(self) -> str:
+        return self.name or self.type
+
+
+@dataclass(frozen=True)
+class NodeOutput:
+    """What ``run`` returns when it also shows something in the UI.
+
+    ``ui`` is ComfyUI's per-node UI dict, e.g. ``{"images": [{"filename", "subfolder", "type"}]}``.
+    """
+
+    values: tuple[Any, ...] = ()
+    ui: Mapping[str, Any] | None = None
+
+
+class Node:
+    """Base class of every node. Subclasses declare class attributes and implement ``run``."""
+
+    type_name: ClassVar[str] = ""
+    display_name: ClassVar[str] = ""
+    category: ClassVar[str] = "loom"
+    description: ClassVar[str] = ""
+    inputs: ClassVar[tuple[Input, ...]] = ()
+    outputs: ClassVar[tuple[Output, ...]] = ()
+    output_node: ClassVar[bool] = False
+    version: ClassVar[str] = "1"
+    aliases: ClassVar[tuple[str, ...]] = ()
+    always_run: ClassVar[bool] = False
+    python_module: ClassVar[str] = "nodes"
+
+    @classmethod
+    def fingerprint(cls, folders: Folders, inputs: Mapping[str, Any]) -> str | None:
+        """Extra cache-key material for impure nodes (file size + mtime, a content hash).
+
+        ``inputs`` holds the node's literal (widget) inputs. Pure nodes return None.
+        """
+        return None
+
+    def run(self, ctx: RunContext, **inputs: Any) -> tuple[Any, ...] | NodeOutput:
+        raise NotImplementedError(f"{type(self).__name__} does not implement run()")
+
+    @classmethod
+    def input_named(cls, name: str) -> Input | None:
+        for spec in cls.inputs:
+            if spec.name == name:
+                return spec
+        return None
+
+    @classmethod
+    def widget_inputs(cls) -> list[Input]:
+        """Inputs that carry a widget, in declaration order (the editor's widgets_values order)."""
+        return [spec for spec in cls.inputs if spec.is_widget]
+
+
+def check_declaration(cls: type[Node]) -> None:
+    """Refuse a malformed node class at registration time, with a message naming the fix."""
+    name = cls.type_name or cls.__name__
+    seen: set[str] = set()
+    for spec in cls.inputs:
+        if spec.name in seen:
+            raise TypeError(f"node {name}: input {spec.name!r} is declared twice")
+        seen.add(spec.name)
+        if spec.type == INT and spec.default is not None and not isinstance(spec.default, int):
+            raise TypeError(f"node {name}: INT input {spec.name!r} needs an int default")
+        if spec.type == FLOAT and spec.default is not None and not isinstance(spec.default, int | float):
+            raise TypeError(f"node {name}: FLOAT input {spec.name!r} needs a number default")
+        if spec.type == BOOLEAN and spec.default is not None and not isinstance(spec.default, bool):
+            raise TypeError(f"node {name}: BOOLEAN input {spec.name!r} needs a bool default")
+    if cls.run is Node.run:
+        raise TypeError(f"node {name}: implement run(self, ctx, **inputs)")
+    params = inspect.signature(cls.run).parameters
+    takes_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    if not takes_kwargs:
+        missing = seen - set(params)
+        if missing:
+            raise TypeError(f"node {name}: run() lacks parameters for inputs {sorted(missing)}")
+    if not cls.outputs and not cls.output_node:
+        raise TypeError(f"node {name}: declare outputs, or set output_node = True")

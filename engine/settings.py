@@ -1,0 +1,69 @@
+"""The one Settings object. main.py builds it from the command line and passes it down."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from engine.folders import Folders
+
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a listen address or Host name only reaches this machine."""
+    name = host.strip("[]").lower()
+    if name in LOOPBACK_NAMES or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+class Settings(BaseModel):
+    """Everything configurable about one Loom instance. No module-level defaults leak elsewhere."""
+
+    model_config = ConfigDict(frozen=True)
+
+    host: str = Field("127.0.0.1", description="Address to listen on; non-loopback needs auth_token.")
+    port: int = Field(8188, ge=0, le=65535, description="TCP port (0 picks a free one).")
+    auth_token: str | None = Field(None, description="Bearer token every request must carry.")
+    models_dirs: tuple[Path, ...] = Field((Path("models"),), description="Model roots, searched in order.")
+    input_dir: Path = Path("input")
+    output_dir: Path = Path("output")
+    temp_dir: Path = Path("temp")
+    data_dir: Path = Field(Path("data"), description="Queue and history database live here.")
+    frontend_dir: Path = Field(Path("frontend"), description="Static files of the graph editor.")
+    cache_bytes: int = Field(2 * 1024**3, ge=0, description="Output cache budget in bytes.")
+    cache_entries: int = Field(10_000, ge=0, description="Output cache budget in entries.")
+    max_upload_bytes: int = Field(100 * 1024**2, gt=0)
+    max_image_pixels: int = Field(64 * 1024 * 1024, gt=0, description="Largest image accepted, in pixels.")
+    max_queue: int = Field(1000, gt=0, description="Most pending prompts before POST /prompt is refused.")
+    max_history: int = Field(10_000, gt=0, description="History entries kept (oldest dropped first).")
+    allowed_origins: tuple[str, ...] = Field((), description="Extra browser origins allowed (CORS).")
+    device: str = Field("auto", description="Compute device: auto, cpu, cuda, cuda:N, mps.")
+    preview_method: str = Field("none", description="Latent previews: none or latent2rgb.")
+
+    @model_validator(mode="after")
+    def _remote_needs_token(self) -> Settings:
+        if not is_loopback(self.host) and not self.auth_token:
+            raise ValueError(
+                f"listening on {self.host} exposes Loom to the network; set an auth token "
+                "with --auth-token or the LOOM_AUTH_TOKEN environment variable"
+            )
+        return self
+
+    def folders(self) -> Folders:
+        return Folders(
+            input_dir=self.input_dir,
+            output_dir=self.output_dir,
+            temp_dir=self.temp_dir,
+            model_roots=tuple(self.models_dirs),
+        )
+
+    @property
+    def database_path(self) -> Path:
+        return self.data_dir / "queue.sqlite3"

@@ -1,0 +1,214 @@
+"""Workflow formats: ComfyUI's API format and the editor (litegraph) format, and editor -> API.
+
+API format: ``{node_id: {"class_type": str, "inputs": {name: value | [source_id, output_index]}}}``.
+A value is a link when it is a two-item list ``[str, int]``; a widget value that is itself a list
+is wrapped as ``{"__value__": [...]}``.
+
+Editor format (litegraph, schema version 0.4 and 1): ``nodes`` with ``widgets_values`` in the
+order of the node's widget inputs (an input with ``control_after_generate`` takes one extra slot
+for the control mode), and ``links`` as ``[id, origin_id, origin_slot, target_id, target_slot,
+type]`` lists or objects. :func:`ui_to_api` converts it the way the editor itself does: virtual
+nodes (Note, Reroute, PrimitiveNode) disappear, muted nodes are dropped, bypassed nodes are passed
+through, links through reroutes are followed and primitive nodes become literal values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from engine.errors import BadLink, GraphError, MalformedNode, UnknownNode, ValidationFailed
+from engine.registry import NodeRegistry
+
+#: Editor-only nodes that never reach the executor.
+VIRTUAL_NODES = frozenset({"Note", "MarkdownNote", "Reroute", "PrimitiveNode"})
+MODE_ALWAYS, MODE_NEVER, MODE_BYPASS = 0, 2, 4
+
+
+def is_link(value: Any) -> bool:
+    """ComfyUI's rule: a two-item list whose first item is a node id string and second an index."""
+    return (
+        isinstance(value, list)
+        and len(value) == 2
+        and isinstance(value[0], str)
+        and isinstance(value[1], int)
+        and not isinstance(value[1], bool)
+    )
+
+
+class ApiNode(BaseModel):
+    """One node of an API-format prompt."""
+
+    model_config = ConfigDict(extra="allow")
+
+    class_type: str = Field(min_length=1)
+    inputs: dict[str, Any] = Field(default_factory=dict)
+
+
+def parse_api_prompt(obj: Any) -> dict[str, dict[str, Any]]:
+    """Check the shape of an API-format prompt; returns a fresh, normalised copy.
+
+    Raises ValidationFailed naming every malformed node.
+    """
+    if not isinstance(obj, Mapping) or not obj:
+        raise ValidationFailed([MalformedNode(None, "the prompt must be a non-empty JSON object "
+                                              "{node_id: {class_type, inputs}}")])
+    errors: list[GraphError] = []
+    out: dict[str, dict[str, Any]] = {}
+    for node_id, raw in obj.items():
+        node_id = str(node_id)
+        if not isinstance(raw, Mapping):
+            errors.append(MalformedNode(node_id, f"node {node_id} must be an object with class_type "
+                                        "and inputs"))
+            continue
+        try:
+            node = ApiNode.model_validate(raw)
+        except ValueError as exc:
+            errors.append(MalformedNode(node_id, f"node {node_id} is malformed: {_first_line(exc)}; it "
+                                        "needs a non-empty 'class_type' string and an 'inputs' object",
+                                        class_type=str(raw.get("class_type"))))
+            continue
+        entry: dict[str, Any] = {"class_type": node.class_type, "inputs": dict(node.inputs)}
+        if isinstance(raw.get("_meta"), Mapping):
+            entry["_meta"] = dict(raw["_meta"])
+        out[node_id] = entry
+    if errors:
+        raise ValidationFailed(errors)
+    return out
+
+
+def is_ui_workflow(obj: Any) -> bool:
+    """Whether ``obj`` looks like an editor-format workflow rather than an API prompt."""
+    return isinstance(obj, Mapping) and isinstance(obj.get("nodes"), list) and "links" in obj
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+class _LinkTable:
+    """Links of an editor workflow by id: (origin_id, origin_slot)."""
+
+    def __init__(self, links: Any) -> None:
+        self._by_id: dict[int, tuple[str, int]] = {}
+        for link in links or []:
+            if isinstance(link, list) and len(link) >= 5:
+                link_id, origin, slot = link[0], link[1], link[2]
+            elif isinstance(link, Mapping):
+                link_id, origin, slot = link.get("id"), link.get("origin_id"), link.get("origin_slot")
+            else:
+                raise ValidationFailed([MalformedNode(None, f"malformed link {link!r} in the workflow")])
+            self._by_id[int(link_id)] = (str(origin), int(slot))
+
+    def origin(self, link_id: int) -> tuple[str, int] | None:
+        return self._by_id.get(int(link_id))
+
+
+class _UiConverter:
+    def __init__(self, workflow: Mapping[str, Any], registry: NodeRegistry) -> None:
+        self.registry = registry
+        self.links = _LinkTable(workflow.get("links"))
+        self.nodes: dict[str, Mapping[str, Any]] = {}
+        for node in workflow.get("nodes", []):
+            if not isinstance(node, Mapping) or "id" not in node or "type" not in node:
+                raise ValidationFailed([MalformedNode(None, f"malformed node in the workflow: {node!r:.200}")])
+            self.nodes[str(node["id"])] = node
+        self.errors: list[GraphError] = []
+
+    def convert(self) -> dict[str, dict[str, Any]]:
+        prompt: dict[str, dict[str, Any]] = {}
+        for node_id, node in self.nodes.items():
+            kind = str(node["type"])
+            if kind in VIRTUAL_NODES or node.get("mode", MODE_ALWAYS) in (MODE_NEVER, MODE_BYPASS):
+                continue
+            cls = self.registry.get(kind)
+            if cls is None:
+                self.errors.append(UnknownNode(node_id, f"node {node_id} has unknown type {kind!r}; "
+                                               "install the node or remove it from the workflow",
+                                               class_type=kind))
+                continue
+            entry: dict[str, Any] = {"class_type": cls.type_name, "inputs": self._inputs(node_id, node)}
+            title = node.get("title")
+            entry["_meta"] = {"title": title or cls.display_name or cls.type_name}
+            prompt[node_id] = entry
+        if self.errors:
+            raise ValidationFailed(self.errors)
+        return prompt
+
+    def _inputs(self, node_id: str, node: Mapping[str, Any]) -> dict[str, Any]:
+        cls = self.registry.get(str(node["type"]))
+        assert cls is not None
+        inputs: dict[str, Any] = {}
+        values = node.get("widgets_values")
+        position = 0
+        for spec in cls.widget_inputs():
+            if isinstance(values, Mapping):
+                if spec.name in values:
+                    inputs[spec.name] = _wrap_list(values[spec.name])
+            elif isinstance(values, list) and position < len(values):
+                inputs[spec.name] = _wrap_list(values[position])
+            position += 2 if spec.control_after_generate else 1
+        for slot in node.get("inputs") or []:
+            if not isinstance(slot, Mapping) or slot.get("link") is None:
+                continue
+            resolved = self._resolve(int(slot["link"]), node_id, str(slot.get("name")))
+            if resolved is not None:
+                inputs[str(slot.get("name"))] = resolved
+        return inputs
+
+    def _resolve(self, link_id: int, node_id: str, input_name: str) -> Any:
+        """Follow a link through reroutes and bypassed nodes; a primitive becomes its value."""
+        seen: set[int] = set()
+        while True:
+            if link_id in seen:
+                self.errors.append(BadLink(node_id, "links form a loop through reroute or bypassed nodes",
+                                           input_name=input_name))
+                return None
+            seen.add(link_id)
+            origin = self.links.origin(link_id)
+            if origin is None or origin[0] not in self.nodes:
+                return None  # a link to a removed node is dropped, as the editor does
+            source = self.nodes[origin[0]]
+            kind = str(source["type"])
+            if kind == "PrimitiveNode":
+                values = source.get("widgets_values") or [None]
+                return _wrap_list(values[0])
+            if kind == "Reroute" or source.get("mode") == MODE_BYPASS:
+                next_link = _passthrough_link(source, origin[1])
+                if next_link is None:
+                    return None
+                link_id = next_link
+                continue
+            if source.get("mode") == MODE_NEVER:
+                return None
+            return [origin[0], origin[1]]
+
+
+def _passthrough_link(node: Mapping[str, Any], out_slot: int) -> int | None:
+    """The input link a reroute or bypassed node forwards to its output ``out_slot``."""
+    slots = [s for s in node.get("inputs") or [] if isinstance(s, Mapping)]
+    outputs = node.get("outputs") or []
+    out_type = None
+    if 0 <= out_slot < len(outputs) and isinstance(outputs[out_slot], Mapping):
+        out_type = outputs[out_slot].get("type")
+    candidates = [s for s in slots if s.get("link") is not None]
+    if str(node.get("type")) != "Reroute" and out_type is not None:
+        typed = [s for s in candidates if s.get("type") == out_type]
+        if out_slot < len(slots) and slots[out_slot] in typed:
+            return int(slots[out_slot]["link"])
+        candidates = typed
+    return int(candidates[0]["link"]) if candidates else None
+
+
+def _wrap_list(value: Any) -> Any:
+    """Keep list-valued widgets from being mistaken for links."""
+    return {"__value__": value} if isinstance(value, list) else value
+
+
+def ui_to_api(workflow: Mapping[str, Any], registry: NodeRegistry) -> dict[str, dict[str, Any]]:
+    """Convert an editor-format workflow into an API-format prompt, by the registry's widget order."""
+    if not is_ui_workflow(workflow):
+        raise ValidationFailed([MalformedNode(None, "not an editor workflow: it needs 'nodes' and 'links'")])
+    return _UiConverter(workflow, registry).convert()

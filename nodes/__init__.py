@@ -1,0 +1,15 @@
+"""Loom's built-in nodes. Nothing registers at import time: call :func:`register_builtin_nodes`."""
+
+from __future__ import annotations
+
+from engine.registry import NodeRegistry
+
+
+def register_builtin_nodes(registry: NodeRegistry) -> None:
+    """Register every built-in node class into ``registry``."""
+    from nodes.image_io import IMAGE_IO_NODES
+    from nodes.image_ops import IMAGE_OPS_NODES
+    from nodes.latent_ops import LATENT_NODES
+
+    for cls in (*IMAGE_IO_NODES, *IMAGE_OPS_NODES, *LATENT_NODES):
+        registry.register(cls)
