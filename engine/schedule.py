@@ -41,8 +41,9 @@ class Schedule:
         self.keep = set(keep)
         self.done_nodes: set[str] = set()
         ready: list[tuple[int, str]] = []
+        self._inputs = {node: list(dict.fromkeys(inputs.get(node, ()))) for node in order}
         for node in order:
-            sources = set(inputs.get(node, ()))
+            sources = self._inputs[node]
             for source in sources:
                 self.consumers[source] = self.consumers.get(source, 0) + 1
                 self.dependents.setdefault(source, []).append(node)
@@ -52,7 +53,6 @@ class Schedule:
                 ready.append((self.rank[node], node))
         heapq.heapify(ready)
         self._ready = ready
-        self._inputs = {node: set(inputs.get(node, ())) for node in order}
 
     def has_ready(self) -> bool:
         return bool(self._ready)

@@ -30,7 +30,6 @@ class StubWorld:
 def make_registry() -> StubWorld:
     world = StubWorld(NodeRegistry())
     calls = world.calls
-    gate = world.gate
     reg = world.registry.register
 
     @reg

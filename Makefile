@@ -1,0 +1,41 @@
+# Loom: one command to run, one to test, on a fresh machine (Python 3.11+ and make).
+#   make run    set up .venv and serve Loom on http://127.0.0.1:8188
+#   make test   set up .venv with the test extras and run the test suite
+#   make bench  run the benchmarks (JSON on stdout)
+# TORCH: the torch requirement. The CPU build of 2.13.0 is the default; on a GPU machine install
+# your CUDA build of torch into .venv first, or pass e.g. TORCH="torch==2.13.0" explicitly.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+TORCH  ?= torch==2.13.0
+ARGS   ?=
+
+.PHONY: setup setup-test run test test-all bench lint clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+setup: $(BIN)/python
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "$(TORCH)"
+	$(BIN)/pip install -q -e .
+
+setup-test: setup
+	$(BIN)/pip install -q -e '.[test]'
+
+run: setup
+	$(BIN)/python main.py $(ARGS)
+
+test: setup-test
+	$(BIN)/python -m ruff check .
+	$(BIN)/python -m pytest -q $(ARGS)
+
+test-all: setup-test
+	$(BIN)/python -m pytest -q -m "" $(ARGS)
+
+bench: setup-test
+	$(BIN)/python bench/executor.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache
