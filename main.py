@@ -100,9 +100,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
 
 
 def serve(settings: Settings, registry: NodeRegistry) -> None:
-    from engine.api.server import create_app, start_server
-
     from engine.api.hub import Hub
+    from engine.api.server import create_app, start_server
     from engine.queue import PromptQueue
     from engine.worker import PromptWorker
 

@@ -9,7 +9,8 @@ def register_builtin_nodes(registry: NodeRegistry) -> None:
     """Register every built-in node class into ``registry``."""
     from nodes.image_io import IMAGE_IO_NODES
     from nodes.image_ops import IMAGE_OPS_NODES
+    from nodes.latent_io import LATENT_IO_NODES
     from nodes.latent_ops import LATENT_NODES
 
-    for cls in (*IMAGE_IO_NODES, *IMAGE_OPS_NODES, *LATENT_NODES):
+    for cls in (*IMAGE_IO_NODES, *IMAGE_OPS_NODES, *LATENT_NODES, *LATENT_IO_NODES):
         registry.register(cls)

@@ -57,7 +57,7 @@ def resize(x: Tensor, width: int, height: int, method: str, crop: str = "disable
     if method == "bislerp":
         return bislerp(x, width, height)
     if method == "lanczos":
-        return F.interpolate(x, size=(height, width), mode="bicubic")
+        return lanczos(x, width, height)
     if method not in _TORCH_MODES:
         known = ", ".join([*sorted(_TORCH_MODES), "lanczos", "bislerp"])
         raise ValueError(f"unknown upscale method {method!r}; use one of {known}")

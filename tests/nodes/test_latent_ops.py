@@ -83,22 +83,28 @@ def test_latent_upscale_zero_keeps_aspect_and_minimum(ctx: RunContext) -> None:
     assert out["samples"].shape == (1, 4, 16, 32)
     (out,) = node.run(ctx, samples=latent, upscale_method="bilinear", width=16, height=16, crop="disabled")
     assert out["samples"].shape == (1, 4, 8, 8)  # never below 64 pixels
+    (out,) = node.run(ctx, samples=latent, upscale_method="bilinear", width=0, height=16, crop="disabled")
+    assert out["samples"].shape == (1, 4, 8, 16)
     (out,) = node.run(ctx, samples=latent, upscale_method="bilinear", width=0, height=0, crop="disabled")
     assert out["samples"] is latent["samples"] and out is not latent
 
 
-def test_bislerp_interpolates_on_the_sphere(ctx: RunContext) -> None:
+@pytest.mark.parametrize("axis", ["width", "height"])
+def test_bislerp_interpolates_on_the_sphere(ctx: RunContext, axis: str) -> None:
     samples = torch.zeros((1, 4, 1, 2))
-    samples[0, 0, 0, 0] = 2.0  # left pixel: 2 * e0
-    samples[0, 1, 0, 1] = 4.0  # right pixel: 4 * e1
+    samples[0, 0, 0, 0] = 2.0  # first pixel: 2 * e0
+    samples[0, 1, 0, 1] = 4.0  # second pixel: 4 * e1
+    if axis == "height":
+        samples = samples.transpose(2, 3).contiguous()
     (out,) = LatentUpscaleBy().run(ctx, samples={"samples": samples}, upscale_method="bislerp", scale_by=1.5)
-    assert out["samples"].shape == (1, 4, 2, 3)
-    middle = out["samples"][0, :, 0, 1]
+    result = out["samples"] if axis == "width" else out["samples"].transpose(2, 3)
+    assert result.shape == (1, 4, 2, 3)
     # Halfway: direction (e0 + e1) / sqrt(2), length (2 + 4) / 2. A linear blend gives (1, 2).
     expected = torch.tensor([3.0 / math.sqrt(2.0), 3.0 / math.sqrt(2.0), 0.0, 0.0])
-    torch.testing.assert_close(middle, expected)
-    torch.testing.assert_close(out["samples"][0, :, 0, 0], samples[0, :, 0, 0])
-    torch.testing.assert_close(out["samples"][0, :, 1], out["samples"][0, :, 0])
+    torch.testing.assert_close(result[0, :, 0, 1], expected)
+    torch.testing.assert_close(result[0, :, 0, 0], torch.tensor([2.0, 0.0, 0.0, 0.0]))
+    torch.testing.assert_close(result[0, :, 0, 2], torch.tensor([0.0, 4.0, 0.0, 0.0]))
+    torch.testing.assert_close(result[0, :, 1], result[0, :, 0])
 
 
 def test_bislerp_matches_bilinear_for_parallel_vectors(ctx: RunContext) -> None:
@@ -132,6 +138,14 @@ def test_latent_composite_places_at_latent_coordinates(ctx: RunContext) -> None:
     torch.testing.assert_close(result[:, :, 3:7, 2:6], source["samples"])
     assert result.sum() == source["samples"].sum()  # nothing outside the region
     assert torch.count_nonzero(to["samples"]) == 0  # input untouched
+
+
+def test_latent_composite_repeats_a_shorter_source_batch(ctx: RunContext) -> None:
+    to = {"samples": torch.zeros((3, 4, 8, 8))}
+    source = {"samples": torch.tensor([1.0, 2.0]).reshape(2, 1, 1, 1).expand(2, 4, 2, 2)}
+    (out,) = LatentComposite().run(ctx, samples_to=to, samples_from=source, x=8, y=8, feather=0)
+    assert out["samples"][:, 0, 1, 1].tolist() == [1.0, 2.0, 1.0]
+    assert out["samples"][:, 0, 0, 0].tolist() == [0.0, 0.0, 0.0]
 
 
 def test_latent_composite_clips_at_the_border(ctx: RunContext) -> None:
