@@ -51,9 +51,7 @@ SCHEMA_VERSION = 1
 SENSITIVE_KEYS = frozenset({"auth_token_comfy_org", "api_key_comfy_org"})
 SENSITIVE_FRAGMENTS = ("token", "api_key")
 
-CRASH_MESSAGE = (
-    "Loom stopped while this prompt was running (the process exited or crashed); it was not run again."
-)
+CRASH_MESSAGE = "Loom stopped while this prompt was running (the process exited or crashed); it was not run again."
 CRASH_EXCEPTION_TYPE = "loom.Crashed"
 
 _SCHEMA = """
@@ -146,9 +144,7 @@ def _dumps(value: Any) -> str:
 
 def _item_from_row(row: tuple[Any, ...]) -> QueueItem:
     number, prompt_id, prompt, extra_data, outputs = row
-    return QueueItem(
-        float(number), prompt_id, json.loads(prompt), json.loads(extra_data), json.loads(outputs)
-    )
+    return QueueItem(float(number), prompt_id, json.loads(prompt), json.loads(extra_data), json.loads(outputs))
 
 
 def _now_ms() -> int:
@@ -161,8 +157,7 @@ class PromptQueue:
     def __init__(self, path: Path, *, max_pending: int = 1000, max_history: int = 10_000) -> None:
         if max_pending < 1 or max_history < 0:
             raise ValueError(
-                "max_pending must be at least 1 and max_history at least 0, "
-                f"got {max_pending} and {max_history}"
+                f"max_pending must be at least 1 and max_history at least 0, got {max_pending} and {max_history}"
             )
         self.path = Path(path)
         self.max_pending = max_pending
@@ -437,9 +432,7 @@ class PromptQueue:
         with self._cond:
             self._check_open()
             with self._transaction():
-                cursor = self._db.executemany(
-                    "DELETE FROM items WHERE prompt_id = ? AND state = 'pending'", params
-                )
+                cursor = self._db.executemany("DELETE FROM items WHERE prompt_id = ? AND state = 'pending'", params)
             count = max(cursor.rowcount, 0)
         if count:
             self._notify()

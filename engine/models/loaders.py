@@ -1,0 +1,229 @@
+"""Reading checkpoint files and recognising what they hold.
+
+:class:`CheckpointFile` gives names, shapes and dtypes without reading tensor data, then loads
+tensors one at a time: safetensors through its memory map, ``.ckpt``/``.pt`` only through
+``torch.load(weights_only=True)`` (memory-mapped where the file format allows). Models are built on
+the meta device and filled tensor by tensor, so loading never holds two full copies in RAM.
+
+:func:`detect_family` recognises a checkpoint by its structure, not its sizes, so the tiny demo
+models and real checkpoints go through the same path:
+
+* the UNet lives under ``model.diffusion_model.`` (``input_blocks.0.0.weight`` gives its input
+  channels: 4 normal, 9 inpainting);
+* SD1.x: no class embedding, text encoder ``cond_stage_model.transformer`` (OpenAI CLIP-L);
+* SD2.x: no class embedding, text encoder ``cond_stage_model.model`` (OpenCLIP ViT-H); v-prediction
+  checkpoints are told apart as ComfyUI does (std of one norm bias), with an override;
+* SDXL base: ``label_emb`` plus two text encoders under ``conditioner.embedders.0/1``;
+* SDXL refiner: ``label_emb`` plus only the OpenCLIP bigG encoder ``conditioner.embedders.0.model``.
+
+Anything else gets an error naming what was found and where such a file belongs.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from engine.errors import LoomError
+
+log = logging.getLogger(__name__)
+
+UNET_PREFIX = "model.diffusion_model."
+VAE_PREFIX = "first_stage_model."
+
+_SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
+
+class UnsupportedModel(LoomError):
+    """A file that is not a checkpoint Loom can run; the message says what it looks like."""
+
+
+class CheckpointFile:
+    """Lazy, read-only access to the tensors of a .safetensors, .ckpt or .pt file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._safe: Any = None
+        self._pickled: dict[str, torch.Tensor] | None = None
+        suffix = self.path.suffix.lower()
+        if suffix == ".safetensors":
+            from safetensors import safe_open
+
+            self._safe = safe_open(str(self.path), framework="pt", device="cpu")
+            self._keys = list(self._safe.keys())
+        else:
+            self._pickled = _load_pickled(self.path)
+            self._keys = list(self._pickled)
+
+    def __enter__(self) -> CheckpointFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._safe = None
+        self._pickled = None
+
+    def keys(self) -> list[str]:
+        return list(self._keys)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._keys
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        if self._safe is not None:
+            return tuple(self._safe.get_slice(key).get_shape())
+        assert self._pickled is not None
+        return tuple(self._pickled[key].shape)
+
+    def dtype(self, key: str) -> torch.dtype:
+        if self._safe is not None:
+            return _SAFETENSORS_DTYPES[self._safe.get_slice(key).get_dtype()]
+        assert self._pickled is not None
+        return self._pickled[key].dtype
+
+    def shapes(self, prefix: str = "") -> dict[str, tuple[int, ...]]:
+        """Shapes of the keys under ``prefix``, with the prefix stripped."""
+        return {k[len(prefix):]: self.shape(k) for k in self._keys if k.startswith(prefix)}
+
+    def load(self, key: str, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """One tensor, on the CPU, converted to ``dtype`` (floating tensors only)."""
+        if self._safe is not None:
+            tensor = self._safe.get_tensor(key)
+        else:
+            assert self._pickled is not None
+            tensor = self._pickled[key]
+        if dtype is not None and tensor.is_floating_point() and tensor.dtype != dtype:
+            tensor = tensor.to(dtype)
+        return tensor
+
+    def iter_prefix(self, prefix: str, dtype: torch.dtype | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+        """``(key without prefix, tensor)`` for every key under ``prefix``, one tensor at a time."""
+        for key in self._keys:
+            if key.startswith(prefix):
+                yield key[len(prefix):], self.load(key, dtype)
+
+    def has_prefix(self, prefix: str) -> bool:
+        return any(k.startswith(prefix) for k in self._keys)
+
+
+def _load_pickled(path: Path) -> dict[str, torch.Tensor]:
+    """A pickled checkpoint through ``weights_only=True`` only; never arbitrary code."""
+    try:
+        data = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:
+        # Legacy (non-zip) files cannot be memory-mapped; still weights_only.
+        data = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - the unpickler raises many kinds; all mean "refused"
+        raise UnsupportedModel(
+            f"{path.name} could not be read safely ({type(exc).__name__}: {exc}); pickled files are read "
+            "with weights_only=True only — convert it to .safetensors") from exc
+    if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
+        data = data["state_dict"]
+    if not isinstance(data, dict):
+        raise UnsupportedModel(f"{path.name} does not hold a state dict (found {type(data).__name__})")
+    return {str(k): v for k, v in data.items() if isinstance(v, torch.Tensor)}
+
+
+@dataclass(frozen=True)
+class ModelFamily:
+    """What a checkpoint is: its family, prediction type and latent format."""
+
+    name: str  # "sd1" | "sd2" | "sdxl" | "sdxl_refiner"
+    prediction: str  # "eps" | "v"
+    in_channels: int
+    latent_channels: int = 4
+
+    @property
+    def is_inpaint(self) -> bool:
+        return self.in_channels == 9
+
+    @property
+    def is_sdxl(self) -> bool:
+        return self.name in ("sdxl", "sdxl_refiner")
+
+    @property
+    def latent_scale_factor(self) -> float:
+        return 0.13025 if self.is_sdxl else 0.18215
+
+    @property
+    def label(self) -> str:
+        text = {"sd1": "SD1.x", "sd2": "SD2.x", "sdxl": "SDXL", "sdxl_refiner": "SDXL refiner"}[self.name]
+        if self.is_inpaint:
+            text += " inpainting"
+        return text + (" (v-prediction)" if self.prediction == "v" else "")
+
+
+#: The std above which SD2's output_blocks.11 norm bias marks a v-prediction model (ComfyUI's test).
+_V_PREDICTION_STD = 0.09
+
+
+def detect_family(ckpt: CheckpointFile, prediction: str | None = None) -> ModelFamily:
+    """Recognise a checkpoint from its keys (structure) and one tensor statistic for SD2 eps/v."""
+    first_conv = UNET_PREFIX + "input_blocks.0.0.weight"
+    if first_conv not in ckpt:
+        raise UnsupportedModel(_describe_unknown(ckpt))
+    in_channels = ckpt.shape(first_conv)[1]
+    if in_channels not in (4, 9):
+        raise UnsupportedModel(f"{ckpt.path.name}: a UNet with {in_channels} input channels (4 or 9 supported: "
+                               "plain or inpainting); instruct-pix2pix style models are not supported yet")
+    has_label = ckpt.has_prefix(UNET_PREFIX + "label_emb.")
+    if has_label and ckpt.has_prefix("conditioner.embedders.1.model."):
+        name = "sdxl"
+    elif has_label and ckpt.has_prefix("conditioner.embedders.0.model."):
+        name = "sdxl_refiner"
+    elif not has_label and ckpt.has_prefix("cond_stage_model.transformer."):
+        name = "sd1"
+    elif not has_label and ckpt.has_prefix("cond_stage_model.model."):
+        name = "sd2"
+    else:
+        raise UnsupportedModel(
+            f"{ckpt.path.name}: a UNet (in_channels {in_channels}, class embedding: {has_label}) with text "
+            f"encoder keys {_text_encoder_prefixes(ckpt)}; expected SD1.x, SD2.x or SDXL layouts")
+    if prediction is None:
+        prediction = _guess_prediction(ckpt) if name == "sd2" else "eps"
+    if prediction not in ("eps", "v"):
+        raise ValueError(f"prediction must be 'eps' or 'v', not {prediction!r}")
+    return ModelFamily(name=name, prediction=prediction, in_channels=in_channels)
+
+
+def _guess_prediction(ckpt: CheckpointFile) -> str:
+    key = UNET_PREFIX + "output_blocks.11.1.transformer_blocks.0.norm1.bias"
+    if key not in ckpt:
+        return "eps"
+    return "v" if float(ckpt.load(key, torch.float32).std()) > _V_PREDICTION_STD else "eps"
+
+
+def _text_encoder_prefixes(ckpt: CheckpointFile) -> list[str]:
+    found = {".".join(k.split(".")[:3]) for k in ckpt.keys()
+             if k.startswith(("cond_stage_model.", "conditioner."))}
+    return sorted(found)[:6]
+
+
+def _describe_unknown(ckpt: CheckpointFile) -> str:
+    """Say what a non-checkpoint file looks like and where it belongs."""
+    keys = ckpt.keys()
+    name = ckpt.path.name
+    if any(k.startswith(("lora_unet_", "lora_te", "lora_te1_")) or ".lora_down." in k or ".lora_A." in k
+           for k in keys):
+        return f"{name} is a LoRA, not a checkpoint: put it in models/loras and use LoraLoader"
+    if any(k.startswith(("control_model.", "controlnet_cond_embedding.", "input_hint_block.")) for k in keys):
+        return f"{name} is a ControlNet: put it in models/controlnet and use ControlNetLoader"
+    if any(k.startswith(("encoder.conv_in.", "decoder.conv_in.", "first_stage_model.")) for k in keys):
+        return f"{name} is a VAE without a UNet: put it in models/vae and use VAELoader"
+    if any(k.startswith(("double_blocks.", "joint_blocks.", "model.diffusion_model.double_blocks."))
+           for k in keys):
+        return f"{name} is a Flux/SD3-style transformer model; Loom runs SD1.x, SD2.x and SDXL"
+    sample = ", ".join(sorted(keys)[:5])
+    return (f"{name} holds no Stable Diffusion UNet (no {UNET_PREFIX}input_blocks.0.0.weight); "
+            f"{len(keys)} tensors, e.g. {sample}")
