@@ -21,14 +21,15 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import sqlite3
 import struct
-import threading
 import uuid
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from engine.events import Event, Executing, ExecutionStart, PreviewImage, to_message
+from engine.queue import QueueClosed
 
 if TYPE_CHECKING:
     from engine.queue import PromptQueue
@@ -36,8 +37,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: Messages a connection may have waiting before it is considered stuck and dropped.
+#: Frames and bytes a connection may have waiting before it is considered stuck and dropped.
 OUTBOX_LIMIT = 10_000
+OUTBOX_BYTES = 32 * 1024 * 1024
 #: Binary frame event types (ComfyUI's protocol).
 PREVIEW_IMAGE = 1
 PREVIEW_IMAGE_WITH_METADATA = 4
@@ -58,38 +60,55 @@ def _truthy(value: str | None) -> bool:
 class _Connection:
     """One websocket and its outbox. All methods run on the event loop."""
 
-    def __init__(self, ws: web.WebSocketResponse, client_id: str, *, previews: bool) -> None:
+    def __init__(self, ws: web.WebSocketResponse, request: web.Request, client_id: str, *,
+                 previews: bool, max_bytes: int) -> None:
         self.ws = ws
         self.client_id = client_id
         self.previews = previews
         self.preview_metadata = False
         self.greeted = False
+        self.dead = False
+        self._request = request
+        self._max_bytes = max_bytes
+        self._pending_bytes = 0
         self._outbox: asyncio.Queue[str | bytes | None] = asyncio.Queue(maxsize=OUTBOX_LIMIT)
         self._sender: asyncio.Task[None] | None = None
-        self._closer: asyncio.Task[Any] | None = None
-        self.dead = False
+        self._closer: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         self._sender = asyncio.get_running_loop().create_task(self._send_loop())
 
     def send(self, payload: str | bytes) -> None:
-        """Queue a frame; never waits. A connection whose outbox overflows is dropped."""
+        """Queue a frame; never waits. A client that lets too much pile up is dropped."""
         if self.dead:
             return
-        try:
-            self._outbox.put_nowait(payload)
-        except asyncio.QueueFull:
-            log.warning("websocket client %s is not reading (%d frames waiting); dropping it",
-                        self.client_id, OUTBOX_LIMIT)
+        size = len(payload)
+        if self._pending_bytes + size > self._max_bytes or self._outbox.full():
+            log.warning("websocket client %s is not reading (%d frames, %d bytes waiting); dropping it",
+                        self.client_id, self._outbox.qsize(), self._pending_bytes)
             self.abort()
+            return
+        self._pending_bytes += size
+        self._outbox.put_nowait(payload)
 
     def abort(self) -> None:
+        """Drop a stuck client: stop sending, try a close frame briefly, then cut the connection."""
         self.dead = True
         if self._sender is not None:
             self._sender.cancel()
-        if self._closer is None and not self.ws.closed:
+        if self._closer is None:
             self._closer = asyncio.get_running_loop().create_task(
-                self.ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=b"client too slow"))
+                self.close(WSCloseCode.TRY_AGAIN_LATER, b"client too slow"))
+
+    async def close(self, code: int, message: bytes) -> None:
+        """Send a close frame (waiting at most a second), then make sure the connection is gone."""
+        try:
+            await asyncio.wait_for(self.ws.close(code=code, message=message), timeout=1.0)
+        except (TimeoutError, ConnectionError, RuntimeError) as exc:
+            log.debug("closing websocket client %s: %s", self.client_id, exc)
+        transport = self._request.transport
+        if transport is not None and not transport.is_closing():
+            transport.abort()
 
     async def _send_loop(self) -> None:
         try:
@@ -101,6 +120,7 @@ class _Connection:
                     await self.ws.send_bytes(payload)
                 else:
                     await self.ws.send_str(payload)
+                self._pending_bytes -= len(payload)
         except (ConnectionError, RuntimeError) as exc:
             log.debug("websocket client %s went away: %s", self.client_id, exc)
             self.dead = True
@@ -108,17 +128,16 @@ class _Connection:
     async def stop(self) -> None:
         """Let queued frames go out (briefly), then end the sender."""
         self.dead = True
-        if self._sender is None:
+        if self._sender is None or self._sender.done():
             return
-        if not self._sender.done():
-            try:
-                self._outbox.put_nowait(None)
-            except asyncio.QueueFull:
-                self._sender.cancel()
-            try:
-                await asyncio.wait_for(self._sender, timeout=2.0)
-            except (TimeoutError, asyncio.CancelledError):
-                self._sender.cancel()
+        try:
+            self._outbox.put_nowait(None)
+        except asyncio.QueueFull:
+            self._sender.cancel()
+        try:
+            await asyncio.wait_for(self._sender, timeout=2.0)
+        except (TimeoutError, asyncio.CancelledError):
+            self._sender.cancel()
 
 
 class _ClientSink:
@@ -140,7 +159,8 @@ class Hub:
     the app's startup and shutdown.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, outbox_bytes: int = OUTBOX_BYTES) -> None:
+        self._outbox_bytes = outbox_bytes
         self._loop: asyncio.AbstractEventLoop | None = None
         self._queue: PromptQueue | None = None
         self._flags: dict[str, Any] = {"supports_preview_metadata": True, "max_upload_size": 0}
@@ -148,8 +168,6 @@ class Hub:
         self._clients: dict[str, _Connection] = {}
         self._connections: set[_Connection] = set()
         self._running: dict[str, list[str | None]] = {}  # prompt_id -> [client_id, last node]
-        self._lock = threading.Lock()
-        self._status_scheduled = False
         self._listening = False
 
     # ------------------------------------------------------------------ wiring
@@ -176,9 +194,12 @@ class Hub:
         self._loop = None
         connections = list(self._connections)
         self._clients.clear()
-        for conn in connections:
+
+        async def close(conn: _Connection) -> None:
             await conn.stop()
-            await conn.ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutting down")
+            await conn.close(WSCloseCode.GOING_AWAY, b"server shutting down")
+
+        await asyncio.gather(*(close(conn) for conn in connections))
 
     # ------------------------------------------------------------------ intake (any thread)
 
@@ -197,18 +218,15 @@ class Hub:
             log.debug("dropping %s: the event loop is closed", event.type)
 
     def _on_queue_change(self) -> None:
+        """Queue listener (any thread): read the count now, broadcast it in order with the events."""
         loop = self._loop
         if loop is None:
             return
-        with self._lock:
-            if self._status_scheduled:
-                return
-            self._status_scheduled = True
+        message = self.status_message()
         try:
-            loop.call_soon_threadsafe(self._broadcast_status)
+            loop.call_soon_threadsafe(self._broadcast_status, message)
         except RuntimeError:
-            with self._lock:
-                self._status_scheduled = False
+            log.debug("dropping a status broadcast: the event loop is closed")
 
     # ------------------------------------------------------------------ delivery (loop)
 
@@ -216,13 +234,16 @@ class Hub:
     def client_count(self) -> int:
         return len(self._clients)
 
+    def is_connected(self, client_id: str) -> bool:
+        return client_id in self._clients
+
     def queue_remaining(self) -> int:
         if self._queue is None:
             return 0
         try:
             return self._queue.remaining()
-        except Exception:  # a closed queue during shutdown
-            log.debug("queue unavailable for status", exc_info=True)
+        except (QueueClosed, sqlite3.Error) as exc:  # a closed queue during shutdown
+            log.debug("queue unavailable for status: %s", exc)
             return 0
 
     def status_message(self, sid: str | None = None) -> dict[str, Any]:
@@ -231,11 +252,9 @@ class Hub:
             data["sid"] = sid
         return {"type": "status", "data": data}
 
-    def _broadcast_status(self) -> None:
-        with self._lock:
-            self._status_scheduled = False
+    def _broadcast_status(self, message: dict[str, Any]) -> None:
         if self._clients:
-            self._broadcast(dumps(self.status_message()))
+            self._broadcast(dumps(message))
 
     def _broadcast(self, payload: str | bytes) -> None:
         for conn in list(self._clients.values()):
@@ -297,7 +316,8 @@ class Hub:
             raise web.HTTPBadRequest(reason="clientId is too long")
         ws = web.WebSocketResponse(heartbeat=30.0, max_msg_size=1 << 20)
         await ws.prepare(request)
-        conn = _Connection(ws, client_id, previews=_truthy(request.query.get("previews")))
+        conn = _Connection(ws, request, client_id, previews=_truthy(request.query.get("previews")),
+                           max_bytes=self._outbox_bytes)
         old = self._clients.get(client_id)
         if old is not None:
             log.info("websocket client %s reconnected; the old socket gets no more messages", client_id)

@@ -55,7 +55,7 @@ def error_body(
 
 
 class _Lenient(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", coerce_numbers_to_str=True)
 
 
 class PromptRequest(_Lenient):
@@ -77,15 +77,15 @@ class PromptRequest(_Lenient):
 class QueueOperation(_Lenient):
     """``POST /queue``: clear pending prompts and/or delete some (a running one is interrupted)."""
 
-    clear: bool = False
-    delete: list[str] = Field(default_factory=list)
+    clear: bool | None = None
+    delete: list[str] | None = None
 
 
 class HistoryOperation(_Lenient):
     """``POST /history``: forget all entries and/or some."""
 
-    clear: bool = False
-    delete: list[str] = Field(default_factory=list)
+    clear: bool | None = None
+    delete: list[str] | None = None
 
 
 class InterruptRequest(_Lenient):
@@ -97,8 +97,8 @@ class InterruptRequest(_Lenient):
 class FreeRequest(_Lenient):
     """``POST /free``: unload models and/or free cached memory after the current prompt."""
 
-    unload_models: bool = False
-    free_memory: bool = False
+    unload_models: bool | None = None
+    free_memory: bool | None = None
 
 
 class UploadForm(BaseModel):
@@ -200,7 +200,7 @@ class SystemInfo(BaseModel):
 class DeviceInfo(BaseModel):
     name: str
     type: str
-    index: int | None
+    index: int | None = Field(description="0 for the CPU device.")
     vram_total: int
     vram_free: int
     torch_vram_total: int

@@ -21,6 +21,7 @@ Also: ``X-Content-Type-Options: nosniff``, ``X-Frame-Options: SAMEORIGIN`` and
 from __future__ import annotations
 
 import hmac
+import json
 import logging
 from collections.abc import Awaitable, Callable
 from urllib.parse import urlsplit
@@ -38,6 +39,10 @@ _DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 _QUERY_TOKEN_PATHS = frozenset({"/ws", "/api/ws", "/view", "/api/view"})
 _CORS_METHODS = "GET, POST, PUT, PATCH, DELETE, OPTIONS"
 _CORS_HEADERS = "Authorization, Content-Type"
+
+
+def _compact(data: object) -> str:
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False, default=str)
 
 
 class ApiError(Exception):
@@ -60,7 +65,7 @@ def error_response(status: int, kind: str, message: str, details: str = "",
                    extra_info: dict[str, object] | None = None,
                    headers: dict[str, str] | None = None) -> web.Response:
     return web.json_response(error_body(kind, message, details, extra_info), status=status,
-                             headers=headers)
+                             headers=headers, dumps=_compact)
 
 
 def is_editor_static(request: web.Request) -> bool:
@@ -68,7 +73,7 @@ def is_editor_static(request: web.Request) -> bool:
     if request.method not in ("GET", "HEAD"):
         return False
     path = request.path
-    return path in ("/", "/index.html") or path.startswith("/frontend/")
+    return path == "/" or path.startswith("/frontend/")
 
 
 # --------------------------------------------------------------------------- host / origin parsing
