@@ -1,0 +1,59 @@
+"""Every saved workflow runs headless through ``python main.py run``, the way the README says."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from engine.pngmeta import read_png_metadata
+
+ROOT = Path(__file__).resolve().parents[2]
+WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
+
+
+def _run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    dirs = []
+    for name in ("input", "output", "temp", "data"):
+        dirs += [f"--{name}-dir", str(tmp_path / name)]
+    return subprocess.run([sys.executable, str(ROOT / "main.py"), "run", *args, *dirs],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("workflow", WORKFLOWS, ids=[w.stem for w in WORKFLOWS])
+def test_workflow_runs_headless(tmp_path: Path, workflow: Path) -> None:
+    result = _run(tmp_path, str(workflow))
+    assert result.returncode == 0, result.stderr
+    outputs = [Path(line) for line in result.stdout.splitlines() if line.strip()]
+    assert outputs and all(p.is_file() for p in outputs)
+    for path in outputs:
+        meta = read_png_metadata(path.read_bytes())
+        assert meta["workflow"] == json.loads(workflow.read_text())
+        assert set(meta["prompt"]) <= {str(n["id"]) for n in meta["workflow"]["nodes"]}
+
+
+def test_set_override_by_title_and_png_round_trip(tmp_path: Path) -> None:
+    result = _run(tmp_path, str(ROOT / "workflows" / "invert-image.json"), "--set", "Save.filename_prefix=custom",
+                  "--set", "1.color=0")
+    assert result.returncode == 0, result.stderr
+    [path] = [Path(line) for line in result.stdout.splitlines()]
+    assert path.name == "custom_00001_.png"
+    pixels = np.asarray(Image.open(path))
+    assert pixels.shape == (64, 128, 3) and (pixels == 255).all()  # black inverted, scaled by 0.5
+    # The PNG carries its workflow, so it can be run again directly.
+    again = _run(tmp_path, str(path), "--set", "Save.filename_prefix=again")
+    assert again.returncode == 0, again.stderr
+    assert Path(again.stdout.strip()).name == "again_00001_.png"
+
+
+def test_bad_workflow_exits_non_zero_with_readable_error(tmp_path: Path) -> None:
+    result = _run(tmp_path, str(ROOT / "workflows" / "invert-image.json"), "--set", "3.scale_by=100")
+    assert result.returncode == 2
+    assert "node 3 (ImageScaleBy)" in result.stderr and "maximum" in result.stderr
+    result = _run(tmp_path, str(ROOT / "workflows" / "invert-image.json"), "--set", "Nope.x=1")
+    assert result.returncode == 2 and "matches no node id or title" in result.stderr
