@@ -2,7 +2,7 @@
 
 Everything here is a *denoiser*: ``denoiser(x, sigma, **kwargs) -> denoised`` with ``x`` the noisy
 latent in k-diffusion's variance-exploding convention (``x = x0 + sigma * noise``) and ``sigma`` a
-tensor of shape [B]. The samplers in :mod:`engine.backend.sampling` only ever see such a callable.
+tensor of shape [B]. The samplers in :mod:`engine.backend.samplers` only ever see such a callable.
 
 The layers, outermost first, as a KSampler run stacks them::
 
@@ -36,7 +36,7 @@ ApplyModel = Callable[..., Tensor]
 
 
 class Parameterization(Protocol):
-    """What :class:`ParameterizedModel` needs from a model sampling (``sampling.ModelSampling`` fits)."""
+    """What :class:`ParameterizedModel` needs from a model sampling (``model_sampling.ModelSampling`` fits)."""
 
     def timestep(self, sigma: Tensor) -> Tensor: ...
 

@@ -16,7 +16,7 @@ from engine.backend.guidance import (
     prepare_mask,
     repeat_to_batch,
 )
-from engine.backend.sampling import ModelSampling
+from engine.backend.model_sampling import ModelSampling
 
 
 class RecordingModel:

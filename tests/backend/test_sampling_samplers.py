@@ -17,8 +17,13 @@ import pytest
 import torch
 from torch import Tensor
 
-from engine.backend import sampling as S
+from engine.backend.model_sampling import ModelSampling
 from engine.backend.noise import SeededNoiseSampler
+from engine.backend.samplers import SAMPLER_NAMES, get_sampler
+from engine.backend.samplers.ancestral import sample_euler_ancestral
+from engine.backend.samplers.common import get_ancestral_step
+from engine.backend.samplers.unipc import sample_uni_pc
+from engine.backend.schedules import DISCARD_PENULTIMATE_SIGMA_SAMPLERS, get_sigmas_karras, sigmas_for
 
 pytestmark = pytest.mark.filterwarnings("ignore:Should have tb<=t1:UserWarning")  # torchsde end-point rounding
 
@@ -66,8 +71,8 @@ def end_sigma(name: str, sigmas: Tensor) -> float:
 
 
 @pytest.fixture(scope="module")
-def ms() -> S.ModelSampling:
-    return S.ModelSampling.from_betas()
+def ms() -> ModelSampling:
+    return ModelSampling.from_betas()
 
 
 @pytest.fixture(scope="module")
@@ -75,12 +80,12 @@ def unit_noise() -> Tensor:
     return torch.randn(64, 4, 8, 8, generator=torch.Generator().manual_seed(1))
 
 
-def rms_error(ms: S.ModelSampling, name: str, steps: int, noise: Tensor, denoise: float = 1.0) -> float:
+def rms_error(ms: ModelSampling, name: str, steps: int, noise: Tensor, denoise: float = 1.0) -> float:
     """RMS distance to the exact ODE solution, starting from a sample of the noised data at sigmas[0]."""
-    sigmas = S.sigmas_for(ms, "karras", name, steps, denoise=denoise)
+    sigmas = sigmas_for(ms, "karras", name, steps, denoise=denoise)
     sigma_start = float(sigmas[0])
     x = MU + noise * math.sqrt(SD**2 + sigma_start**2)
-    out = S.get_sampler(name)(denoiser, x, sigmas, seed=0)
+    out = get_sampler(name)(denoiser, x, sigmas, seed=0)
     assert torch.isfinite(out).all()
     return float(((out - exact(x, sigma_start, end_sigma(name, sigmas))) ** 2).mean().sqrt())
 
@@ -89,23 +94,23 @@ def rms_error(ms: S.ModelSampling, name: str, steps: int, noise: Tensor, denoise
 
 
 @pytest.mark.parametrize("name", DETERMINISTIC)
-def test_deterministic_samplers_follow_the_exact_ode(ms: S.ModelSampling, unit_noise: Tensor, name: str) -> None:
+def test_deterministic_samplers_follow_the_exact_ode(ms: ModelSampling, unit_noise: Tensor, name: str) -> None:
     tolerance = {"euler": 0.05, "ddim": 0.05, "dpm_adaptive": 0.05}.get(name, 0.01)
     assert rms_error(ms, name, 30, unit_noise) < tolerance
 
 
 @pytest.mark.parametrize("name", DETERMINISTIC)
-def test_img2img_schedule_not_starting_at_sigma_max(ms: S.ModelSampling, unit_noise: Tensor, name: str) -> None:
+def test_img2img_schedule_not_starting_at_sigma_max(ms: ModelSampling, unit_noise: Tensor, name: str) -> None:
     tolerance = {"euler": 0.05, "ddim": 0.05, "dpm_adaptive": 0.05}.get(name, 0.02)
     assert rms_error(ms, name, 15, unit_noise, denoise=0.6) < tolerance
 
 
 @pytest.mark.parametrize("name", ["heun", "dpm_2", "lms", "dpm_fast", "dpmpp_2m", "uni_pc", "uni_pc_bh2"])
-def test_higher_order_beats_euler_at_few_steps(ms: S.ModelSampling, unit_noise: Tensor, name: str) -> None:
+def test_higher_order_beats_euler_at_few_steps(ms: ModelSampling, unit_noise: Tensor, name: str) -> None:
     assert rms_error(ms, name, 10, unit_noise) < 0.5 * rms_error(ms, "euler", 10, unit_noise)
 
 
-def test_more_steps_converge(ms: S.ModelSampling, unit_noise: Tensor) -> None:
+def test_more_steps_converge(ms: ModelSampling, unit_noise: Tensor) -> None:
     # (UniPC levels off near 1e-3: its float32 VP coefficients at the 0.001 end point, kept as ComfyUI has them.)
     for name in ["euler", "heun", "dpmpp_2m"]:
         errors = [rms_error(ms, name, steps, unit_noise) for steps in (8, 16, 32)]
@@ -115,21 +120,21 @@ def test_more_steps_converge(ms: S.ModelSampling, unit_noise: Tensor) -> None:
 @pytest.mark.parametrize(
     "name", ["dpm_2_ancestral", "dpmpp_2s_ancestral", "dpmpp_sde", "dpmpp_2m_sde", "dpmpp_2m_sde_heun", "dpmpp_3m_sde"]
 )
-def test_stochastic_samplers_reach_the_data_distribution(ms: S.ModelSampling, unit_noise: Tensor, name: str) -> None:
-    sigmas = S.sigmas_for(ms, "karras", name, 50)
-    out = S.get_sampler(name)(denoiser, unit_noise * float(sigmas[0]), sigmas, seed=3)
+def test_stochastic_samplers_reach_the_data_distribution(ms: ModelSampling, unit_noise: Tensor, name: str) -> None:
+    sigmas = sigmas_for(ms, "karras", name, 50)
+    out = get_sampler(name)(denoiser, unit_noise * float(sigmas[0]), sigmas, seed=3)
     assert float(out.mean()) == pytest.approx(MU, abs=0.02)
     assert float(out.std()) == pytest.approx(SD, abs=0.03)
 
 
-def test_euler_ancestral_variance_matches_its_recursion(ms: S.ModelSampling, unit_noise: Tensor) -> None:
+def test_euler_ancestral_variance_matches_its_recursion(ms: ModelSampling, unit_noise: Tensor) -> None:
     """Euler ancestral is first order, so it undershoots the variance at 30 steps; for Gaussian data its
     variance obeys var' = var (1 + sigma (sigma_down - sigma) / (SD^2 + sigma^2))^2 + sigma_up^2."""
-    sigmas = S.sigmas_for(ms, "karras", "euler_ancestral", 30)
-    out = S.get_sampler("euler_ancestral")(denoiser, unit_noise * float(sigmas[0]), sigmas, seed=3)
+    sigmas = sigmas_for(ms, "karras", "euler_ancestral", 30)
+    out = get_sampler("euler_ancestral")(denoiser, unit_noise * float(sigmas[0]), sigmas, seed=3)
     var = float(sigmas[0]) ** 2
     for sigma, sigma_next in zip(sigmas[:-1].double(), sigmas[1:].double(), strict=True):
-        down, up = S.get_ancestral_step(sigma, sigma_next)
+        down, up = get_ancestral_step(sigma, sigma_next)
         if down == 0:
             var *= float(SD**2 / (SD**2 + sigma**2)) ** 2
         else:
@@ -142,11 +147,11 @@ def test_euler_ancestral_variance_matches_its_recursion(ms: S.ModelSampling, uni
 
 
 @pytest.mark.parametrize("name", STOCHASTIC)
-def test_stochastic_samplers_are_seeded(ms: S.ModelSampling, name: str) -> None:
-    sigmas = S.sigmas_for(ms, "karras", name, 6)
+def test_stochastic_samplers_are_seeded(ms: ModelSampling, name: str) -> None:
+    sigmas = sigmas_for(ms, "karras", name, 6)
     x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(5)) * float(sigmas[0])
     state = torch.get_rng_state()
-    sampler = S.get_sampler(name)
+    sampler = get_sampler(name)
     a = sampler(denoiser, x, sigmas, seed=11)
     b = sampler(denoiser, x, sigmas, seed=11)
     c = sampler(denoiser, x, sigmas, seed=12)
@@ -155,51 +160,51 @@ def test_stochastic_samplers_are_seeded(ms: S.ModelSampling, name: str) -> None:
     assert not torch.allclose(a, c)
 
 
-def test_ancestral_default_noise_is_the_seeded_cpu_sampler(ms: S.ModelSampling) -> None:
-    sigmas = S.sigmas_for(ms, "normal", "euler_ancestral", 5)
+def test_ancestral_default_noise_is_the_seeded_cpu_sampler(ms: ModelSampling) -> None:
+    sigmas = sigmas_for(ms, "normal", "euler_ancestral", 5)
     x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0)) * float(sigmas[0])
-    by_seed = S.sample_euler_ancestral(denoiser, x, sigmas, seed=21)
-    explicit = S.sample_euler_ancestral(denoiser, x, sigmas, noise_sampler=SeededNoiseSampler(x, 21))
+    by_seed = sample_euler_ancestral(denoiser, x, sigmas, seed=21)
+    explicit = sample_euler_ancestral(denoiser, x, sigmas, noise_sampler=SeededNoiseSampler(x, 21))
     assert torch.equal(by_seed, explicit)
 
 
-def test_ddim_is_euler(ms: S.ModelSampling, unit_noise: Tensor) -> None:
-    sigmas = S.sigmas_for(ms, "ddim_uniform", "ddim", 10)
+def test_ddim_is_euler(ms: ModelSampling, unit_noise: Tensor) -> None:
+    sigmas = sigmas_for(ms, "ddim_uniform", "ddim", 10)
     x = unit_noise * float(sigmas[0])
-    assert torch.equal(S.get_sampler("ddim")(denoiser, x, sigmas), S.get_sampler("euler")(denoiser, x, sigmas))
+    assert torch.equal(get_sampler("ddim")(denoiser, x, sigmas), get_sampler("euler")(denoiser, x, sigmas))
 
 
-def test_lcm_ends_on_the_denoised_estimate(ms: S.ModelSampling) -> None:
-    sigmas = S.sigmas_for(ms, "sgm_uniform", "lcm", 4)
+def test_lcm_ends_on_the_denoised_estimate(ms: ModelSampling) -> None:
+    sigmas = sigmas_for(ms, "sgm_uniform", "lcm", 4)
     x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0)) * float(sigmas[0])
     seen: list[dict] = []
-    out = S.get_sampler("lcm")(denoiser, x, sigmas, seed=1, callback=seen.append)
+    out = get_sampler("lcm")(denoiser, x, sigmas, seed=1, callback=seen.append)
     assert torch.equal(out, seen[-1]["denoised"])
     # Between steps it re-noises the estimate to the next sigma: x_{i+1} = denoised_i + sigma_{i+1} * noise.
     noise = SeededNoiseSampler(x, 1)
     torch.testing.assert_close(seen[1]["x"], seen[0]["denoised"] + float(sigmas[1]) * noise())
 
 
-def test_uni_pc_single_step_keeps_comfyui_behaviour(ms: S.ModelSampling) -> None:
+def test_uni_pc_single_step_keeps_comfyui_behaviour(ms: ModelSampling) -> None:
     """ComfyUI's UniPC runs order min(3, steps - 1) = 0 for one step and never updates x."""
     sigmas = torch.tensor([float(ms.sigma_max), 0.0])
     x = torch.randn(1, 4, 4, 4, generator=torch.Generator().manual_seed(0)) * float(sigmas[0])
-    out = S.sample_uni_pc(denoiser, x, sigmas)
+    out = sample_uni_pc(denoiser, x, sigmas)
     alpha_end = 1 / math.sqrt(1 + 0.001**2)
     torch.testing.assert_close(out, x / math.sqrt(1 + float(sigmas[0]) ** 2) / alpha_end)
 
 
 @pytest.mark.parametrize("name", ["dpm_fast", "dpm_adaptive"])
 def test_dpm_fast_and_adaptive_stop_at_the_last_nonzero_sigma(unit_noise: Tensor, name: str) -> None:
-    sigmas = S.get_sigmas_karras(20, 1.0, 14.6)  # a large last sigma makes stopping there visible
+    sigmas = get_sigmas_karras(20, 1.0, 14.6)  # a large last sigma makes stopping there visible
     x = MU + unit_noise * math.sqrt(SD**2 + 14.6**2)
-    out = S.get_sampler(name)(denoiser, x, sigmas)
+    out = get_sampler(name)(denoiser, x, sigmas)
     assert float((out - exact(x, 14.6, 1.0)).abs().max()) < 0.02
     assert float((out - exact(x, 14.6, 0.0)).abs().mean()) > 0.3
 
 
-@pytest.mark.parametrize("name", S.SAMPLER_NAMES)
-def test_no_sigmas_or_one_sigma_returns_x(ms: S.ModelSampling, name: str) -> None:
+@pytest.mark.parametrize("name", SAMPLER_NAMES)
+def test_no_sigmas_or_one_sigma_returns_x(ms: ModelSampling, name: str) -> None:
     x = torch.randn(1, 4, 4, 4, generator=torch.Generator().manual_seed(0))
     calls: list[int] = []
 
@@ -207,32 +212,32 @@ def test_no_sigmas_or_one_sigma_returns_x(ms: S.ModelSampling, name: str) -> Non
         calls.append(1)
         return denoiser(x, sigma)
 
-    out = S.get_sampler(name)(counting, x, torch.tensor([3.0]), seed=0)
+    out = get_sampler(name)(counting, x, torch.tensor([3.0]), seed=0)
     assert torch.equal(out, x)
     assert calls == []
 
 
 def test_unknown_sampler_is_an_error() -> None:
     with pytest.raises(ValueError, match="unknown sampler 'nope'"):
-        S.get_sampler("nope")
+        get_sampler("nope")
 
 
 def test_sampler_names_follow_comfyui() -> None:
-    assert S.SAMPLER_NAMES[:3] == ["euler", "euler_ancestral", "heun"]
-    assert S.SAMPLER_NAMES[-3:] == ["ddim", "uni_pc", "uni_pc_bh2"]
-    assert S.DISCARD_PENULTIMATE_SIGMA_SAMPLERS <= set(S.SAMPLER_NAMES)
+    assert SAMPLER_NAMES[:3] == ["euler", "euler_ancestral", "heun"]
+    assert SAMPLER_NAMES[-3:] == ["ddim", "uni_pc", "uni_pc_bh2"]
+    assert DISCARD_PENULTIMATE_SIGMA_SAMPLERS <= set(SAMPLER_NAMES)
 
 
 # Progress and interrupts ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", S.SAMPLER_NAMES)
-def test_callback_once_per_step(ms: S.ModelSampling, name: str) -> None:
+@pytest.mark.parametrize("name", SAMPLER_NAMES)
+def test_callback_once_per_step(ms: ModelSampling, name: str) -> None:
     steps = 6
-    sigmas = S.sigmas_for(ms, "karras", name, steps)
+    sigmas = sigmas_for(ms, "karras", name, steps)
     x = torch.randn(1, 4, 4, 4, generator=torch.Generator().manual_seed(0)) * float(sigmas[0])
     seen: list[dict] = []
-    S.get_sampler(name)(denoiser, x, sigmas, seed=0, callback=seen.append)
+    get_sampler(name)(denoiser, x, sigmas, seed=0, callback=seen.append)
     for info in seen:
         assert {"i", "x", "sigma", "sigma_hat", "denoised"} <= set(info)
         assert info["denoised"].shape == x.shape
@@ -242,9 +247,9 @@ def test_callback_once_per_step(ms: S.ModelSampling, name: str) -> None:
         assert [info["i"] for info in seen] == list(range(steps))
 
 
-@pytest.mark.parametrize("name", S.SAMPLER_NAMES)
-def test_raising_from_the_callback_interrupts(ms: S.ModelSampling, name: str) -> None:
-    sigmas = S.sigmas_for(ms, "karras", name, 8)
+@pytest.mark.parametrize("name", SAMPLER_NAMES)
+def test_raising_from_the_callback_interrupts(ms: ModelSampling, name: str) -> None:
+    sigmas = sigmas_for(ms, "karras", name, 8)
     x = torch.randn(1, 4, 4, 4, generator=torch.Generator().manual_seed(0)) * float(sigmas[0])
     calls: list[int] = []
 
@@ -259,13 +264,13 @@ def test_raising_from_the_callback_interrupts(ms: S.ModelSampling, name: str) ->
         raise Stop
 
     with pytest.raises(Stop):
-        S.get_sampler(name)(counting, x, sigmas, seed=0, callback=stop)
+        get_sampler(name)(counting, x, sigmas, seed=0, callback=stop)
     # dpm_adaptive reports after each attempted (3-evaluation) step, every other sampler after its first evaluation.
     assert len(calls) == (3 if name == "dpm_adaptive" else 1)
 
 
-def test_extra_args_reach_the_model(ms: S.ModelSampling) -> None:
-    sigmas = S.sigmas_for(ms, "normal", "dpmpp_2m", 3)
+def test_extra_args_reach_the_model(ms: ModelSampling) -> None:
+    sigmas = sigmas_for(ms, "normal", "dpmpp_2m", 3)
     seen: list[object] = []
 
     def model(x: Tensor, sigma: Tensor, *, tag: object) -> Tensor:
@@ -273,7 +278,7 @@ def test_extra_args_reach_the_model(ms: S.ModelSampling) -> None:
         assert sigma.shape == (2,)
         return denoiser(x, sigma)
 
-    S.get_sampler("dpmpp_2m")(model, torch.zeros(2, 4, 4, 4), sigmas, extra_args={"tag": "t"})
+    get_sampler("dpmpp_2m")(model, torch.zeros(2, 4, 4, 4), sigmas, extra_args={"tag": "t"})
     assert seen == ["t"] * 3
 
 
@@ -376,28 +381,28 @@ REFERENCES: dict[str, Callable[[np.ndarray, list[float]], np.ndarray]] = {
 
 @pytest.mark.parametrize("name", sorted(REFERENCES))
 @pytest.mark.parametrize("scheduler", ["karras", "normal"])
-def test_matches_reference_solver(ms: S.ModelSampling, name: str, scheduler: str) -> None:
-    sigmas = S.sigmas_for(ms, scheduler, name, 10)
+def test_matches_reference_solver(ms: ModelSampling, name: str, scheduler: str) -> None:
+    sigmas = sigmas_for(ms, scheduler, name, 10)
     x = torch.randn(2, 4, 4, 4, generator=torch.Generator().manual_seed(9)) * float(sigmas[0])
-    out = S.get_sampler(name)(denoiser, x, sigmas)
+    out = get_sampler(name)(denoiser, x, sigmas)
     grid = [float(s) for s in sigmas]
     expected = REFERENCES[name](x.double().numpy(), grid)
     np.testing.assert_allclose(out.numpy(), expected, atol=1e-5, rtol=1e-5)
 
 
-def test_euler_ancestral_matches_reference(ms: S.ModelSampling) -> None:
-    sigmas = S.sigmas_for(ms, "karras", "euler_ancestral", 10)
+def test_euler_ancestral_matches_reference(ms: ModelSampling) -> None:
+    sigmas = sigmas_for(ms, "karras", "euler_ancestral", 10)
     x = torch.randn(2, 4, 4, 4, generator=torch.Generator().manual_seed(9)) * float(sigmas[0])
     noises = [torch.randn(2, 4, 4, 4, generator=torch.Generator().manual_seed(100 + k)) for k in range(10)]
     queue = list(noises)
-    out = S.sample_euler_ancestral(denoiser, x, sigmas, noise_sampler=lambda s, s_next: queue.pop(0))
+    out = sample_euler_ancestral(denoiser, x, sigmas, noise_sampler=lambda s, s_next: queue.pop(0))
     expected = ref_euler_ancestral(x.double().numpy(), [float(s) for s in sigmas], [n.double().numpy() for n in noises])
     np.testing.assert_allclose(out.numpy(), expected, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("name", ["euler", "heun", "dpm_2"])
-def test_churn_adds_fresh_seeded_noise_each_step(ms: S.ModelSampling, name: str) -> None:
-    sigmas = S.sigmas_for(ms, "karras", name, 8)
+def test_churn_adds_fresh_seeded_noise_each_step(ms: ModelSampling, name: str) -> None:
+    sigmas = sigmas_for(ms, "karras", name, 8)
     x = torch.randn(1, 4, 4, 4, generator=torch.Generator().manual_seed(0)) * float(sigmas[0])
     draws: list[Tensor] = []
     source = SeededNoiseSampler(x, 4)
@@ -406,7 +411,7 @@ def test_churn_adds_fresh_seeded_noise_each_step(ms: S.ModelSampling, name: str)
         draws.append(source())
         return draws[-1]
 
-    sampler = S.get_sampler(name)
+    sampler = get_sampler(name)
     churned = sampler(denoiser, x, sigmas, s_churn=1.0, s_tmin=0.5, noise_sampler=recording)
     in_range = int((sigmas[:-1] >= 0.5).sum())
     assert len(draws) == in_range
