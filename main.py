@@ -29,6 +29,7 @@ from engine.cache import OutputCache
 from engine.errors import LoomError, ValidationFailed
 from engine.events import Event, Executing, ExecutionError, Progress
 from engine.executor import Executor
+from engine.models.manager import ModelManager, pick_device
 from engine.registry import NodeRegistry
 from engine.settings import Settings
 from engine.validate import validate_prompt
@@ -59,7 +60,7 @@ def _common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache-bytes", type=int, default=2 * 1024**3, help="output cache budget")
     parser.add_argument("--extra-nodes", action="append", default=[], metavar="MODULE",
                         help="import MODULE and call its register(registry) (repeatable)")
-    parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING (default: INFO; WARNING for run)")
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -110,9 +111,11 @@ def serve(settings: Settings, registry: NodeRegistry) -> None:
     queue = PromptQueue(settings.database_path, max_pending=settings.max_queue,
                         max_history=settings.max_history)
     cache = OutputCache(settings.cache_bytes, settings.cache_entries)
-    executor = Executor(registry, folders, cache)
+    models = ModelManager(pick_device(settings.device))
+    executor = Executor(registry, folders, cache, models, previews=settings.preview_method != "none")
     hub = Hub()
-    worker = PromptWorker(queue, executor, hub.sink_for)
+    worker = PromptWorker(queue, executor, hub.sink_for,
+                          on_free=lambda unload, _free: models.unload_all() if unload else None)
     app = create_app(settings, registry, queue, worker, hub, cache=cache)
 
     async def main() -> None:
@@ -204,7 +207,8 @@ def run_headless(settings: Settings, registry: NodeRegistry, path: Path, overrid
     folders = settings.folders()
     folders.ensure()
     validate_prompt(prompt, registry, folders)  # readable errors before any work
-    executor = Executor(registry, folders, OutputCache(settings.cache_bytes, settings.cache_entries))
+    models = ModelManager(pick_device(settings.device))
+    executor = Executor(registry, folders, OutputCache(settings.cache_bytes, settings.cache_entries), models)
     sink = _ConsoleSink(prompt)
     outcome = executor.execute(prompt, uuid.uuid4().hex, sink, extra_data={"extra_pnginfo": extra_pnginfo})
     sink.bar.close()
@@ -219,7 +223,8 @@ def run_headless(settings: Settings, registry: NodeRegistry, path: Path, overrid
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(list(sys.argv[1:] if argv is None else argv))
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    level = args.log_level or ("WARNING" if args.command == "run" else "INFO")
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         settings = settings_from(args)
         registry = build_registry(args.extra_nodes)

@@ -28,6 +28,7 @@ class RunContext:
     prompt: Mapping[str, Any] = field(default_factory=dict)
     extra_pnginfo: Mapping[str, Any] = field(default_factory=dict)
     models: Any = None
+    previews: bool = False
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("loom.node"))
 
     def check_interrupted(self) -> None:
@@ -41,6 +42,9 @@ class RunContext:
         self.check_interrupted()
 
     def preview(self, image_format: str, data: bytes) -> None:
-        """Send an encoded preview image (JPEG or PNG) to clients that asked for previews."""
+        """Send an encoded preview image (JPEG or PNG) to clients that asked for previews.
+
+        Nodes check ``previews`` first so that no preview is computed when nobody wants it.
+        """
         self.sink.emit(PreviewImage(prompt_id=self.prompt_id, node=self.node_id,
                                     image_format=image_format, data=data))

@@ -83,11 +83,14 @@ class Executor:
         folders: Folders,
         cache: OutputCache,
         models: Any = None,
+        *,
+        previews: bool = False,
     ) -> None:
         self.registry = registry
         self.folders = folders
         self.cache = cache
         self.models = models
+        self.previews = previews
 
     def execute(
         self,
@@ -221,6 +224,7 @@ class _PromptRun:
             node_id=node_id, prompt_id=self.prompt_id, folders=self.executor.folders, sink=self.sink,
             interrupt=self.interrupt, prompt=self.prompt,
             extra_pnginfo=self.extra_data.get("extra_pnginfo") or {}, models=self.executor.models,
+            previews=self.executor.previews,
             log=logging.getLogger(f"loom.node.{node.cls.type_name}"))
         try:
             result = node.cls().run(ctx, **kwargs)

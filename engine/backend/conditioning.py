@@ -98,9 +98,12 @@ def _repeat_tokens(context: Tensor, length: int) -> Tensor:
 class UNetApply:
     """``apply_model(x, timestep, conds)`` for a UNet, batching every entry that shares an area."""
 
-    def __init__(self, unet: UNetModel, control_fn: Callable[..., Any] | None = None) -> None:
+    def __init__(self, unet: UNetModel, control_fn: Callable[..., Any] | None = None,
+                 concat: Tensor | None = None) -> None:
+        """``concat`` [B, k, H, W] is appended to the latent channels (inpainting models: mask + image)."""
         self.unet = unet
         self.control_fn = control_fn
+        self.concat = concat
 
     def __call__(self, x: Tensor, timestep: Tensor, conds: Sequence[Sequence[CondSpec]], **_: Any) -> Tensor:
         chunks, steps = x.chunk(len(conds)), timestep.chunk(len(conds))
@@ -130,6 +133,8 @@ class UNetApply:
         xs, ts, contexts, ys = [], [], [], []
         for index, spec in members:
             chunk = chunks[index]
+            if self.concat is not None:
+                chunk = torch.cat([chunk, self.concat.to(chunk)], dim=1)
             if area is not None:
                 h, w, y, x0 = area
                 chunk = chunk[..., y:y + h, x0:x0 + w]

@@ -1,0 +1,81 @@
+"""The small, immutable values that travel on MODEL, CLIP and VAE edges.
+
+A handle says *which* weights (a file, identified by path, size and mtime) and *how* to use them
+(patches, options). It holds no tensors: the ModelManager turns a handle into a ready module when
+a node needs one, so the output cache never holds a second copy of a model. Nodes that modify a
+model (LoraLoader, CLIPSetLastLayer, ...) return a new handle with one more option.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+from engine.models.loaders import ModelFamily
+
+
+@dataclass(frozen=True)
+class FileRef:
+    """A weights file, identified by its real path and its size and mtime (so edits are noticed)."""
+
+    path: str
+    size: int
+    mtime_ns: int
+
+    @classmethod
+    def of(cls, path: Path) -> FileRef:
+        real = Path(path).resolve()
+        stat = real.stat()
+        return cls(str(real), stat.st_size, stat.st_mtime_ns)
+
+    @property
+    def name(self) -> str:
+        return Path(self.path).name
+
+
+@dataclass(frozen=True)
+class WeightPatch:
+    """A weight patch (a LoRA file) applied to a model with a strength."""
+
+    file: FileRef
+    strength: float
+
+
+@dataclass(frozen=True)
+class ModelHandle:
+    """MODEL: the diffusion UNet of a checkpoint, its family and the patches to apply."""
+
+    checkpoint: FileRef
+    family: ModelFamily
+    patches: tuple[WeightPatch, ...] = ()
+
+    def with_patch(self, patch: WeightPatch) -> ModelHandle:
+        return dataclasses.replace(self, patches=(*self.patches, patch))
+
+    def with_family(self, family: ModelFamily) -> ModelHandle:
+        return dataclasses.replace(self, family=family)
+
+
+@dataclass(frozen=True)
+class ClipHandle:
+    """CLIP: the text encoder(s) of a checkpoint, the layer to read (clip skip) and patches."""
+
+    checkpoint: FileRef
+    family: ModelFamily
+    layer_idx: int | None = None
+    patches: tuple[WeightPatch, ...] = ()
+
+    def with_layer(self, layer_idx: int) -> ClipHandle:
+        return dataclasses.replace(self, layer_idx=layer_idx)
+
+    def with_patch(self, patch: WeightPatch) -> ClipHandle:
+        return dataclasses.replace(self, patches=(*self.patches, patch))
+
+
+@dataclass(frozen=True)
+class VaeHandle:
+    """VAE: an autoencoder inside a checkpoint (``prefix`` ``first_stage_model.``) or a VAE file."""
+
+    file: FileRef
+    prefix: str

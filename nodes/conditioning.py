@@ -1,0 +1,173 @@
+"""Text conditioning nodes: CLIPTextEncode, CLIPTextEncodeSDXL, CLIPSetLastLayer, and the
+ConditioningCombine / Concat / SetArea / ZeroOut operations on ComfyUI's CONDITIONING lists.
+
+CONDITIONING is a list of ``[embedding [1, T, D], extras]``; extras hold ``pooled_output`` and
+optional ``area``, ``strength`` and SDXL size fields. Nodes never mutate what they receive.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from engine.backend.prompt_weights import TokenizedPrompt
+from engine.backend.text import TextEncoder
+from engine.context import RunContext
+from engine.models.handles import ClipHandle
+from engine.node import Input, Node, Output
+from engine.types import CLIP, CONDITIONING, FLOAT, INT, STRING
+
+Conditioning = list[list[Any]]
+MAX_RESOLUTION = 16384
+
+
+def encode(ctx: RunContext, clip: ClipHandle, tokens: dict[str, TokenizedPrompt]) -> Conditioning:
+    encoder: TextEncoder = ctx.models.text_encoder(clip)
+    with torch.inference_mode():
+        cond, pooled = encoder.encode(_pad_chunks(encoder, tokens), layer_idx=clip.layer_idx)
+    return [[cond.float().cpu(), {"pooled_output": pooled.float().cpu()}]]
+
+
+def _pad_chunks(encoder: TextEncoder, tokens: dict[str, TokenizedPrompt]) -> dict[str, TokenizedPrompt]:
+    """Give every tower the same number of 77-token chunks (the shorter ones get empty chunks)."""
+    longest = max(len(t.ids) for t in tokens.values())
+    padded = {}
+    for key, prompt in tokens.items():
+        missing = longest - len(prompt.ids)
+        if missing:
+            empty = encoder.towers[key].tokenizer.empty_chunk()
+            prompt = TokenizedPrompt(ids=[*prompt.ids, *[empty] * missing],
+                                     weights=[*prompt.weights, *[[1.0] * len(empty)] * missing],
+                                     embeddings=prompt.embeddings)
+        padded[key] = prompt
+    return padded
+
+
+class CLIPTextEncode(Node):
+    """Encode a prompt into conditioning. Supports (word:1.2) weighting and long prompts."""
+
+    display_name = "CLIP Text Encode (Prompt)"
+    category = "conditioning"
+    aliases = ("CLIPEncode",)
+    inputs = (Input("text", STRING, default="", multiline=True, extra={"dynamicPrompts": True},
+                    tooltip="The prompt; (word:1.2) weights a word, \\( escapes a bracket."),
+              Input("clip", CLIP))
+    outputs = (Output(CONDITIONING),)
+
+    def run(self, ctx: RunContext, text: str, clip: ClipHandle) -> tuple[Conditioning]:
+        encoder: TextEncoder = ctx.models.text_encoder(clip)
+        return (encode(ctx, clip, encoder.tokenize(text)),)
+
+
+class CLIPTextEncodeSDXL(Node):
+    """SDXL prompt with separate texts for the two encoders and the size conditioning."""
+
+    category = "advanced/conditioning"
+    inputs = (
+        Input("clip", CLIP),
+        Input("width", INT, default=1024, min=0, max=MAX_RESOLUTION),
+        Input("height", INT, default=1024, min=0, max=MAX_RESOLUTION),
+        Input("crop_w", INT, default=0, min=0, max=MAX_RESOLUTION),
+        Input("crop_h", INT, default=0, min=0, max=MAX_RESOLUTION),
+        Input("target_width", INT, default=1024, min=0, max=MAX_RESOLUTION),
+        Input("target_height", INT, default=1024, min=0, max=MAX_RESOLUTION),
+        Input("text_g", STRING, default="", multiline=True),
+        Input("text_l", STRING, default="", multiline=True),
+    )
+    outputs = (Output(CONDITIONING),)
+
+    def run(self, ctx: RunContext, clip: ClipHandle, width: int, height: int, crop_w: int, crop_h: int,
+            target_width: int, target_height: int, text_g: str, text_l: str) -> tuple[Conditioning]:
+        encoder: TextEncoder = ctx.models.text_encoder(clip)
+        if not clip.family.is_sdxl:
+            raise ValueError(f"CLIPTextEncodeSDXL needs an SDXL checkpoint; this CLIP is {clip.family.label}: "
+                             "use CLIPTextEncode")
+        tokens = {key: tower.tokenize(text_l if key == "clip_l" else text_g)
+                  for key, tower in encoder.towers.items()}
+        [[cond, extras]] = encode(ctx, clip, tokens)
+        extras.update(width=width, height=height, crop_w=crop_w, crop_h=crop_h,
+                      target_width=target_width, target_height=target_height)
+        return ([[cond, extras]],)
+
+
+class CLIPSetLastLayer(Node):
+    """Clip skip: read the text encoder's output from an earlier layer (-1 = last, -2 = penultimate)."""
+
+    category = "conditioning"
+    inputs = (Input("clip", CLIP), Input("stop_at_clip_layer", INT, default=-1, min=-24, max=-1, step=1),)
+    outputs = (Output(CLIP),)
+
+    def run(self, ctx: RunContext, clip: ClipHandle, stop_at_clip_layer: int) -> tuple[ClipHandle]:
+        return (clip.with_layer(stop_at_clip_layer),)
+
+
+class ConditioningCombine(Node):
+    """Use both conditionings: their predictions are averaged during sampling."""
+
+    display_name = "Conditioning (Combine)"
+    category = "conditioning"
+    inputs = (Input("conditioning_1", CONDITIONING), Input("conditioning_2", CONDITIONING))
+    outputs = (Output(CONDITIONING),)
+
+    def run(self, ctx: RunContext, conditioning_1: Conditioning, conditioning_2: Conditioning
+            ) -> tuple[Conditioning]:
+        return ([*conditioning_1, *conditioning_2],)
+
+
+class ConditioningConcat(Node):
+    """Append conditioning_from's tokens to every entry of conditioning_to (one longer prompt)."""
+
+    display_name = "Conditioning (Concat)"
+    category = "conditioning"
+    inputs = (Input("conditioning_to", CONDITIONING), Input("conditioning_from", CONDITIONING))
+    outputs = (Output(CONDITIONING),)
+
+    def run(self, ctx: RunContext, conditioning_to: Conditioning, conditioning_from: Conditioning
+            ) -> tuple[Conditioning]:
+        if len(conditioning_from) > 1:
+            ctx.log.warning("ConditioningConcat uses only the first entry of conditioning_from")
+        source = conditioning_from[0][0]
+        return ([[torch.cat([cond, source], dim=1), dict(extras)] for cond, extras in conditioning_to],)
+
+
+class ConditioningSetArea(Node):
+    """Restrict conditioning to a rectangle of the image, with a strength."""
+
+    display_name = "Conditioning (Set Area)"
+    category = "conditioning"
+    inputs = (
+        Input("conditioning", CONDITIONING),
+        Input("width", INT, default=64, min=64, max=MAX_RESOLUTION, step=8),
+        Input("height", INT, default=64, min=64, max=MAX_RESOLUTION, step=8),
+        Input("x", INT, default=0, min=0, max=MAX_RESOLUTION, step=8),
+        Input("y", INT, default=0, min=0, max=MAX_RESOLUTION, step=8),
+        Input("strength", FLOAT, default=1.0, min=0.0, max=10.0, step=0.01),
+    )
+    outputs = (Output(CONDITIONING),)
+
+    def run(self, ctx: RunContext, conditioning: Conditioning, width: int, height: int, x: int, y: int,
+            strength: float) -> tuple[Conditioning]:
+        area = (height // 8, width // 8, y // 8, x // 8)
+        return ([[cond, {**extras, "area": area, "strength": strength}] for cond, extras in conditioning],)
+
+
+class ConditioningZeroOut(Node):
+    """Zero the conditioning (embedding and pooled output): an 'empty' prompt for SDXL-style models."""
+
+    category = "advanced/conditioning"
+    inputs = (Input("conditioning", CONDITIONING),)
+    outputs = (Output(CONDITIONING),)
+
+    def run(self, ctx: RunContext, conditioning: Conditioning) -> tuple[Conditioning]:
+        out = []
+        for cond, extras in conditioning:
+            extras = dict(extras)
+            if extras.get("pooled_output") is not None:
+                extras["pooled_output"] = torch.zeros_like(extras["pooled_output"])
+            out.append([torch.zeros_like(cond), extras])
+        return (out,)
+
+
+CONDITIONING_NODES = (CLIPTextEncode, CLIPTextEncodeSDXL, CLIPSetLastLayer, ConditioningCombine,
+                      ConditioningConcat, ConditioningSetArea, ConditioningZeroOut)
