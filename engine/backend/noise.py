@@ -15,6 +15,7 @@ Every generator is a private ``torch.Generator``; the global torch RNG is never 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 
 import torch
@@ -150,5 +151,8 @@ class BrownianTreeNoiseSampler:
         sign = 1.0
         if t0 > t1:
             t0, t1, sign = t1, t0, -1.0
-        w = (self.tree(t0, t1) * (self.sign * sign)).to(device=self.device, dtype=self.dtype)
+        with warnings.catch_warnings():
+            # torchsde rounds its end time and warns when a query lands exactly on sigma_max; harmless.
+            warnings.filterwarnings("ignore", message="Should have tb<=t1", category=UserWarning)
+            w = (self.tree(t0, t1) * (self.sign * sign)).to(device=self.device, dtype=self.dtype)
         return w / (t1 - t0).abs().sqrt().to(device=self.device, dtype=self.dtype)

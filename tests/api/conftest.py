@@ -27,6 +27,7 @@ from engine.api import Hub, bound_port, create_app, start_server
 from engine.cache import OutputCache
 from engine.context import RunContext
 from engine.executor import Executor
+from engine.models.manager import ModelManager
 from engine.node import Input, Node, NodeOutput, Output
 from engine.queue import PromptQueue
 from engine.registry import NodeRegistry
@@ -288,7 +289,7 @@ def start_live_server(root: Path, *, hub_options: dict[str, Any] | None = None, 
     queue = PromptQueue(settings.database_path, max_pending=settings.max_queue,
                         max_history=settings.max_history)
     cache = OutputCache(max_bytes=10**8, max_entries=10_000)
-    executor = Executor(registry, folders, cache)
+    executor = Executor(registry, folders, cache, ModelManager("cpu"), previews=settings.preview_method != "none")
     hub = Hub(**(hub_options or {}))
     worker = PromptWorker(queue, executor, hub.sink_for)
     loop = asyncio.new_event_loop()
