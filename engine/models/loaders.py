@@ -22,6 +22,7 @@ Anything else gets an error naming what was found and where such a file belongs.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +40,7 @@ VAE_PREFIX = "first_stage_model."
 _SAFETENSORS_DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
     "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-    "BOOL": torch.bool,
+    "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
 }
 
 
@@ -56,9 +57,13 @@ class CheckpointFile:
         self._pickled: dict[str, torch.Tensor] | None = None
         suffix = self.path.suffix.lower()
         if suffix == ".safetensors":
-            from safetensors import safe_open
+            from safetensors import SafetensorError, safe_open
 
-            self._safe = safe_open(str(self.path), framework="pt", device="cpu")
+            try:
+                self._safe = safe_open(str(self.path), framework="pt", device="cpu")
+            except (SafetensorError, OSError) as exc:
+                raise UnsupportedModel(f"{self.path.name} is not a readable .safetensors file ({exc}); "
+                                       "it may be truncated: download it again") from exc
             self._keys = list(self._safe.keys())
         else:
             self._pickled = _load_pickled(self.path)
@@ -120,19 +125,35 @@ class CheckpointFile:
 def _load_pickled(path: Path) -> dict[str, torch.Tensor]:
     """A pickled checkpoint through ``weights_only=True`` only; never arbitrary code."""
     try:
-        data = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:
-        # Legacy (non-zip) files cannot be memory-mapped; still weights_only.
-        data = torch.load(str(path), map_location="cpu", weights_only=True)
+        data = _torch_load(path)
     except Exception as exc:  # noqa: BLE001 - the unpickler raises many kinds; all mean "refused"
         raise UnsupportedModel(
-            f"{path.name} could not be read safely ({type(exc).__name__}: {exc}); pickled files are read "
-            "with weights_only=True only — convert it to .safetensors") from exc
+            f"{path.name} could not be read safely ({type(exc).__name__}: {_first_reason(exc)}); pickled files "
+            "are read with weights_only=True only, so files that need arbitrary code are refused: use a "
+            ".safetensors version of this model") from exc
     if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
         data = data["state_dict"]
     if not isinstance(data, dict):
         raise UnsupportedModel(f"{path.name} does not hold a state dict (found {type(data).__name__})")
     return {str(k): v for k, v in data.items() if isinstance(v, torch.Tensor)}
+
+
+def _first_reason(exc: Exception) -> str:
+    """The line of torch's unpickling error that says what was refused, without colour codes or advice."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    for line in lines:
+        if "Unsupported global" in line or "Unsupported operand" in line:
+            return line
+    return lines[0][:300] if lines else type(exc).__name__
+
+
+def _torch_load(path: Path) -> object:
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:
+        # Legacy (non-zip) files cannot be memory-mapped; still weights_only.
+        return torch.load(str(path), map_location="cpu", weights_only=True)
 
 
 @dataclass(frozen=True)
@@ -191,7 +212,10 @@ def detect_family(ckpt: CheckpointFile, prediction: str | None = None) -> ModelF
             f"{ckpt.path.name}: a UNet (in_channels {in_channels}, class embedding: {has_label}) with text "
             f"encoder keys {_text_encoder_prefixes(ckpt)}; expected SD1.x, SD2.x or SDXL layouts")
     if prediction is None:
-        prediction = _guess_prediction(ckpt) if name == "sd2" else "eps"
+        if "v_pred" in ckpt:  # the marker key of SDXL v-prediction checkpoints
+            prediction = "v"
+        else:
+            prediction = _guess_prediction(ckpt) if name == "sd2" else "eps"
     if prediction not in ("eps", "v"):
         raise ValueError(f"prediction must be 'eps' or 'v', not {prediction!r}")
     return ModelFamily(name=name, prediction=prediction, in_channels=in_channels)

@@ -5,7 +5,8 @@ One door for every model: nodes ask ``manager.unet(handle)``, ``manager.text_enc
 used first out, up to ``max_loaded`` parts; a part is built on the meta device and filled one
 tensor at a time from the memory-mapped file, so loading never holds two copies of a checkpoint.
 
-Compute dtype: fp32 on CPUs (bf16 matmul is hundreds of times slower there), fp16 on CUDA/MPS.
+Compute dtype: fp32 on CPUs (bf16 matmul is hundreds of times slower there), fp16 on CUDA/MPS; the
+VAE in bf16 (or fp32) on GPUs, since SD VAEs overflow in fp16.
 """
 
 from __future__ import annotations
@@ -49,6 +50,13 @@ def compute_dtype(device: torch.device) -> torch.dtype:
     return torch.float32 if device.type == "cpu" else torch.float16
 
 
+def vae_dtype(device: torch.device) -> torch.dtype:
+    """SD VAEs overflow in fp16 (NaN images): bf16 where the GPU has it, else fp32."""
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
 @dataclass(frozen=True)
 class _Key:
     file: FileRef
@@ -62,6 +70,7 @@ class ModelManager:
                  max_loaded: int = 6) -> None:
         self.device = torch.device(device)
         self.dtype = dtype or compute_dtype(self.device)
+        self.vae_dtype = dtype or vae_dtype(self.device)
         self.max_loaded = max_loaded
         self._loaded: OrderedDict[_Key, nn.Module] = OrderedDict()
         self._lock = threading.RLock()
@@ -121,7 +130,7 @@ class ModelManager:
             with torch.device("meta"):
                 model = AutoencoderKL(config)
             tensors = ((k, v) for k, v in ckpt.iter_prefix(prefix) if k.startswith(_VAE_PARTS))
-            load_weights(model, tensors, device=self.device, dtype=self.dtype, adapt=adapt_vae_weight)
+            load_weights(model, tensors, device=self.device, dtype=self.vae_dtype, adapt=adapt_vae_weight)
         log.info("loaded VAE of %s", ref.name)
         return model.requires_grad_(False).eval()
 
