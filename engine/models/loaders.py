@@ -1,7 +1,8 @@
 """Reading checkpoint files and recognising what they hold.
 
 :class:`CheckpointFile` gives names, shapes and dtypes without reading tensor data, then loads
-tensors one at a time: safetensors through its memory map, ``.ckpt``/``.pt`` only through
+tensors one at a time: safetensors with plain reads (no memory map, so file pages never count
+as this process's memory), ``.ckpt``/``.pt`` only through
 ``torch.load(weights_only=True)`` (memory-mapped where the file format allows). Models are built on
 the meta device and filled tensor by tensor, so loading never holds two full copies in RAM.
 
@@ -21,12 +22,14 @@ Anything else gets an error naming what was found and where such a file belongs.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import re
+import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -48,23 +51,74 @@ class UnsupportedModel(LoomError):
     """A file that is not a checkpoint Loom can run; the message says what it looks like."""
 
 
+class _SafetensorsReader:
+    """Reads a .safetensors file with plain ``pread`` calls, one tensor at a time.
+
+    The format is an 8-byte little-endian header length, a JSON header ``{name: {dtype, shape,
+    data_offsets}}`` and the raw data. Reading (not memory-mapping) keeps the file's pages out of
+    this process's RSS: loading a checkpoint costs the converted model plus one source tensor.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._file = path.open("rb")
+        try:
+            self.entries, self._data_start = self._parse_header()
+        except (ValueError, KeyError, TypeError, OSError) as exc:
+            self._file.close()
+            raise UnsupportedModel(f"{path.name} is not a readable .safetensors file ({exc}); it may be "
+                                   "truncated or damaged: download it again") from exc
+
+    def _parse_header(self) -> tuple[dict[str, tuple[str, tuple[int, ...], int, int]], int]:
+        size = os.fstat(self._file.fileno()).st_size
+        head = self._file.read(8)
+        if len(head) != 8:
+            raise ValueError("the file is shorter than a safetensors header")
+        length = struct.unpack("<Q", head)[0]
+        if length > min(size - 8, _MAX_HEADER_BYTES):
+            raise ValueError(f"header length {length} does not fit the file")
+        header = json.loads(self._file.read(length))
+        entries: dict[str, tuple[str, tuple[int, ...], int, int]] = {}
+        for name, info in header.items():
+            if name == "__metadata__":
+                continue
+            start, end = (int(v) for v in info["data_offsets"])
+            if not 0 <= start <= end or 8 + length + end > size:
+                raise ValueError(f"tensor {name!r} lies beyond the end of the file")
+            entries[name] = (str(info["dtype"]), tuple(int(d) for d in info["shape"]), start, end)
+        return entries, 8 + length
+
+    def read(self, key: str) -> torch.Tensor:
+        dtype_name, shape, start, end = self.entries[key]
+        if dtype_name not in _SAFETENSORS_DTYPES:
+            raise UnsupportedModel(f"{self.path.name}: tensor {key} has unsupported dtype {dtype_name}")
+        buffer = bytearray(end - start)
+        got = os.preadv(self._file.fileno(), [buffer], self._data_start + start) if buffer else 0
+        if got != len(buffer):
+            raise UnsupportedModel(f"{self.path.name}: tensor {key} is truncated")
+        dtype = _SAFETENSORS_DTYPES[dtype_name]
+        if not buffer:
+            return torch.empty(shape, dtype=dtype)
+        return torch.frombuffer(buffer, dtype=dtype).reshape(shape)
+
+    def close(self) -> None:
+        self._file.close()
+
+
+#: Largest safetensors JSON header accepted (real checkpoints have well under 1 MB).
+_MAX_HEADER_BYTES = 100 * 1024 * 1024
+
+
 class CheckpointFile:
     """Lazy, read-only access to the tensors of a .safetensors, .ckpt or .pt file."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self._safe: Any = None
+        self._safe: _SafetensorsReader | None = None
         self._pickled: dict[str, torch.Tensor] | None = None
-        suffix = self.path.suffix.lower()
-        if suffix == ".safetensors":
-            from safetensors import SafetensorError, safe_open
-
-            try:
-                self._safe = safe_open(str(self.path), framework="pt", device="cpu")
-            except (SafetensorError, OSError) as exc:
-                raise UnsupportedModel(f"{self.path.name} is not a readable .safetensors file ({exc}); "
-                                       "it may be truncated: download it again") from exc
-            self._keys = list(self._safe.keys())
+        if self.path.suffix.lower() == ".safetensors":
+            self._safe = _SafetensorsReader(self.path)
+            self._keys = list(self._safe.entries)
         else:
             self._pickled = _load_pickled(self.path)
             self._keys = list(self._pickled)
@@ -76,6 +130,8 @@ class CheckpointFile:
         self.close()
 
     def close(self) -> None:
+        if self._safe is not None:
+            self._safe.close()
         self._safe = None
         self._pickled = None
 
@@ -87,15 +143,16 @@ class CheckpointFile:
 
     def shape(self, key: str) -> tuple[int, ...]:
         if self._safe is not None:
-            return tuple(self._safe.get_slice(key).get_shape())
-        assert self._pickled is not None
-        return tuple(self._pickled[key].shape)
+            return self._safe.entries[key][1]
+        return tuple(self._tensors()[key].shape)
 
     def dtype(self, key: str) -> torch.dtype:
         if self._safe is not None:
-            return _SAFETENSORS_DTYPES[self._safe.get_slice(key).get_dtype()]
-        assert self._pickled is not None
-        return self._pickled[key].dtype
+            name = self._safe.entries[key][0]
+            if name not in _SAFETENSORS_DTYPES:
+                raise UnsupportedModel(f"{self.path.name}: tensor {key} has unsupported dtype {name}")
+            return _SAFETENSORS_DTYPES[name]
+        return self._tensors()[key].dtype
 
     def shapes(self, prefix: str = "") -> dict[str, tuple[int, ...]]:
         """Shapes of the keys under ``prefix``, with the prefix stripped."""
@@ -103,14 +160,15 @@ class CheckpointFile:
 
     def load(self, key: str, dtype: torch.dtype | None = None) -> torch.Tensor:
         """One tensor, on the CPU, converted to ``dtype`` (floating tensors only)."""
-        if self._safe is not None:
-            tensor = self._safe.get_tensor(key)
-        else:
-            assert self._pickled is not None
-            tensor = self._pickled[key]
+        tensor = self._safe.read(key) if self._safe is not None else self._tensors()[key]
         if dtype is not None and tensor.is_floating_point() and tensor.dtype != dtype:
             tensor = tensor.to(dtype)
         return tensor
+
+    def _tensors(self) -> dict[str, torch.Tensor]:
+        if self._pickled is None:
+            raise ValueError(f"{self.path.name} is closed")
+        return self._pickled
 
     def iter_prefix(self, prefix: str, dtype: torch.dtype | None = None) -> Iterator[tuple[str, torch.Tensor]]:
         """``(key without prefix, tensor)`` for every key under ``prefix``, one tensor at a time."""

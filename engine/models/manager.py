@@ -136,7 +136,8 @@ class ModelManager:
 
     def _load_text(self, ref: FileRef, family: str) -> TextEncoder:
         with CheckpointFile(ref.path) as ckpt:
-            state = {k: ckpt.load(k) for k in ckpt.keys() if k.startswith(_TEXT_PREFIXES)}
+            # Converted while read, so the model adopts these tensors without another copy.
+            state = {k: ckpt.load(k, self.dtype) for k in ckpt.keys() if k.startswith(_TEXT_PREFIXES)}
         encoder = load_text_encoder(state, family, dtype=self.dtype, device=self.device)
         log.info("loaded text encoder of %s", ref.name)
         return encoder.requires_grad_(False).eval()
