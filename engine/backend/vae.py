@@ -135,9 +135,13 @@ class ResnetBlock(nn.Module):
         )
 
     def forward(self, x: Tensor) -> Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
-        h = self.conv2(F.silu(self.norm2(h)))
-        return self.nin_shortcut(x) + h
+        # Without autograd (inference) SiLU and the residual add may work in place on the fresh
+        # tensors the norms and convs return: one full-resolution buffer less per block, where a
+        # decode's peak memory is. Training keeps the out-of-place ops autograd needs.
+        inplace = not torch.is_grad_enabled()
+        h = self.conv1(F.silu(self.norm1(x), inplace=inplace))
+        h = self.conv2(F.silu(self.norm2(h), inplace=inplace))
+        return h.add_(self.nin_shortcut(x)) if inplace else h + self.nin_shortcut(x)
 
 
 class AttnBlock(nn.Module):
