@@ -14,8 +14,8 @@ without downloading anything.
   checkpoint (``shared/reference/sd15-checkpoint-keys.tsv``).
 * :func:`load_diffusers_unet` / :func:`load_diffusers_vae` build diffusers' ``UNet2DConditionModel`` /
   ``AutoencoderKL`` from the SD1.5 configuration written below (never from a hub) and load the
-  checkpoint's tensors into them through an LDM -> diffusers renaming derived from the two naming
-  schemes (the inverse of the mapping the backend tests use).
+  checkpoint's tensors into them through the UNet renaming of engine/models/convert_diffusers.py
+  and a VAE renaming derived from the two naming schemes.
 """
 
 from __future__ import annotations
@@ -163,42 +163,12 @@ def check_keys(path: Path) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------ diffusers
 
-_RESNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1", "norm2": "out_layers.0",
-           "conv2": "out_layers.3", "conv_shortcut": "skip_connection"}
-_UNET_FIXED = {"conv_in.": "input_blocks.0.0.", "time_embedding.linear_1.": "time_embed.0.",
-               "time_embedding.linear_2.": "time_embed.2.", "conv_norm_out.": "out.0.", "conv_out.": "out.2.",
-               "mid_block.attentions.0.": "middle_block.1."}
+def diffusers_unet_key_to_ldm(key: str) -> str:
+    """The LDM name (without ``model.diffusion_model.``) of a diffusers SD1.5 UNet parameter."""
+    from engine.backend.unet import UNetConfig
+    from engine.models.convert_diffusers import UNetLayout, unet_names
 
-
-def _resnet(rest: str) -> str:
-    name, _, tail = rest.partition(".")
-    return f"{_RESNET[name]}.{tail}"
-
-
-def diffusers_unet_key_to_ldm(key: str, layers: int = 2, up_with_attention: frozenset[int] = frozenset({1, 2, 3})
-                              ) -> str:
-    """The LDM name (without ``model.diffusion_model.``) of a diffusers SD1.x UNet parameter."""
-    per_level = layers + 1
-    for old, new in _UNET_FIXED.items():
-        if key.startswith(old):
-            return new + key[len(old):]
-    if m := re.fullmatch(r"mid_block\.resnets\.([01])\.(.+)", key):
-        return f"middle_block.{2 * int(m.group(1))}.{_resnet(m.group(2))}"
-    if m := re.fullmatch(r"down_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.+)", key):
-        block = 1 + int(m.group(1)) * per_level + int(m.group(3))
-        tail = _resnet(m.group(4)) if m.group(2) == "resnets" else m.group(4)
-        return f"input_blocks.{block}.{0 if m.group(2) == 'resnets' else 1}.{tail}"
-    if m := re.fullmatch(r"down_blocks\.(\d+)\.downsamplers\.0\.conv\.(.+)", key):
-        return f"input_blocks.{(int(m.group(1)) + 1) * per_level}.0.op.{m.group(2)}"
-    if m := re.fullmatch(r"up_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.+)", key):
-        block = int(m.group(1)) * per_level + int(m.group(3))
-        tail = _resnet(m.group(4)) if m.group(2) == "resnets" else m.group(4)
-        return f"output_blocks.{block}.{0 if m.group(2) == 'resnets' else 1}.{tail}"
-    if m := re.fullmatch(r"up_blocks\.(\d+)\.upsamplers\.0\.conv\.(.+)", key):
-        level = int(m.group(1))
-        index = 2 if level in up_with_attention else 1
-        return f"output_blocks.{level * per_level + layers}.{index}.conv.{m.group(2)}"
-    raise KeyError(f"no LDM name for diffusers UNet key {key!r}")
+    return unet_names(UNetLayout.from_config(UNetConfig.SD15)).to_ldm(key)
 
 
 _VAE_RESNET = {"norm1": "norm1", "conv1": "conv1", "norm2": "norm2", "conv2": "conv2", "conv_shortcut": "nin_shortcut"}

@@ -183,3 +183,11 @@ class QueueFull(LoomError):
 
 class PathOutsideRoot(LoomError):
     """A requested file path would resolve outside the folder it must stay in."""
+
+
+class ModelError(LoomError):
+    """A model file cannot be used as asked (wrong kind of file, wrong model family); says which and why."""
+
+
+class LoraMismatch(ModelError):
+    """A LoRA does not fit the model it is applied to: names the file, what it looks like and the model."""

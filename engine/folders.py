@@ -106,6 +106,11 @@ class Folders:
             names.update(_list_tree(directory, extensions))
         return sorted(names)
 
+    def embedding_names(self) -> list[str]:
+        """Textual-inversion names as prompts write them (``embedding:NAME``): the embeddings folder's
+        model files with their ending stripped, sorted, unique (``GET /embeddings``)."""
+        return sorted({os.path.splitext(name)[0] for name in self.list_models("embeddings")})
+
     def model_path(self, folder: str, name: str) -> Path:
         """The file of model ``name`` in ``folder``; FileNotFoundError names where it looked."""
         dirs = self.model_dirs(folder)

@@ -8,14 +8,25 @@ from engine.registry import NodeRegistry
 def register_builtin_nodes(registry: NodeRegistry) -> None:
     """Register every built-in node class into ``registry``."""
     from nodes.conditioning import CONDITIONING_NODES
+    from nodes.controlnet import CONTROLNET_NODES
     from nodes.image_io import IMAGE_IO_NODES
     from nodes.image_ops import IMAGE_OPS_NODES
+    from nodes.inpaint import INPAINT_NODES
     from nodes.latent_io import LATENT_IO_NODES
     from nodes.latent_ops import LATENT_NODES
+    from nodes.lora import LORA_NODES
+    from nodes.masks import MASK_NODES
     from nodes.model_loaders import MODEL_LOADER_NODES
+    from nodes.preprocess import PREPROCESS_NODES
     from nodes.sampling import SAMPLING_NODES
     from nodes.vae import VAE_NODES
 
     for cls in (*MODEL_LOADER_NODES, *CONDITIONING_NODES, *SAMPLING_NODES, *VAE_NODES, *IMAGE_IO_NODES,
                 *IMAGE_OPS_NODES, *LATENT_NODES, *LATENT_IO_NODES):
+        registry.register(cls)
+    for cls in (*INPAINT_NODES, *MASK_NODES):
+        registry.register(cls)
+    for cls in (*CONTROLNET_NODES, *PREPROCESS_NODES):
+        registry.register(cls)
+    for cls in LORA_NODES:
         registry.register(cls)

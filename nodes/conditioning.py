@@ -7,13 +7,16 @@ optional ``area``, ``strength`` and SDXL size fields. Nodes never mutate what th
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 
-from engine.backend.prompt_weights import TokenizedPrompt
+from engine.backend.prompt_weights import EMBEDDING_PREFIX, TokenizedPrompt
 from engine.backend.text import TextEncoder
 from engine.context import RunContext
+from engine.folders import Folders
+from engine.models.embeddings import embedding_lookup, embeddings_fingerprint
 from engine.models.handles import ClipHandle
 from engine.node import Input, Node, Output
 from engine.types import CLIP, CONDITIONING, FLOAT, INT, STRING
@@ -27,6 +30,16 @@ def encode(ctx: RunContext, clip: ClipHandle, tokens: dict[str, TokenizedPrompt]
     with torch.inference_mode():
         cond, pooled = encoder.encode(_pad_chunks(encoder, tokens), layer_idx=clip.layer_idx)
     return [[cond.float().cpu(), {"pooled_output": pooled.float().cpu()}]]
+
+
+def text_fingerprint(folders: Folders, texts: list[Any]) -> str | None:
+    """Cache-key material for text nodes: the embedding files, when a prompt may name one.
+
+    A linked (non-literal) text may hold ``embedding:`` too, so only literal texts without it skip this.
+    """
+    if all(isinstance(text, str) and EMBEDDING_PREFIX not in text for text in texts):
+        return None
+    return embeddings_fingerprint(folders)
 
 
 def _pad_chunks(encoder: TextEncoder, tokens: dict[str, TokenizedPrompt]) -> dict[str, TokenizedPrompt]:
@@ -55,9 +68,13 @@ class CLIPTextEncode(Node):
               Input("clip", CLIP))
     outputs = (Output(CONDITIONING),)
 
+    @classmethod
+    def fingerprint(cls, folders: Folders, inputs: Mapping[str, Any]) -> str | None:
+        return text_fingerprint(folders, [inputs.get("text")])
+
     def run(self, ctx: RunContext, text: str, clip: ClipHandle) -> tuple[Conditioning]:
         encoder: TextEncoder = ctx.models.text_encoder(clip)
-        return (encode(ctx, clip, encoder.tokenize(text)),)
+        return (encode(ctx, clip, encoder.tokenize(text, embedding_lookup=embedding_lookup(ctx.folders))),)
 
 
 class CLIPTextEncodeSDXL(Node):
@@ -77,13 +94,18 @@ class CLIPTextEncodeSDXL(Node):
     )
     outputs = (Output(CONDITIONING),)
 
+    @classmethod
+    def fingerprint(cls, folders: Folders, inputs: Mapping[str, Any]) -> str | None:
+        return text_fingerprint(folders, [inputs.get("text_g"), inputs.get("text_l")])
+
     def run(self, ctx: RunContext, clip: ClipHandle, width: int, height: int, crop_w: int, crop_h: int,
             target_width: int, target_height: int, text_g: str, text_l: str) -> tuple[Conditioning]:
         encoder: TextEncoder = ctx.models.text_encoder(clip)
         if not clip.family.is_sdxl:
             raise ValueError(f"CLIPTextEncodeSDXL needs an SDXL checkpoint; this CLIP is {clip.family.label}: "
                              "use CLIPTextEncode")
-        tokens = {key: tower.tokenize(text_l if key == "clip_l" else text_g)
+        lookup = embedding_lookup(ctx.folders)
+        tokens = {key: tower.tokenize(text_l if key == "clip_l" else text_g, embedding_lookup=lookup)
                   for key, tower in encoder.towers.items()}
         [[cond, extras]] = encode(ctx, clip, tokens)
         extras.update(width=width, height=height, crop_w=crop_w, crop_h=crop_h,

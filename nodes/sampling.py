@@ -11,9 +11,10 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
-from engine.backend import conditioning
-from engine.backend.guidance import CFGDenoiser, ParameterizedModel, prepare_mask
+from engine.backend import conditioning, control_apply
+from engine.backend.guidance import CFGDenoiser, ParameterizedModel, prepare_mask, repeat_to_batch
 from engine.backend.ksampler import ksample
 from engine.backend.model_sampling import ModelSampling
 from engine.backend.noise import prepare_noise
@@ -52,18 +53,45 @@ def adm_builder(family: ModelFamily) -> conditioning.AdmFn | None:
     return None
 
 
-def inpaint_concat(latent_image: Latent, model_latent: torch.Tensor, denoise_mask: torch.Tensor | None,
-                   scale: float) -> torch.Tensor:
-    """The 5 extra input channels of a 9-channel inpainting UNet: mask, then the masked image latent.
+#: Conditioning (or latent) keys that feed a 9-channel inpainting model's extra channels.
+INPAINT_KEYS = ("concat_mask", "concat_latent_image")
+#: The scaled SD VAE latent of a mid-grey (0 in -1..1) image, per channel: the "empty" masked image (ComfyUI's).
+BLANK_INPAINT_LATENT = (0.8223, -0.6876, 0.6364, 0.1380)
 
-    With a mask, the image is ``concat_latent_image`` (VAEEncodeForInpaint) or the latent itself;
-    without one the whole image is to be generated: a mask of ones and an empty image.
+
+def inpaint_sources(latent_image: Latent, positive: list[Any]) -> dict[str, Any]:
+    """Where a 9-channel model's ``concat_mask`` / ``concat_latent_image`` come from: the first positive
+    conditioning entry that has them (InpaintModelConditioning), else the latent."""
+    for source in (*(extras for _, extras in positive), latent_image):
+        found = {key: source[key] for key in INPAINT_KEYS if source.get(key) is not None}
+        if found:
+            return found
+    return {}
+
+
+def inpaint_concat(sources: dict[str, Any], model_latent: torch.Tensor, denoise_mask: torch.Tensor | None,
+                   scale: float) -> torch.Tensor:
+    """The 5 extra input channels of a 9-channel inpainting UNet: the rounded mask, then the masked image latent.
+
+    The mask is ``concat_mask`` when ``sources`` has one, else the noise mask; the image is
+    ``concat_latent_image``, else the latent itself (VAEEncodeForInpaint's latent is the image with the
+    masked pixels greyed out). Without any mask the whole image is to be generated: ones and a grey image.
     """
+    if sources.get("concat_mask") is not None:
+        denoise_mask = prepare_mask(sources["concat_mask"], model_latent.shape, model_latent.device)
     if denoise_mask is None:
-        return torch.cat([torch.ones_like(model_latent[:, :1]), torch.zeros_like(model_latent)], dim=1)
-    image = latent_image.get("concat_latent_image")
-    image = model_latent if image is None else image.float() * scale
-    return torch.cat([denoise_mask[:, :1].to(image), image.to(model_latent)], dim=1)
+        blank = torch.tensor(BLANK_INPAINT_LATENT, dtype=model_latent.dtype, device=model_latent.device)
+        blank = blank.reshape(1, -1, 1, 1).expand_as(model_latent)
+        return torch.cat([torch.ones_like(model_latent[:, :1]), blank], dim=1)
+    image = sources.get("concat_latent_image")
+    if image is None:
+        image = model_latent
+    else:
+        image = image.float().to(model_latent.device) * scale
+        if image.shape[-2:] != model_latent.shape[-2:]:
+            image = F.interpolate(image, size=tuple(model_latent.shape[-2:]), mode="bilinear")
+        image = repeat_to_batch(image, model_latent.shape[0])
+    return torch.cat([denoise_mask[:, :1].round().to(model_latent), image.to(model_latent)], dim=1)
 
 
 def sample(ctx: RunContext, model: ModelHandle, *, seed: int, steps: int, cfg: float, sampler_name: str,
@@ -72,7 +100,6 @@ def sample(ctx: RunContext, model: ModelHandle, *, seed: int, steps: int, cfg: f
            force_full_denoise: bool = False) -> Latent:
     """One sampling run; returns a new LATENT dict (other keys of ``latent_image`` kept)."""
     manager = ctx.models
-    unet = manager.unet(model)
     device, dtype = manager.device, manager.dtype
     latent = latent_image["samples"].float()
     channels = model.family.latent_channels
@@ -84,15 +111,21 @@ def sample(ctx: RunContext, model: ModelHandle, *, seed: int, steps: int, cfg: f
     ms = model_sampling(model.family).to(device)
     sigmas = sigmas_for(ms, scheduler, sampler_name, steps, denoise=denoise, start_step=start_step,
                         last_step=last_step, force_full_denoise=force_full_denoise).to(device)
+    if sigmas.numel() == 0:  # denoise 0 or nothing left to do: the input latent itself, as ComfyUI
+        return {**latent_image, "samples": latent}
+    unet = manager.unet(model)
     noise = prepare_noise(latent, seed, latent_image.get("batch_index")) if add_noise else torch.zeros_like(latent)
     scale = model.family.latent_scale_factor
     mask = latent_image.get("noise_mask")
     adm = adm_builder(model.family)
     pos = conditioning.prepare(positive, latent.shape, device=device, dtype=dtype, adm=adm)
+    negative = control_apply.share_with_uncond(positive, negative)  # legacy ControlNetApply
     neg = conditioning.prepare(negative, latent.shape, device=device, dtype=dtype, adm=adm)
     denoise_mask = None if mask is None else prepare_mask(mask, latent.shape, device)
-    concat = inpaint_concat(latent_image, latent * scale, denoise_mask, scale) if model.family.is_inpaint else None
-    apply = conditioning.UNetApply(unet, concat=None if concat is None else concat.to(device))
+    concat = inpaint_concat(inpaint_sources(latent_image, positive), latent * scale, denoise_mask,
+                            scale) if model.family.is_inpaint else None
+    control_fn = control_apply.control_function([pos, neg], ms, manager.controlnet, unet.config)
+    apply = conditioning.UNetApply(unet, control_fn, concat=None if concat is None else concat.to(device))
     denoiser = CFGDenoiser(ParameterizedModel(apply, ms), pos, neg, cfg)
     total = max(len(sigmas) - 1, 1)
 

@@ -602,8 +602,7 @@ class LoomServer:
         return json_ok(await self._blocking(system_stats, self.settings, cache))
 
     async def embeddings(self, request: web.Request) -> web.Response:
-        names = await self._blocking(self.folders.list_models, "embeddings")
-        return json_ok([os.path.splitext(name)[0] for name in names])
+        return json_ok(await self._blocking(self.folders.embedding_names))
 
     async def model_folders(self, request: web.Request) -> web.Response:
         return json_ok([*MODEL_FOLDERS, *EXTRA_MODEL_FOLDERS])

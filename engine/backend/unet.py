@@ -54,6 +54,10 @@ __all__ = [
     "SDXL_REFINER",
     "UNetConfig",
     "UNetModel",
+    "build_input_blocks",
+    "build_middle_block",
+    "build_time_embeddings",
+    "embed_timesteps",
     "load_weights",
     "sdxl_adm",
     "sdxl_refiner_adm",
@@ -186,7 +190,7 @@ class UNetConfig:
         return self.num_heads, channels // self.num_heads
 
     @classmethod
-    def from_state_dict(cls, shapes: Shapes, prefix: str = "") -> UNetConfig:
+    def from_state_dict(cls, shapes: Shapes, prefix: str = "", *, encoder_only: bool = False) -> UNetConfig:
         """Infer the configuration from parameter names and shapes (no tensor data is read).
 
         ``shapes`` maps names to shapes (tuples, ``torch.Size`` or tensors); only names starting with
@@ -194,8 +198,12 @@ class UNetConfig:
         in shapes: SD1.x-like models (context 768, conv projections) get ``num_heads=8``, others
         ``num_head_channels=64`` when every attention width divides by 64, else ``num_heads=8``.
         Override with ``dataclasses.replace`` when a model is known to differ.
+
+        ``encoder_only`` reads weights that stop after the middle block (a ControlNet's copy of the
+        encoder): ``out_channels`` is then 4 and the output depths mirror the input depths per level,
+        as in every SD model, so the configuration stays valid.
         """
-        return _infer_config(shapes, prefix)
+        return _infer_config(shapes, prefix, encoder_only)
 
     def expected_shapes(self) -> dict[str, tuple[int, ...]]:
         """Every parameter name and shape of a UNet with this configuration (built on the meta device)."""
@@ -215,12 +223,12 @@ def _transformer_depth(s: Mapping[str, tuple[int, ...]], block: str) -> int:
     return depth
 
 
-def _infer_config(shapes: Shapes, prefix: str) -> UNetConfig:
+def _infer_config(shapes: Shapes, prefix: str, encoder_only: bool = False) -> UNetConfig:
     s = {k[len(prefix):]: _shape(v) for k, v in shapes.items() if k.startswith(prefix)}
     if "input_blocks.0.0.weight" not in s:
         raise ValueError(f"no UNet weights: {prefix}input_blocks.0.0.weight is missing")
     model_channels, in_channels = s["input_blocks.0.0.weight"][:2]
-    out_channels = s["out.2.weight"][0]
+    out_channels = 4 if encoder_only else s["out.2.weight"][0]
     adm = s["label_emb.0.0.weight"][1] if "label_emb.0.0.weight" in s else None
 
     channel_mult: list[int] = []
@@ -253,9 +261,9 @@ def _infer_config(shapes: Shapes, prefix: str) -> UNetConfig:
     num_res_blocks.append(count)
 
     middle = _transformer_depth(s, "middle_block.1")
-    output_depths = []
+    output_depths = _mirrored_depths(depths, num_res_blocks) if encoder_only else []
     n = 0
-    while f"output_blocks.{n}.0.in_layers.0.weight" in s:
+    while not encoder_only and f"output_blocks.{n}.0.in_layers.0.weight" in s:
         output_depths.append(_transformer_depth(s, f"output_blocks.{n}.1"))
         n += 1
     if context_dim is None and "middle_block.1.transformer_blocks.0.attn2.to_k.weight" in s:
@@ -279,6 +287,16 @@ def _infer_config(shapes: Shapes, prefix: str) -> UNetConfig:
         use_linear_in_transformer=bool(linear),
         adm_in_channels=adm,
     )
+
+
+def _mirrored_depths(depths: Sequence[int], num_res_blocks: Sequence[int]) -> list[int]:
+    """Output depths of an encoder-only model: each level's last input depth, deepest level first."""
+    per_level, start = [], 0
+    for count in num_res_blocks:
+        per_level.append(depths[start + count - 1] if count else 0)
+        start += count
+    return [per_level[level] for level in reversed(range(len(num_res_blocks)))
+            for _ in range(num_res_blocks[level] + 1)]
 
 
 SD15 = UNetConfig()
@@ -395,6 +413,65 @@ def _transformer(config: UNetConfig, width: int, depth: int) -> SpatialTransform
     return SpatialTransformer(width, heads, dim_head, depth, context_dim, config.use_linear_in_transformer)
 
 
+def build_time_embeddings(config: UNetConfig) -> tuple[nn.Sequential, nn.Sequential | None]:
+    """``time_embed`` (the timestep MLP) and ``label_emb`` (SDXL's adm MLP, None without adm)."""
+    emb = config.model_channels * 4
+    time_embed = nn.Sequential(nn.Linear(config.model_channels, emb), nn.SiLU(), nn.Linear(emb, emb))
+    if config.adm_in_channels is None:
+        return time_embed, None
+    label_emb = nn.Sequential(nn.Sequential(nn.Linear(config.adm_in_channels, emb), nn.SiLU(), nn.Linear(emb, emb)))
+    return time_embed, label_emb
+
+
+def build_input_blocks(config: UNetConfig) -> tuple[nn.ModuleList, list[int]]:
+    """``input_blocks`` and the channel width of each block's output (the skip widths), in order."""
+    c = config
+    emb = c.model_channels * 4
+    blocks = nn.ModuleList([Block([nn.Conv2d(c.in_channels, c.model_channels, 3, padding=1)])])
+    widths = [c.model_channels]
+    width = c.model_channels
+    depths = iter(c.transformer_depth)
+    for level, mult in enumerate(c.channel_mult):
+        for _ in range(c.num_res_blocks[level]):
+            layers: list[nn.Module] = [ResBlock(width, emb, c.model_channels * mult)]
+            width = c.model_channels * mult
+            depth = next(depths)
+            if depth:
+                layers.append(_transformer(c, width, depth))
+            blocks.append(Block(layers))
+            widths.append(width)
+        if level != len(c.channel_mult) - 1:
+            blocks.append(Block([Downsample(width)]))
+            widths.append(width)
+    return blocks, widths
+
+
+def build_middle_block(config: UNetConfig, width: int) -> Block:
+    """``middle_block``: ResBlock, (SpatialTransformer,) ResBlock at ``width`` channels."""
+    emb = config.model_channels * 4
+    middle: list[nn.Module] = [ResBlock(width, emb, width)]
+    if config.transformer_depth_middle:
+        middle.append(_transformer(config, width, config.transformer_depth_middle))
+    middle.append(ResBlock(width, emb, width))
+    return Block(middle)
+
+
+def embed_timesteps(
+    time_embed: nn.Module, label_emb: nn.Module | None, model_channels: int, timesteps: Tensor, y: Tensor | None
+) -> Tensor:
+    """The embedding every ResBlock receives: time MLP of the sinusoidal timesteps (+ adm MLP of ``y``).
+
+    Computed in ``time_embed``'s parameter dtype (the sinusoids in fp32, then cast).
+    """
+    dtype = next(time_embed.parameters()).dtype
+    emb = time_embed(timestep_embedding(timesteps, model_channels).to(dtype))
+    if label_emb is not None:
+        if y is None:
+            raise ValueError("this UNet (SDXL-style) needs y, the adm vector: see sdxl_adm()")
+        emb = emb + label_emb(y.to(dtype))
+    return emb
+
+
 class UNetModel(nn.Module):
     """The LDM UNet. ``forward(x, timesteps, context, y=None, control=None)`` predicts eps (or v).
 
@@ -408,40 +485,18 @@ class UNetModel(nn.Module):
         self.config = config
         c = config
         emb = c.model_channels * 4
-        self.time_embed = nn.Sequential(nn.Linear(c.model_channels, emb), nn.SiLU(), nn.Linear(emb, emb))
-        if c.adm_in_channels is not None:
-            self.label_emb = nn.Sequential(
-                nn.Sequential(nn.Linear(c.adm_in_channels, emb), nn.SiLU(), nn.Linear(emb, emb))
-            )
-
-        self.input_blocks = nn.ModuleList([Block([nn.Conv2d(c.in_channels, c.model_channels, 3, padding=1)])])
-        widths = [c.model_channels]
-        width = c.model_channels
-        depths = iter(c.transformer_depth)
-        for level, mult in enumerate(c.channel_mult):
-            for _ in range(c.num_res_blocks[level]):
-                layers: list[nn.Module] = [ResBlock(width, emb, c.model_channels * mult)]
-                width = c.model_channels * mult
-                depth = next(depths)
-                if depth:
-                    layers.append(_transformer(c, width, depth))
-                self.input_blocks.append(Block(layers))
-                widths.append(width)
-            if level != len(c.channel_mult) - 1:
-                self.input_blocks.append(Block([Downsample(width)]))
-                widths.append(width)
-
-        middle: list[nn.Module] = [ResBlock(width, emb, width)]
-        if c.transformer_depth_middle:
-            middle.append(_transformer(c, width, c.transformer_depth_middle))
-        middle.append(ResBlock(width, emb, width))
-        self.middle_block = Block(middle)
+        self.time_embed, label_emb = build_time_embeddings(c)
+        if label_emb is not None:
+            self.label_emb = label_emb
+        self.input_blocks, widths = build_input_blocks(c)
+        width = widths[-1]
+        self.middle_block = build_middle_block(c, width)
 
         self.output_blocks = nn.ModuleList()
         depths = iter(c.transformer_depth_output)
         for level, mult in reversed(list(enumerate(c.channel_mult))):
             for i in range(c.num_res_blocks[level] + 1):
-                layers = [ResBlock(width + widths.pop(), emb, c.model_channels * mult)]
+                layers: list[nn.Module] = [ResBlock(width + widths.pop(), emb, c.model_channels * mult)]
                 width = c.model_channels * mult
                 depth = next(depths)
                 if depth:
@@ -490,11 +545,8 @@ class UNetModel(nn.Module):
         skipped, and the lists are not modified.
         """
         dtype = self.time_embed[0].weight.dtype
-        emb = self.time_embed(timestep_embedding(timesteps, self.config.model_channels).to(dtype))
-        if self.config.adm_in_channels is not None:
-            if y is None:
-                raise ValueError("this UNet (SDXL-style) needs y, the adm vector: see sdxl_adm()")
-            emb = emb + self.label_emb(y.to(dtype))
+        label_emb = self.label_emb if self.config.adm_in_channels is not None else None
+        emb = embed_timesteps(self.time_embed, label_emb, self.config.model_channels, timesteps, y)
         if context is not None:
             context = context.to(dtype)
         elif self.config.context_dim is not None:

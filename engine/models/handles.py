@@ -79,3 +79,12 @@ class VaeHandle:
 
     file: FileRef
     prefix: str
+
+
+@dataclass(frozen=True)
+class ControlNetHandle:
+    """CONTROL_NET: a ControlNet file. ``global_average_pooling`` averages its residuals over the image
+    (the "shuffle" ControlNets need it; ComfyUI turns it on for file names ending in ``_shuffle``)."""
+
+    file: FileRef
+    global_average_pooling: bool = False

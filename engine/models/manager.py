@@ -22,11 +22,14 @@ import torch
 from torch import nn
 
 from engine.backend.attention import load_weights
+from engine.backend.controlnet import ControlNet
 from engine.backend.text import TextEncoder, load_text_encoder
 from engine.backend.unet import UNetConfig, UNetModel
 from engine.backend.vae import AutoencoderKL, VAEConfig, adapt_vae_weight
-from engine.models.handles import ClipHandle, FileRef, ModelHandle, VaeHandle
+from engine.models.controlnet_convert import load_controlnet
+from engine.models.handles import ClipHandle, ControlNetHandle, FileRef, ModelHandle, VaeHandle
 from engine.models.loaders import UNET_PREFIX, CheckpointFile
+from engine.models.patching import LoraPatcher
 
 log = logging.getLogger(__name__)
 
@@ -74,17 +77,26 @@ class ModelManager:
         self.max_loaded = max_loaded
         self._loaded: OrderedDict[_Key, nn.Module] = OrderedDict()
         self._lock = threading.RLock()
+        #: LoRA patches: parsed files (a few, by FileRef) and, per loaded module, the saved originals. On
+        #: CPUs the patched buffers are reused (fresh allocations' page faults dominate there).
+        self.patcher = LoraPatcher(max_files=4, reuse_buffers=self.device.type == "cpu")
 
     def unet(self, handle: ModelHandle) -> UNetModel:
-        module = self._get(_Key(handle.checkpoint, "unet"), lambda: self._load_unet(handle.checkpoint))
-        assert isinstance(module, UNetModel)
-        return module
+        """The UNet with exactly ``handle.patches`` applied (the original weights when there are none)."""
+        with self._lock:
+            module = self._get(_Key(handle.checkpoint, "unet"), lambda: self._load_unet(handle.checkpoint))
+            assert isinstance(module, UNetModel)
+            self.patcher.apply(module, handle.patches, handle.family.label)
+            return module
 
     def text_encoder(self, handle: ClipHandle) -> TextEncoder:
-        module = self._get(_Key(handle.checkpoint, "clip"),
-                           lambda: self._load_text(handle.checkpoint, handle.family.name))
-        assert isinstance(module, TextEncoder)
-        return module
+        """The text encoder(s) with exactly ``handle.patches`` applied."""
+        with self._lock:
+            module = self._get(_Key(handle.checkpoint, "clip"),
+                               lambda: self._load_text(handle.checkpoint, handle.family.name))
+            assert isinstance(module, TextEncoder)
+            self.patcher.apply(module, handle.patches, handle.family.label)
+            return module
 
     def vae(self, handle: VaeHandle) -> AutoencoderKL:
         module = self._get(_Key(handle.file, "vae:" + handle.prefix),
@@ -141,6 +153,13 @@ class ModelManager:
         encoder = load_text_encoder(state, family, dtype=self.dtype, device=self.device)
         log.info("loaded text encoder of %s", ref.name)
         return encoder.requires_grad_(False).eval()
+
+    def controlnet(self, handle: ControlNetHandle) -> ControlNet:
+        """The ControlNet of a CONTROL_NET handle (LDM or diffusers layout), in the compute dtype."""
+        module = self._get(_Key(handle.file, "controlnet"),
+                           lambda: load_controlnet(handle.file.path, device=self.device, dtype=self.dtype))
+        assert isinstance(module, ControlNet)
+        return module
 
 
 def _module_bytes(module: nn.Module) -> int:

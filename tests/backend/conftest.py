@@ -1,10 +1,11 @@
 """Shared helpers for the backend tests.
 
-UNet / VAE reference conversion: diffusers (an independent implementation of the same networks)
-names its parameters differently from the original LDM checkpoints. The functions below map a
-diffusers ``state_dict`` to LDM checkpoint names; the tests load the result into Loom's modules with
+VAE reference conversion: diffusers (an independent implementation of the same networks) names its
+parameters differently from the original LDM checkpoints. The functions below map a diffusers
+``state_dict`` to LDM checkpoint names; the tests load the result into Loom's modules with
 ``strict=True`` and compare outputs, so the mapping itself is the reference for the key layout.
-They were written for these tests from the two naming schemes (no converter code was copied).
+They were written for these tests from the two naming schemes (no converter code was copied). The
+UNet's mapping is engine/models/convert_diffusers.py (LoRA loading uses it too).
 """
 
 from __future__ import annotations
@@ -19,71 +20,6 @@ from torch import Tensor
 
 # shared/ lies beside the repository checkout (the project's reference material).
 REFERENCE_KEYS = Path(__file__).resolve().parents[3] / "shared" / "reference" / "sd15-checkpoint-keys.tsv"
-
-_UNET_RESNET = {
-    "norm1": "in_layers.0",
-    "conv1": "in_layers.2",
-    "time_emb_proj": "emb_layers.1",
-    "norm2": "out_layers.0",
-    "conv2": "out_layers.3",
-    "conv_shortcut": "skip_connection",
-}
-_UNET_FIXED = {
-    "conv_in.": "input_blocks.0.0.",
-    "time_embedding.linear_1.": "time_embed.0.",
-    "time_embedding.linear_2.": "time_embed.2.",
-    "add_embedding.linear_1.": "label_emb.0.0.",
-    "add_embedding.linear_2.": "label_emb.0.2.",
-    "conv_norm_out.": "out.0.",
-    "conv_out.": "out.2.",
-    "mid_block.attentions.0.": "middle_block.1.",
-}
-
-
-def _resnet_key(rest: str) -> str:
-    name, _, tail = rest.partition(".")
-    return f"{_UNET_RESNET[name]}.{tail}"
-
-
-def diffusers_unet_to_ldm(state_dict: Mapping[str, Tensor], layers_per_block: int) -> dict[str, Tensor]:
-    """Rename a diffusers ``UNet2DConditionModel`` state dict to LDM ``model.diffusion_model.`` names
-    (without the prefix). Raises ``KeyError`` on any name it does not know."""
-    per_down, per_up = layers_per_block + 1, layers_per_block + 1
-    up_has_attention = {int(m.group(1)) for k in state_dict if (m := re.match(r"up_blocks\.(\d+)\.attentions\.", k))}
-    out: dict[str, Tensor] = {}
-    for key, value in state_dict.items():
-        out[_unet_key(key, per_down, per_up, layers_per_block, up_has_attention)] = value
-    return out
-
-
-def _unet_key(key: str, per_down: int, per_up: int, layers: int, up_has_attention: set[int]) -> str:
-    for old, new in _UNET_FIXED.items():
-        if key.startswith(old):
-            return new + key[len(old):]
-    if m := re.fullmatch(r"mid_block\.resnets\.([01])\.(.+)", key):
-        return f"middle_block.{2 * int(m.group(1))}.{_resnet_key(m.group(2))}"
-    if m := re.fullmatch(r"down_blocks\.(\d+)\.resnets\.(\d+)\.(.+)", key):
-        block = 1 + int(m.group(1)) * per_down + int(m.group(2))
-        return f"input_blocks.{block}.0.{_resnet_key(m.group(3))}"
-    if m := re.fullmatch(r"down_blocks\.(\d+)\.attentions\.(\d+)\.(.+)", key):
-        block = 1 + int(m.group(1)) * per_down + int(m.group(2))
-        return f"input_blocks.{block}.1.{m.group(3)}"
-    if m := re.fullmatch(r"down_blocks\.(\d+)\.downsamplers\.0\.conv\.(.+)", key):
-        block = (int(m.group(1)) + 1) * per_down
-        return f"input_blocks.{block}.0.op.{m.group(2)}"
-    if m := re.fullmatch(r"up_blocks\.(\d+)\.resnets\.(\d+)\.(.+)", key):
-        block = int(m.group(1)) * per_up + int(m.group(2))
-        return f"output_blocks.{block}.0.{_resnet_key(m.group(3))}"
-    if m := re.fullmatch(r"up_blocks\.(\d+)\.attentions\.(\d+)\.(.+)", key):
-        block = int(m.group(1)) * per_up + int(m.group(2))
-        return f"output_blocks.{block}.1.{m.group(3)}"
-    if m := re.fullmatch(r"up_blocks\.(\d+)\.upsamplers\.0\.conv\.(.+)", key):
-        level = int(m.group(1))
-        block = level * per_up + layers
-        index = 2 if level in up_has_attention else 1
-        return f"output_blocks.{block}.{index}.conv.{m.group(2)}"
-    raise KeyError(f"no LDM name for diffusers UNet key {key!r}")
-
 
 _VAE_RESNET = {"norm1": "norm1", "conv1": "conv1", "norm2": "norm2", "conv2": "conv2", "conv_shortcut": "nin_shortcut"}
 _VAE_ATTN = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}

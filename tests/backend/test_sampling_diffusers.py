@@ -62,7 +62,8 @@ from engine.backend.noise import prepare_noise
 from engine.backend.samplers import get_sampler
 from engine.backend.schedules import sigmas_for
 from engine.backend.unet import UNetConfig, UNetModel
-from tests.backend.conftest import diffusers_unet_to_ldm, randomize_norms, relative_error
+from engine.models.convert_diffusers import diffusers_unet_to_ldm
+from tests.backend.conftest import randomize_norms, relative_error
 
 diffusers = pytest.importorskip("diffusers")
 pytest.importorskip("scipy")  # LMSDiscreteScheduler integrates its coefficients with scipy
@@ -111,7 +112,7 @@ def networks() -> tuple[Any, UNetModel]:
     torch.manual_seed(0)
     reference = diffusers.UNet2DConditionModel(**TINY_UNET).eval()
     randomize_norms(reference, torch.Generator().manual_seed(0))
-    weights = diffusers_unet_to_ldm(reference.state_dict(), TINY_UNET["layers_per_block"])
+    weights = diffusers_unet_to_ldm(reference.state_dict())
     config = UNetConfig(**{**UNetConfig.from_state_dict(weights).__dict__, "num_heads": 8, "num_head_channels": -1})
     unet = UNetModel(config).eval()
     unet.load_state_dict(weights, strict=True)

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from engine.backend.unet import UNetConfig, UNetModel, sdxl_adm, sdxl_refiner_adm, timestep_embedding
-from tests.backend.conftest import diffusers_unet_to_ldm, randomize_norms, relative_error
+from engine.models.convert_diffusers import diffusers_unet_to_ldm
+from tests.backend.conftest import randomize_norms, relative_error
 
 diffusers = pytest.importorskip("diffusers")
 
@@ -71,7 +72,7 @@ def _pair(kwargs: dict[str, Any], heads: dict[str, int]) -> tuple[Any, UNetModel
     torch.manual_seed(0)
     reference = diffusers.UNet2DConditionModel(**kwargs).eval()
     randomize_norms(reference, generator)
-    weights = diffusers_unet_to_ldm(reference.state_dict(), kwargs["layers_per_block"])
+    weights = diffusers_unet_to_ldm(reference.state_dict())
     inferred = UNetConfig.from_state_dict(weights)
     config = UNetConfig(**{**inferred.__dict__, **heads})
     model = UNetModel(config).eval()

@@ -1,0 +1,131 @@
+"""ControlNet nodes: ControlNetLoader, ControlNetApply (legacy) and ControlNetApplyAdvanced.
+
+The loader returns a light CONTROL_NET handle (the file); the apply nodes attach a
+:class:`~engine.backend.control_apply.ControlSpec` (handle, hint image, strength, window) to every
+conditioning entry under ``"control"``, chained onto the spec already there. Nothing is loaded or
+run until a sampler needs it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor
+
+from engine.backend.control_apply import ControlSpec
+from engine.context import RunContext
+from engine.folders import Folders
+from engine.models.controlnet_convert import read_controlnet
+from engine.models.handles import ControlNetHandle, FileRef
+from engine.models.loaders import CheckpointFile
+from engine.node import Input, Node, Output
+from engine.types import COMBO, CONDITIONING, CONTROL_NET, FLOAT, IMAGE, VAE
+from nodes.model_loaders import file_fingerprint
+
+Conditioning = list[list[Any]]
+
+_STRENGTH = Input("strength", FLOAT, default=1.0, min=0.0, max=10.0, step=0.01,
+                  tooltip="How strongly the ControlNet steers the image (0 turns it off).")
+
+
+def _controlnets(folders: Folders) -> list[str]:
+    return folders.list_models("controlnet")
+
+
+class ControlNetLoader(Node):
+    """Load a ControlNet (LDM or diffusers layout, SD1.x / SD2.x / SDXL) from models/controlnet."""
+
+    display_name = "Load ControlNet Model"
+    category = "loaders"
+    inputs = (Input("control_net_name", COMBO, choices=_controlnets, tooltip="The ControlNet file to load."),)
+    outputs = (Output(CONTROL_NET),)
+
+    @classmethod
+    def fingerprint(cls, folders: Folders, inputs: Any) -> str | None:
+        return file_fingerprint(folders, "controlnet", inputs["control_net_name"])
+
+    def run(self, ctx: RunContext, control_net_name: str) -> tuple[ControlNetHandle]:
+        path = ctx.folders.model_path("controlnet", control_net_name)
+        with CheckpointFile(path) as ckpt:
+            config, _ = read_controlnet(ckpt)  # refuses non-ControlNets now, naming the file
+        ctx.log.info("%s: %s", control_net_name, config.describe())
+        shuffle = Path(control_net_name).stem.endswith("_shuffle")
+        return (ControlNetHandle(FileRef.of(path), global_average_pooling=shuffle),)
+
+
+def apply_control(conditioning: Conditioning, control_net: ControlNetHandle, image: Tensor, strength: float,
+                  start_percent: float, end_percent: float, apply_to_uncond: bool,
+                  shared: dict[int, ControlSpec]) -> Conditioning:
+    """A copy of ``conditioning`` whose entries carry a ControlSpec chained onto their previous one.
+
+    ``shared`` maps ``id(previous spec)`` to the new spec, so entries (also across the positive and
+    negative lists) that had the same previous spec share one new spec and run the net once per step.
+    """
+    hint = image.movedim(-1, 1)
+    out: Conditioning = []
+    for embedding, extras in conditioning:
+        previous = extras.get("control")
+        spec = shared.get(id(previous))
+        if spec is None:
+            spec = ControlSpec(control_net, hint, strength, start_percent, end_percent, previous,
+                               control_net.global_average_pooling)
+            shared[id(previous)] = spec
+        out.append([embedding, {**extras, "control": spec, "control_apply_to_uncond": apply_to_uncond}])
+    return out
+
+
+def _check_window(ctx: RunContext, start_percent: float, end_percent: float) -> None:
+    if start_percent > end_percent:  # ComfyUI runs such workflows too: the net simply never acts
+        ctx.log.warning("node %s: start_percent %s is after end_percent %s, so the ControlNet never acts; "
+                        "make start_percent <= end_percent", ctx.node_id, start_percent, end_percent)
+
+
+class ControlNetApply(Node):
+    """Steer the prompt with a ControlNet and a hint image (also applied to the negative prompt)."""
+
+    display_name = "Apply ControlNet (OLD)"
+    category = "conditioning/controlnet"
+    inputs = (Input("conditioning", CONDITIONING), Input("control_net", CONTROL_NET), Input("image", IMAGE),
+              _STRENGTH)
+    outputs = (Output(CONDITIONING),)
+
+    def run(self, ctx: RunContext, conditioning: Conditioning, control_net: ControlNetHandle, image: Tensor,
+            strength: float) -> tuple[Conditioning]:
+        if strength == 0:
+            return (conditioning,)
+        return (apply_control(conditioning, control_net, image, strength, 0.0, 1.0, True, {}),)
+
+
+class ControlNetApplyAdvanced(Node):
+    """Steer positive and negative prompts with a ControlNet and a hint image, over part of the steps."""
+
+    display_name = "Apply ControlNet"
+    category = "conditioning/controlnet"
+    inputs = (
+        Input("positive", CONDITIONING),
+        Input("negative", CONDITIONING),
+        Input("control_net", CONTROL_NET),
+        Input("image", IMAGE),
+        _STRENGTH,
+        Input("start_percent", FLOAT, default=0.0, min=0.0, max=1.0, step=0.001,
+              tooltip="When the ControlNet starts acting (0 = the first step)."),
+        Input("end_percent", FLOAT, default=1.0, min=0.0, max=1.0, step=0.001,
+              tooltip="When the ControlNet stops acting (1 = the last step)."),
+        Input("vae", VAE, optional=True,
+              tooltip="Only for ControlNets that take latent hints; the SD1.x/SD2.x/SDXL ones Loom runs do not."),
+    )
+    outputs = (Output(CONDITIONING, "positive"), Output(CONDITIONING, "negative"))
+
+    def run(self, ctx: RunContext, positive: Conditioning, negative: Conditioning, control_net: ControlNetHandle,
+            image: Tensor, strength: float, start_percent: float, end_percent: float,
+            vae: Any = None) -> tuple[Conditioning, Conditioning]:
+        if strength == 0:
+            return positive, negative
+        _check_window(ctx, start_percent, end_percent)
+        shared: dict[int, ControlSpec] = {}
+        return (apply_control(positive, control_net, image, strength, start_percent, end_percent, False, shared),
+                apply_control(negative, control_net, image, strength, start_percent, end_percent, False, shared))
+
+
+CONTROLNET_NODES: tuple[type[Node], ...] = (ControlNetLoader, ControlNetApply, ControlNetApplyAdvanced)
