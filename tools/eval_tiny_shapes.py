@@ -69,6 +69,8 @@ class Classification:
     fill: float
     top_bottom: float
     corners: float
+    cx: float | None = None  # centroid of the foreground region, pixels
+    cy: float | None = None
 
 
 def nearest_color(rgb: np.ndarray) -> str:
@@ -133,9 +135,10 @@ def classify(image: np.ndarray) -> Classification:
         return Classification(background, None, None, None, area, 0.0, 0.0, 0.0)
     features = shape_features(region)
     ys, xs = np.nonzero(region)
-    position = position_cell((xs.mean() + 0.5) * 64 / width, (ys.mean() + 0.5) * 64 / height)
+    cx, cy = float(xs.mean() + 0.5), float(ys.mean() + 0.5)
+    position = position_cell(cx * 64 / width, cy * 64 / height)
     return Classification(background, nearest_color(foreground_rgb), classify_shape(features), position, area,
-                          *features)
+                          *features, cx=cx, cy=cy)
 
 
 def score(spec: ShapeSpec, seen: Classification) -> dict[str, bool]:
@@ -170,6 +173,16 @@ def txt2img_prompt(ckpt_name: str, text: str, *, seed: int, steps: int, cfg: flo
 def generate(texts: Sequence[str], seeds: Sequence[int], *, models_dirs: Sequence[Path], ckpt_name: str,
              steps: int, cfg: float, sampler: str, scheduler: str, device: str = "auto") -> list[np.ndarray]:
     """Run one txt2img workflow per prompt through Loom's executor; the images as uint8 arrays."""
+    prompts = [txt2img_prompt(ckpt_name, text, seed=seed, steps=steps, cfg=cfg, sampler=sampler, scheduler=scheduler)
+               for text, seed in zip(texts, seeds, strict=True)]
+    return run_prompts(prompts, models_dirs=models_dirs, device=device)
+
+
+def run_prompts(prompts: Sequence[dict[str, Any]], *, models_dirs: Sequence[Path], device: str = "auto",
+                inputs: dict[str, np.ndarray] | None = None, save_node: str = "7") -> list[np.ndarray]:
+    """Run API-format prompts through Loom's executor (one model manager and cache for all of them, as
+    a server would); ``inputs`` are written to the input folder first. The images that ``save_node``
+    saved, as uint8 arrays, in order."""
     from engine.cache import OutputCache
     from engine.events import ListSink
     from engine.executor import Executor
@@ -182,21 +195,21 @@ def generate(texts: Sequence[str], seeds: Sequence[int], *, models_dirs: Sequenc
         root = Path(tmp)
         folders = Folders(root / "input", root / "output", root / "temp", tuple(models_dirs))
         folders.ensure()
+        for name, pixels in (inputs or {}).items():
+            Image.fromarray(pixels).save(root / "input" / name)
         executor = Executor(build_registry(), folders, OutputCache(256 * 1024**2, 1000),
                             ModelManager(pick_device(device)))
-        for index, (text, seed) in enumerate(zip(texts, seeds, strict=True)):
-            prompt = txt2img_prompt(ckpt_name, text, seed=seed, steps=steps, cfg=cfg, sampler=sampler,
-                                    scheduler=scheduler)
+        for index, prompt in enumerate(prompts):
             sink = ListSink()
             outcome = executor.execute(prompt, uuid.uuid4().hex, sink)
             if outcome.status_str != "success":
                 message = outcome.error.message if outcome.error else sink.types()
-                raise RuntimeError(f"prompt {index} ({text!r}) failed: {message}")
-            [saved] = outcome.outputs["7"]["images"]
-            path = folders.file_path(saved["type"], saved["filename"], saved["subfolder"])
-            with Image.open(path) as picture:
-                images.append(np.asarray(picture.convert("RGB")))
-            log.info("%d/%d %s", index + 1, len(texts), text)
+                raise RuntimeError(f"prompt {index} failed: {message}")
+            for saved in outcome.outputs[save_node]["images"]:
+                path = folders.file_path(saved["type"], saved["filename"], saved["subfolder"])
+                with Image.open(path) as picture:
+                    images.append(np.asarray(picture.convert("RGB")))
+            log.info("%d/%d done", index + 1, len(prompts))
     return images
 
 

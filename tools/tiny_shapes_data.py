@@ -15,12 +15,13 @@ evaluator's prompts are never seen verbatim, nor as images, during training.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFilter
 
 __all__ = [
     "BACKGROUNDS",
@@ -35,6 +36,7 @@ __all__ = [
     "ShapeSpec",
     "canonical_caption",
     "caption",
+    "edge_map",
     "eval_specs",
     "held_out_combos",
     "make_dataset",
@@ -42,6 +44,7 @@ __all__ = [
     "random_caption",
     "render",
     "render_batch",
+    "sample_free_spec",
     "sample_spec",
 ]
 
@@ -172,6 +175,17 @@ def sample_spec(rng: np.random.Generator, exclude: Iterable[Combo] | frozenset[C
             return spec_for(combo, size, rng)
 
 
+def sample_free_spec(rng: np.random.Generator) -> ShapeSpec:
+    """A random spec whose centre is anywhere in the frame (not on the 3x3 grid): ControlNet training.
+
+    ``position`` is the name of the cell holding the centre.
+    """
+    base = sample_spec(rng, exclude=frozenset())
+    radius = int(rng.choice(SIZES[base.size]))
+    cx, cy = (int(rng.integers(radius + 1, RESOLUTION - radius)) for _ in range(2))
+    return dataclasses.replace(base, cx=cx, cy=cy, radius=radius, position=position_cell(cx, cy))
+
+
 def eval_specs(count: int = 48, seed: int = 0) -> list[ShapeSpec]:
     """``count`` held-out specs: every held-out combination once (seeded order), then again, with seeded sizes."""
     rng = np.random.default_rng(seed)
@@ -254,19 +268,9 @@ def random_caption(
 # --------------------------------------------------------------------------------------------- drawing
 
 
-def render(spec: ShapeSpec, resolution: int = RESOLUTION, supersample: int = SUPERSAMPLE) -> np.ndarray:
-    """The image of ``spec`` as uint8 ``[resolution, resolution, 3]``, antialiased by supersampling.
-
-    Coordinates are in 64-pixel units and scaled to ``resolution``. The triangle is upright: apex at
-    the top centre of the bounding box, base along its bottom edge.
-    """
-    scale = resolution / RESOLUTION * supersample
-    big = resolution * supersample
-    image = Image.new("RGB", (big, big), PALETTE[spec.background])
-    draw = ImageDraw.Draw(image)
+def _draw_shape(draw: ImageDraw.ImageDraw, spec: ShapeSpec, scale: float, fill: Any) -> None:
     left, top = (spec.cx - spec.radius) * scale, (spec.cy - spec.radius) * scale
     right, bottom = (spec.cx + spec.radius) * scale - 1, (spec.cy + spec.radius) * scale - 1
-    fill = PALETTE[spec.color]
     if spec.shape == "circle":
         draw.ellipse((left, top, right, bottom), fill=fill)
     elif spec.shape == "square":
@@ -275,8 +279,40 @@ def render(spec: ShapeSpec, resolution: int = RESOLUTION, supersample: int = SUP
         draw.polygon(((spec.cx * scale - 0.5, top), (right, bottom), (left, bottom)), fill=fill)
     else:
         raise ValueError(f"unknown shape {spec.shape!r}; expected one of {SHAPES}")
+
+
+def render(spec: ShapeSpec, resolution: int = RESOLUTION, supersample: int = SUPERSAMPLE, *,
+           background_rgb: tuple[int, int, int] | None = None) -> np.ndarray:
+    """The image of ``spec`` as uint8 ``[resolution, resolution, 3]``, antialiased by supersampling.
+
+    Coordinates are in 64-pixel units and scaled to ``resolution``. The triangle is upright: apex at
+    the top centre of the bounding box, base along its bottom edge. ``background_rgb`` overrides the
+    background's palette colour (the dark-background LoRA's training images).
+    """
+    scale = resolution / RESOLUTION * supersample
+    big = resolution * supersample
+    image = Image.new("RGB", (big, big), background_rgb or PALETTE[spec.background])
+    _draw_shape(ImageDraw.Draw(image), spec, scale, PALETTE[spec.color])
     small = image.resize((resolution, resolution), Image.Resampling.BOX)
     return np.asarray(small, dtype=np.uint8)
+
+
+def edge_map(spec: ShapeSpec, resolution: int = RESOLUTION, width: float = 1.5) -> np.ndarray:
+    """The shape's outline, white on black, uint8 ``[resolution, resolution, 3]``: the ControlNet hint.
+
+    The outline is the shape's supersampled mask minus its erosion by ``width`` pixels, box-filtered
+    down and thresholded at half, so it looks like a clean Canny edge map or a hand-drawn scribble.
+    """
+    scale = resolution / RESOLUTION * SUPERSAMPLE
+    big = resolution * SUPERSAMPLE
+    mask = Image.new("L", (big, big), 0)
+    _draw_shape(ImageDraw.Draw(mask), spec, scale, 255)
+    size = 2 * round(width * SUPERSAMPLE / 2) + 1
+    inner = mask.filter(ImageFilter.MinFilter(size))
+    ring = np.asarray(mask, dtype=np.float32) - np.asarray(inner, dtype=np.float32)
+    small = Image.fromarray(ring.clip(0, 255).astype(np.uint8)).resize((resolution, resolution), Image.Resampling.BOX)
+    edges = np.where(np.asarray(small) >= 64, 255, 0).astype(np.uint8)
+    return np.repeat(edges[..., None], 3, axis=2)
 
 
 def render_batch(specs: Sequence[ShapeSpec], resolution: int = RESOLUTION) -> np.ndarray:

@@ -54,7 +54,7 @@ from engine.backend.model_sampling import ModelSampling
 from engine.backend.tokenizer import CHUNK_LENGTH, END_TOKEN, START_TOKEN, VOCAB_SIZE, ClipTokenizer
 from engine.backend.unet import UNetConfig, UNetModel
 from engine.backend.vae import SD1_SCALE_FACTOR, AutoencoderKL, VAEConfig
-from tools.tiny_shapes_data import RESOLUTION, ShapeSpec, random_caption, render_batch, sample_spec
+from tools.tiny_shapes_data import POSITIONS, RESOLUTION, ShapeSpec, random_caption, render_batch, sample_spec
 
 log = logging.getLogger("tools.train_tiny_shapes")
 
@@ -117,7 +117,13 @@ class Hyper:
     vae_full_fraction: float = 0.25
     dataset_size: int = 20000
     caption_dropout: float = 0.1
+    drop_position: float = 0.15
     min_snr_gamma: float = 5.0
+    steps_layout: int = 0
+    lr_layout: float = 3e-4
+    layout_weight_cap: float = 10.0
+    layout_fraction: float = 0.3
+    probe_weight: float = 0.05
     ema_decay: float = 0.999
     grad_clip: float = 1.0
     calibration_images: int = 2048
@@ -322,37 +328,111 @@ def init_unet(config: UNetConfig) -> UNetModel:
     return unet
 
 
+class NoiseObjective:
+    """The eps-prediction DDPM objective over SD's scaled-linear schedule (1000 steps) with Min-SNR-gamma
+    loss weights: shared by the base model, ControlNet and LoRA training.
+
+    Where a shape goes is decided in the first, noisiest sampling steps, but there the eps loss hardly
+    depends on the layout (the prediction is mostly the input). ``layout_weight_cap`` > 0 multiplies
+    each sample's weight by ``min(1 / alpha_bar, cap)`` (the v-prediction error in eps units, capped),
+    and ``layout_fraction`` of the timesteps are drawn from the noisiest ``layout_from``..999 only:
+    both make the position words matter to the loss.
+    """
+
+    def __init__(self, min_snr_gamma: float, layout_weight_cap: float = 0.0, layout_fraction: float = 0.0,
+                 layout_from: int = 600) -> None:
+        alphas_cumprod = 1.0 / (1.0 + ModelSampling.from_betas().sigmas.double() ** 2)
+        self.sqrt_ab = alphas_cumprod.sqrt().float()
+        self.sqrt_1m_ab = (1 - alphas_cumprod).sqrt().float()
+        snr = (alphas_cumprod / (1 - alphas_cumprod)).float()
+        self.weights = (snr.clamp(max=min_snr_gamma) / snr) if min_snr_gamma > 0 else torch.ones_like(snr)
+        if layout_weight_cap > 0:
+            self.weights = self.weights * (1.0 / alphas_cumprod).clamp(max=layout_weight_cap).float()
+        self.layout_fraction, self.layout_from = layout_fraction, layout_from
+
+    def noised(self, latents: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+        """``(noisy latents, timesteps, noise)`` for a batch of clean latents (all on the CPU)."""
+        steps = len(self.sqrt_ab)
+        t = torch.randint(0, steps, (latents.shape[0],), generator=generator)
+        if self.layout_fraction > 0:
+            noisy_t = torch.randint(self.layout_from, steps, (latents.shape[0],), generator=generator)
+            pick = torch.rand(latents.shape[0], generator=generator) < self.layout_fraction
+            t = torch.where(pick, noisy_t, t)
+        noise = torch.randn(latents.shape, generator=generator)
+        noisy = self.sqrt_ab[t, None, None, None] * latents + self.sqrt_1m_ab[t, None, None, None] * noise
+        return noisy, t, noise
+
+    def loss(self, prediction: Tensor, noise: Tensor, t: Tensor) -> Tensor:
+        per_sample = (prediction.float() - noise.to(prediction.device)).pow(2).mean(dim=(1, 2, 3))
+        return (per_sample * self.weights[t].to(prediction.device)).mean()
+
+
+def sample_latents(latent_mean: Tensor, latent_std: Tensor, index: Tensor, generator: torch.Generator) -> Tensor:
+    """Scaled latents (x 0.18215) drawn from the stored posteriors of the images at ``index``."""
+    noise_latent = torch.randn(latent_mean[index].shape, generator=generator)
+    return (latent_mean[index] + latent_std[index] * noise_latent) * SD1_SCALE_FACTOR
+
+
+class PositionProbe(nn.Module):
+    """Linear heads that read the column and the row of the caption's position (or "none said") from the
+    text encoder's mean output token. Used only while training (the layout phase), never saved.
+
+    Why: the first phase's text encoder separates "top"/"bottom" but maps "left" and "right" to nearly
+    the same outputs (their token embeddings stay close), so the UNet never learns to place shapes
+    horizontally, and with no horizontal placement there is no gradient that would separate the words.
+    The probe's cross-entropy breaks that circle by making the encoder represent both axes.
+    """
+
+    NONE = 3
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.column = nn.Linear(width, 4)
+        self.row = nn.Linear(width, 4)
+
+    def loss(self, context: Tensor, labels: Tensor) -> Tensor:
+        pooled = context.mean(dim=1)
+        return F.cross_entropy(self.column(pooled), labels[:, 0]) + F.cross_entropy(self.row(pooled), labels[:, 1])
+
+    @classmethod
+    def labels(cls, specs: Sequence[ShapeSpec], captions: Sequence[str]) -> Tensor:
+        """(column, row) per caption; ``NONE`` for both when the caption does not say the position."""
+        rows = [POSITIONS[spec.position] if f", {spec.position}" in text else (cls.NONE, cls.NONE)
+                for spec, text in zip(specs, captions, strict=True)]
+        return torch.tensor(rows, dtype=torch.long)
+
+
 def train_diffusion(unet: UNetModel, text: CLIPTextModel, specs: Sequence[ShapeSpec], latent_mean: Tensor,
                     latent_std: Tensor, hyper: Hyper, steps: int, device: torch.device,
-                    log_every: int) -> tuple[Progress, Ema, Ema]:
-    rng = np.random.default_rng([hyper.seed, 2])
-    generator = torch.Generator().manual_seed(hyper.seed + 2)
-    alphas_cumprod = 1.0 / (1.0 + ModelSampling.from_betas().sigmas.double() ** 2)  # the scaled-linear schedule
-    sqrt_ab = alphas_cumprod.sqrt().float()
-    sqrt_1m_ab = (1 - alphas_cumprod).sqrt().float()
-    snr = (alphas_cumprod / (1 - alphas_cumprod)).float()
-    weights = (snr.clamp(max=hyper.min_snr_gamma) / snr) if hyper.min_snr_gamma > 0 else torch.ones_like(snr)
+                    log_every: int, *, layout: bool = False) -> tuple[Progress, Ema, Ema]:
+    """UNet + text encoder training; ``layout`` selects the second phase (its own seeds and learning rate,
+    the layout-weighted objective of :class:`NoiseObjective` and the :class:`PositionProbe` loss)."""
+    stream = 9 if layout else 2
+    rng = np.random.default_rng([hyper.seed, stream])
+    generator = torch.Generator().manual_seed(hyper.seed + stream)
+    objective = (NoiseObjective(hyper.min_snr_gamma, hyper.layout_weight_cap, hyper.layout_fraction) if layout
+                 else NoiseObjective(hyper.min_snr_gamma))
+    peak_lr = hyper.lr_layout if layout else hyper.lr_unet
     tokens = CaptionTokens()
-    params = [*unet.parameters(), *text.parameters()]
-    optimizer = torch.optim.AdamW(params, lr=hyper.lr_unet, betas=(0.9, 0.99), weight_decay=0.0)
+    probe = PositionProbe(text.config.hidden_size).to(device) if layout else None
+    params = [*unet.parameters(), *text.parameters(), *(probe.parameters() if probe else ())]
+    optimizer = torch.optim.AdamW(params, lr=peak_lr, betas=(0.9, 0.99), weight_decay=0.0)
     unet_ema, text_ema = Ema(unet, hyper.ema_decay), Ema(text, hyper.ema_decay)
-    progress = Progress("unet", steps, log_every)
+    progress = Progress("layout" if layout else "unet", steps, log_every)
     unet.train()
     text.train()
     for step in range(steps):
-        set_lr(optimizer, lr_at(step, steps, hyper.lr_unet, hyper.warmup))
+        set_lr(optimizer, lr_at(step, steps, peak_lr, hyper.warmup))
         index = rng.integers(len(specs), size=hyper.batch_unet)
-        captions = [random_caption(specs[i], rng) if rng.random() >= hyper.caption_dropout else "" for i in index]
-        torch_index = torch.from_numpy(index)
-        noise_latent = torch.randn(latent_mean[torch_index].shape, generator=generator)
-        latents = (latent_mean[torch_index] + latent_std[torch_index] * noise_latent) * SD1_SCALE_FACTOR
-        t = torch.randint(0, len(alphas_cumprod), (hyper.batch_unet,), generator=generator)
-        noise = torch.randn(latents.shape, generator=generator)
-        noisy = sqrt_ab[t, None, None, None] * latents + sqrt_1m_ab[t, None, None, None] * noise
+        captions = [random_caption(specs[i], rng, drop_position=hyper.drop_position)
+                    if rng.random() >= hyper.caption_dropout else "" for i in index]
+        latents = sample_latents(latent_mean, latent_std, torch.from_numpy(index), generator)
+        noisy, t, noise = objective.noised(latents, generator)
         context = text(input_ids=tokens(captions).to(device)).last_hidden_state
-        prediction = unet(noisy.to(device), t.to(device), context)
-        per_sample = (prediction.float() - noise.to(device)).pow(2).mean(dim=(1, 2, 3))
-        loss = (per_sample * weights[t].to(device)).mean()
+        loss = objective.loss(unet(noisy.to(device), t.to(device), context), noise, t)
+        if probe is not None:
+            labels = PositionProbe.labels([specs[i] for i in index], captions).to(device)
+            loss = loss + hyper.probe_weight * probe.loss(context, labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, hyper.grad_clip)
@@ -483,43 +563,71 @@ def estimate(hyper: Hyper, steps: int, device: torch.device) -> dict[str, Any]:
     return result
 
 
-def train(hyper: Hyper, out: Path, device: torch.device, log_every: int) -> dict[str, Any]:
-    started = time.perf_counter()
-    vae, unet, text = build_models(hyper.seed, device)
-    vae_progress = train_vae(vae, hyper, hyper.steps_vae, device, log_every)
-
+def calibrate_and_check(vae: AutoencoderKL, hyper: Hyper, device: torch.device) -> dict[str, Any]:
+    """Fold the latent statistics into the VAE, round it to fp16 and measure its reconstruction error."""
     calibration = render_batch(training_specs(hyper.seed, 4, min(hyper.calibration_images, hyper.dataset_size)))
     calibrate_latents(vae, to_tensor(calibration, device))
+    round_to_fp16(vae)
     with torch.no_grad():
         check = to_tensor(calibration[:256], device)
-        reconstruction_error = float((vae.decode(vae.encode(check)).clamp(-1, 1) - check).abs().mean() * 127.5)
-    del calibration, check
-    log.info("VAE mean absolute reconstruction error: %.2f / 255", reconstruction_error)
+        error = float((vae.decode(vae.encode(check)).clamp(-1, 1) - check).abs().mean() * 127.5)
+    log.info("VAE mean absolute reconstruction error: %.2f / 255", error)
+    return {"vae_reconstruction_error_255": round(error, 2)}
+
+
+def round_to_fp16(*modules: nn.Module) -> None:
+    """Round parameters through fp16 in place: what the saved file holds, so that a run resumed from
+    the file (``--resume``) continues from the same weights as the uninterrupted run."""
+    with torch.no_grad():
+        for module in modules:
+            for p in module.parameters():
+                p.copy_(p.half().float())
+
+
+def train(hyper: Hyper, out: Path, device: torch.device, log_every: int, resume: Path | None = None) -> dict[str, Any]:
+    started = time.perf_counter()
+    report: dict[str, Any] = {"out": str(out)}
+    if resume is None:
+        vae, unet, text = build_models(hyper.seed, device)
+        vae_progress = train_vae(vae, hyper, hyper.steps_vae, device, log_every)
+        report.update(calibrate_and_check(vae, hyper, device))
+        full_from = hyper.steps_vae - round(hyper.steps_vae * hyper.vae_full_fraction)
+        report.update({"vae_crop_s_per_step": round(_median_after_first(vae_progress.step_times[:full_from]), 3),
+                       "vae_whole_s_per_step": round(_median_after_first(vae_progress.step_times[full_from:]), 3),
+                       "vae_final_loss": round(float(np.mean(vae_progress.losses[-50:])), 4)})
+    else:
+        from tools.tiny_shapes_base import load_base
+
+        vae, unet, text = load_base(resume, device)
+        unet.requires_grad_(True)
+        text.requires_grad_(True)
     specs = training_specs(hyper.seed, 3, hyper.dataset_size)
     latent_mean, latent_std = encode_specs(vae, specs, device)
     log.info("encoded %d images: scaled latent std %.3f", len(specs), float((latent_mean * SD1_SCALE_FACTOR).std()))
-
-    unet_progress, unet_ema, text_ema = train_diffusion(unet, text, specs, latent_mean, latent_std, hyper,
-                                                        hyper.steps_unet, device, log_every)
-    unet_ema.copy_to(unet)
-    text_ema.copy_to(text)
+    phases = [(False, hyper.steps_unet)] if resume is None else []
+    phases += [(True, hyper.steps_layout)] if hyper.steps_layout > 0 else []
+    for layout, steps in phases:
+        progress, unet_ema, text_ema = train_diffusion(unet, text, specs, latent_mean, latent_std, hyper, steps,
+                                                       device, log_every, layout=layout)
+        unet_ema.copy_to(unet)
+        text_ema.copy_to(text)
+        round_to_fp16(unet, text)
+        name = "layout" if layout else "unet"
+        report[f"{name}_s_per_step"] = round(progress.seconds_per_step(), 3)
+        report[f"{name}_final_loss"] = round(float(np.mean(progress.losses[-50:])), 4)
+        if layout:
+            unet.requires_grad_(True)
+            text.requires_grad_(True)
     elapsed = time.perf_counter() - started
     metadata = {"loom.tool": "tools/train_tiny_shapes.py", "loom.hyper": json.dumps(dataclasses.asdict(hyper)),
                 "loom.train_seconds": f"{elapsed:.0f}", "loom.threads": str(torch.get_num_threads())}
+    if resume is not None:
+        metadata["loom.resumed_from"] = resume.name
     save_checkpoint(checkpoint_state(unet, vae, text), out, metadata)
-    full_from = hyper.steps_vae - round(hyper.steps_vae * hyper.vae_full_fraction)
-    report = {
-        "out": str(out), "megabytes": round(out.stat().st_size / 1e6, 2),
-        "parameters": {"vae": count_parameters(vae), "unet": count_parameters(unet), "text": count_parameters(text)},
-        "vae_crop_s_per_step": round(_median_after_first(vae_progress.step_times[:full_from]), 3),
-        "vae_whole_s_per_step": round(_median_after_first(vae_progress.step_times[full_from:]), 3),
-        "unet_s_per_step": round(unet_progress.seconds_per_step(), 3),
-        "unet_cpu_s_per_step": round(unet_progress.cpu_seconds_per_step(), 3),
-        "vae_final_loss": round(float(np.mean(vae_progress.losses[-50:])), 4),
-        "unet_final_loss": round(float(np.mean(unet_progress.losses[-50:])), 4),
-        "vae_reconstruction_error_255": round(reconstruction_error, 2),
-        "train_minutes": round(elapsed / 60, 1), "threads": torch.get_num_threads(),
-    }
+    report.update({"megabytes": round(out.stat().st_size / 1e6, 2), "train_minutes": round(elapsed / 60, 1),
+                   "threads": torch.get_num_threads(),
+                   "parameters": {"vae": count_parameters(vae), "unet": count_parameters(unet),
+                                  "text": count_parameters(text)}})
     report["verify"] = verify_checkpoint(out)
     return report
 
@@ -531,6 +639,10 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=Path("models/checkpoints/tiny-shapes.safetensors"))
     parser.add_argument("--steps-vae", type=int, default=defaults.steps_vae)
     parser.add_argument("--steps-unet", type=int, default=defaults.steps_unet, help="UNet + text encoder steps")
+    parser.add_argument("--steps-layout", type=int, default=defaults.steps_layout,
+                        help="second phase: UNet + text encoder steps with the layout-weighted objective")
+    parser.add_argument("--resume", type=Path, default=None, metavar="CKPT",
+                        help="skip the VAE and the first phase: run only the layout phase from this checkpoint")
     parser.add_argument("--batch-vae", type=int, default=defaults.batch_vae)
     parser.add_argument("--batch-unet", type=int, default=defaults.batch_unet)
     parser.add_argument("--dataset-size", type=int, default=defaults.dataset_size,
@@ -548,7 +660,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    hyper = Hyper(seed=args.seed, steps_vae=args.steps_vae, steps_unet=args.steps_unet, batch_vae=args.batch_vae,
+    hyper = Hyper(seed=args.seed, steps_vae=args.steps_vae, steps_unet=args.steps_unet,
+                  steps_layout=args.steps_layout, batch_vae=args.batch_vae,
                   batch_unet=args.batch_unet, dataset_size=args.dataset_size,
                   warmup=min(Hyper.warmup, max(1, min(args.steps_vae, args.steps_unet) // 10)))
     if args.estimate:
@@ -557,7 +670,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                  "%.1f CPU-minutes", hyper.steps_vae, hyper.steps_unet, result["threads"],
                  result["wall"]["total_min"], result["cpu"]["total_min"])
     else:
-        result = train(hyper, args.out, device, args.log_every)
+        result = train(hyper, args.out, device, args.log_every, resume=args.resume)
     sys.stdout.write(json.dumps(result, indent=2) + "\n")
     return 0
 

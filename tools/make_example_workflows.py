@@ -1,0 +1,210 @@
+"""Write the example workflows (editor format) and their input images for the tiny-shapes demo models.
+
+Each workflow is described here as a small list of nodes (type, title, widget values, links by
+``(source id, output slot)``); this script lays them out left to right and writes litegraph's
+editor JSON (schema 0.4), the format the editor saves. The input images are rendered with the
+dataset's own renderer, so they show exactly what the demo models know.
+
+    python -m tools.make_example_workflows            # writes workflows/*.json and workflows/inputs/*.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from engine.registry import NodeRegistry
+from nodes import register_builtin_nodes
+from tools.tiny_shapes_data import ShapeSpec, edge_map, render
+
+log = logging.getLogger("tools.make_example_workflows")
+
+CHECKPOINT = "tiny-shapes.safetensors"
+LORA = "tiny-shapes-dark.safetensors"
+CONTROLNET = "tiny-shapes-edges.safetensors"
+SOURCE_IMAGE = "tiny-shapes-red-circle.png"
+INPAINT_IMAGE = "tiny-shapes-inpaint.png"
+EDGES_IMAGE = "tiny-shapes-edges.png"
+SAMPLER = ["euler", "normal"]
+
+
+@dataclass
+class N:
+    """One node: its id, class, title, widget values and input links ``name -> (source id, slot)``."""
+
+    id: int
+    type: str
+    widgets: list[Any] | None = None
+    links: dict[str, tuple[int, int]] = field(default_factory=dict)
+    title: str | None = None
+
+
+def ksampler(node_id: int, model: int, positive: int, negative: int, latent: tuple[int, int], *, seed: int = 42,
+             steps: int = 20, cfg: float = 6.0, denoise: float = 1.0, model_slot: int = 0) -> N:
+    links = {"model": (model, model_slot), "positive": (positive, 0), "negative": (negative, 0),
+             "latent_image": latent}
+    return N(node_id, "KSampler", [seed, "fixed", steps, cfg, *SAMPLER, denoise], links)
+
+
+def prompts(clip: tuple[int, int], text: str, negative: str = "", first_id: int = 6) -> list[N]:
+    return [N(first_id, "CLIPTextEncode", [text], {"clip": clip}, title="Prompt"),
+            N(first_id + 1, "CLIPTextEncode", [negative], {"clip": clip}, title="Negative prompt")]
+
+
+def decode_and_save(first_id: int, samples: int, vae: tuple[int, int], prefix: str) -> list[N]:
+    return [N(first_id, "VAEDecode", None, {"samples": (samples, 0), "vae": vae}),
+            N(first_id + 1, "SaveImage", [prefix], {"images": (first_id, 0)}, title="Save")]
+
+
+def checkpoint() -> N:
+    return N(4, "CheckpointLoaderSimple", [CHECKPOINT])
+
+
+def txt2img() -> list[N]:
+    return [checkpoint(), *prompts((4, 1), "a red circle on a blue background, center, large"),
+            N(5, "EmptyLatentImage", [64, 64, 1]), ksampler(3, 4, 6, 7, (5, 0)),
+            *decode_and_save(8, 3, (4, 2), "txt2img")]
+
+
+def batch() -> list[N]:
+    return [checkpoint(), *prompts((4, 1), "a yellow triangle on a purple background, bottom, large"),
+            N(5, "EmptyLatentImage", [64, 64, 4], title="Batch of 4"), ksampler(3, 4, 6, 7, (5, 0), seed=7),
+            *decode_and_save(8, 3, (4, 2), "batch")]
+
+
+def img2img() -> list[N]:
+    return [checkpoint(), *prompts((4, 1), "a yellow circle on a blue background, center, large"),
+            N(10, "LoadImage", [SOURCE_IMAGE, "image"], title="Source image"),
+            N(11, "VAEEncode", None, {"pixels": (10, 0), "vae": (4, 2)}),
+            ksampler(3, 4, 6, 7, (11, 0), denoise=0.6), *decode_and_save(8, 3, (4, 2), "img2img")]
+
+
+def inpaint() -> list[N]:
+    return [checkpoint(), *prompts((4, 1), "a yellow square on a blue background, right, small"),
+            N(10, "LoadImage", [INPAINT_IMAGE, "image"], title="Image with transparent area to repaint"),
+            N(11, "VAEEncode", None, {"pixels": (10, 0), "vae": (4, 2)}),
+            N(12, "SetLatentNoiseMask", None, {"samples": (11, 0), "mask": (10, 1)}),
+            ksampler(3, 4, 6, 7, (12, 0)), *decode_and_save(8, 3, (4, 2), "inpaint")]
+
+
+def lora() -> list[N]:
+    return [checkpoint(), N(10, "LoraLoader", [LORA, 1.0, 1.0], {"model": (4, 0), "clip": (4, 1)}),
+            *prompts((10, 1), "a red circle on a white background, center, large"),
+            N(5, "EmptyLatentImage", [64, 64, 1]), ksampler(3, 10, 6, 7, (5, 0)),
+            *decode_and_save(8, 3, (4, 2), "lora")]
+
+
+def controlnet() -> list[N]:
+    return [checkpoint(), *prompts((4, 1), "a green triangle on a white background, large"),
+            N(10, "LoadImage", [EDGES_IMAGE, "image"], title="Edge map"),
+            N(11, "ControlNetLoader", [CONTROLNET]),
+            N(12, "ControlNetApplyAdvanced", [1.0, 0.0, 1.0],
+              {"positive": (6, 0), "negative": (7, 0), "control_net": (11, 0), "image": (10, 0)}),
+            N(5, "EmptyLatentImage", [64, 64, 1]),
+            N(3, "KSampler", [42, "fixed", 20, 6.0, *SAMPLER, 1.0],
+              {"model": (4, 0), "positive": (12, 0), "negative": (12, 1), "latent_image": (5, 0)}),
+            *decode_and_save(8, 3, (4, 2), "controlnet")]
+
+
+def hires_fix() -> list[N]:
+    return [checkpoint(), *prompts((4, 1), "an orange square on a green background, center, large"),
+            N(5, "EmptyLatentImage", [64, 64, 1]), ksampler(3, 4, 6, 7, (5, 0)),
+            N(10, "LatentUpscaleBy", ["nearest-exact", 2.0], {"samples": (3, 0)}),
+            N(11, "KSampler", [42, "fixed", 20, 6.0, *SAMPLER, 0.5],
+              {"model": (4, 0), "positive": (6, 0), "negative": (7, 0), "latent_image": (10, 0)}, title="Second pass"),
+            *decode_and_save(8, 11, (4, 2), "hires-fix")]
+
+
+def outpaint() -> list[N]:
+    return [checkpoint(), *prompts((4, 1), "a red circle on a blue background, top left, small"),
+            N(5, "EmptyLatentImage", [64, 64, 1]), ksampler(3, 4, 6, 7, (5, 0)),
+            N(10, "VAEDecode", None, {"samples": (3, 0), "vae": (4, 2)}),
+            N(11, "ImagePadForOutpaint", [0, 0, 32, 0, 8], {"image": (10, 0)}, title="Pad right"),
+            N(12, "VAEEncodeForInpaint", [8], {"pixels": (11, 0), "vae": (4, 2), "mask": (11, 1)}),
+            N(13, "KSampler", [42, "fixed", 20, 6.0, *SAMPLER, 1.0],
+              {"model": (4, 0), "positive": (6, 0), "negative": (7, 0), "latent_image": (12, 0)}, title="Outpaint"),
+            *decode_and_save(8, 13, (4, 2), "outpaint")]
+
+
+WORKFLOWS = {"txt2img": txt2img, "img2img": img2img, "inpaint": inpaint, "lora": lora, "controlnet": controlnet,
+             "hires-fix": hires_fix, "outpaint": outpaint, "batch": batch}
+
+
+def editor_json(nodes: Sequence[N], registry: NodeRegistry) -> dict[str, Any]:
+    """litegraph's editor JSON for ``nodes``: sockets from the registry, links numbered in order."""
+    by_id = {node.id: node for node in nodes}
+    links: list[list[Any]] = []
+    out_links: dict[tuple[int, int], list[int]] = {}
+    entries = []
+    for column, node in enumerate(nodes):
+        cls = registry.get(node.type)
+        if cls is None:
+            raise KeyError(f"unknown node type {node.type}")
+        widget_names = {spec.name for spec in cls.widget_inputs()}
+        inputs = []
+        for slot_index, spec in enumerate(s for s in cls.inputs if s.name not in widget_names):
+            link_id = None
+            if spec.name in node.links:
+                source, slot = node.links[spec.name]
+                source_type = registry.get(by_id[source].type).outputs[slot].type  # type: ignore[union-attr]
+                link_id = len(links) + 1
+                links.append([link_id, source, slot, node.id, slot_index, source_type])
+                out_links.setdefault((source, slot), []).append(link_id)
+            inputs.append({"name": spec.name, "type": spec.type, "link": link_id})
+        position = [40 + 320 * (column % 4), 60 + 260 * (column // 4)]
+        entry: dict[str, Any] = {"id": node.id, "type": node.type, "pos": position, "size": [300, 120],
+                                 "flags": {}, "order": column, "mode": 0, "inputs": inputs}
+        if node.title:
+            entry["title"] = node.title
+        if node.widgets is not None:
+            entry["widgets_values"] = node.widgets
+        entries.append(entry)
+    for entry, node in zip(entries, nodes, strict=True):
+        cls = registry.get(node.type)
+        assert cls is not None
+        entry["outputs"] = [{"name": out.name or out.type, "type": out.type, "slot_index": slot,
+                             "links": out_links.get((node.id, slot), [])} for slot, out in enumerate(cls.outputs)]
+    return {"last_node_id": max(by_id), "last_link_id": len(links), "nodes": entries, "links": links,
+            "groups": [], "config": {}, "extra": {"ds": {"scale": 1, "offset": [0, 0]}}, "version": 0.4}
+
+
+def write_inputs(folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    circle = ShapeSpec("circle", "red", "blue", "center", "large", 32, 32, 12)
+    Image.fromarray(render(circle)).save(folder / SOURCE_IMAGE)
+    # Inpainting: a red circle on the left; the right third is transparent (LoadImage's mask = 1 - alpha).
+    left = ShapeSpec("circle", "red", "blue", "left", "small", 14, 32, 7)
+    rgba = np.concatenate([render(left), np.full((64, 64, 1), 255, np.uint8)], axis=2)
+    rgba[:, 40:, 3] = 0
+    Image.fromarray(rgba, "RGBA").save(folder / INPAINT_IMAGE)
+    # ControlNet: the outline of a large triangle in the top-left corner.
+    triangle = ShapeSpec("triangle", "white", "black", "top left", "large", 18, 18, 12)
+    Image.fromarray(edge_map(triangle)).save(folder / EDGES_IMAGE)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("workflows"))
+    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    registry = NodeRegistry()
+    register_builtin_nodes(registry)
+    for name, build in WORKFLOWS.items():
+        path = args.out / f"{name}.json"
+        path.write_text(json.dumps(editor_json(build(), registry), indent=1) + "\n")
+        log.info("wrote %s", path)
+    write_inputs(args.out / "inputs")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
