@@ -38,7 +38,7 @@ LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
 def controlnet_prompt(text: str, hint_name: str, *, seed: int, strength: float, ckpt: str = CHECKPOINT,
-                      controlnet: str = CONTROLNET, steps: int = 20, cfg: float = 6.0) -> dict[str, Any]:
+                      controlnet: str = CONTROLNET, steps: int = 20, cfg: float = 8.0) -> dict[str, Any]:
     prompt = txt2img_prompt(ckpt, text, seed=seed, steps=steps, cfg=cfg, sampler="euler", scheduler="normal")
     prompt["10"] = {"class_type": "LoadImage", "inputs": {"image": hint_name}}
     prompt["11"] = {"class_type": "ControlNetLoader", "inputs": {"control_net_name": controlnet}}
@@ -50,7 +50,7 @@ def controlnet_prompt(text: str, hint_name: str, *, seed: int, strength: float, 
 
 
 def lora_prompt(text: str, *, seed: int, strength: float, ckpt: str = CHECKPOINT, lora: str = LORA,
-                steps: int = 20, cfg: float = 6.0) -> dict[str, Any]:
+                steps: int = 20, cfg: float = 8.0) -> dict[str, Any]:
     prompt = txt2img_prompt(ckpt, text, seed=seed, steps=steps, cfg=cfg, sampler="euler", scheduler="normal")
     prompt["10"] = {"class_type": "LoraLoader", "inputs": {
         "model": ["1", 0], "clip": ["1", 1], "lora_name": lora, "strength_model": strength,

@@ -272,7 +272,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--count", type=int, default=48, help="number of held-out prompts")
     parser.add_argument("--seed", type=int, default=0, help="picks the prompts and the sampling seeds")
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--cfg", type=float, default=6.0)
+    parser.add_argument("--cfg", type=float, default=8.0, help="ComfyUI's default")
     parser.add_argument("--sampler", default="euler")
     parser.add_argument("--scheduler", default="normal")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")

@@ -49,7 +49,7 @@ class N:
 
 
 def ksampler(node_id: int, model: int, positive: int, negative: int, latent: tuple[int, int], *, seed: int = 42,
-             steps: int = 20, cfg: float = 6.0, denoise: float = 1.0, model_slot: int = 0) -> N:
+             steps: int = 20, cfg: float = 8.0, denoise: float = 1.0, model_slot: int = 0) -> N:
     links = {"model": (model, model_slot), "positive": (positive, 0), "negative": (negative, 0),
              "latent_image": latent}
     return N(node_id, "KSampler", [seed, "fixed", steps, cfg, *SAMPLER, denoise], links)
@@ -110,7 +110,7 @@ def controlnet() -> list[N]:
             N(12, "ControlNetApplyAdvanced", [1.0, 0.0, 1.0],
               {"positive": (6, 0), "negative": (7, 0), "control_net": (11, 0), "image": (10, 0)}),
             N(5, "EmptyLatentImage", [64, 64, 1]),
-            N(3, "KSampler", [42, "fixed", 20, 6.0, *SAMPLER, 1.0],
+            N(3, "KSampler", [42, "fixed", 20, 8.0, *SAMPLER, 1.0],
               {"model": (4, 0), "positive": (12, 0), "negative": (12, 1), "latent_image": (5, 0)}),
             *decode_and_save(8, 3, (4, 2), "controlnet")]
 
@@ -119,7 +119,7 @@ def hires_fix() -> list[N]:
     return [checkpoint(), *prompts((4, 1), "an orange square on a green background, center, large"),
             N(5, "EmptyLatentImage", [64, 64, 1]), ksampler(3, 4, 6, 7, (5, 0)),
             N(10, "LatentUpscaleBy", ["nearest-exact", 2.0], {"samples": (3, 0)}),
-            N(11, "KSampler", [42, "fixed", 20, 6.0, *SAMPLER, 0.5],
+            N(11, "KSampler", [42, "fixed", 20, 8.0, *SAMPLER, 0.5],
               {"model": (4, 0), "positive": (6, 0), "negative": (7, 0), "latent_image": (10, 0)}, title="Second pass"),
             *decode_and_save(8, 11, (4, 2), "hires-fix")]
 
@@ -130,7 +130,7 @@ def outpaint() -> list[N]:
             N(10, "VAEDecode", None, {"samples": (3, 0), "vae": (4, 2)}),
             N(11, "ImagePadForOutpaint", [0, 0, 32, 0, 8], {"image": (10, 0)}, title="Pad right"),
             N(12, "VAEEncodeForInpaint", [8], {"pixels": (11, 0), "vae": (4, 2), "mask": (11, 1)}),
-            N(13, "KSampler", [42, "fixed", 20, 6.0, *SAMPLER, 1.0],
+            N(13, "KSampler", [42, "fixed", 20, 8.0, *SAMPLER, 1.0],
               {"model": (4, 0), "positive": (6, 0), "negative": (7, 0), "latent_image": (12, 0)}, title="Outpaint"),
             *decode_and_save(8, 13, (4, 2), "outpaint")]
 

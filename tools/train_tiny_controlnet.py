@@ -43,7 +43,7 @@ class ControlHyper:
     """ControlNet training hyperparameters (the defaults are the shipped file's)."""
 
     seed: int = 0
-    steps: int = 1500
+    steps: int = 2000
     batch: int = 32
     lr: float = 3e-4
     warmup: int = 50

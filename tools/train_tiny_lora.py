@@ -1,9 +1,9 @@
 """Train the tiny "dark backgrounds" LoRA for the tiny-shapes demo model, saved in kohya's format.
 
 Low-rank adapters sit on the base UNet's attention projections (``to_q/to_k/to_v/to_out.0``),
-feed-forward layers, ``proj_in`` / ``proj_out`` (1x1 convolutions in SD1) and the ResBlocks' 3x3
-convolutions (LoCon). They are trained on images whose background colour is darkened to a quarter
-of its palette value while the captions still name the usual colour, so at strength 1 the model
+feed-forward layers and the ResBlocks' 3x3 convolutions (LoCon). They are trained on images whose
+background colour is darkened to a quarter of its palette value while the captions still name the
+usual colour, so at strength 1 the model
 paints "a red circle on a white background" on a dark grey one; the effect grows with the strength.
 Saved with kohya's names (``lora_unet_down_blocks_0_attentions_0_..._to_q.lora_down.weight``,
 ``.lora_up.weight``, ``.alpha``), as sd-scripts writes SD1 LoRAs.
@@ -46,8 +46,9 @@ from tools.train_tiny_shapes import (
 log = logging.getLogger("tools.train_tiny_lora")
 
 #: Module names (the last part of a UNet module path) that get an adapter.
-TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2",
-           "in_layers.2", "out_layers.3")
+#: (Not ``proj_in``/``proj_out``: Loom's SpatialTransformer calls their weights directly as linear maps,
+#: so a forward hook on those modules would never run.)
+TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2", "in_layers.2", "out_layers.3")
 #: Darkened backgrounds: this fraction of the palette colour.
 DARKEN = 0.25
 

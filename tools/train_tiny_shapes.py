@@ -119,7 +119,7 @@ class Hyper:
     caption_dropout: float = 0.1
     drop_position: float = 0.15
     min_snr_gamma: float = 5.0
-    steps_layout: int = 0
+    steps_layout: int = 3000
     lr_layout: float = 3e-4
     layout_weight_cap: float = 10.0
     layout_fraction: float = 0.3

@@ -118,7 +118,7 @@ def test_evaluator_generates_through_loom_executor(models_dir: Path) -> None:
 def test_smoke_training_then_evaluation(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "models" / "checkpoints" / "tiny-shapes.safetensors"
     assert train_tiny_shapes.main(["--steps-vae", "8", "--steps-unet", "6", "--dataset-size", "64",
-                                   "--threads", "1", "--log-every", "2", "--out", str(out)]) == 0
+                                   "--steps-layout", "2", "--threads", "1", "--log-every", "2", "--out", str(out)]) == 0
     trained = json.loads(capsys.readouterr().out)
     assert trained["verify"]["family"] == "SD1.x" and out.is_file()
     assert trained["parameters"] == {"vae": 1451751, "unet": 3754692, "text": 3317120}
