@@ -1,5 +1,5 @@
 # Loom: one command to run, one to test, on a fresh machine (Python 3.11+ and make).
-#   make run    set up .venv and serve Loom on http://127.0.0.1:8188
+#   make run    set up .venv, copy the example inputs to input/, serve Loom on http://127.0.0.1:8188
 #   make test   set up .venv with the test extras and run the test suite
 #   make bench  run the benchmarks (JSON on stdout)
 # TORCH: the torch requirement. The CPU build of 2.13.0 is the default; on a GPU machine install
@@ -11,7 +11,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 ARGS   ?=
 
-.PHONY: setup setup-test run test test-all bench lint clean
+.PHONY: setup setup-test run inputs test test-all bench lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,8 +24,13 @@ setup: $(BIN)/python
 setup-test: setup
 	$(BIN)/pip install -q -e '.[test]'
 
-run: setup
+run: setup inputs
 	$(BIN)/python main.py $(ARGS)
+
+# The example workflows' input images (workflows/inputs) in Loom's input folder; existing files are kept.
+inputs:
+	mkdir -p input
+	cp -n workflows/inputs/*.png input/
 
 test: setup-test
 	$(BIN)/python -m ruff check .

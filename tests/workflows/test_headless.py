@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +19,10 @@ WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
 
 
 def _run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``python main.py run`` with fresh folders; the input folder holds the example inputs, as the README says."""
+    (tmp_path / "input").mkdir(exist_ok=True)
+    for image in (ROOT / "workflows" / "inputs").glob("*.png"):
+        shutil.copy(image, tmp_path / "input" / image.name)
     dirs = []
     for name in ("input", "output", "temp", "data"):
         dirs += [f"--{name}-dir", str(tmp_path / name)]
