@@ -161,7 +161,7 @@ class ControlApplier:
     """The ``control_fn(x, timesteps, context, y, specs)`` of a sampling run; see the module docstring.
 
     ``nets`` maps every spec of every chain to its loaded net. Resized hints are cached per spec and
-    size for the run.
+    size for the run, as the hint block's features.
     """
 
     def __init__(self, model_sampling: ModelSampling, nets: Mapping[ControlSpec, ControlNet]) -> None:
@@ -203,24 +203,28 @@ class ControlApplier:
             if sigma > sigma_start or sigma < sigma_end:
                 continue
             net = self.nets[spec]
-            hint = self._hint(spec, net, x, per)
-            out = net(x[:, :net.in_channels], hint, timesteps, context, y)
+            features = self._hint(spec, net, x, per)
+            out = net(x[:, :net.in_channels], None, timesteps, context, y, hint_features=features)
             if spec.global_average_pooling:
                 out = {key: [t.mean(dim=(2, 3), keepdim=True) for t in ts] for key, ts in out.items()}
             result = _merge(result, out, spec.strength)
         return result
 
     def _hint(self, spec: ControlSpec, net: ControlNet, x: Tensor, per: int) -> Tensor:
+        """The hint block's features for ``x``'s rows: the hint is fitted to the latent and encoded once
+        per size for the run (it does not change between steps), then tiled to the batch."""
         dtype = next(net.parameters()).dtype
         height, width = x.shape[-2] * 8, x.shape[-1] * 8
         key = (spec, height, width, x.device, dtype)
-        hint = self._hints.get(key)
-        if hint is None:
+        features = self._hints.get(key)
+        if features is None:
             hint = _match_channels(spec.hint, net.config.hint_channels, _label(spec.net))
             hint = fit_hint(hint.to(device=x.device, dtype=torch.float32), height, width).to(dtype)
-            self._hints[key] = hint
+            with torch.no_grad():
+                features = net.encode_hint(hint)
+            self._hints[key] = features
         # Each entry's rows get the hint batch repeated (or cut) to the entry's size.
-        return _tile(hint, per).repeat(x.shape[0] // per, 1, 1, 1)
+        return _tile(features, per).repeat(x.shape[0] // per, 1, 1, 1)
 
 
 def _assemble(results: Sequence[tuple[list[int], Residuals]], per: int, batch: int) -> Residuals:

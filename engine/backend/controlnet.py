@@ -174,12 +174,19 @@ class ControlNet(nn.Module):
                     parameter.zero_()
         return model.requires_grad_(True).train()
 
+    def encode_hint(self, hint: Tensor) -> Tensor:
+        """The hint block's features of hint images ``[B, hint_channels, 8h, 8w]`` (0..1): they depend on
+        the hint alone, so a sampler computes them once and passes them to every step (``hint_features``)."""
+        return self.input_hint_block(hint.to(self.time_embed[0].weight.dtype))
+
     def forward(
-        self, x: Tensor, hint: Tensor, timesteps: Tensor, context: Tensor | None, y: Tensor | None = None
+        self, x: Tensor, hint: Tensor | None, timesteps: Tensor, context: Tensor | None, y: Tensor | None = None,
+        *, hint_features: Tensor | None = None,
     ) -> dict[str, list[Tensor]]:
         """Residuals for latents ``x`` ``[B, in_channels, h, w]`` and hint images ``hint``
         ``[B, hint_channels, 8h, 8w]`` (0..1) at ``timesteps`` ``[B]`` with text ``context`` (and SDXL's
         ``y``): ``{"output": [one per input block, in order], "middle": [one]}``, in the parameters' dtype.
+        ``hint_features`` (:meth:`encode_hint` of the hint, batch ``B``) replaces ``hint``.
         """
         c = self.config.unet
         dtype = self.time_embed[0].weight.dtype
@@ -188,17 +195,20 @@ class ControlNet(nn.Module):
             context = context.to(dtype)
         elif c.context_dim is not None:
             raise ValueError("this ControlNet has cross-attention: pass context, the text conditioning")
-        guided: Tensor | None = self.input_hint_block(hint.to(dtype))
+        if hint_features is None:
+            if hint is None:
+                raise ValueError("pass the hint image or its hint_features")
+            hint_features = self.encode_hint(hint)
+        guided: Tensor | None = hint_features.to(dtype)
         h = x.to(dtype)
         outputs: list[Tensor] = []
         for block, zero_conv in zip(self.input_blocks, self.zero_convs, strict=True):
             h = block(h, emb, context)
             if guided is not None:
                 if guided.shape[-2:] != h.shape[-2:]:
-                    raise ValueError(
-                        f"the hint is {tuple(hint.shape[-2:])} pixels but the latent is {tuple(x.shape[-2:])}: "
-                        "the hint must be 8x the latent size"
-                    )
+                    pixels = tuple(8 * d for d in guided.shape[-2:])
+                    raise ValueError(f"the hint is {pixels} pixels but the latent is {tuple(x.shape[-2:])}: "
+                                     "the hint must be 8x the latent size")
                 h = h + guided
                 guided = None
             outputs.append(zero_conv(h))
