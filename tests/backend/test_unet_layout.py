@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from engine.backend.unet import SD15, SD21, SDXL, SDXL_REFINER, UNetConfig, UNetModel, load_weights
-from tests.backend.conftest import diffusers_unet_to_ldm, read_reference_shapes
+from engine.models.convert_diffusers import diffusers_unet_to_ldm
+from tests.backend.conftest import read_reference_shapes
 
 PRESETS = {"SD15": SD15, "SD21": SD21, "SDXL": SDXL, "SDXL_REFINER": SDXL_REFINER}
 
@@ -101,7 +102,7 @@ def test_presets_match_the_diffusers_layout_of_the_same_model(name: str) -> None
     diffusers = pytest.importorskip("diffusers")
     with torch.device("meta"):
         reference = diffusers.UNet2DConditionModel(layers_per_block=2, **_diffusers_layout(name))
-    converted = diffusers_unet_to_ldm(reference.state_dict(), layers_per_block=2)
+    converted = diffusers_unet_to_ldm(reference.state_dict())
     assert {k: tuple(v.shape) for k, v in converted.items()} == PRESETS[name].expected_shapes()
 
 
