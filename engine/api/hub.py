@@ -232,10 +232,13 @@ class Hub:
 
     @property
     def client_count(self) -> int:
-        return len(self._clients)
+        return sum(1 for conn in self._clients.values() if not conn.dead)
 
     def is_connected(self, client_id: str) -> bool:
-        return client_id in self._clients
+        """True while the client's socket gets messages: a dropped client counts as gone at once, even
+        while its socket is still being torn down."""
+        conn = self._clients.get(client_id)
+        return conn is not None and not conn.dead
 
     def queue_remaining(self) -> int:
         if self._queue is None:
