@@ -17,6 +17,7 @@ foreground colour still matches the prompt.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -38,12 +39,18 @@ LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
 def controlnet_prompt(text: str, hint_name: str, *, seed: int, strength: float, ckpt: str = CHECKPOINT,
-                      controlnet: str = CONTROLNET, steps: int = 20, cfg: float = 8.0) -> dict[str, Any]:
+                      controlnet: str = CONTROLNET, steps: int = 20, cfg: float = 8.0,
+                      canny: bool = False) -> dict[str, Any]:
+    """txt2img steered by the image ``hint_name``: an edge map, or (``canny``) a picture whose edges the
+    ``Canny`` node finds first (ComfyUI's default thresholds 0.4 / 0.8)."""
     prompt = txt2img_prompt(ckpt, text, seed=seed, steps=steps, cfg=cfg, sampler="euler", scheduler="normal")
     prompt["10"] = {"class_type": "LoadImage", "inputs": {"image": hint_name}}
+    if canny:
+        prompt["13"] = {"class_type": "Canny", "inputs": {"image": ["10", 0], "low_threshold": 0.4,
+                                                          "high_threshold": 0.8}}
     prompt["11"] = {"class_type": "ControlNetLoader", "inputs": {"control_net_name": controlnet}}
     prompt["12"] = {"class_type": "ControlNetApplyAdvanced", "inputs": {
-        "positive": ["2", 0], "negative": ["3", 0], "control_net": ["11", 0], "image": ["10", 0],
+        "positive": ["2", 0], "negative": ["3", 0], "control_net": ["11", 0], "image": ["13" if canny else "10", 0],
         "strength": strength, "start_percent": 0.0, "end_percent": 1.0}}
     prompt["5"]["inputs"].update(positive=["12", 0], negative=["12", 1])
     return prompt
@@ -76,13 +83,19 @@ def centroid_distance(image: np.ndarray, spec: ShapeSpec) -> float | None:
 
 
 def evaluate_controlnet(count: int, seed: int, models_dirs: Sequence[Path], strength: float = 1.0,
-                        within: float = 6.0) -> dict[str, Any]:
+                        within: float = 6.0, canny: bool = False) -> dict[str, Any]:
+    """With ``canny`` the hint is a rendering of another shape at the same place (a white shape on black)
+    that the ``Canny`` node turns into edges, instead of the outline itself."""
     specs = controlnet_specs(count, seed)
     texts = [caption(spec, 0, with_position=False) for spec in specs]
-    hints = {f"hint-{i}.png": edge_map(spec) for i, spec in enumerate(specs)}
-    report: dict[str, Any] = {"count": count, "within_px": within}
+    if canny:
+        hints = {f"hint-{i}.png": render(dataclasses.replace(spec, color="white", background="black"))
+                 for i, spec in enumerate(specs)}
+    else:
+        hints = {f"hint-{i}.png": edge_map(spec) for i, spec in enumerate(specs)}
+    report: dict[str, Any] = {"count": count, "within_px": within, "hint": "canny" if canny else "edge_map"}
     for label, value in (("controlnet", strength), ("without", 0.0)):
-        prompts = [controlnet_prompt(text, f"hint-{i}.png", seed=seed * 1000 + i, strength=value)
+        prompts = [controlnet_prompt(text, f"hint-{i}.png", seed=seed * 1000 + i, strength=value, canny=canny)
                    for i, text in enumerate(texts)]
         images = run_prompts(prompts, models_dirs=models_dirs, inputs=hints)
         distances = [centroid_distance(image, spec) for image, spec in zip(images, specs, strict=True)]
@@ -130,12 +143,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--count", type=int, default=24)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--only", choices=("controlnet", "lora"), default=None)
+    parser.add_argument("--canny", action="store_true", help="ControlNet hints through the Canny node")
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     models_dirs = args.models_dir or [Path(__file__).resolve().parents[1] / "models"]
     report: dict[str, Any] = {}
     if args.only in (None, "controlnet"):
-        report["controlnet"] = evaluate_controlnet(args.count, args.seed, models_dirs)
+        report["controlnet"] = evaluate_controlnet(args.count, args.seed, models_dirs, canny=args.canny)
     if args.only in (None, "lora"):
         report["lora"] = evaluate_lora(args.count, args.seed, models_dirs)
     sys.stdout.write(json.dumps(report, indent=2) + "\n")

@@ -41,6 +41,14 @@ def test_demo_controlnet_moves_the_shape_to_the_edge_map() -> None:
     assert without["median_distance_px"] > 2 * with_net["median_distance_px"], report
 
 
+@pytest.mark.skipif(not (MODELS / "controlnet" / "tiny-shapes-edges.safetensors").is_file(),
+                    reason="the shipped demo ControlNet is missing")
+def test_demo_controlnet_follows_canny_edges_of_a_picture() -> None:
+    report = evaluate_controlnet(6, seed=2, models_dirs=[MODELS], canny=True)
+    assert report["hint"] == "canny"
+    assert report["controlnet"]["median_distance_px"] <= 4.0, report
+
+
 @pytest.mark.skipif(not (MODELS / "loras" / "tiny-shapes-dark.safetensors").is_file(),
                     reason="the shipped demo LoRA is missing")
 def test_demo_lora_effect_grows_with_strength() -> None:
