@@ -50,6 +50,11 @@ def build_registry(extra_node_modules: Sequence[str] = ()) -> NodeRegistry:
     return registry
 
 
+def build_model_manager(settings: Settings) -> ModelManager:
+    return ModelManager(pick_device(settings.device), vram=settings.vram_mode, vram_budget=settings.vram_budget,
+                        ram_budget=settings.ram_budget)
+
+
 def _common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--models-dir", action="append", type=Path, default=None,
                         help="a model root (repeatable): Loom's, ComfyUI's or AUTOMATIC1111's models folder")
@@ -60,6 +65,13 @@ def _common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache-bytes", type=int, default=2 * 1024**3, help="output cache budget")
     parser.add_argument("--extra-nodes", action="append", default=[], metavar="MODULE",
                         help="import MODULE and call its register(registry) (repeatable)")
+    parser.add_argument("--device", default="auto", help="compute device: auto, cpu, cuda, cuda:N, mps")
+    parser.add_argument("--vram", choices=["high", "normal", "low", "none", "cpu"], default="normal",
+                        help="model placement on the device (default normal: least recently used offloaded)")
+    parser.add_argument("--vram-budget", type=int, default=None, metavar="BYTES",
+                        help="device bytes for models and working memory (default: free memory minus a reserve)")
+    parser.add_argument("--ram-budget", type=int, default=None, metavar="BYTES",
+                        help="RAM bytes for loaded models; idle ones beyond it are unloaded")
     parser.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING (default: INFO; WARNING for run)")
 
 
@@ -91,7 +103,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
     fields: dict[str, Any] = {
         "models_dirs": tuple(args.models_dir or [Path(__file__).parent / "models"]),
         "input_dir": args.input_dir, "output_dir": args.output_dir, "temp_dir": args.temp_dir,
-        "data_dir": args.data_dir, "cache_bytes": args.cache_bytes,
+        "data_dir": args.data_dir, "cache_bytes": args.cache_bytes, "device": args.device,
+        "vram_mode": args.vram, "vram_budget": args.vram_budget, "ram_budget": args.ram_budget,
     }
     if args.command == "serve":
         fields.update(host=args.listen, port=args.port, frontend_dir=args.frontend_dir,
@@ -111,11 +124,10 @@ def serve(settings: Settings, registry: NodeRegistry) -> None:
     queue = PromptQueue(settings.database_path, max_pending=settings.max_queue,
                         max_history=settings.max_history)
     cache = OutputCache(settings.cache_bytes, settings.cache_entries)
-    models = ModelManager(pick_device(settings.device))
+    models = build_model_manager(settings)
     executor = Executor(registry, folders, cache, models, previews=settings.preview_method != "none")
     hub = Hub()
-    worker = PromptWorker(queue, executor, hub.sink_for,
-                          on_free=lambda unload, _free: models.unload_all() if unload else None)
+    worker = PromptWorker(queue, executor, hub.sink_for)  # POST /free unloads executor.models
     app = create_app(settings, registry, queue, worker, hub, cache=cache)
 
     async def main() -> None:
@@ -207,7 +219,7 @@ def run_headless(settings: Settings, registry: NodeRegistry, path: Path, overrid
     folders = settings.folders()
     folders.ensure()
     validate_prompt(prompt, registry, folders)  # readable errors before any work
-    models = ModelManager(pick_device(settings.device))
+    models = build_model_manager(settings)
     executor = Executor(registry, folders, OutputCache(settings.cache_bytes, settings.cache_entries), models)
     sink = _ConsoleSink(prompt)
     outcome = executor.execute(prompt, uuid.uuid4().hex, sink, extra_data={"extra_pnginfo": extra_pnginfo})

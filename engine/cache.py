@@ -16,7 +16,7 @@ import hashlib
 import json
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -111,6 +111,14 @@ class OutputCache:
         with self._lock:
             self._entries.clear()
             self._nbytes = 0
+
+    def retain(self, keys: Collection[str]) -> int:
+        """Drop every entry whose key is not in ``keys`` (e.g. to free memory); returns how many went."""
+        with self._lock:
+            dropped = [key for key in self._entries if key not in keys]
+            for key in dropped:
+                self._nbytes -= self._entries.pop(key).nbytes
+            return len(dropped)
 
     @property
     def nbytes(self) -> int:

@@ -21,7 +21,7 @@ from typing import Any
 
 from engine.cache import OutputCache, cache_key
 from engine.context import RunContext
-from engine.errors import Interrupted, NodeExecutionError, ValidationFailed
+from engine.errors import Interrupted, NodeExecutionError, OutOfMemory, ValidationFailed
 from engine.events import (
     STATUS_EVENTS,
     Event,
@@ -227,7 +227,7 @@ class _PromptRun:
             previews=self.executor.previews,
             log=logging.getLogger(f"loom.node.{node.cls.type_name}"))
         try:
-            result = node.cls().run(ctx, **kwargs)
+            result = self._run_with_oom_retry(node, ctx, kwargs)
         except Interrupted:
             raise
         except Exception as exc:  # noqa: BLE001 - any failure of a node's own code becomes its error
@@ -237,6 +237,27 @@ class _PromptRun:
         self.outcome.executed.append(node_id)
         self.executor.cache.put(self.keys[node_id], values, ui)
         self._show_output(node_id, ui)
+
+    def _run_with_oom_retry(self, node: GraphNode, ctx: RunContext, kwargs: dict[str, Any]) -> Any:
+        """Run the node; after a device out-of-memory error free memory and run it once more."""
+        try:
+            return node.cls().run(ctx, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - only OOM is handled here; the rest re-raised as is
+            if not is_out_of_memory(exc):
+                raise
+            log.warning("node %s (%s) ran out of device memory; freeing memory and retrying once",
+                        node.id, node.cls.type_name)
+        self._free_memory()  # outside the except block: the failed call's frames (and tensors) are gone
+        return node.cls().run(ctx, **kwargs)
+
+    def _free_memory(self) -> None:
+        """Offload models (stepping down a VRAM mode where the manager can) and drop cached outputs
+        this prompt does not use."""
+        models = self.executor.models
+        if models is not None and hasattr(models, "recover_from_oom"):
+            log.warning("out of memory: %s", models.recover_from_oom())
+        dropped = self.executor.cache.retain(set(self.keys.values()))
+        log.info("out of memory: dropped %d cached outputs", dropped)
 
     def _show_output(self, node_id: str, ui: Mapping[str, Any] | None) -> None:
         if ui is None or not self.nodes[node_id].cls.output_node:
@@ -288,15 +309,23 @@ def _contract_error(node: GraphNode, message: str) -> NodeExecutionError:
                               traceback_lines=[])
 
 
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is a device out-of-memory error (torch.OutOfMemoryError; matched by name, no torch here)."""
+    return type(exc).__name__ in ("OutOfMemoryError", "OutOfMemory")
+
+
 def _node_error(node: GraphNode, exc: BaseException, inputs: Mapping[str, Any]) -> NodeExecutionError:
     message = str(exc) or type(exc).__name__
-    if type(exc).__name__ == "OutOfMemoryError":
-        message += (" — the device ran out of memory: lower the resolution or batch size, or start Loom "
-                    "with --vram low")
     kind = type(exc)
+    exception_type = f"{kind.__module__}.{kind.__qualname__}"
+    if is_out_of_memory(exc):
+        message = (f"node {node.id} ({node.cls.type_name}) ran out of device memory, also when retried after "
+                   f"offloading all models and freeing cached outputs ({message.splitlines()[0][:200]}); "
+                   "lower the resolution or batch size, or start Loom with --vram low (or --vram none)")
+        exception_type = f"{OutOfMemory.__module__}.{OutOfMemory.__qualname__}"
     return NodeExecutionError(
         node.id, node.cls.type_name, message,
-        exception_type=f"{kind.__module__}.{kind.__qualname__}",
+        exception_type=exception_type,
         traceback_lines=traceback.format_exception(exc),
         current_inputs={name: [_describe(value)] for name, value in inputs.items()})
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -46,6 +47,13 @@ class Settings(BaseModel):
     allowed_origins: tuple[str, ...] = Field((), description="Extra browser origins allowed (CORS).")
     device: str = Field("auto", description="Compute device: auto, cpu, cuda, cuda:N, mps.")
     preview_method: str = Field("none", description="Latent previews: none or latent2rgb.")
+    vram_mode: Literal["high", "normal", "low", "none", "cpu"] = Field(
+        "normal", description="Model placement: high (keep on device), normal (LRU within the budget), "
+        "low (stream UNet blocks), none (stream UNet layers), cpu.")
+    vram_budget: int | None = Field(None, ge=0, description="Device bytes for models and working memory "
+                                    "(default: free device memory minus a reserve; unbounded on CPU).")
+    ram_budget: int | None = Field(None, ge=0, description="RAM bytes for loaded models; idle ones beyond "
+                                   "it are dropped and read again from their files when needed.")
 
     @model_validator(mode="after")
     def _remote_needs_token(self) -> Settings:

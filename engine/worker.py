@@ -117,6 +117,9 @@ class PromptWorker:
         unload_models, free_memory = request
         if free_memory:
             self.executor.cache.clear()
+        models = self.executor.models
+        if unload_models and models is not None and hasattr(models, "unload_all"):
+            models.unload_all()
         if self.on_free is not None:
             self.on_free(unload_models, free_memory)
 

@@ -113,32 +113,33 @@ def sample(ctx: RunContext, model: ModelHandle, *, seed: int, steps: int, cfg: f
                         last_step=last_step, force_full_denoise=force_full_denoise).to(device)
     if sigmas.numel() == 0:  # denoise 0 or nothing left to do: the input latent itself, as ComfyUI
         return {**latent_image, "samples": latent}
-    unet = manager.unet(model)
-    noise = prepare_noise(latent, seed, latent_image.get("batch_index")) if add_noise else torch.zeros_like(latent)
-    scale = model.family.latent_scale_factor
-    mask = latent_image.get("noise_mask")
-    adm = adm_builder(model.family)
-    pos = conditioning.prepare(positive, latent.shape, device=device, dtype=dtype, adm=adm)
-    negative = control_apply.share_with_uncond(positive, negative)  # legacy ControlNetApply
-    neg = conditioning.prepare(negative, latent.shape, device=device, dtype=dtype, adm=adm)
-    denoise_mask = None if mask is None else prepare_mask(mask, latent.shape, device)
-    concat = inpaint_concat(inpaint_sources(latent_image, positive), latent * scale, denoise_mask,
-                            scale) if model.family.is_inpaint else None
-    control_fn = control_apply.control_function([pos, neg], ms, manager.controlnet, unet.config)
-    apply = conditioning.UNetApply(unet, control_fn, concat=None if concat is None else concat.to(device))
-    denoiser = CFGDenoiser(ParameterizedModel(apply, ms), pos, neg, cfg)
-    total = max(len(sigmas) - 1, 1)
+    # The UNet stays on the device for the whole run, with room made for a step's working memory.
+    with manager.sampling(model, tuple(latent.shape), cfg=cfg != 1.0) as unet:
+        noise = prepare_noise(latent, seed, latent_image.get("batch_index")) if add_noise else torch.zeros_like(latent)
+        scale = model.family.latent_scale_factor
+        mask = latent_image.get("noise_mask")
+        adm = adm_builder(model.family)
+        pos = conditioning.prepare(positive, latent.shape, device=device, dtype=dtype, adm=adm)
+        negative = control_apply.share_with_uncond(positive, negative)  # legacy ControlNetApply
+        neg = conditioning.prepare(negative, latent.shape, device=device, dtype=dtype, adm=adm)
+        denoise_mask = None if mask is None else prepare_mask(mask, latent.shape, device)
+        concat = inpaint_concat(inpaint_sources(latent_image, positive), latent * scale, denoise_mask,
+                                scale) if model.family.is_inpaint else None
+        control_fn = control_apply.control_function([pos, neg], ms, manager.controlnet, unet.config)
+        apply = conditioning.UNetApply(unet, control_fn, concat=None if concat is None else concat.to(device))
+        denoiser = CFGDenoiser(ParameterizedModel(apply, ms), pos, neg, cfg)
+        total = max(len(sigmas) - 1, 1)
 
-    latent_format = "sdxl" if model.family.is_sdxl else "sd1"
+        latent_format = "sdxl" if model.family.is_sdxl else "sd1"
 
-    def on_step(info: dict[str, Any]) -> None:
-        if ctx.previews and info.get("denoised") is not None:
-            ctx.preview("JPEG", preview_jpeg(info["denoised"], latent_format))
-        ctx.progress(min(int(info["i"]) + 1, total), total)
+        def on_step(info: dict[str, Any]) -> None:
+            if ctx.previews and info.get("denoised") is not None:
+                ctx.preview("JPEG", preview_jpeg(info["denoised"], latent_format))
+            ctx.progress(min(int(info["i"]) + 1, total), total)
 
-    with torch.inference_mode():
-        out = ksample(denoiser, ms, sampler_name, sigmas, noise.to(device), (latent * scale).to(device),
-                      seed=seed, denoise_mask=denoise_mask, callback=on_step)
+        with torch.inference_mode():
+            out = ksample(denoiser, ms, sampler_name, sigmas, noise.to(device), (latent * scale).to(device),
+                          seed=seed, denoise_mask=denoise_mask, callback=on_step)
     return {**latent_image, "samples": (out.float() / scale).cpu()}
 
 

@@ -1,9 +1,12 @@
 """ModelManager: turns MODEL / CLIP / VAE handles into ready modules on the compute device.
 
 One door for every model: nodes ask ``manager.unet(handle)``, ``manager.text_encoder(handle)`` or
-``manager.vae(handle)`` and never move weights themselves. Loaded modules are kept, least recently
-used first out, up to ``max_loaded`` parts; a part is built on the meta device and filled one
-tensor at a time from the memory-mapped file, so loading never holds two copies of a checkpoint.
+``manager.vae(handle)`` and never move weights themselves; the sampler asks for
+``manager.sampling(handle, latent_shape)`` so room is made for a step's working memory too. A part is
+built on the meta device and filled one tensor at a time from the memory-mapped file into RAM, so loading
+never holds two copies of a checkpoint. Where weights live while used (resident on the device, least
+recently used offloaded, or streamed block by block): engine/models/memory.py and streaming.py. Beyond
+``max_loaded`` parts or ``ram_budget`` bytes, idle parts are dropped from RAM, least recently used first.
 
 Compute dtype: fp32 on CPUs (bf16 matmul is hundreds of times slower there), fp16 on CUDA/MPS; the
 VAE in bf16 (or fp32) on GPUs, since SD VAEs overflow in fp16.
@@ -11,10 +14,12 @@ VAE in bf16 (or fp32) on GPUs, since SD VAEs overflow in fp16.
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +34,9 @@ from engine.backend.vae import AutoencoderKL, VAEConfig, adapt_vae_weight
 from engine.models.controlnet_convert import load_controlnet
 from engine.models.handles import ClipHandle, ControlNetHandle, FileRef, ModelHandle, VaeHandle
 from engine.models.loaders import UNET_PREFIX, CheckpointFile
+from engine.models.memory import DeviceBudget, Residency, VramMode, working_memory_bytes
 from engine.models.patching import LoraPatcher
+from engine.models.streaming import BlockStreamer, Placement, module_bytes, stream_units
 
 log = logging.getLogger(__name__)
 
@@ -67,15 +74,33 @@ class _Key:
 
 
 class ModelManager:
-    """Loads and keeps model parts; thread-safe; no globals."""
+    """Loads and keeps model parts and decides where their weights live; thread-safe; no globals.
+
+    Loaded parts live in RAM on the offload device (the CPU). Before a part is used it moves to the
+    compute device (see engine/models/memory.py for the modes and budget), after idle parts have gone
+    back, least recently used first, to make room. LoRA patches are taken off before weights change
+    device and applied again to the device copy. Beyond ``ram_budget`` bytes (or ``max_loaded``
+    parts) idle parts leave RAM entirely and are read from their files again when next needed.
+    """
 
     def __init__(self, device: torch.device | str = "cpu", *, dtype: torch.dtype | None = None,
-                 max_loaded: int = 6) -> None:
-        self.device = torch.device(device)
+                 max_loaded: int = 6, vram: VramMode | str = VramMode.NORMAL, vram_budget: int | None = None,
+                 ram_budget: int | None = None) -> None:
+        self.mode = VramMode(vram)
+        self.device = torch.device("cpu") if self.mode is VramMode.CPU else torch.device(device)
+        self.offload_device = torch.device("cpu")
         self.dtype = dtype or compute_dtype(self.device)
         self.vae_dtype = dtype or vae_dtype(self.device)
         self.max_loaded = max_loaded
+        self.budget = DeviceBudget(self.device, vram_budget)
+        self.ram_budget = ram_budget
+        self.residency = Residency()
+        self._placement = Placement(self.device)
+        self._streamer = BlockStreamer(self.device)
         self._loaded: OrderedDict[_Key, nn.Module] = OrderedDict()
+        self._bytes: dict[_Key, int] = {}
+        self._pinned: set[_Key] = set()
+        self._reserve = 0
         self._lock = threading.RLock()
         #: LoRA patches: parsed files (a few, by FileRef) and, per loaded module, the saved originals. On
         #: CPUs the patched buffers are reused (fresh allocations' page faults dominate there).
@@ -84,55 +109,202 @@ class ModelManager:
     def unet(self, handle: ModelHandle) -> UNetModel:
         """The UNet with exactly ``handle.patches`` applied (the original weights when there are none)."""
         with self._lock:
-            module = self._get(_Key(handle.checkpoint, "unet"), lambda: self._load_unet(handle.checkpoint))
+            key = _Key(handle.checkpoint, "unet")
+            module = self._get(key, lambda: self._load_unet(handle.checkpoint))
             assert isinstance(module, UNetModel)
+            self._use(key, module)
             self.patcher.apply(module, handle.patches, handle.family.label)
             return module
+
+    @contextmanager
+    def sampling(self, handle: ModelHandle, latent_shape: tuple[int, ...], *, cfg: bool = True) -> Iterator[UNetModel]:
+        """The UNet for a sampling run, with room made for the step's working memory (see
+        :func:`~engine.models.memory.working_memory_bytes`); it is not offloaded until the run ends."""
+        key = _Key(handle.checkpoint, "unet")
+        with self._lock:
+            self._pinned.add(key)
+            try:
+                loaded = self._get(key, lambda: self._load_unet(handle.checkpoint))
+                assert isinstance(loaded, UNetModel)
+                self._reserve = working_memory_bytes(latent_shape, self.dtype, cfg=cfg,
+                                                     model_channels=loaded.config.model_channels)
+                unet = self.unet(handle)  # placed with room for the working memory, or streamed
+                self._make_room(self._reserve + self._largest_unit(unet), keep={key})
+            except BaseException:
+                self._pinned.discard(key)
+                self._reserve = 0
+                raise
+        try:
+            yield unet
+        finally:
+            with self._lock:
+                self._pinned.discard(key)
+                self._reserve = 0
+                self._streamer.release()
 
     def text_encoder(self, handle: ClipHandle) -> TextEncoder:
         """The text encoder(s) with exactly ``handle.patches`` applied."""
         with self._lock:
-            module = self._get(_Key(handle.checkpoint, "clip"),
-                               lambda: self._load_text(handle.checkpoint, handle.family.name))
+            key = _Key(handle.checkpoint, "clip")
+            module = self._get(key, lambda: self._load_text(handle.checkpoint, handle.family.name))
             assert isinstance(module, TextEncoder)
+            self._use(key, module)
             self.patcher.apply(module, handle.patches, handle.family.label)
             return module
 
     def vae(self, handle: VaeHandle) -> AutoencoderKL:
-        module = self._get(_Key(handle.file, "vae:" + handle.prefix),
-                           lambda: self._load_vae(handle.file, handle.prefix))
-        assert isinstance(module, AutoencoderKL)
-        return module
+        with self._lock:
+            key = _Key(handle.file, "vae:" + handle.prefix)
+            module = self._get(key, lambda: self._load_vae(handle.file, handle.prefix))
+            assert isinstance(module, AutoencoderKL)
+            self._use(key, module)
+            return module
+
+    def controlnet(self, handle: ControlNetHandle) -> ControlNet:
+        """The ControlNet of a CONTROL_NET handle (LDM or diffusers layout), in the compute dtype."""
+        with self._lock:
+            key = _Key(handle.file, "controlnet")
+            module = self._get(key, lambda: load_controlnet(handle.file.path, device=self.offload_device,
+                                                            dtype=self.dtype))
+            assert isinstance(module, ControlNet)
+            self._use(key, module)
+            return module
 
     def loaded(self) -> list[dict[str, Any]]:
-        """What is loaded, most recently used last (for /system_stats)."""
+        """What is loaded, most recently used last, and where its weights are (for /system_stats)."""
         with self._lock:
-            return [{"file": key.file.name, "part": key.part, "bytes": _module_bytes(module)}
+            return [{"file": key.file.name, "part": key.part, "bytes": self._bytes[key],
+                     "resident": key in self.residency,
+                     "device": str(self.device if key in self.residency else self.offload_device),
+                     "streamed": self._streamer.is_streaming(module)}
                     for key, module in self._loaded.items()]
 
-    def unload_all(self) -> None:
+    def stats(self) -> dict[str, Any]:
+        """Mode, devices and byte counts (for /system_stats)."""
         with self._lock:
-            self._loaded.clear()
+            return {"vram_mode": self.mode.value, "device": str(self.device),
+                    "offload_device": str(self.offload_device), "vram_budget": self.budget.simulated_bytes,
+                    "ram_budget": self.ram_budget, "resident_bytes": self.residency.resident_bytes,
+                    "loaded_bytes": sum(self._bytes.values()), "models": self.loaded()}
+
+    def unload_all(self) -> None:
+        """Drop every part from the device and from RAM (POST /free with unload_models)."""
+        with self._lock:
+            for key in list(self._loaded):
+                self._drop(key)
+            _empty_device_cache(self.device)
+
+    def offload_all(self) -> None:
+        """Send every part back to the offload device (they stay loaded in RAM)."""
+        with self._lock:
+            self._streamer.release()
+            for key in self.residency.keys():
+                self._offload(key)
+            _empty_device_cache(self.device)
+
+    def recover_from_oom(self) -> str:
+        """After a device OOM: offload everything and step down one mode (normal -> low); says what changed."""
+        with self._lock:
+            self.offload_all()
+            lower = self.mode.lower()
+            if lower is self.mode:
+                return f"offloaded all models (already in --vram {self.mode.value})"
+            log.warning("device out of memory: switching from --vram %s to --vram %s", self.mode.value, lower.value)
+            self.mode = lower
+            return f"offloaded all models and switched to --vram {lower.value}"
 
     def _get(self, key: _Key, load: Callable[[], nn.Module]) -> nn.Module:
-        with self._lock:
-            module = self._loaded.get(key)
-            if module is not None:
-                self._loaded.move_to_end(key)
-                return module
-            module = load()
-            self._loaded[key] = module
-            while len(self._loaded) > self.max_loaded:
-                evicted, _ = self._loaded.popitem(last=False)
-                log.info("unloaded %s (%s)", evicted.file.name, evicted.part)
+        module = self._loaded.get(key)
+        if module is not None:
+            self._loaded.move_to_end(key)
             return module
+        module = load()
+        self._loaded[key] = module
+        self._bytes[key] = module_bytes(module)
+        self._fit_ram(keep=key)
+        return module
+
+    def _fit_ram(self, keep: _Key) -> None:
+        """Drop idle parts, least recently used first, beyond ``max_loaded`` parts or ``ram_budget`` bytes."""
+        def over() -> bool:
+            too_many = len(self._loaded) > self.max_loaded
+            return too_many or (self.ram_budget is not None and sum(self._bytes.values()) > self.ram_budget)
+        for key in list(self._loaded):
+            if not over():
+                break
+            if key != keep and key not in self._pinned:
+                self._drop(key)
+
+    def _use(self, key: _Key, module: nn.Module) -> None:
+        """Make ``module`` runnable on the compute device: placed whole, or streamed block by block."""
+        if self._streams(key):
+            if key in self.residency:
+                self._offload(key)
+            self._streamer.install(module, stream_units(module, per_layer=self.mode is VramMode.NONE))
+            return
+        if key in self.residency:
+            self.residency.touch(key)
+            return
+        if self._streamer.is_streaming(module):
+            self._streamer.remove(module)
+        self._make_room(self._bytes[key] + self._reserve, keep={key})
+        self.patcher.restore(module)  # patches are applied again, to the device copy, by the caller
+        self._placement.place(module)
+        self.residency.add(key, self._bytes[key])
+
+    def _streams(self, key: _Key) -> bool:
+        """Whether this part runs streamed: the UNet in low/none mode, or in normal mode when it and the
+        working memory cannot fit on the device even with every other part offloaded."""
+        if key.part != "unet":
+            return False
+        if self.mode.streams_unet:
+            return True
+        if self.mode is not VramMode.NORMAL:
+            return False
+        too_big = self._bytes[key] + self._reserve > self.budget.capacity(self.residency.resident_bytes)
+        if too_big:
+            log.info("%s's UNet does not fit the device budget; streaming its blocks", key.file.name)
+        return too_big
+
+    def _make_room(self, needed: int, keep: set[_Key]) -> None:
+        if self.mode is VramMode.HIGH:
+            return
+        capacity = self.budget.capacity(self.residency.resident_bytes)
+        for victim in self.residency.victims(needed, capacity, keep=keep | self._pinned):
+            assert isinstance(victim, _Key)
+            self._offload(victim)
+        shortfall = self.residency.resident_bytes + needed - capacity
+        if shortfall > 0:
+            log.warning("device budget exceeded by %d bytes; consider --vram low", shortfall)
+
+    def _offload(self, key: _Key) -> None:
+        module = self._loaded[key]
+        self.patcher.restore(module)  # the caller applies patches again when it next asks for the module
+        self._placement.offload(module)
+        self.residency.remove(key)
+        log.debug("offloaded %s (%s)", key.file.name, key.part)
+
+    def _drop(self, key: _Key) -> None:
+        module = self._loaded[key]
+        if key in self.residency:
+            self._offload(key)
+        self._streamer.remove(module)
+        del self._loaded[key]
+        del self._bytes[key]
+        self._pinned.discard(key)
+        log.info("unloaded %s (%s)", key.file.name, key.part)
+
+    def _largest_unit(self, unet: nn.Module) -> int:
+        if not self._streamer.is_streaming(unet):
+            return 0
+        return max(module_bytes(unit) for unit in stream_units(unet, per_layer=self.mode is VramMode.NONE))
 
     def _load_unet(self, ref: FileRef) -> UNetModel:
         with CheckpointFile(ref.path) as ckpt:
             config = UNetConfig.from_state_dict(ckpt.shapes(UNET_PREFIX))
             with torch.device("meta"):
                 model = UNetModel(config)
-            load_weights(model, ckpt.iter_prefix(UNET_PREFIX), device=self.device, dtype=self.dtype)
+            load_weights(model, ckpt.iter_prefix(UNET_PREFIX), device=self.offload_device, dtype=self.dtype)
         log.info("loaded UNet of %s", ref.name)
         return model.requires_grad_(False).eval()
 
@@ -142,7 +314,7 @@ class ModelManager:
             with torch.device("meta"):
                 model = AutoencoderKL(config)
             tensors = ((k, v) for k, v in ckpt.iter_prefix(prefix) if k.startswith(_VAE_PARTS))
-            load_weights(model, tensors, device=self.device, dtype=self.vae_dtype, adapt=adapt_vae_weight)
+            load_weights(model, tensors, device=self.offload_device, dtype=self.vae_dtype, adapt=adapt_vae_weight)
         log.info("loaded VAE of %s", ref.name)
         return model.requires_grad_(False).eval()
 
@@ -150,17 +322,12 @@ class ModelManager:
         with CheckpointFile(ref.path) as ckpt:
             # Converted while read, so the model adopts these tensors without another copy.
             state = {k: ckpt.load(k, self.dtype) for k in ckpt.keys() if k.startswith(_TEXT_PREFIXES)}
-        encoder = load_text_encoder(state, family, dtype=self.dtype, device=self.device)
+        encoder = load_text_encoder(state, family, dtype=self.dtype, device=self.offload_device)
         log.info("loaded text encoder of %s", ref.name)
         return encoder.requires_grad_(False).eval()
 
-    def controlnet(self, handle: ControlNetHandle) -> ControlNet:
-        """The ControlNet of a CONTROL_NET handle (LDM or diffusers layout), in the compute dtype."""
-        module = self._get(_Key(handle.file, "controlnet"),
-                           lambda: load_controlnet(handle.file.path, device=self.device, dtype=self.dtype))
-        assert isinstance(module, ControlNet)
-        return module
 
-
-def _module_bytes(module: nn.Module) -> int:
-    return sum(p.numel() * p.element_size() for p in module.parameters())
+def _empty_device_cache(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
