@@ -2,6 +2,7 @@
 #   make run    set up .venv, copy the example inputs to input/, serve Loom on http://127.0.0.1:8188
 #   make test   set up .venv with the test extras and run the test suite
 #   make bench  run the benchmarks (JSON on stdout)
+# Browser tests of the editor: apt-get install chromium, then make test-all (or pytest -m browser).
 # TORCH: the torch requirement. The CPU build of 2.13.0 is the default; on a GPU machine install
 # your CUDA build of torch into .venv first, or pass e.g. TORCH="torch==2.13.0" explicitly.
 
@@ -17,7 +18,15 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
-setup: $(BIN)/python
+# The graph editor's npm packages (frontend/package-lock.json), reinstalled when the lock changes.
+# Without npm the server still runs; / then says the editor is not installed.
+FRONTEND_STAMP := frontend/node_modules/.package-lock.json
+
+$(FRONTEND_STAMP): frontend/package.json frontend/package-lock.json
+	@if command -v npm >/dev/null; then npm ci --prefix frontend && touch $@; \
+	else echo "npm not found: the graph editor (frontend/) is not installed"; fi
+
+setup: $(BIN)/python $(FRONTEND_STAMP)
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "$(TORCH)"
 	$(BIN)/pip install -q -e .
 

@@ -136,6 +136,9 @@ OPERATIONS: tuple[Operation, ...] = (
               response={"type": "string", "format": "binary"}, response_type="application/octet-stream",
               errors=(404,), prefixed=False,
               params=(Param("path", "path", _STR, required=True),)),
+    Operation("GET", "/loom/default-workflow", "default_workflow",
+              "The editor workflow opened on first visit (workflows/txt2img.json).", "frontend",
+              response={"type": "object"}, errors=(404,), prefixed=False),
 )
 
 _ERROR_TEXT = {400: "Bad request", 401: "Authentication required", 403: "Forbidden", 404: "Not found",

@@ -300,7 +300,8 @@ def scrub_argv(argv: list[str], secret: str | None) -> list[str]:
     return out
 
 
-def system_stats(settings: Settings, cache: OutputCache | None) -> dict[str, Any]:
+def system_stats(settings: Settings, cache: OutputCache | None, models: Any = None) -> dict[str, Any]:
+    """ComfyUI's /system_stats, plus Loom's own figures (cache, loaded models) under ``loom``."""
     import torch  # lazy: the API must not pay for torch until a client asks
 
     ram_total, ram_free = _memory()
@@ -329,8 +330,13 @@ def system_stats(settings: Settings, cache: OutputCache | None) -> dict[str, Any
         },
         "devices": devices,
     }
+    loom: dict[str, Any] = {}
     if cache is not None:
-        stats["loom"] = {"cache_entries": len(cache), "cache_bytes": cache.nbytes}
+        loom.update(cache_entries=len(cache), cache_bytes=cache.nbytes)
+    if models is not None and hasattr(models, "stats"):
+        loom["models"] = models.stats()
+    if loom:
+        stats["loom"] = loom
     return stats
 
 
@@ -368,7 +374,15 @@ class LoomServer:
             "models_in_folder": self.models_in_folder, "features": self.features,
             "extensions": self.extensions, "websocket": self.hub.handle, "openapi": self.openapi,
             "index": self.index, "frontend_file": self.frontend_file,
+            "default_workflow": self.default_workflow,
         }
+
+    async def default_workflow(self, request: web.Request) -> web.StreamResponse:
+        """The editor's workflow on first open: workflows/txt2img.json of the repository."""
+        path = Path(__file__).resolve().parents[2] / "workflows" / "txt2img.json"
+        if not path.is_file():
+            raise ApiError(404, "not_found", "File not found", "workflows/txt2img.json")
+        return web.FileResponse(path, headers={**_NO_CACHE, "Content-Type": "application/json"})
 
     @staticmethod
     async def _blocking(fn: Callable[..., T], *args: Any) -> T:
@@ -597,9 +611,10 @@ class LoomServer:
         return json_ok({name: await self._blocking(self.registry.node_info, cls, self.folders)})
 
     async def system_stats(self, request: web.Request) -> web.Response:
-        cache = self.cache if self.cache is not None else getattr(
-            getattr(self.worker, "executor", None), "cache", None)
-        return json_ok(await self._blocking(system_stats, self.settings, cache))
+        executor = getattr(self.worker, "executor", None)
+        cache = self.cache if self.cache is not None else getattr(executor, "cache", None)
+        models = getattr(executor, "models", None)
+        return json_ok(await self._blocking(system_stats, self.settings, cache, models))
 
     async def embeddings(self, request: web.Request) -> web.Response:
         return json_ok(await self._blocking(self.folders.embedding_names))

@@ -1,0 +1,175 @@
+// @ts-check
+// The editor page: canvas, toolbar, keyboard shortcuts and the server's execution events.
+import { LGraph, LGraphCanvas } from "litegraph";
+import { Api } from "./api.js";
+import { TYPE_COLORS, applySeedControls, refreshCombos, registerNodes } from "./nodes.js";
+import { autoSave, downloadWorkflow, loadInitial, loadWorkflowFile } from "./graph.js";
+import { state } from "./overlay.js";
+
+const $ = (id) => /** @type {HTMLElement} */ (document.getElementById(id));
+const api = new Api();
+const graph = new LGraph();
+const canvasElement = /** @type {HTMLCanvasElement} */ ($("graph-canvas"));
+const canvas = new LGraphCanvas(canvasElement, graph);
+canvas.show_info = false;
+canvas.default_connection_color_byType = { ...TYPE_COLORS };
+/** Test and debugging hook: outputs are image URLs per node id. */
+const loom = { api, graph, canvas, state, fitView, outputs: {}, status: "", queued: [], ready: false };
+Object.assign(window, { loom });
+
+function setStatus(text, isError = false) {
+  loom.status = text;
+  $("status").textContent = text;
+  $("status").classList.toggle("error", isError);
+}
+
+function redraw() { canvas.setDirty(true, true); }
+
+function resize() {
+  const main = /** @type {HTMLElement} */ (canvasElement.parentElement);
+  canvas.resize(main.clientWidth, main.clientHeight);
+}
+
+/** Zoom and pan so that every node is visible (never zooming in past 1:1). */
+function fitView() {
+  const nodes = graph._nodes;
+  if (!nodes.length) return;
+  const title = 30, margin = 20;
+  const left = Math.min(...nodes.map((n) => n.pos[0])), top = Math.min(...nodes.map((n) => n.pos[1] - title));
+  const right = Math.max(...nodes.map((n) => n.pos[0] + n.size[0]));
+  const bottom = Math.max(...nodes.map((n) => n.pos[1] + n.size[1]));
+  const scale = Math.min(1, (canvasElement.width - 2 * margin) / (right - left),
+    (canvasElement.height - 2 * margin) / (bottom - top));
+  canvas.ds.scale = scale;
+  canvas.ds.offset = [margin / scale - left, margin / scale - top];
+  redraw();
+}
+
+function setProgress(fraction) {
+  state.progress = fraction;
+  $("progress-bar").style.width = `${Math.round(fraction * 100)}%`;
+  redraw();
+}
+
+function showNodeErrors(nodeErrors) {
+  for (const [id, entry] of Object.entries(nodeErrors || {})) {
+    const messages = (entry.errors || []).map((e) => [e.message, e.details].filter(Boolean).join(": "));
+    state.errors.set(String(id), messages.join("; ") || "invalid input");
+  }
+  redraw();
+}
+
+async function queue() {
+  const count = Math.max(1, Number(/** @type {HTMLInputElement} */ ($("batch-count")).value) || 1);
+  state.errors.clear();
+  for (let i = 0; i < count; i++) {
+    try {
+      const result = await api.queue(graph.serialize());
+      loom.queued.push(result.prompt_id);
+      setStatus(`queued ${result.prompt_id.slice(0, 8)} (#${result.number})`);
+      applySeedControls(graph);
+    } catch (error) {
+      const body = error.body || {};
+      showNodeErrors(body.node_errors);
+      setStatus(`not queued: ${error.message}`, true);
+      break;
+    }
+  }
+  redraw();
+}
+
+function onEvents() {
+  api.addEventListener("connected", () => setStatus("connected"));
+  api.addEventListener("disconnected", () => setStatus("disconnected from the server, reconnecting…", true));
+  api.addEventListener("status", (e) => {
+    const remaining = e.detail?.status?.exec_info?.queue_remaining;
+    if (remaining !== undefined && !state.running) setStatus(`queue: ${remaining}`);
+  });
+  api.addEventListener("execution_start", () => { state.errors.clear(); setProgress(0); });
+  api.addEventListener("executing", (e) => {
+    const node = e.detail?.node ?? null;
+    state.running = node === null ? null : String(node);
+    setProgress(0);
+    if (node === null) setStatus("done");
+    else setStatus(`running ${graph.getNodeById(node)?.title ?? node}`);
+  });
+  api.addEventListener("progress", (e) => setProgress(e.detail.max ? e.detail.value / e.detail.max : 0));
+  api.addEventListener("executed", (e) => {
+    const id = String(e.detail.display_node ?? e.detail.node);
+    const images = e.detail.output?.images || [];
+    if (!images.length) return;
+    const urls = images.map((image) => api.viewUrl(image));
+    loom.outputs[id] = urls;
+    state.images.set(id, urls.map((url) => {
+      const img = new Image();
+      img.onload = redraw;
+      img.src = url;
+      return img;
+    }));
+    redraw();
+  });
+  api.addEventListener("execution_error", (e) => {
+    state.running = null;
+    state.errors.set(String(e.detail.node_id), `${e.detail.exception_type}: ${e.detail.exception_message}`);
+    setStatus(`error in ${e.detail.node_type}: ${e.detail.exception_message}`, true);
+    redraw();
+  });
+  api.addEventListener("execution_interrupted", () => { state.running = null; setStatus("interrupted"); });
+}
+
+function onToolbar() {
+  $("queue-button").addEventListener("click", queue);
+  $("save-button").addEventListener("click", () => downloadWorkflow(graph));
+  $("load-button").addEventListener("click", () => $("load-input").click());
+  $("default-button").addEventListener("click", async () => {
+    graph.configure(await api.defaultWorkflow());
+    fitView();
+    setStatus("loaded the default workflow");
+  });
+  $("refresh-button").addEventListener("click", async () => {
+    refreshCombos(graph, await api.objectInfo());
+    setStatus("model lists refreshed");
+    redraw();
+  });
+  $("load-input").addEventListener("change", async (e) => {
+    const input = /** @type {HTMLInputElement} */ (e.target);
+    const file = input.files?.[0];
+    input.value = "";
+    if (!file) return;
+    try {
+      await loadWorkflowFile(graph, file);
+      fitView();
+      setStatus(`loaded ${file.name}`);
+    } catch (error) {
+      setStatus(`could not load ${file.name}: ${error.message}`, true);
+    }
+  });
+  window.addEventListener("keydown", (e) => {
+    if ((e.ctrlKey || e.metaKey) && e.key === "Enter") { e.preventDefault(); queue(); }
+    else if ((e.ctrlKey || e.metaKey) && e.key === "s") { e.preventDefault(); downloadWorkflow(graph); }
+    else if ((e.ctrlKey || e.metaKey) && e.key === "o") { e.preventDefault(); $("load-input").click(); }
+  });
+}
+
+async function main() {
+  resize();
+  window.addEventListener("resize", resize);
+  onToolbar();
+  onEvents();
+  try {
+    registerNodes(await api.objectInfo());
+    const how = await loadInitial(graph, api);
+    if (how.startsWith("loaded")) fitView();
+    setStatus(how);
+  } catch (error) {
+    setStatus(`could not start: ${error.message}`, true);
+    return;
+  }
+  api.connect();
+  setInterval(() => autoSave(graph), 1000);
+  window.addEventListener("beforeunload", () => autoSave(graph));
+  redraw();
+  loom.ready = true;
+}
+
+main();
