@@ -139,9 +139,36 @@ WORKFLOWS = {"txt2img": txt2img, "img2img": img2img, "inpaint": inpaint, "lora":
              "hires-fix": hires_fix, "outpaint": outpaint, "batch": batch}
 
 
+def layout(nodes: Sequence[N], registry: NodeRegistry) -> dict[int, tuple[list[int], list[int]]]:
+    """Node id -> (position, size): one column per depth in the graph (longest path from a source), nodes
+    stacked in each column with heights from their sockets and widgets, so links run left to right."""
+    by_id = {node.id: node for node in nodes}
+    depth: dict[int, int] = {}
+
+    def depth_of(node_id: int) -> int:
+        if node_id not in depth:
+            sources = [source for source, _ in by_id[node_id].links.values()]
+            depth[node_id] = 1 + max((depth_of(s) for s in sources), default=-1)
+        return depth[node_id]
+
+    placed: dict[int, tuple[list[int], list[int]]] = {}
+    column_y: dict[int, int] = {}
+    for node in nodes:
+        cls = registry.get(node.type)
+        assert cls is not None
+        rows = max(len(cls.outputs), len(cls.inputs) - len(cls.widget_inputs())) + len(cls.widget_inputs())
+        height = 40 + 24 * rows + (180 if cls.output_node else 0)
+        column = depth_of(node.id)
+        y = column_y.get(column, 60)
+        placed[node.id] = ([40 + 340 * column, y], [310, height])
+        column_y[column] = y + height + 50
+    return placed
+
+
 def editor_json(nodes: Sequence[N], registry: NodeRegistry) -> dict[str, Any]:
     """litegraph's editor JSON for ``nodes``: sockets from the registry, links numbered in order."""
     by_id = {node.id: node for node in nodes}
+    places = layout(nodes, registry)
     links: list[list[Any]] = []
     out_links: dict[tuple[int, int], list[int]] = {}
     entries = []
@@ -160,8 +187,8 @@ def editor_json(nodes: Sequence[N], registry: NodeRegistry) -> dict[str, Any]:
                 links.append([link_id, source, slot, node.id, slot_index, source_type])
                 out_links.setdefault((source, slot), []).append(link_id)
             inputs.append({"name": spec.name, "type": spec.type, "link": link_id})
-        position = [40 + 320 * (column % 4), 60 + 260 * (column // 4)]
-        entry: dict[str, Any] = {"id": node.id, "type": node.type, "pos": position, "size": [300, 120],
+        position, size = places[node.id]
+        entry: dict[str, Any] = {"id": node.id, "type": node.type, "pos": position, "size": size,
                                  "flags": {}, "order": column, "mode": 0, "inputs": inputs}
         if node.title:
             entry["title"] = node.title
