@@ -8,7 +8,8 @@ Each phase runs in a fresh Python process, so a peak is that phase's own:
   files) used alternately by a small txt2img, ``--switches`` times through one executor and model
   manager, as a server that switches checkpoints for days would; RSS after each run, and the growth
   between the second run and the last (flat means no leak: every part is held once, the manager's
-  LRU bounds how many are held);
+  LRU bounds how many are held); once more with ``ram_budget`` 5 GiB (``--ram-budget``), where idle
+  parts of the other checkpoint are dropped from RAM and read again when next used;
 * with CUDA: peak VRAM of the 512x512 txt2img per ``--vram`` mode (not measured on the development CPU).
 
     python bench/memory.py [--switches 10] [--workdir DIR] > result.json
@@ -43,7 +44,7 @@ def run_child(args: list[str]) -> dict[str, Any]:
     return parsed
 
 
-def phase_switches(checkpoints: list[Path], switches: int) -> dict[str, Any]:
+def phase_switches(checkpoints: list[Path], switches: int, ram_budget: int | None) -> dict[str, Any]:
     from bench.sampling import peak_rss, rss_now_gib, txt2img_prompt
     from engine.cache import OutputCache
     from engine.events import ListSink
@@ -59,7 +60,7 @@ def phase_switches(checkpoints: list[Path], switches: int) -> dict[str, Any]:
         folders = Folders(input_dir=tmp / "input", output_dir=tmp / "output", temp_dir=tmp / "temp",
                           model_roots=(checkpoints[0].parent.parent,))
         folders.ensure()
-        manager = ModelManager("cpu")
+        manager = ModelManager("cpu", ram_budget=ram_budget)
         executor = Executor(build_registry(), folders, OutputCache(1 << 30, 256), manager)
         for index in range(switches):
             checkpoint = checkpoints[index % len(checkpoints)]
@@ -68,7 +69,8 @@ def phase_switches(checkpoints: list[Path], switches: int) -> dict[str, Any]:
                 raise RuntimeError(f"switch {index} failed: {outcome.error.message if outcome.error else ''}")
             rss.append(round(rss_now_gib(), 3))
         loaded = manager.loaded()
-    return {"switches": switches, "rss_after_imports_gib": round(baseline, 3), "rss_after_each_gib": rss,
+    return {"switches": switches, "ram_budget_gib": None if ram_budget is None else round(ram_budget / 2**30, 3),
+            "rss_after_imports_gib": round(baseline, 3), "rss_after_each_gib": rss,
             "growth_second_to_last_gib": round(rss[-1] - rss[min(1, len(rss) - 1)], 3),
             "peak": peak_rss(), "loaded_parts_at_end": [f"{e['file']}:{e['part']}" for e in loaded]}
 
@@ -79,10 +81,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--switches", type=int, default=10)
     parser.add_argument("--phase", choices=("switches",), help=argparse.SUPPRESS)
     parser.add_argument("--checkpoint", type=Path, action="append", help=argparse.SUPPRESS)
+    parser.add_argument("--ram-budget", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     if args.phase == "switches":
-        json.dump(phase_switches(args.checkpoint, args.switches), sys.stdout)
+        json.dump(phase_switches(args.checkpoint, args.switches, args.ram_budget), sys.stdout)
         return
     from bench._sd15 import ensure_checkpoint
 
@@ -94,9 +97,11 @@ def main(argv: list[str] | None = None) -> None:
     report: dict[str, Any] = {
         "txt2img_256": run_child(["bench/sampling.py", "--phase", "txt2img", "--checkpoint", str(first),
                                   "--size", "256", "--steps", "10"]),
-        "switches": run_child(["bench/memory.py", "--phase", "switches", "--switches", str(args.switches),
-                               "--checkpoint", str(first), "--checkpoint", str(second)]),
     }
+    switch_args = ["bench/memory.py", "--phase", "switches", "--switches", str(args.switches),
+                   "--checkpoint", str(first), "--checkpoint", str(second)]
+    report["switches"] = run_child(switch_args)
+    report["switches_ram_budget_5gib"] = run_child([*switch_args, "--ram-budget", str(5 * 2**30)])
     import torch
 
     report["gpu"] = "not measured: no CUDA device" if not torch.cuda.is_available() else "see bench/sampling.py"
