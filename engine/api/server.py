@@ -471,7 +471,8 @@ class LoomServer:
     async def get_history(self, request: web.Request) -> web.Response:
         max_items = _int_query(request, "max_items")
         offset = _int_query(request, "offset")
-        return json_ok(self.queue.history(max_items=max_items, offset=offset or 0))
+        # ComfyUI defaults offset to -1: with max_items alone, the newest entries.
+        return json_ok(self.queue.history(max_items=max_items, offset=-1 if offset is None else offset))
 
     async def get_history_entry(self, request: web.Request) -> web.Response:
         prompt_id = request.match_info["prompt_id"]

@@ -5,6 +5,11 @@ import { Api } from "./api.js";
 import { TYPE_COLORS, applySeedControls, refreshCombos, registerNodes } from "./nodes.js";
 import { autoSave, downloadWorkflow, loadInitial, loadWorkflowFile } from "./graph.js";
 import { state } from "./overlay.js";
+import { setupDrop } from "./files.js";
+import { downloadApiPrompt } from "./export.js";
+import { loadWorkflowData } from "./graph.js";
+import { initQueuePanel } from "./queue-panel.js";
+import { initHelp } from "./help.js";
 
 const $ = (id) => /** @type {HTMLElement} */ (document.getElementById(id));
 const api = new Api();
@@ -117,6 +122,21 @@ function onEvents() {
   api.addEventListener("execution_interrupted", () => { state.running = null; setStatus("interrupted"); });
 }
 
+/** Export API button, file drops on the canvas and status lines of node uploads. */
+function onFiles() {
+  $("export-api-button").addEventListener("click", async () => {
+    try {
+      await downloadApiPrompt(graph, api);
+      setStatus("exported the API-format prompt");
+    } catch (error) {
+      setStatus(`could not export: ${error.message}`, true);
+    }
+  });
+  const loadWorkflow = (data) => { loadWorkflowData(graph, data); fitView(); };
+  setupDrop(canvasElement, canvas, graph, { loadWorkflow, setStatus });
+  window.addEventListener("loom-status", (e) => setStatus(e.detail.text, e.detail.isError));
+}
+
 function onToolbar() {
   $("queue-button").addEventListener("click", queue);
   $("save-button").addEventListener("click", () => downloadWorkflow(graph));
@@ -155,6 +175,9 @@ async function main() {
   resize();
   window.addEventListener("resize", resize);
   onToolbar();
+  onFiles();
+  initQueuePanel(api);
+  initHelp();
   onEvents();
   try {
     registerNodes(await api.objectInfo());

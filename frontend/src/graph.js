@@ -34,7 +34,11 @@ export function downloadWorkflow(graph, name = "workflow.json") {
 
 /** Load an editor-format workflow file into the graph. */
 export async function loadWorkflowFile(graph, file) {
-  const data = JSON.parse(await file.text());
-  if (!Array.isArray(data.nodes)) throw new Error(`${file.name} is not an editor workflow (no "nodes")`);
+  loadWorkflowData(graph, JSON.parse(await file.text()), file.name);
+}
+
+/** Load an editor-format workflow object into the graph; `source` names it in the error. */
+export function loadWorkflowData(graph, data, source = "the data") {
+  if (!Array.isArray(data?.nodes)) throw new Error(`${source} is not an editor workflow (no "nodes")`);
   graph.configure(data);
 }

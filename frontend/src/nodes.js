@@ -2,6 +2,7 @@
 // Register one litegraph node type per node class of /object_info: typed sockets and widgets.
 import { LiteGraph, LGraphCanvas, LGraphNode } from "litegraph";
 import { drawOverlay } from "./overlay.js";
+import { PREVIEW_HEIGHT, addImageUpload } from "./files.js";
 
 /** Socket colours per type (the usual ComfyUI dark palette). */
 export const TYPE_COLORS = {
@@ -24,7 +25,8 @@ function addValueWidget(node, name, spec) {
   const changed = () => node.setDirtyCanvas(true, true);
   if (Array.isArray(type) || type === "COMBO") {
     const values = Array.isArray(type) ? type : options.options || [];
-    node.addWidget("combo", name, options.default ?? values[0] ?? "", changed, { values });
+    const widget = node.addWidget("combo", name, options.default ?? values[0] ?? "", changed, { values });
+    if (options.image_upload) addImageUpload(node, widget);
     return true;
   }
   if (!VALUE_TYPES.has(type) || options.forceInput) return false;
@@ -45,7 +47,14 @@ function addValueWidget(node, name, spec) {
   return true;
 }
 
+/** Whether the node shows an image under its widgets (outputs, or the input image of LoadImage). */
+function hasImage(def) {
+  const inputs = { ...def.input?.required, ...def.input?.optional };
+  return !!def.output_node || Object.values(inputs).some((spec) => spec?.[1]?.image_upload);
+}
+
 function nodeClass(name, def) {
+  const imageRoom = hasImage(def) ? PREVIEW_HEIGHT : 0;
   class LoomNode extends LGraphNode {
     constructor(title) {
       super(title ?? def.display_name ?? name);
@@ -64,13 +73,14 @@ function nodeClass(name, def) {
       });
       this.serialize_widgets = true;
       const size = this.computeSize();
-      this.size = [Math.max(size[0], 240), size[1] + (def.output_node ? 180 : 0)];
+      this.size = [Math.max(size[0], 240), size[1] + imageRoom];
     }
 
     /** A loaded workflow's size may be too small for the widgets (and the image of output nodes). */
     onConfigure() {
       const needed = this.computeSize();
-      this.size = [Math.max(this.size[0], needed[0]), Math.max(this.size[1], needed[1] + (def.output_node ? 180 : 0))];
+      this.size = [Math.max(this.size[0], needed[0]), Math.max(this.size[1], needed[1] + imageRoom)];
+      this.refreshPreview?.();
     }
 
     onDrawForeground(ctx) { drawOverlay(this, ctx); }

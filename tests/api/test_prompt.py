@@ -227,6 +227,7 @@ def test_history_listing_and_operations(server: LiveServer) -> None:
     assert {"prompt", "outputs", "status", "meta"} <= set(entry)
     assert set(entry["status"]) == {"status_str", "completed", "messages"}
     assert list(server.get("/history?max_items=2&offset=-1").json()) == ids[1:]
+    assert list(server.get("/history?max_items=2").json()) == ids[1:]  # ComfyUI's default offset is -1
     total = len(history)
     assert list(server.get(f"/history?max_items=1&offset={total - 3}").json()) == ids[:1]
     bad = server.get("/history?max_items=lots")

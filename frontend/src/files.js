@@ -1,0 +1,118 @@
+// @ts-check
+// Files in and out of the editor: LoadImage upload button, drag-and-drop of images onto
+// LoadImage nodes, and of workflow PNGs / .json files onto the canvas.
+import { state } from "./overlay.js";
+import { pngTextChunks } from "./pngmeta.js";
+
+/** Extra height of a node that previews its input image. */
+export const PREVIEW_HEIGHT = 180;
+
+/** POST a file to /upload/image; resolves to the server's {name, subfolder, type}. */
+export async function uploadImage(file) {
+  const form = new FormData();
+  form.append("image", file, file.name);
+  form.append("type", "input");
+  form.append("overwrite", "true");
+  const response = await fetch("/upload/image", { method: "POST", body: form });
+  const data = await response.json().catch(() => null);
+  if (!response.ok) throw new Error(data?.error?.message || `${response.status} ${response.statusText}`);
+  return data;
+}
+
+function inputUrl(name) {
+  const slash = name.lastIndexOf("/");
+  const query = new URLSearchParams({
+    filename: name.slice(slash + 1), subfolder: slash < 0 ? "" : name.slice(0, slash), type: "input",
+  });
+  return `/view?${query}`;
+}
+
+/** Show the input image named by the node's image widget under its widgets. */
+export function showInputPreview(node, name) {
+  const id = String(node.id);
+  if (!name) { state.images.delete(id); return; }
+  const img = new Image();
+  img.onload = () => node.setDirtyCanvas(true, true);
+  img.onerror = () => { state.images.delete(id); node.setDirtyCanvas(true, true); };
+  img.src = inputUrl(name);
+  state.images.set(id, [img]);
+}
+
+/** Upload `file` and make it the node's image: added to the combo's values, selected and previewed. */
+export async function uploadToNode(node, combo, file) {
+  const result = await uploadImage(file);
+  const name = result.subfolder ? `${result.subfolder}/${result.name}` : result.name;
+  const values = combo.options.values;
+  if (!values.includes(name)) values.push(name);
+  combo.value = name;
+  showInputPreview(node, name);
+  node.setDirtyCanvas(true, true);
+  return name;
+}
+
+/** Give a LoadImage-like node an upload button, file drop and a preview of `combo`'s image. */
+export function addImageUpload(node, combo) {
+  const previous = combo.callback;
+  combo.callback = (value, ...rest) => { showInputPreview(node, value); return previous?.(value, ...rest); };
+  const report = (text, isError = false) => window.dispatchEvent(new CustomEvent("loom-status", { detail: { text, isError } }));
+  const upload = async (file) => {
+    try {
+      const name = await uploadToNode(node, combo, file);
+      report(`uploaded ${name}`);
+    } catch (error) {
+      report(`upload of ${file.name} failed: ${error.message}`, true);
+    }
+  };
+  node.addWidget("button", "choose file to upload", null, () => {
+    const input = document.createElement("input");
+    input.type = "file";
+    input.accept = "image/png,image/jpeg,image/webp,image/gif,image/bmp";
+    input.className = "loom-upload-input";
+    input.hidden = true;
+    input.addEventListener("change", () => {
+      const file = input.files?.[0];
+      input.remove();
+      if (file) upload(file);
+    });
+    document.body.append(input);
+    input.click();
+  }, { serialize: false });
+  node.widgets[node.widgets.length - 1].serialize = false;
+  node.onDropFile = (file) => upload(file);
+  node.refreshPreview = () => showInputPreview(node, combo.value);
+  node.onAdded = node.refreshPreview;
+}
+
+/** Handle files dropped on the canvas: images onto upload nodes, workflow PNG/JSON elsewhere. */
+export function setupDrop(element, canvas, graph, { loadWorkflow, setStatus }) {
+  element.addEventListener("dragover", (e) => { e.preventDefault(); if (e.dataTransfer) e.dataTransfer.dropEffect = "copy"; });
+  element.addEventListener("drop", async (e) => {
+    e.preventDefault();
+    const file = e.dataTransfer?.files?.[0];
+    if (!file) return;
+    const [x, y] = canvas.convertEventToCanvasOffset(e);
+    const node = graph.getNodeOnPos(x, y);
+    if (node?.onDropFile && file.type.startsWith("image/")) { node.onDropFile(file); return; }
+    try {
+      setStatus(await loadDroppedFile(file, loadWorkflow));
+    } catch (error) {
+      setStatus(`could not load ${file.name}: ${error.message}`, true);
+    }
+  });
+}
+
+/** Load the workflow in a dropped PNG or .json file; returns a status line. */
+export async function loadDroppedFile(file, loadWorkflow) {
+  if (file.type === "image/png" || file.name.toLowerCase().endsWith(".png")) {
+    const texts = pngTextChunks(await file.arrayBuffer());
+    if (texts.workflow) {
+      loadWorkflow(JSON.parse(texts.workflow));
+      return `loaded the workflow of ${file.name}`;
+    }
+    if (texts.prompt) return `${file.name} has only an API-format prompt, no editor workflow to load`;
+    return `${file.name} carries no workflow`;
+  }
+  const data = JSON.parse(await file.text());
+  loadWorkflow(data);
+  return `loaded ${file.name}`;
+}

@@ -1,0 +1,193 @@
+// @ts-check
+// The side panel of the server's queue and history: running and pending prompts (cancel, interrupt)
+// and finished ones with their output thumbnails (open large, delete, clear history).
+import { openLightbox } from "./lightbox.js";
+
+const HISTORY_ITEMS = 50;
+/** Events after which the lists may have changed. */
+const REFRESH_ON = ["status", "execution_start", "execution_success", "execution_error",
+  "execution_interrupted", "execution_cached"];
+
+/** @param {string} tag @param {string} [className] @param {string} [text] */
+function el(tag, className = "", text = "") {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text) node.textContent = text;
+  return node;
+}
+
+/** @param {string} label @param {string} title @param {() => void} onClick */
+function button(label, title, onClick) {
+  const b = /** @type {HTMLButtonElement} */ (el("button", "", label));
+  b.title = title;
+  b.addEventListener("click", (e) => { e.stopPropagation(); onClick(); });
+  return b;
+}
+
+const shortId = (id) => String(id).slice(0, 8);
+
+/** Output images of a history entry, as /view URLs in node order. */
+function imagesOf(api, entry) {
+  const urls = [];
+  for (const output of Object.values(entry.outputs || {})) {
+    for (const image of output?.images || []) urls.push(api.viewUrl(image));
+  }
+  return urls;
+}
+
+/** "done", "failed" or "interrupted", and the error message if any. */
+function outcome(entry) {
+  const status = entry.status || {};
+  const messages = status.messages || [];
+  const error = messages.find(([type]) => type === "execution_error")?.[1];
+  if (messages.some(([type]) => type === "execution_interrupted")) return { label: "interrupted", error: "" };
+  if (status.status_str === "error" || error) {
+    return { label: "failed", error: error ? `${error.exception_type}: ${error.exception_message}` : "" };
+  }
+  return { label: "done", error: "" };
+}
+
+export class QueuePanel {
+  /** @param {import("./api.js").Api} api */
+  constructor(api) {
+    this.api = api;
+    this.open = false;
+    /** @type {string | null} */ this.runningId = null;
+    this.progress = 0;
+    /** @type {number | undefined} */ this.timer = undefined;
+    this.root = el("aside");
+    this.root.id = "queue-panel";
+    this.root.hidden = true;
+    const head = el("div", "qp-head");
+    head.append(el("strong", "", "Jobs"),
+      button("Clear history", "Delete every finished entry", () => this.clearHistory()),
+      button("×", "Close the panel", () => this.toggle(false)));
+    this.queueList = el("ul", "qp-list qp-queue");
+    this.historyList = el("ul", "qp-list qp-history");
+    this.root.append(head, el("h3", "", "Running and pending"), this.queueList,
+      el("h3", "", "History"), this.historyList);
+    document.body.append(this.root);
+    this.toggleButton = button("Jobs ▸", "Show the queue and history panel", () => this.toggle());
+    this.toggleButton.id = "queue-panel-button";
+    const toolbar = document.getElementById("toolbar");
+    toolbar?.insertBefore(this.toggleButton, document.getElementById("progress"));
+    for (const type of REFRESH_ON) api.addEventListener(type, () => this.refreshSoon());
+    api.addEventListener("executing", (e) => {
+      const detail = /** @type {CustomEvent} */ (e).detail || {};
+      if (detail.prompt_id && detail.prompt_id !== this.runningId) { this.runningId = detail.prompt_id; this.refreshSoon(); }
+    });
+    api.addEventListener("progress", (e) => {
+      const { value, max } = /** @type {CustomEvent} */ (e).detail || {};
+      this.progress = max ? value / max : 0;
+      this.showProgress();
+    });
+  }
+
+  /** Show or hide the panel; the canvas area shrinks to make room (app.js resizes on window resize). */
+  toggle(open = !this.open) {
+    this.open = open;
+    this.root.hidden = !open;
+    document.body.classList.toggle("queue-open", open);
+    this.toggleButton.textContent = open ? "Jobs ◂" : "Jobs ▸";
+    this.toggleButton.classList.toggle("active", open);
+    window.dispatchEvent(new Event("resize"));
+    if (open) this.refresh();
+  }
+
+  refreshSoon() {
+    if (!this.open) return;
+    clearTimeout(this.timer);
+    this.timer = setTimeout(() => this.refresh(), 150);
+  }
+
+  async refresh() {
+    try {
+      const [queue, history] = await Promise.all([
+        this.api.json("/queue"),
+        this.api.json(`/history?max_items=${HISTORY_ITEMS}&offset=-1`),
+      ]);
+      this.renderQueue(queue);
+      this.renderHistory(history);
+    } catch (error) {
+      this.queueList.replaceChildren(el("li", "qp-empty qp-error", `could not read the queue: ${error.message}`));
+    }
+  }
+
+  /** POST and refresh; errors go to the panel rather than being lost. */
+  async post(path, body) {
+    try { await this.api.json(path, body); } catch (error) { console.warn(path, error); }
+    this.refresh();
+  }
+
+  cancel(id) { return this.post("/queue", { delete: [id] }); }
+  interrupt(id) { return this.post("/interrupt", { prompt_id: id }); }
+  deleteHistory(id) { return this.post("/history", { delete: [id] }); }
+  clearHistory() { return this.post("/history", { clear: true }); }
+
+  renderQueue(queue) {
+    const running = queue.queue_running || [], pending = queue.queue_pending || [];
+    pending.sort((a, b) => a[0] - b[0]);
+    const items = [];
+    for (const [number, id] of running) {
+      if (id !== this.runningId) { this.runningId = id; this.progress = 0; }
+      const li = el("li", "qp-item running");
+      li.dataset.promptId = id;
+      li.append(el("span", "qp-state", "running"), el("span", "qp-id", `#${number} ${shortId(id)}`),
+        button("Stop", "Interrupt this prompt", () => this.interrupt(id)));
+      const bar = el("div", "qp-progress");
+      bar.append(el("div", "qp-progress-bar"));
+      li.append(bar);
+      items.push(li);
+    }
+    for (const [number, id] of pending) {
+      const li = el("li", "qp-item pending");
+      li.dataset.promptId = id;
+      li.append(el("span", "qp-state", "pending"), el("span", "qp-id", `#${number} ${shortId(id)}`),
+        button("Cancel", "Remove this prompt from the queue", () => this.cancel(id)));
+      items.push(li);
+    }
+    if (!items.length) items.push(el("li", "qp-empty", "Nothing queued."));
+    this.queueList.replaceChildren(...items);
+    this.showProgress();
+  }
+
+  showProgress() {
+    const bar = /** @type {HTMLElement | null} */ (this.queueList.querySelector(".running .qp-progress-bar"));
+    if (bar) bar.style.width = `${Math.round(this.progress * 100)}%`;
+  }
+
+  renderHistory(history) {
+    const items = [];
+    for (const [id, entry] of Object.entries(history || {}).reverse()) {
+      const { label, error } = outcome(entry);
+      const li = el("li", `qp-item history ${label}`);
+      li.dataset.promptId = id;
+      const number = entry.prompt?.[0];
+      li.append(el("span", "qp-state", label), el("span", "qp-id", `#${number ?? "?"} ${shortId(id)}`),
+        button("Delete", "Delete this history entry", () => this.deleteHistory(id)));
+      if (error) li.append(el("div", "qp-message", error));
+      const urls = imagesOf(this.api, entry);
+      if (urls.length) {
+        const thumbs = el("div", "qp-thumbs");
+        for (const url of urls) {
+          const img = /** @type {HTMLImageElement} */ (el("img", "qp-thumb"));
+          img.src = url;
+          img.loading = "lazy";
+          img.title = "Click to view large";
+          img.alt = new URLSearchParams(url.split("?")[1]).get("filename") || "output image";
+          img.addEventListener("click", () => openLightbox(url, img.alt));
+          thumbs.append(img);
+        }
+        li.append(thumbs);
+      }
+      items.push(li);
+    }
+    if (!items.length) items.push(el("li", "qp-empty", "No history yet."));
+    this.historyList.replaceChildren(...items);
+  }
+}
+
+/** Create the panel and its toolbar button. */
+export function initQueuePanel(api) {
+  return new QueuePanel(api);
+}
