@@ -10,6 +10,8 @@ import { downloadApiPrompt } from "./export.js";
 import { loadWorkflowData } from "./graph.js";
 import { initQueuePanel } from "./queue-panel.js";
 import { initHelp } from "./help.js";
+import { initHistory } from "./history.js";
+import { initPalette } from "./palette.js";
 
 const $ = (id) => /** @type {HTMLElement} */ (document.getElementById(id));
 const api = new Api();
@@ -17,12 +19,17 @@ const graph = new LGraph();
 const canvasElement = /** @type {HTMLCanvasElement} */ ($("graph-canvas"));
 const canvas = new LGraphCanvas(canvasElement, graph);
 canvas.show_info = false;
+canvas.render_canvas_border = false; // a stray blue frame at the first viewport
+canvas.low_quality_zoom_threshold = 0.5; // keep titles and widgets readable when fitted beside the palette
 canvas.default_connection_color_byType = { ...TYPE_COLORS };
 /** Test and debugging hook: outputs are image URLs per node id. */
-const loom = { api, graph, canvas, state, fitView, outputs: {}, status: "", queued: [], ready: false };
+const loom = { api, graph, canvas, state, fitView, outputs: {}, status: "", queued: [], ready: false, history: /** @type {any} */ (null) };
 Object.assign(window, { loom });
 
+let statusSerial = 0; // counts status lines, so that a late "queued" does not hide a newer one
+
 function setStatus(text, isError = false) {
+  statusSerial++;
   loom.status = text;
   $("status").textContent = text;
   $("status").classList.toggle("error", isError);
@@ -69,9 +76,10 @@ async function queue() {
   state.errors.clear();
   for (let i = 0; i < count; i++) {
     try {
+      const serial = statusSerial;
       const result = await api.queue(graph.serialize());
       loom.queued.push(result.prompt_id);
-      setStatus(`queued ${result.prompt_id.slice(0, 8)} (#${result.number})`);
+      if (serial === statusSerial) setStatus(`queued ${result.prompt_id.slice(0, 8)} (#${result.number})`);
       applySeedControls(graph);
     } catch (error) {
       const body = error.body || {};
@@ -84,18 +92,20 @@ async function queue() {
 }
 
 function onEvents() {
+  let ended = ""; // "interrupted" or "failed": how the last prompt ended, when not "done"
   api.addEventListener("connected", () => setStatus("connected"));
   api.addEventListener("disconnected", () => setStatus("disconnected from the server, reconnecting…", true));
   api.addEventListener("status", (e) => {
     const remaining = e.detail?.status?.exec_info?.queue_remaining;
-    if (remaining !== undefined && !state.running) setStatus(`queue: ${remaining}`);
+    // An emptied queue keeps the line saying how the last prompt ended when it did not finish.
+    if (remaining !== undefined && !state.running && !(ended && remaining === 0)) setStatus(`queue: ${remaining}`);
   });
-  api.addEventListener("execution_start", () => { state.errors.clear(); setProgress(0); });
+  api.addEventListener("execution_start", () => { ended = ""; state.errors.clear(); setProgress(0); });
   api.addEventListener("executing", (e) => {
     const node = e.detail?.node ?? null;
     state.running = node === null ? null : String(node);
     setProgress(0);
-    if (node === null) setStatus("done");
+    if (node === null) { if (!ended) setStatus("done"); }
     else setStatus(`running ${graph.getNodeById(node)?.title ?? node}`);
   });
   api.addEventListener("progress", (e) => setProgress(e.detail.max ? e.detail.value / e.detail.max : 0));
@@ -116,10 +126,11 @@ function onEvents() {
   api.addEventListener("execution_error", (e) => {
     state.running = null;
     state.errors.set(String(e.detail.node_id), `${e.detail.exception_type}: ${e.detail.exception_message}`);
-    setStatus(`error in ${e.detail.node_type}: ${e.detail.exception_message}`, true);
+    ended = "failed";
+    setStatus(`failed: error in ${e.detail.node_type}: ${e.detail.exception_message}`, true);
     redraw();
   });
-  api.addEventListener("execution_interrupted", () => { state.running = null; setStatus("interrupted"); });
+  api.addEventListener("execution_interrupted", () => { ended = "interrupted"; state.running = null; setStatus("interrupted"); });
 }
 
 /** Export API button, file drops on the canvas and status lines of node uploads. */
@@ -181,6 +192,7 @@ async function main() {
   onEvents();
   try {
     registerNodes(await api.objectInfo());
+    loom.palette = initPalette({ graph, canvas, fitView });
     const how = await loadInitial(graph, api);
     if (how.startsWith("loaded")) fitView();
     setStatus(how);
@@ -189,6 +201,7 @@ async function main() {
     return;
   }
   api.connect();
+  loom.history = initHistory(graph, canvas);
   setInterval(() => autoSave(graph), 1000);
   window.addEventListener("beforeunload", () => autoSave(graph));
   redraw();

@@ -3,6 +3,7 @@
 import { LiteGraph, LGraphCanvas, LGraphNode } from "litegraph";
 import { drawOverlay } from "./overlay.js";
 import { PREVIEW_HEIGHT, addImageUpload } from "./files.js";
+import { useTextEditor } from "./text-editor.js";
 
 /** Socket colours per type (the usual ComfyUI dark palette). */
 export const TYPE_COLORS = {
@@ -41,6 +42,7 @@ function addValueWidget(node, name, spec) {
   } else if (type === "STRING") {
     const widget = node.addWidget("text", name, options.default ?? "", changed, { multiline: !!options.multiline });
     widget.multiline = !!options.multiline;
+    if (options.multiline) useTextEditor(widget);
   } else if (type === "BOOLEAN") {
     node.addWidget("toggle", name, options.default ?? false, changed, { on: "true", off: "false" });
   }
@@ -98,7 +100,9 @@ export function registerNodes(objectInfo) {
     LGraphCanvas.link_type_colors[type] = color;
   }
   for (const [name, def] of Object.entries(objectInfo)) {
-    LiteGraph.registerNodeType(name, nodeClass(name, def));
+    const cls = nodeClass(name, def);
+    LiteGraph.registerNodeType(name, cls);
+    cls.category = def.category || ""; // registerNodeType derives it from the type name; keep the server's
   }
 }
 

@@ -60,7 +60,10 @@ def test_history_entry_shows_thumbnail_and_can_be_deleted(page: Any, live: Any, 
 
     page.click("#queue-panel-button")
     assert page.locator("#queue-panel").is_hidden()
-    assert page.evaluate("document.getElementById('graph-canvas').width") == 1280
+    # The canvas gets the room back (up to the window's right edge; the node palette may be open on the left).
+    assert page.evaluate("document.querySelector('main').getBoundingClientRect().right") == 1280
+    assert page.evaluate("document.getElementById('graph-canvas').width") == page.evaluate(
+        "document.querySelector('main').clientWidth")
 
 
 def test_pending_prompt_is_cancelled_and_running_one_stopped(page: Any, live: Any, tmp_path: Path) -> None:  # noqa: F811

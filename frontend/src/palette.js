@@ -1,0 +1,199 @@
+// @ts-check
+// The node palette: a left sidebar listing the registered node types by category (nested by "/"),
+// with type-ahead search. Click an entry (or Enter in the search box) to add it at the centre of the
+// view, or drag it onto the canvas.
+import { LiteGraph } from "litegraph";
+
+const DRAG_TYPE = "application/x-loom-node";
+const OPEN_BY_DEFAULT_WIDTH = 1280;
+
+/** @param {string} tag @param {string} [className] @param {string} [text] */
+function el(tag, className = "", text = "") {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text) node.textContent = text;
+  return node;
+}
+
+/** The node types registered by nodes.js: {type, title, category, description}, sorted by title. */
+export function paletteEntries() {
+  return Object.entries(LiteGraph.registered_node_types)
+    .filter(([, cls]) => cls.comfyClass)
+    .map(([type, cls]) => ({ type, title: cls.title || type, category: cls.category || "", description: cls.description || "" }))
+    .sort((a, b) => a.title.localeCompare(b.title));
+}
+
+/** Entries matching every word of `query` in title, class name or category; best matches first. */
+export function filterEntries(entries, query) {
+  const words = query.toLowerCase().split(/\s+/).filter(Boolean);
+  const text = (e) => `${e.title} ${e.type} ${e.category}`.toLowerCase();
+  const rank = (e) => {
+    const q = words.join(" "), title = e.title.toLowerCase(), type = e.type.toLowerCase();
+    if (title === q || type === q) return 0;
+    if (title.startsWith(q) || type.startsWith(q)) return 1;
+    if (title.includes(q) || type.includes(q)) return 2;
+    return 3;
+  };
+  return entries.filter((e) => words.every((w) => text(e).includes(w)))
+    .map((e) => ({ e, r: rank(e) })).sort((a, b) => a.r - b.r || a.e.title.localeCompare(b.e.title))
+    .map(({ e }) => e);
+}
+
+/** Nest entries by category path: {children: Map<name, tree>, entries: []}. */
+function categoryTree(entries) {
+  const root = { children: new Map(), entries: [] };
+  for (const entry of entries) {
+    let at = root;
+    for (const part of entry.category.split("/").filter(Boolean)) {
+      if (!at.children.has(part)) at.children.set(part, { children: new Map(), entries: [] });
+      at = at.children.get(part);
+    }
+    at.entries.push(entry);
+  }
+  return root;
+}
+
+/**
+ * The top-left graph position nearest to `wanted` where a node of `size` overlaps no other node and
+ * lies inside the visible canvas; `wanted` itself when the view has no such room.
+ */
+function freeSpot(graph, canvas, size, wanted) {
+  const title = LiteGraph.NODE_TITLE_HEIGHT, gap = 10, step = 20;
+  const element = canvas.canvas;
+  const [left, top] = canvas.ds.convertCanvasToOffset([0, 0]);
+  const [right, bottom] = canvas.ds.convertCanvasToOffset([element.clientWidth, element.clientHeight]);
+  const free = (x, y) => graph._nodes.every((n) => x + size[0] + gap < n.pos[0] || x > n.pos[0] + n.size[0] + gap ||
+    y + size[1] + gap < n.pos[1] - title || y - title > n.pos[1] + n.size[1] + gap);
+  let best = null, bestDistance = Infinity;
+  for (let x = left + gap; x + size[0] <= right - gap; x += step) {
+    for (let y = top + title + gap; y + size[1] <= bottom - gap; y += step) {
+      const distance = (x - wanted[0]) ** 2 + (y - wanted[1]) ** 2;
+      if (distance < bestDistance && free(x, y)) { best = [x, y]; bestDistance = distance; }
+    }
+  }
+  return best ?? wanted;
+}
+
+/**
+ * Build the sidebar and its toolbar toggle.
+ * @param {{graph: any, canvas: any, fitView: () => void}} editor
+ */
+export function initPalette({ graph, canvas, fitView }) {
+  const entries = paletteEntries();
+  const panel = el("aside");
+  panel.id = "node-palette";
+  panel.setAttribute("aria-label", "Node palette");
+  const search = /** @type {HTMLInputElement} */ (el("input"));
+  search.type = "search";
+  search.id = "palette-search";
+  search.placeholder = "Search nodes…";
+  search.title = "Filter by name, class or category; Enter adds the first match";
+  const list = el("div", "palette-list");
+  panel.append(search, list);
+  document.body.append(panel);
+  /** @type {Set<string>} open category paths, kept across re-renders */
+  const openPaths = new Set();
+
+  const report = (text) => window.dispatchEvent(new CustomEvent("loom-status", { detail: { text, isError: false } }));
+
+  /** Add a node of `type` with its top-left at graph position `pos`, or centred in the view. */
+  function addNode(type, pos = null) {
+    const node = LiteGraph.createNode(type);
+    if (!node) return null;
+    if (pos) {
+      node.pos = [pos[0], pos[1]];
+    } else {
+      const element = canvas.canvas;
+      const [cx, cy] = canvas.ds.convertCanvasToOffset([element.clientWidth / 2, element.clientHeight / 2]);
+      node.pos = freeSpot(graph, canvas, node.size, [cx - node.size[0] / 2, cy - node.size[1] / 2]);
+    }
+    graph.add(node);
+    canvas.selectNode?.(node);
+    canvas.setDirty(true, true);
+    report(`added ${node.title}`);
+    return node;
+  }
+
+  function item(entry, showCategory) {
+    const button = /** @type {HTMLButtonElement} */ (el("button", "palette-item"));
+    button.dataset.type = entry.type;
+    button.draggable = true;
+    button.title = [entry.type, entry.description].filter(Boolean).join(": ");
+    button.append(el("span", "palette-name", entry.title));
+    if (showCategory && entry.category) button.append(el("span", "palette-category", entry.category));
+    button.addEventListener("click", () => addNode(entry.type));
+    button.addEventListener("dragstart", (e) => {
+      e.dataTransfer?.setData(DRAG_TYPE, entry.type);
+      if (e.dataTransfer) e.dataTransfer.effectAllowed = "copy";
+    });
+    return button;
+  }
+
+  function renderTree(tree, path, into) {
+    for (const [name, child] of [...tree.children].sort(([a], [b]) => a.localeCompare(b))) {
+      const full = path ? `${path}/${name}` : name;
+      const details = /** @type {HTMLDetailsElement} */ (el("details", "palette-category-group"));
+      details.dataset.path = full;
+      details.open = openPaths.has(full);
+      details.addEventListener("toggle", () => { if (details.open) openPaths.add(full); else openPaths.delete(full); });
+      details.append(el("summary", "", name));
+      renderTree(child, full, details);
+      into.append(details);
+    }
+    for (const entry of tree.entries) into.append(item(entry, false));
+  }
+
+  function render() {
+    list.replaceChildren();
+    const query = search.value.trim();
+    if (!query) { renderTree(categoryTree(entries), "", list); return; }
+    const found = filterEntries(entries, query);
+    if (!found.length) list.append(el("div", "palette-empty", "No matching nodes"));
+    for (const entry of found) list.append(item(entry, true));
+  }
+
+  search.addEventListener("input", render);
+  search.addEventListener("keydown", (e) => {
+    if (e.key === "Enter") {
+      const first = list.querySelector(".palette-item");
+      if (first instanceof HTMLElement && search.value.trim()) addNode(first.dataset.type || "");
+    } else if (e.key === "Escape") {
+      search.value = "";
+      render();
+    } else if (e.key === "ArrowDown") {
+      e.preventDefault();
+      /** @type {HTMLElement | null} */ (list.querySelector(".palette-item"))?.focus();
+    }
+  });
+
+  const element = canvas.canvas;
+  element.addEventListener("dragover", (e) => {
+    if (e.dataTransfer?.types.includes(DRAG_TYPE)) { e.preventDefault(); e.dataTransfer.dropEffect = "copy"; }
+  });
+  element.addEventListener("drop", (e) => {
+    const type = e.dataTransfer?.getData(DRAG_TYPE);
+    if (!type) return;
+    e.preventDefault();
+    addNode(type, canvas.convertEventToCanvasOffset(e));
+  });
+
+  const toggle = el("button", "", "Nodes");
+  toggle.id = "palette-button";
+  toggle.title = "Show or hide the node palette";
+  const setOpen = (open) => {
+    panel.hidden = !open;
+    document.body.classList.toggle("palette-open", open);
+    toggle.classList.toggle("active", open);
+    window.dispatchEvent(new Event("resize"));
+  };
+  toggle.addEventListener("click", () => {
+    setOpen(panel.hidden);
+    fitView();
+    if (!panel.hidden) search.focus();
+  });
+  document.querySelector("#toolbar strong")?.after(toggle);
+
+  render();
+  setOpen(window.innerWidth >= OPEN_BY_DEFAULT_WIDTH);
+  return { addNode, setOpen, render };
+}
