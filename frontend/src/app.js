@@ -42,19 +42,30 @@ function resize() {
   canvas.resize(main.clientWidth, main.clientHeight);
 }
 
-/** Zoom and pan so that every node is visible (never zooming in past 1:1). */
+/** Zoom and pan so that every node and group is visible (never zooming in past 1:1). */
 function fitView() {
-  const nodes = graph._nodes;
-  if (!nodes.length) return;
   const title = 30, margin = 20;
-  const left = Math.min(...nodes.map((n) => n.pos[0])), top = Math.min(...nodes.map((n) => n.pos[1] - title));
-  const right = Math.max(...nodes.map((n) => n.pos[0] + n.size[0]));
-  const bottom = Math.max(...nodes.map((n) => n.pos[1] + n.size[1]));
+  const boxes = [...graph._nodes.map((n) => [n.pos[0], n.pos[1] - title, n.size[0], n.size[1] + title]),
+    ...(graph.groups || []).map((g) => [...g._bounding])];
+  if (!boxes.length) return;
+  const left = Math.min(...boxes.map((b) => b[0])), top = Math.min(...boxes.map((b) => b[1]));
+  const right = Math.max(...boxes.map((b) => b[0] + b[2]));
+  const bottom = Math.max(...boxes.map((b) => b[1] + b[3]));
   const scale = Math.min(1, (canvasElement.width - 2 * margin) / (right - left),
     (canvasElement.height - 2 * margin) / (bottom - top));
   canvas.ds.scale = scale;
   canvas.ds.offset = [margin / scale - left, margin / scale - top];
   redraw();
+}
+
+/** Pan and zoom to the view saved with a restored graph (extra.ds); false when there is none. */
+function restoreView() {
+  const ds = graph.extra?.ds;
+  if (!Array.isArray(ds?.offset) || !(ds.scale > 0)) return false;
+  canvas.ds.offset = [...ds.offset];
+  canvas.ds.scale = ds.scale;
+  redraw();
+  return true;
 }
 
 function setProgress(fraction) {
@@ -194,7 +205,7 @@ async function main() {
     registerNodes(await api.objectInfo());
     loom.palette = initPalette({ graph, canvas, fitView });
     const how = await loadInitial(graph, api);
-    if (how.startsWith("loaded")) fitView();
+    if (how.startsWith("loaded") || !restoreView()) fitView();
     setStatus(how);
   } catch (error) {
     setStatus(`could not start: ${error.message}`, true);

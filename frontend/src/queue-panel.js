@@ -2,6 +2,7 @@
 // The side panel of the server's queue and history: running and pending prompts (cancel, interrupt)
 // and finished ones with their output thumbnails (open large, delete, clear history).
 import { openLightbox } from "./lightbox.js";
+import { renderGallery } from "./gallery.js";
 
 const HISTORY_ITEMS = 50;
 /** Events after which the lists may have changed. */
@@ -64,8 +65,9 @@ export class QueuePanel {
       button("×", "Close the panel", () => this.toggle(false)));
     this.queueList = el("ul", "qp-list qp-queue");
     this.historyList = el("ul", "qp-list qp-history");
+    this.gallery = el("div", "qp-gallery");
     this.root.append(head, el("h3", "", "Running and pending"), this.queueList,
-      el("h3", "", "History"), this.historyList);
+      el("h3", "", "History"), this.historyList, el("h3", "", "Gallery"), this.gallery);
     document.body.append(this.root);
     this.toggleButton = button("Jobs ▸", "Show the queue and history panel", () => this.toggle());
     this.toggleButton.id = "queue-panel-button";
@@ -157,7 +159,7 @@ export class QueuePanel {
   }
 
   renderHistory(history) {
-    const items = [];
+    const items = [], gallery = [];
     for (const [id, entry] of Object.entries(history || {}).reverse()) {
       const { label, error } = outcome(entry);
       const li = el("li", `qp-item history ${label}`);
@@ -167,6 +169,7 @@ export class QueuePanel {
         button("Delete", "Delete this history entry", () => this.deleteHistory(id)));
       if (error) li.append(el("div", "qp-message", error));
       const urls = imagesOf(this.api, entry);
+      gallery.push(...urls);
       if (urls.length) {
         const thumbs = el("div", "qp-thumbs");
         for (const url of urls) {
@@ -184,6 +187,7 @@ export class QueuePanel {
     }
     if (!items.length) items.push(el("li", "qp-empty", "No history yet."));
     this.historyList.replaceChildren(...items);
+    renderGallery(this.gallery, gallery);
   }
 }
 
