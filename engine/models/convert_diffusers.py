@@ -51,6 +51,7 @@ __all__ = [
     "UNetNames",
     "clip_layer_modules",
     "diffusers_unet_to_ldm",
+    "diffusers_vae_key_to_ldm",
     "unet_names",
 ]
 
@@ -233,3 +234,30 @@ def clip_layer_modules(num_layers: int) -> list[str]:
     """HF module paths (relative to the text transformer: ``encoder.layers.N.self_attn.q_proj``) of
     every LoRA-able linear of a CLIP text encoder with ``num_layers`` layers."""
     return [f"encoder.layers.{layer}.{name}" for layer in range(num_layers) for name in CLIP_LAYER_MODULES]
+
+
+# --------------------------------------------------------------------------------------------- VAE
+
+_VAE_RESNET = {"norm1": "norm1", "conv1": "conv1", "norm2": "norm2", "conv2": "conv2", "conv_shortcut": "nin_shortcut"}
+_VAE_ATTN = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
+
+
+def diffusers_vae_key_to_ldm(key: str, levels: int = 4) -> str:
+    """The LDM name (without ``first_stage_model.``) of a diffusers AutoencoderKL parameter."""
+    if key.startswith(("quant_conv.", "post_quant_conv.")) or re.fullmatch(r"(en|de)coder\.conv_(in|out)\..+", key):
+        return key
+    if m := re.fullmatch(r"(encoder|decoder)\.conv_norm_out\.(.+)", key):
+        return f"{m.group(1)}.norm_out.{m.group(2)}"
+    if m := re.fullmatch(r"(encoder|decoder)\.mid_block\.resnets\.(\d)\.(\w+)\.(.+)", key):
+        return f"{m.group(1)}.mid.block_{int(m.group(2)) + 1}.{_VAE_RESNET[m.group(3)]}.{m.group(4)}"
+    if m := re.fullmatch(r"(encoder|decoder)\.mid_block\.attentions\.0\.(.+)\.(weight|bias)", key):
+        return f"{m.group(1)}.mid.attn_1.{_VAE_ATTN[m.group(2)]}.{m.group(3)}"
+    if m := re.fullmatch(r"encoder\.down_blocks\.(\d+)\.resnets\.(\d+)\.(\w+)\.(.+)", key):
+        return f"encoder.down.{m.group(1)}.block.{m.group(2)}.{_VAE_RESNET[m.group(3)]}.{m.group(4)}"
+    if m := re.fullmatch(r"encoder\.down_blocks\.(\d+)\.downsamplers\.0\.conv\.(.+)", key):
+        return f"encoder.down.{m.group(1)}.downsample.conv.{m.group(2)}"
+    if m := re.fullmatch(r"decoder\.up_blocks\.(\d+)\.resnets\.(\d+)\.(\w+)\.(.+)", key):
+        return f"decoder.up.{levels - 1 - int(m.group(1))}.block.{m.group(2)}.{_VAE_RESNET[m.group(3)]}.{m.group(4)}"
+    if m := re.fullmatch(r"decoder\.up_blocks\.(\d+)\.upsamplers\.0\.conv\.(.+)", key):
+        return f"decoder.up.{levels - 1 - int(m.group(1))}.upsample.conv.{m.group(2)}"
+    raise KeyError(f"no LDM name for diffusers VAE key {key!r}")

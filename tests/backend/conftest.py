@@ -10,7 +10,6 @@ UNet's mapping is engine/models/convert_diffusers.py (LoRA loading uses it too).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -18,11 +17,11 @@ import pytest
 import torch
 from torch import Tensor
 
+from engine.models.convert_diffusers import diffusers_vae_key_to_ldm
+
 # shared/ lies beside the repository checkout (the project's reference material).
 REFERENCE_KEYS = Path(__file__).resolve().parents[3] / "shared" / "reference" / "sd15-checkpoint-keys.tsv"
 
-_VAE_RESNET = {"norm1": "norm1", "conv1": "conv1", "norm2": "norm2", "conv2": "conv2", "conv_shortcut": "nin_shortcut"}
-_VAE_ATTN = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
 
 
 def diffusers_vae_to_ldm(
@@ -33,35 +32,11 @@ def diffusers_vae_to_ldm(
     checkpoints store them; False keeps them 2-D (the layout of some converted files)."""
     out: dict[str, Tensor] = {}
     for key, value in state_dict.items():
-        new = _vae_key(key, levels)
+        new = diffusers_vae_key_to_ldm(key, levels)
         if conv_attention and ".attn_1." in new and new.endswith(".weight") and value.ndim == 2:
             value = value[:, :, None, None]
         out[new] = value
     return out
-
-
-def _vae_key(key: str, levels: int) -> str:
-    if key.startswith(("quant_conv.", "post_quant_conv.")):
-        return key
-    if re.fullmatch(r"(encoder|decoder)\.(conv_in|conv_out)\.(.+)", key):
-        return key
-    if m := re.fullmatch(r"(encoder|decoder)\.conv_norm_out\.(.+)", key):
-        return f"{m.group(1)}.norm_out.{m.group(2)}"
-    if m := re.fullmatch(r"(encoder|decoder)\.mid_block\.resnets\.(\d)\.(\w+)\.(.+)", key):
-        return f"{m.group(1)}.mid.block_{int(m.group(2)) + 1}.{_VAE_RESNET[m.group(3)]}.{m.group(4)}"
-    if m := re.fullmatch(r"(encoder|decoder)\.mid_block\.attentions\.0\.(.+)\.(weight|bias)", key):
-        return f"{m.group(1)}.mid.attn_1.{_VAE_ATTN[m.group(2)]}.{m.group(3)}"
-    if m := re.fullmatch(r"encoder\.down_blocks\.(\d+)\.resnets\.(\d+)\.(\w+)\.(.+)", key):
-        return f"encoder.down.{m.group(1)}.block.{m.group(2)}.{_VAE_RESNET[m.group(3)]}.{m.group(4)}"
-    if m := re.fullmatch(r"encoder\.down_blocks\.(\d+)\.downsamplers\.0\.conv\.(.+)", key):
-        return f"encoder.down.{m.group(1)}.downsample.conv.{m.group(2)}"
-    if m := re.fullmatch(r"decoder\.up_blocks\.(\d+)\.resnets\.(\d+)\.(\w+)\.(.+)", key):
-        level = levels - 1 - int(m.group(1))
-        return f"decoder.up.{level}.block.{m.group(2)}.{_VAE_RESNET[m.group(3)]}.{m.group(4)}"
-    if m := re.fullmatch(r"decoder\.up_blocks\.(\d+)\.upsamplers\.0\.conv\.(.+)", key):
-        level = levels - 1 - int(m.group(1))
-        return f"decoder.up.{level}.upsample.conv.{m.group(2)}"
-    raise KeyError(f"no LDM name for diffusers VAE key {key!r}")
 
 
 def read_reference_shapes(prefix: str) -> dict[str, tuple[int, ...]]:
