@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image
 
 from engine.registry import NodeRegistry
+from engine.workflow_layout import api_to_ui
 from nodes import register_builtin_nodes
 from tools.tiny_shapes_data import ShapeSpec, edge_map, render
 
@@ -139,69 +140,27 @@ WORKFLOWS = {"txt2img": txt2img, "img2img": img2img, "inpaint": inpaint, "lora":
              "hires-fix": hires_fix, "outpaint": outpaint, "batch": batch}
 
 
-def layout(nodes: Sequence[N], registry: NodeRegistry) -> dict[int, tuple[list[int], list[int]]]:
-    """Node id -> (position, size): one column per depth in the graph (longest path from a source), nodes
-    stacked in each column with heights from their sockets and widgets, so links run left to right."""
-    by_id = {node.id: node for node in nodes}
-    depth: dict[int, int] = {}
-
-    def depth_of(node_id: int) -> int:
-        if node_id not in depth:
-            sources = [source for source, _ in by_id[node_id].links.values()]
-            depth[node_id] = 1 + max((depth_of(s) for s in sources), default=-1)
-        return depth[node_id]
-
-    placed: dict[int, tuple[list[int], list[int]]] = {}
-    column_y: dict[int, int] = {}
+def api_prompt(nodes: Sequence[N], registry: NodeRegistry) -> dict[str, dict[str, Any]]:
+    """The API-format prompt of ``nodes`` (widget lists named by the registry; the control slot skipped)."""
+    prompt: dict[str, dict[str, Any]] = {}
     for node in nodes:
-        cls = registry.get(node.type)
-        assert cls is not None
-        rows = max(len(cls.outputs), len(cls.inputs) - len(cls.widget_inputs())) + len(cls.widget_inputs())
-        height = 40 + 24 * rows + (180 if cls.output_node else 0)
-        column = depth_of(node.id)
-        y = column_y.get(column, 60)
-        placed[node.id] = ([40 + 340 * column, y], [310, height])
-        column_y[column] = y + height + 50
-    return placed
-
-
-def editor_json(nodes: Sequence[N], registry: NodeRegistry) -> dict[str, Any]:
-    """litegraph's editor JSON for ``nodes``: sockets from the registry, links numbered in order."""
-    by_id = {node.id: node for node in nodes}
-    places = layout(nodes, registry)
-    links: list[list[Any]] = []
-    out_links: dict[tuple[int, int], list[int]] = {}
-    entries = []
-    for column, node in enumerate(nodes):
         cls = registry.get(node.type)
         if cls is None:
             raise KeyError(f"unknown node type {node.type}")
-        widget_names = {spec.name for spec in cls.widget_inputs()}
-        inputs = []
-        for slot_index, spec in enumerate(s for s in cls.inputs if s.name not in widget_names):
-            link_id = None
-            if spec.name in node.links:
-                source, slot = node.links[spec.name]
-                source_type = registry.get(by_id[source].type).outputs[slot].type  # type: ignore[union-attr]
-                link_id = len(links) + 1
-                links.append([link_id, source, slot, node.id, slot_index, source_type])
-                out_links.setdefault((source, slot), []).append(link_id)
-            inputs.append({"name": spec.name, "type": spec.type, "link": link_id})
-        position, size = places[node.id]
-        entry: dict[str, Any] = {"id": node.id, "type": node.type, "pos": position, "size": size,
-                                 "flags": {}, "order": column, "mode": 0, "inputs": inputs}
-        if node.title:
-            entry["title"] = node.title
-        if node.widgets is not None:
-            entry["widgets_values"] = node.widgets
-        entries.append(entry)
-    for entry, node in zip(entries, nodes, strict=True):
-        cls = registry.get(node.type)
-        assert cls is not None
-        entry["outputs"] = [{"name": out.name or out.type, "type": out.type, "slot_index": slot,
-                             "links": out_links.get((node.id, slot), [])} for slot, out in enumerate(cls.outputs)]
-    return {"last_node_id": max(by_id), "last_link_id": len(links), "nodes": entries, "links": links,
-            "groups": [], "config": {}, "extra": {"ds": {"scale": 1, "offset": [0, 0]}}, "version": 0.4}
+        inputs: dict[str, Any] = {name: [str(source), slot] for name, (source, slot) in node.links.items()}
+        values = iter(node.widgets or [])
+        for spec in cls.widget_inputs():
+            inputs[spec.name] = next(values, spec.default)
+            if spec.control_after_generate:
+                next(values, None)
+        prompt[str(node.id)] = {"class_type": node.type, "inputs": inputs,
+                                "_meta": {"title": node.title or cls.display_name or node.type}}
+    return prompt
+
+
+def editor_json(nodes: Sequence[N], registry: NodeRegistry) -> dict[str, Any]:
+    """litegraph's editor JSON for ``nodes``, laid out left to right by engine.workflow_layout."""
+    return api_to_ui(api_prompt(nodes, registry), registry)
 
 
 def write_inputs(folder: Path) -> None:

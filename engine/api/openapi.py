@@ -139,6 +139,12 @@ OPERATIONS: tuple[Operation, ...] = (
     Operation("GET", "/loom/default-workflow", "default_workflow",
               "The editor workflow opened on first visit (workflows/txt2img.json).", "frontend",
               response={"type": "object"}, errors=(404,), prefixed=False),
+    Operation("POST", "/loom/workflow/api", "workflow_to_api",
+              "An editor workflow (the body) converted to the API format, as POST /prompt would queue it.",
+              "frontend", response={"type": "object"}, errors=(400,), prefixed=False),
+    Operation("POST", "/loom/workflow/editor", "workflow_to_editor",
+              "An API-format prompt (the body) laid out as an editor workflow, for opening API files in the editor.",
+              "frontend", response={"type": "object"}, errors=(400,), prefixed=False),
 )
 
 _ERROR_TEXT = {400: "Bad request", 401: "Authentication required", 403: "Forbidden", 404: "Not found",

@@ -43,6 +43,7 @@ from engine.folders import FILE_KINDS, MODEL_FOLDERS, resolve_inside
 from engine.settings import Settings
 from engine.validate import ValidatedPrompt, validate_prompt
 from engine.workflow import is_ui_workflow, ui_to_api
+from engine.workflow_layout import api_to_ui
 
 if TYPE_CHECKING:
     from engine.cache import OutputCache
@@ -374,7 +375,8 @@ class LoomServer:
             "models_in_folder": self.models_in_folder, "features": self.features,
             "extensions": self.extensions, "websocket": self.hub.handle, "openapi": self.openapi,
             "index": self.index, "frontend_file": self.frontend_file,
-            "default_workflow": self.default_workflow,
+            "default_workflow": self.default_workflow, "workflow_to_api": self.workflow_to_api,
+            "workflow_to_editor": self.workflow_to_editor,
         }
 
     async def default_workflow(self, request: web.Request) -> web.StreamResponse:
@@ -383,6 +385,27 @@ class LoomServer:
         if not path.is_file():
             raise ApiError(404, "not_found", "File not found", "workflows/txt2img.json")
         return web.FileResponse(path, headers={**_NO_CACHE, "Content-Type": "application/json"})
+
+    async def workflow_to_api(self, request: web.Request) -> web.Response:
+        """An editor workflow converted to the API format, as POST /prompt would queue it (Export API)."""
+        workflow = await read_json(request, required=True)
+        try:
+            api_prompt = await self._blocking(ui_to_api, workflow, self.registry)
+        except ValidationFailed as exc:
+            return json_ok(exc.to_response(), status=400)
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise ApiError(400, "invalid_workflow", "Invalid workflow",
+                           f"the workflow could not be read: {type(exc).__name__}: {exc}") from exc
+        return json_ok(api_prompt)
+
+    async def workflow_to_editor(self, request: web.Request) -> web.Response:
+        """An API-format prompt (the body) laid out as an editor workflow (opening API files in the editor)."""
+        prompt = await read_json(request, required=True)
+        try:
+            workflow = await self._blocking(api_to_ui, prompt, self.registry)
+        except ValidationFailed as exc:
+            return json_ok(exc.to_response(), status=400)
+        return json_ok(workflow)
 
     @staticmethod
     async def _blocking(fn: Callable[..., T], *args: Any) -> T:

@@ -21,7 +21,7 @@ export class Api extends EventTarget {
     const text = await response.text();
     const data = text ? JSON.parse(text) : null;
     if (!response.ok) {
-      const error = new Error(data?.error?.message || `${response.status} ${response.statusText}`);
+      const error = new Error(data?.error?.details || data?.error?.message || `${response.status} ${response.statusText}`);
       Object.assign(error, { status: response.status, body: data });
       throw error;
     }
@@ -30,6 +30,10 @@ export class Api extends EventTarget {
 
   objectInfo() { return this.json("/object_info"); }
   defaultWorkflow() { return this.json("/loom/default-workflow"); }
+  /** The API-format prompt of an editor workflow, converted by the server as POST /prompt does. */
+  workflowToApi(workflow) { return this.json("/loom/workflow/api", workflow); }
+  /** The editor workflow of an API-format prompt, laid out by the server. */
+  apiToWorkflow(prompt) { return this.json("/loom/workflow/editor", prompt); }
 
   /** Queue an editor-format workflow; the server converts it to the API format. */
   queue(workflow) {

@@ -3,11 +3,10 @@
 import { LGraph, LGraphCanvas } from "litegraph";
 import { Api } from "./api.js";
 import { TYPE_COLORS, applySeedControls, refreshCombos, registerNodes } from "./nodes.js";
-import { autoSave, downloadWorkflow, loadInitial, loadWorkflowFile } from "./graph.js";
+import { autoSave, downloadWorkflow, loadInitial, loadWorkflowData, loadWorkflowFile, openGraph } from "./graph.js";
 import { state } from "./overlay.js";
 import { setupDrop } from "./files.js";
 import { downloadApiPrompt } from "./export.js";
-import { loadWorkflowData } from "./graph.js";
 import { initQueuePanel } from "./queue-panel.js";
 import { initHelp } from "./help.js";
 import { initHistory } from "./history.js";
@@ -42,7 +41,13 @@ function resize() {
   canvas.resize(main.clientWidth, main.clientHeight);
 }
 
-/** Zoom and pan so that every node and group is visible (never zooming in past 1:1). */
+/** Below this zoom litegraph drops titles and widgets (low_quality_zoom_threshold), so fitting stops here. */
+const READABLE_SCALE = 0.55;
+
+/**
+ * Zoom and pan so that every node and group is visible, never zooming in past 1:1 nor out past
+ * READABLE_SCALE; a graph too large for that shows from its top-left corner.
+ */
 function fitView() {
   const title = 30, margin = 20;
   const boxes = [...graph._nodes.map((n) => [n.pos[0], n.pos[1] - title, n.size[0], n.size[1] + title]),
@@ -51,8 +56,8 @@ function fitView() {
   const left = Math.min(...boxes.map((b) => b[0])), top = Math.min(...boxes.map((b) => b[1]));
   const right = Math.max(...boxes.map((b) => b[0] + b[2]));
   const bottom = Math.max(...boxes.map((b) => b[1] + b[3]));
-  const scale = Math.min(1, (canvasElement.width - 2 * margin) / (right - left),
-    (canvasElement.height - 2 * margin) / (bottom - top));
+  const scale = Math.max(READABLE_SCALE, Math.min(1, (canvasElement.width - 2 * margin) / (right - left),
+    (canvasElement.height - 2 * margin) / (bottom - top)));
   canvas.ds.scale = scale;
   canvas.ds.offset = [margin / scale - left, margin / scale - top];
   redraw();
@@ -154,7 +159,11 @@ function onFiles() {
       setStatus(`could not export: ${error.message}`, true);
     }
   });
-  const loadWorkflow = (data) => { loadWorkflowData(graph, data); fitView(); };
+  const loadWorkflow = async (data, source) => {
+    const format = await loadWorkflowData(graph, api, data, source);
+    fitView();
+    return format;
+  };
   setupDrop(canvasElement, canvas, graph, { loadWorkflow, setStatus });
   window.addEventListener("loom-status", (e) => setStatus(e.detail.text, e.detail.isError));
 }
@@ -164,7 +173,7 @@ function onToolbar() {
   $("save-button").addEventListener("click", () => downloadWorkflow(graph));
   $("load-button").addEventListener("click", () => $("load-input").click());
   $("default-button").addEventListener("click", async () => {
-    graph.configure(await api.defaultWorkflow());
+    openGraph(graph, await api.defaultWorkflow());
     fitView();
     setStatus("loaded the default workflow");
   });
@@ -179,9 +188,9 @@ function onToolbar() {
     input.value = "";
     if (!file) return;
     try {
-      await loadWorkflowFile(graph, file);
+      const format = await loadWorkflowFile(graph, api, file);
       fitView();
-      setStatus(`loaded ${file.name}`);
+      setStatus(format === "API" ? `loaded ${file.name} (API format, laid out)` : `loaded ${file.name}`);
     } catch (error) {
       setStatus(`could not load ${file.name}: ${error.message}`, true);
     }

@@ -101,18 +101,15 @@ export function setupDrop(element, canvas, graph, { loadWorkflow, setStatus }) {
   });
 }
 
-/** Load the workflow in a dropped PNG or .json file; returns a status line. */
+/** Load the workflow in a dropped PNG (its editor workflow, else its API prompt) or .json file; returns a status line. */
 export async function loadDroppedFile(file, loadWorkflow) {
   if (file.type === "image/png" || file.name.toLowerCase().endsWith(".png")) {
     const texts = pngTextChunks(await file.arrayBuffer());
-    if (texts.workflow) {
-      loadWorkflow(JSON.parse(texts.workflow));
-      return `loaded the workflow of ${file.name}`;
-    }
-    if (texts.prompt) return `${file.name} has only an API-format prompt, no editor workflow to load`;
-    return `${file.name} carries no workflow`;
+    const embedded = texts.workflow || texts.prompt;
+    if (!embedded) return `${file.name} carries no workflow`;
+    const format = await loadWorkflow(JSON.parse(embedded), file.name);
+    return `loaded the ${format === "API" ? "API-format prompt" : "workflow"} of ${file.name}`;
   }
-  const data = JSON.parse(await file.text());
-  loadWorkflow(data);
-  return `loaded ${file.name}`;
+  const format = await loadWorkflow(JSON.parse(await file.text()), file.name);
+  return format === "API" ? `loaded ${file.name} (API format, laid out)` : `loaded ${file.name}`;
 }

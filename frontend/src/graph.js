@@ -1,20 +1,33 @@
 // @ts-check
 // The graph's editor-format JSON: first-open default, localStorage auto-save, workflow files.
 
+import { state } from "./overlay.js";
+
 const STORAGE_KEY = "loom.workflow";
+
+/**
+ * Replace the graph with another workflow. What the server said about the old nodes (images, errors,
+ * the running one) is dropped first, so that it does not show on new nodes that reuse their ids.
+ */
+export function openGraph(graph, data) {
+  state.images.clear();
+  state.errors.clear();
+  state.running = null;
+  graph.configure(data);
+}
 
 /** Load the saved graph, or the server's default workflow on first open. */
 export async function loadInitial(graph, api) {
   const saved = localStorage.getItem(STORAGE_KEY);
   if (saved) {
     try {
-      graph.configure(JSON.parse(saved));
+      openGraph(graph, JSON.parse(saved));
       return "restored the last graph";
     } catch (error) {
       console.warn("saved graph unreadable, loading the default", error);
     }
   }
-  graph.configure(await api.defaultWorkflow());
+  openGraph(graph, await api.defaultWorkflow());
   return "loaded the default workflow";
 }
 
@@ -32,13 +45,28 @@ export function downloadWorkflow(graph, name = "workflow.json") {
   setTimeout(() => URL.revokeObjectURL(link.href), 1000);
 }
 
-/** Load an editor-format workflow file into the graph. */
-export async function loadWorkflowFile(graph, file) {
-  loadWorkflowData(graph, JSON.parse(await file.text()), file.name);
+/** Whether `data` is an API-format prompt: {id: {class_type, inputs}}. */
+export function isApiPrompt(data) {
+  if (!data || typeof data !== "object" || Array.isArray(data) || "nodes" in data) return false;
+  const entries = Object.values(data);
+  return entries.length > 0 && entries.every((n) => typeof n?.class_type === "string");
 }
 
-/** Load an editor-format workflow object into the graph; `source` names it in the error. */
-export function loadWorkflowData(graph, data, source = "the data") {
-  if (!Array.isArray(data?.nodes)) throw new Error(`${source} is not an editor workflow (no "nodes")`);
-  graph.configure(data);
+/** Load a workflow file (editor or API format) into the graph. */
+export async function loadWorkflowFile(graph, api, file) {
+  return loadWorkflowData(graph, api, JSON.parse(await file.text()), file.name);
+}
+
+/**
+ * Load an editor-format workflow, or an API-format prompt laid out by the server, into the graph;
+ * `source` names the data in the error. Resolves to "editor" or "API" (the format that was read).
+ */
+export async function loadWorkflowData(graph, api, data, source = "the data") {
+  if (isApiPrompt(data)) {
+    openGraph(graph, await api.apiToWorkflow(data));
+    return "API";
+  }
+  if (!Array.isArray(data?.nodes)) throw new Error(`${source} is neither an editor workflow nor an API prompt`);
+  openGraph(graph, data);
+  return "editor";
 }

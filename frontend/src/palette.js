@@ -39,6 +39,11 @@ export function filterEntries(entries, query) {
     .map(({ e }) => e);
 }
 
+/** Category names alphabetically, with "_"-prefixed ones (ComfyUI's _for_testing) last. */
+function byCategoryName(a, b) {
+  return Number(a.startsWith("_")) - Number(b.startsWith("_")) || a.localeCompare(b);
+}
+
 /** Nest entries by category path: {children: Map<name, tree>, entries: []}. */
 function categoryTree(entries) {
   const root = { children: new Map(), entries: [] };
@@ -130,7 +135,7 @@ export function initPalette({ graph, canvas, fitView }) {
   }
 
   function renderTree(tree, path, into) {
-    for (const [name, child] of [...tree.children].sort(([a], [b]) => a.localeCompare(b))) {
+    for (const [name, child] of [...tree.children].sort(([a], [b]) => byCategoryName(a, b))) {
       const full = path ? `${path}/${name}` : name;
       const details = /** @type {HTMLDetailsElement} */ (el("details", "palette-category-group"));
       details.dataset.path = full;

@@ -6,11 +6,14 @@ Runs in Debian's chromium against a live server, with the fixtures of ``test_edi
 from __future__ import annotations
 
 import base64
+import io
 import json
 from pathlib import Path
 from typing import Any
 
 import pytest
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
 
 from engine.workflow import ui_to_api
 from tests.api.conftest import LiveServer
@@ -118,3 +121,27 @@ def test_export_api_matches_the_server_conversion(page: Any, live: LiveServer, t
         {k: (v["class_type"], v["inputs"]) for k, v in expected.items()}
     assert any(v["class_type"] == "KSampler" for v in exported.values())
     page.screenshot(path=str(tmp_path / "4-exported.png"))
+
+
+def test_api_format_files_and_pngs_open_laid_out(page: Any, live: LiveServer, tmp_path: Path) -> None:  # noqa: F811
+    default = json.loads((REPO / "workflows" / "img2img.json").read_text())
+    api = ui_to_api(default, live.registry)
+    api[next(k for k, v in api.items() if v["class_type"] == "KSampler")]["inputs"]["steps"] = 9
+    drop(page, json.dumps(api).encode(), "img2img_api.json", "application/json")
+    page.wait_for_function("window.loom.status === 'loaded img2img_api.json (API format, laid out)'")
+    opened = page.evaluate("window.loom.graph.serialize()")
+    assert ui_to_api(opened, live.registry) == api
+    assert nodes_by_type(page)["KSampler"][0]["widgets"]["steps"] == 9
+    page.screenshot(path=str(tmp_path / "5-api-json-opened.png"))
+
+    buffer = io.BytesIO()  # a PNG with only an API prompt, as some clients save
+    info = PngInfo()
+    info.add_text("prompt", json.dumps(ui_to_api(json.loads((REPO / "workflows" / "lora.json").read_text()),
+                                                 live.registry)))
+    Image.new("RGB", (8, 8)).save(buffer, "PNG", pnginfo=info)
+    drop(page, buffer.getvalue(), "api-only.png", "image/png")
+    page.wait_for_function("window.loom.status === 'loaded the API-format prompt of api-only.png'")
+    assert "LoraLoader" in nodes_by_type(page)
+    page.click("#queue-button")
+    page.wait_for_function("window.loom.status === 'done'", timeout=60_000)
+    page.screenshot(path=str(tmp_path / "6-api-png-opened-and-run.png"))

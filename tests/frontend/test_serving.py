@@ -51,3 +51,23 @@ def test_default_workflow_is_txt2img_on_the_demo_model(live: LiveServer) -> None
     assert workflow == json.loads((REPO / "workflows" / "txt2img.json").read_text())
     [loader] = [n for n in workflow["nodes"] if n["type"] == "CheckpointLoaderSimple"]
     assert loader["widgets_values"] == ["tiny-shapes.safetensors"]
+
+
+def test_workflow_conversion_routes_round_trip(live: LiveServer) -> None:
+    workflow = json.loads((REPO / "workflows" / "controlnet.json").read_text())
+    to_api = live.post("/loom/workflow/api", workflow)
+    assert to_api.status == 200
+    api = to_api.json()
+    assert {v["class_type"] for v in api.values()} >= {"ControlNetApplyAdvanced", "LoadImage", "KSampler"}
+    to_editor = live.post("/loom/workflow/editor", api)
+    assert to_editor.status == 200 and to_editor.json() == workflow
+    assert live.post("/loom/workflow/api", to_editor.json()).json() == api
+
+
+def test_workflow_conversion_routes_name_the_bad_node(live: LiveServer) -> None:
+    reply = live.post("/loom/workflow/editor", {"7": {"class_type": "NoSuchNode", "inputs": {}}})
+    assert reply.status == 400
+    assert "NoSuchNode" in reply.json()["error"]["details"] and "7" in reply.json()["node_errors"]
+    reply = live.post("/loom/workflow/api", {"nodes": [{"id": 3, "type": "NoSuchNode"}], "links": []})
+    assert reply.status == 400 and "3" in reply.json()["node_errors"]
+    assert live.post("/loom/workflow/api", {"nodes": 5}).status == 400
