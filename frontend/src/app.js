@@ -10,6 +10,7 @@ import { downloadApiPrompt } from "./export.js";
 import { initQueuePanel } from "./queue-panel.js";
 import { initHelp } from "./help.js";
 import { initHistory } from "./history.js";
+import { initGroups } from "./groups.js";
 import { initPalette } from "./palette.js";
 
 const $ = (id) => /** @type {HTMLElement} */ (document.getElementById(id));
@@ -31,6 +32,7 @@ function setStatus(text, isError = false) {
   statusSerial++;
   loom.status = text;
   $("status").textContent = text;
+  $("status").title = text; // the whole line on hover when the toolbar cuts it short
   $("status").classList.toggle("error", isError);
 }
 
@@ -209,6 +211,7 @@ async function main() {
   onFiles();
   initQueuePanel(api);
   initHelp();
+  initGroups(graph, canvas);
   onEvents();
   try {
     registerNodes(await api.objectInfo());

@@ -14,6 +14,7 @@ const SHORTCUTS = [
   ["Ctrl+C / Ctrl+V", "Copy / paste the selected nodes"],
   ["Ctrl+Shift+V", "Paste, keeping the input links"],
   ["Ctrl+A", "Select all nodes"],
+  ["Ctrl+G", "Group the selected nodes (right-click canvas: Add Group)"],
   ["Delete / Backspace", "Remove the selected nodes"],
   ["Shift+click", "Add a node to the selection"],
   ["Ctrl+drag", "Select nodes in a rectangle"],

@@ -128,6 +128,43 @@ def test_group_survives_a_reload(page: Any, tmp_path: Path) -> None:  # noqa: F8
     page.screenshot(path=str(tmp_path / "2-group-after-reload.png"))
 
 
+def test_ctrl_g_groups_the_selected_nodes_and_the_group_moves_them(page: Any, tmp_path: Path) -> None:  # noqa: F811
+    page.keyboard.press("Control+g")  # nothing selected: says what to do
+    page.wait_for_function("window.loom.status.startsWith('select nodes first')")
+    prompts = [n["id"] for n in nodes_by_type(page)["CLIPTextEncode"]]
+    for index, node_id in enumerate(prompts):
+        x, y = page.evaluate(TITLE_POINT, node_id)
+        if index:
+            page.keyboard.down("Shift")
+        page.mouse.click(x, y)
+        page.keyboard.up("Shift")
+    assert sorted(page.evaluate("Object.keys(window.loom.canvas.selected_nodes)")) == sorted(map(str, prompts))
+    page.keyboard.press("Control+g")
+    page.wait_for_function("window.loom.status.startsWith('grouped 2 nodes')")
+    inside = page.evaluate("[...window.loom.graph.groups[0].children].map(n => n.id)")
+    assert sorted(inside) == sorted(prompts) and page.evaluate("window.loom.graph.groups.length") == 1
+    page.screenshot(path=str(tmp_path / "1-grouped.png"))
+
+    before = {node_id: page.evaluate(f"[...window.loom.graph.getNodeById({node_id}).pos]") for node_id in prompts}
+    gx, gy = page.evaluate("""() => {
+        const { canvas, graph } = window.loom;
+        const rect = canvas.canvas.getBoundingClientRect();
+        const g = graph.groups[0];
+        const [x, y] = canvas.ds.convertOffsetToCanvas([g._bounding[0] + 30, g._bounding[1] + 10]);
+        return [rect.left + x, rect.top + y];
+    }""")
+    scale = page.evaluate("window.loom.canvas.ds.scale")
+    page.mouse.move(gx, gy)
+    page.mouse.down()
+    page.mouse.move(gx + 20, gy + 40, steps=5)
+    page.mouse.move(gx + 40, gy + 80, steps=5)
+    page.mouse.up()
+    for node_id, (x0, y0) in before.items():
+        x1, y1 = page.evaluate(f"[...window.loom.graph.getNodeById({node_id}).pos]")
+        assert (x1 - x0, y1 - y0) == pytest.approx((40 / scale, 80 / scale), abs=2), node_id
+    page.screenshot(path=str(tmp_path / "2-group-moved.png"))
+
+
 def test_saved_file_loads_back_the_same_graph(page: Any, tmp_path: Path) -> None:  # noqa: F811
     saved = page.evaluate(SERIALIZED)
     with page.expect_download() as info:
