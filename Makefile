@@ -32,7 +32,7 @@ setup: $(BIN)/python $(FRONTEND_STAMP)
 	$(BIN)/pip install -q -e .
 
 setup-test: setup chromium
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e '.[test,cluster]'
 
 # Debian's chromium for the browser tests; never a downloaded browser. Soft: a failure only skips those tests.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo -n)

@@ -93,6 +93,13 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                         help="require this bearer token (or set LOOM_AUTH_TOKEN); needed off loopback")
     parser.add_argument("--frontend-dir", type=Path, default=Path(__file__).parent / "frontend")
     parser.add_argument("--preview-method", choices=["none", "latent2rgb"], default="none")
+    parser.add_argument("--cluster", default=None, metavar="auto|ADDRESS",
+                        help="run prompts on Ray workers (pip install -e '.[cluster]'): 'auto' joins this "
+                             "machine's Ray cluster or starts a local one; or a Ray address (ray://HOST:10001)")
+    parser.add_argument("--cluster-workers", type=int, default=None, metavar="N",
+                        help="most Ray workers (default: one per GPU, or per --worker-cpus CPUs)")
+    parser.add_argument("--worker-cpus", type=float, default=1.0,
+                        help="CPUs per Ray worker on a cluster without GPUs (default 1)")
     _common_arguments(parser)
     args = parser.parse_args(argv)
     args.command = "serve"
@@ -109,7 +116,9 @@ def settings_from(args: argparse.Namespace) -> Settings:
     if args.command == "serve":
         fields.update(host=args.listen, port=args.port, frontend_dir=args.frontend_dir,
                       auth_token=args.auth_token or os.environ.get("LOOM_AUTH_TOKEN") or None,
-                      preview_method=args.preview_method)
+                      preview_method=args.preview_method, cluster=args.cluster,
+                      cluster_workers=args.cluster_workers, worker_cpus=args.worker_cpus,
+                      extra_nodes=tuple(args.extra_nodes))
     return Settings(**fields)
 
 
@@ -117,22 +126,29 @@ def serve(settings: Settings, registry: NodeRegistry) -> None:
     from engine.api.hub import Hub
     from engine.api.server import create_app, start_server
     from engine.queue import PromptQueue
-    from engine.worker import PromptWorker
+    from engine.worker import PromptRunner, PromptWorker
 
     folders = settings.folders()
     folders.ensure()
     queue = PromptQueue(settings.database_path, max_pending=settings.max_queue,
                         max_history=settings.max_history)
-    cache = OutputCache(settings.cache_bytes, settings.cache_entries)
-    models = build_model_manager(settings)
-    executor = Executor(registry, folders, cache, models, previews=settings.preview_method != "none")
     hub = Hub()
-    worker = PromptWorker(queue, executor, hub.sink_for)  # POST /free unloads executor.models
+    worker: PromptRunner
+    cache: OutputCache | None = None
+    if settings.cluster:  # prompts run on Ray actors, each with its own executor, models and cache
+        from engine.cluster.setup import build_cluster_runner
+
+        worker = build_cluster_runner(settings, registry, queue, hub.sink_for)
+    else:
+        cache = OutputCache(settings.cache_bytes, settings.cache_entries)
+        executor = Executor(registry, folders, cache, build_model_manager(settings),
+                            previews=settings.preview_method != "none")
+        worker = PromptWorker(queue, executor, hub.sink_for)  # POST /free unloads executor.models
     app = create_app(settings, registry, queue, worker, hub, cache=cache)
 
     async def main() -> None:
         runner = await start_server(app, settings)
-        worker.start()
+        await asyncio.to_thread(worker.start)  # a cluster's first workers may take a while
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -8,6 +8,7 @@ resolves through :class:`Folders`, which refuses anything that would land outsid
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +55,15 @@ def resolve_inside(root: Path, *parts: str) -> Path:
     if candidate != root_real and root_real not in candidate.parents:
         raise PathOutsideRoot(f"{'/'.join(pieces)!r} resolves outside {root_real}")
     return candidate
+
+
+_ANNOTATION = re.compile(r"^(?P<name>.*?)\s*\[(?P<kind>input|output|temp)\]$")
+
+
+def split_annotation(name: str, default_kind: str = "input") -> tuple[str, str]:
+    """ComfyUI's ``"NAME [output]"`` file references: (kind, NAME); a plain name is in ``default_kind``."""
+    match = _ANNOTATION.match(name)
+    return (match["kind"], match["name"]) if match else (default_kind, name)
 
 
 @dataclass(frozen=True)

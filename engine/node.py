@@ -62,6 +62,9 @@ class Input:
     tooltip: str = ""
     control_after_generate: bool = False
     image_upload: bool = False
+    #: The value names a file in this folder: a model folder ("checkpoints", "loras", "vae",
+    #: "controlnet") or "input". A cluster front reads it to route prompts and ship input files.
+    file_folder: str = ""
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -54,6 +54,12 @@ class Settings(BaseModel):
                                     "(default: free device memory minus a reserve; unbounded on CPU).")
     ram_budget: int | None = Field(None, ge=0, description="RAM bytes for loaded models; idle ones beyond "
                                    "it are dropped and read again from their files when needed.")
+    cluster: str | None = Field(None, description="Run prompts on Ray actors: 'auto' (join the Ray cluster "
+                                "this machine is part of, or start a local one) or a Ray address.")
+    cluster_workers: int | None = Field(None, gt=0, description="Most Ray workers (default: one per GPU, "
+                                        "or per worker_cpus CPUs on a cluster without GPUs).")
+    worker_cpus: float = Field(1.0, gt=0, description="CPUs each worker takes on a cluster without GPUs.")
+    extra_nodes: tuple[str, ...] = Field((), description="Modules whose register(registry) adds nodes.")
 
     @model_validator(mode="after")
     def _remote_needs_token(self) -> Settings:

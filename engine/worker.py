@@ -12,12 +12,22 @@ import threading
 import traceback
 from collections.abc import Callable
 from dataclasses import asdict
+from typing import Protocol
 
 from engine.events import EventSink, Executing, ExecutionError
 from engine.executor import ExecutionOutcome, Executor
 from engine.queue import PromptQueue, QueueItem
 
 log = logging.getLogger(__name__)
+
+
+class PromptRunner(Protocol):
+    """What the server needs of whatever runs the queue: PromptWorker here, ClusterRunner on Ray."""
+
+    def start(self) -> None: ...
+    def stop(self, timeout: float = 10.0) -> None: ...
+    def interrupt(self, prompt_id: str | None = None) -> bool: ...
+    def request_free(self, unload_models: bool, free_memory: bool) -> None: ...
 
 
 class PromptWorker:
@@ -95,12 +105,7 @@ class PromptWorker:
             self._interrupt.clear()
         sink = self.sink_for(item.extra_data.get("client_id"))
         try:
-            outcome = self.executor.execute(
-                item.prompt, item.prompt_id, sink, targets=item.outputs,
-                extra_data=item.extra_data, interrupt=self._interrupt)
-        except Exception as exc:  # noqa: BLE001 - record any engine bug in history instead of losing it
-            log.exception("prompt %s crashed the executor", item.prompt_id)
-            outcome = _crashed_outcome(item.prompt_id, exc, sink)
+            outcome = run_item(self.executor, item, sink, self._interrupt)
         finally:
             with self._lock:
                 self._running = None
@@ -122,6 +127,16 @@ class PromptWorker:
             models.unload_all()
         if self.on_free is not None:
             self.on_free(unload_models, free_memory)
+
+
+def run_item(executor: Executor, item: QueueItem, sink: EventSink, interrupt: threading.Event) -> ExecutionOutcome:
+    """Run one queued prompt; an engine bug becomes an execution_error and an error outcome, never a raise."""
+    try:
+        return executor.execute(item.prompt, item.prompt_id, sink, targets=item.outputs,
+                                extra_data=item.extra_data, interrupt=interrupt)
+    except Exception as exc:  # noqa: BLE001 - record any engine bug in history instead of losing it
+        log.exception("prompt %s crashed the executor", item.prompt_id)
+        return _crashed_outcome(item.prompt_id, exc, sink)
 
 
 def _crashed_outcome(prompt_id: str, exc: Exception, sink: EventSink) -> ExecutionOutcome:

@@ -38,7 +38,8 @@ class ControlNetLoader(Node):
 
     display_name = "Load ControlNet Model"
     category = "loaders"
-    inputs = (Input("control_net_name", COMBO, choices=_controlnets, tooltip="The ControlNet file to load."),)
+    inputs = (Input("control_net_name", COMBO, choices=_controlnets, file_folder="controlnet",
+                    tooltip="The ControlNet file to load."),)
     outputs = (Output(CONTROL_NET),)
 
     @classmethod

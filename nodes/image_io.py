@@ -24,7 +24,7 @@ from torch import Tensor
 
 from engine.context import RunContext
 from engine.errors import PathOutsideRoot
-from engine.folders import Folders
+from engine.folders import Folders, split_annotation
 from engine.node import Input, Node, NodeOutput, Output
 from engine.pngmeta import png_text_info
 from engine.types import COMBO, IMAGE, MASK, STRING
@@ -35,7 +35,6 @@ IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".webp", ".bmp", "
 #: Most pixels (summed over frames) one LoadImage decodes; bounds the memory of animated files.
 MAX_LOAD_PIXELS = 1 << 28
 
-_ANNOTATION = re.compile(r"^(?P<name>.*?)\s*\[(?P<kind>input|output|temp)\]$")
 _SIXTEEN_BIT_MODES = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N"})
 
 
@@ -55,10 +54,7 @@ def resolve_image(folders: Folders, name: str) -> Path:
     images made by the mask editor) picks that folder instead. Raises PathOutsideRoot for names
     that escape the folder and FileNotFoundError for missing files, each naming the folder.
     """
-    kind = "input"
-    match = _ANNOTATION.match(name)
-    if match:
-        name, kind = match["name"], match["kind"]
+    kind, name = split_annotation(name)
     root = folders.root(kind)
     try:
         path = folders.file_path(kind, name)
@@ -173,7 +169,7 @@ class LoadImage(Node):
 
     display_name = "Load Image"
     category = "image"
-    inputs = (Input("image", COMBO, choices=input_image_choices, image_upload=True),)
+    inputs = (Input("image", COMBO, choices=input_image_choices, image_upload=True, file_folder="input"),)
     outputs = (Output(IMAGE), Output(MASK))
 
     @classmethod
@@ -191,7 +187,7 @@ class LoadImageMask(Node):
     display_name = "Load Image (as Mask)"
     category = "mask"
     inputs = (
-        Input("image", COMBO, choices=input_image_choices, image_upload=True),
+        Input("image", COMBO, choices=input_image_choices, image_upload=True, file_folder="input"),
         Input("channel", COMBO, choices=("alpha", "red", "green", "blue"), default="alpha"),
     )
     outputs = (Output(MASK),)

@@ -57,7 +57,7 @@ class LoadLatent(Node):
     """Load a .latent file from the input folder."""
 
     category = "_for_testing"
-    inputs = (Input("latent", COMBO, choices=_latent_choices),)
+    inputs = (Input("latent", COMBO, choices=_latent_choices, file_folder="input"),)
     outputs = (Output(LATENT),)
 
     @classmethod

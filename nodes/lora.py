@@ -35,7 +35,7 @@ def _strength(name: str, what: str) -> Input:
                  tooltip=f"How strongly to modify the {what}; 0 leaves it unchanged, negative values invert the LoRA.")
 
 
-_LORA_NAME = Input("lora_name", COMBO, choices=_loras, tooltip="The LoRA file (models/loras).")
+_LORA_NAME = Input("lora_name", COMBO, choices=_loras, file_folder="loras", tooltip="The LoRA file (models/loras).")
 
 
 def lora_ref(ctx: RunContext, lora_name: str) -> FileRef:

@@ -38,7 +38,8 @@ class CheckpointLoaderSimple(Node):
     display_name = "Load Checkpoint"
     category = "loaders"
     aliases = ("LoadCheckpoint",)
-    inputs = (Input("ckpt_name", COMBO, choices=_checkpoints, tooltip="The checkpoint file to load."),)
+    inputs = (Input("ckpt_name", COMBO, choices=_checkpoints, file_folder="checkpoints",
+                    tooltip="The checkpoint file to load."),)
     outputs = (Output(MODEL, tooltip="The diffusion model."), Output(CLIP, tooltip="The text encoder."),
                Output(VAE, tooltip="The autoencoder between pixels and latents."))
 
@@ -60,7 +61,7 @@ class VAELoader(Node):
 
     display_name = "Load VAE"
     category = "loaders"
-    inputs = (Input("vae_name", COMBO, choices=_vaes),)
+    inputs = (Input("vae_name", COMBO, choices=_vaes, file_folder="vae"),)
     outputs = (Output(VAE),)
 
     @classmethod

@@ -49,7 +49,7 @@ if TYPE_CHECKING:
     from engine.cache import OutputCache
     from engine.queue import PromptQueue
     from engine.registry import NodeRegistry
-    from engine.worker import PromptWorker
+    from engine.worker import PromptRunner
 
 log = logging.getLogger(__name__)
 
@@ -351,7 +351,7 @@ class LoomServer:
     settings: Settings
     registry: NodeRegistry
     queue: PromptQueue
-    worker: PromptWorker
+    worker: PromptRunner
     hub: Hub
     cache: OutputCache | None = None
     port: int | None = None
@@ -473,9 +473,9 @@ class LoomServer:
         if op.clear:
             self.queue.clear()
         if op.delete:
-            running = self.worker.running_prompt_id
-            if running is not None and running in op.delete:
-                self.worker.interrupt(running)
+            running = {item.prompt_id for item in self.queue.running()}
+            for prompt_id in running.intersection(op.delete):
+                self.worker.interrupt(prompt_id)  # deleting a running prompt stops it, as in ComfyUI
             self.queue.delete(op.delete)
         return web.Response(status=200)
 
@@ -638,7 +638,11 @@ class LoomServer:
         executor = getattr(self.worker, "executor", None)
         cache = self.cache if self.cache is not None else getattr(executor, "cache", None)
         models = getattr(executor, "models", None)
-        return json_ok(await self._blocking(system_stats, self.settings, cache, models))
+        stats = await self._blocking(system_stats, self.settings, cache, models)
+        describe = getattr(self.worker, "describe", None)
+        if describe is not None:  # a cluster front: its workers
+            stats.setdefault("loom", {})["workers"] = describe()
+        return json_ok(stats)
 
     async def embeddings(self, request: web.Request) -> web.Response:
         return json_ok(await self._blocking(self.folders.embedding_names))
@@ -724,7 +728,7 @@ def create_app(
     settings: Settings,
     registry: NodeRegistry,
     queue: PromptQueue,
-    worker: PromptWorker,
+    worker: PromptRunner,
     hub: Hub,
     *,
     cache: OutputCache | None = None,

@@ -173,7 +173,7 @@ class ModelManager:
     def loaded(self) -> list[dict[str, Any]]:
         """What is loaded, most recently used last, and where its weights are (for /system_stats)."""
         with self._lock:
-            return [{"file": key.file.name, "part": key.part, "bytes": self._bytes[key],
+            return [{"file": key.file.name, "path": key.file.path, "part": key.part, "bytes": self._bytes[key],
                      "resident": key in self.residency,
                      "device": str(self.device if key in self.residency else self.offload_device),
                      "streamed": self._streamer.is_streaming(module)}

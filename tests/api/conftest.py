@@ -272,7 +272,11 @@ class LiveServer:
         self.queue.close()
 
 
-def start_live_server(root: Path, *, hub_options: dict[str, Any] | None = None, **overrides: Any) -> LiveServer:
+def start_live_server(root: Path, *, hub_options: dict[str, Any] | None = None,
+                      make_runner: Callable[..., Any] | None = None,
+                      extra_nodes: Callable[[NodeRegistry], None] | None = None, **overrides: Any) -> LiveServer:
+    """A Loom server on loopback with the stub nodes; ``make_runner(queue, registry, folders, sink_for)``
+    replaces the local PromptWorker (the cluster tests pass a ClusterRunner)."""
     options: dict[str, Any] = {
         "host": "127.0.0.1", "port": 0, "input_dir": root / "input", "output_dir": root / "output",
         "temp_dir": root / "temp", "data_dir": root / "data", "frontend_dir": root / "frontend",
@@ -284,6 +288,8 @@ def start_live_server(root: Path, *, hub_options: dict[str, Any] | None = None, 
     register_builtin_nodes(registry)
     controls = Controls()
     register_stub_nodes(registry, controls)
+    if extra_nodes is not None:
+        extra_nodes(registry)
     folders = settings.folders()
     folders.ensure()
     queue = PromptQueue(settings.database_path, max_pending=settings.max_queue,
@@ -291,7 +297,8 @@ def start_live_server(root: Path, *, hub_options: dict[str, Any] | None = None, 
     cache = OutputCache(max_bytes=10**8, max_entries=10_000)
     executor = Executor(registry, folders, cache, ModelManager("cpu"), previews=settings.preview_method != "none")
     hub = Hub(**(hub_options or {}))
-    worker = PromptWorker(queue, executor, hub.sink_for)
+    worker = (PromptWorker(queue, executor, hub.sink_for) if make_runner is None
+              else make_runner(queue, registry, folders, hub.sink_for))
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, name="loom-test-server", daemon=True)
     thread.start()

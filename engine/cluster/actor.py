@@ -1,0 +1,240 @@
+"""The worker side of the cluster: one LoomWorker per Ray actor, with its own executor, models and cache.
+
+The front wraps this class with ``ray.remote`` (engine/cluster/pool.py); nothing here imports Ray, so it
+is tested and used as a plain object too. A prompt arrives as a :class:`Job` with the input files it
+names; ``run`` is a generator that yields the executor's events as they happen (Ray streams them to the
+front) and ends with a :class:`JobResult`. Images an event or the outcome names travel with it as bytes,
+through Ray's object store, and the front saves them. The worker's input/output/temp folders are a
+private scratch directory; model names resolve in the worker's own model roots.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import queue
+import socket
+import tempfile
+import threading
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from engine.cache import OutputCache
+from engine.events import Event, EventSink, Executed
+from engine.executor import ExecutionOutcome, Executor
+from engine.folders import Folders
+from engine.queue import QueueItem
+from engine.registry import NodeRegistry
+from engine.worker import run_item
+
+log = logging.getLogger(__name__)
+
+BUILTIN_NODES = "nodes:register_builtin_nodes"
+
+
+class WorkerConfig(BaseModel):
+    """How to build one worker; paths are resolved on the worker's machine."""
+
+    worker_id: str
+    models_dirs: list[str]
+    node_modules: list[str] = Field(default_factory=lambda: [BUILTIN_NODES])  # "module:function" or module
+    device: str = "auto"
+    vram_mode: str = "normal"
+    vram_budget: int | None = None
+    ram_budget: int | None = None
+    cache_bytes: int = 2 * 1024**3
+    cache_entries: int = 10_000
+    previews: bool = False
+    scratch_dir: str | None = None
+    torch_threads: int | None = None
+
+
+@dataclass(frozen=True)
+class ShippedFile:
+    """A file of the input/output/temp folders, by kind, subfolder and name, with its bytes."""
+
+    kind: str
+    subfolder: str
+    filename: str
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Job:
+    item: QueueItem
+    files: list[ShippedFile] = field(default_factory=list)
+    models: frozenset[tuple[str, str]] = frozenset()  # (folder, name) the prompt names
+
+
+@dataclass(frozen=True)
+class EventMessage:
+    event: Event
+    files: list[ShippedFile] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class JobResult:
+    outputs: dict[str, Any]
+    status: dict[str, Any]
+    meta: dict[str, Any]
+    files: list[ShippedFile]
+    held: frozenset[tuple[str, str]]
+
+
+def build_registry(node_modules: list[str]) -> NodeRegistry:
+    """A registry filled by each ``module:function`` (or ``module`` with ``register``) in turn."""
+    registry = NodeRegistry()
+    for entry in node_modules:
+        module_name, _, function = entry.partition(":")
+        getattr(importlib.import_module(module_name), function or "register")(registry)
+    return registry
+
+
+class _QueueSink:
+    def __init__(self, events: queue.Queue[Any]) -> None:
+        self.events = events
+
+    def emit(self, event: Event) -> None:
+        self.events.put(event)
+
+
+_DONE = object()
+
+
+class LoomWorker:
+    """One worker: runs one prompt at a time (the front sends no second), interruptible from another call."""
+
+    def __init__(self, config: WorkerConfig) -> None:
+        from engine.models.manager import ModelManager, pick_device  # torch only here, on the worker
+
+        if config.torch_threads:
+            import torch
+
+            torch.set_num_threads(config.torch_threads)
+        self.config = config
+        scratch = Path(config.scratch_dir or tempfile.mkdtemp(prefix=f"loom-{config.worker_id}-"))
+        self.folders = Folders(scratch / "input", scratch / "output", scratch / "temp",
+                               tuple(Path(p) for p in config.models_dirs))
+        self.folders.ensure()
+        self.registry = build_registry(config.node_modules)
+        models = ModelManager(pick_device(config.device), vram=config.vram_mode,
+                              vram_budget=config.vram_budget, ram_budget=config.ram_budget)
+        self.executor = Executor(self.registry, self.folders, OutputCache(config.cache_bytes, config.cache_entries),
+                                 models, previews=config.previews)
+        self._interrupts: dict[str, threading.Event] = {}
+        self._held: frozenset[tuple[str, str]] = frozenset()
+        self._lock = threading.Lock()
+
+    def describe(self) -> dict[str, Any]:
+        """Id, host, process, device and the model files of every folder a node input names."""
+        folders = sorted({spec.file_folder for name in self.registry.names()
+                          for spec in self.registry.get(name).inputs  # type: ignore[union-attr]
+                          if spec.file_folder and spec.file_folder != "input"})
+        return {"worker_id": self.config.worker_id, "node": socket.gethostname(), "pid": os.getpid(),
+                "device": str(self.executor.models.device),
+                "models": {folder: self.folders.list_models(folder) for folder in folders},
+                "held": sorted(self._held)}
+
+    def run(self, job: Job) -> Iterator[EventMessage | JobResult]:
+        """Run the job's prompt; yields its events as they happen, then the result."""
+        self._write_files(job.files)
+        events: queue.Queue[Any] = queue.Queue()
+        interrupt = threading.Event()
+        with self._lock:
+            self._interrupts[job.item.prompt_id] = interrupt
+        box: dict[str, ExecutionOutcome] = {}
+        thread = threading.Thread(target=self._execute, args=(job.item, _QueueSink(events), interrupt, box, events),
+                                  name=f"loom-run-{job.item.prompt_id[:8]}", daemon=True)
+        thread.start()
+        shipped: set[tuple[str, str, str]] = set()
+        try:
+            while (event := events.get()) is not _DONE:
+                files = self._output_files(event.output, shipped) if isinstance(event, Executed) else []
+                yield EventMessage(event, files)
+            thread.join()
+        finally:
+            with self._lock:
+                self._interrupts.pop(job.item.prompt_id, None)
+        outcome = box["outcome"]
+        self._held = self._still_loaded(self._held | job.models)
+        yield JobResult(outcome.outputs, outcome.status(), outcome.meta,
+                        self._outcome_files(outcome.outputs, shipped), self._held)
+
+    def interrupt(self, prompt_id: str | None = None) -> bool:
+        with self._lock:
+            targets = [e for pid, e in self._interrupts.items() if prompt_id is None or pid == prompt_id]
+        for event in targets:
+            event.set()
+        return bool(targets)
+
+    def free(self, unload_models: bool, free_memory: bool) -> None:
+        if free_memory:
+            self.executor.cache.clear()
+        if unload_models:
+            self.executor.models.unload_all()
+            self._held = frozenset()
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    # ------------------------------------------------------------------ internals
+
+    def _execute(self, item: QueueItem, sink: EventSink, interrupt: threading.Event,
+                 box: dict[str, ExecutionOutcome], events: queue.Queue[Any]) -> None:
+        try:
+            box["outcome"] = run_item(self.executor, item, sink, interrupt)
+        finally:
+            events.put(_DONE)
+
+    def _write_files(self, files: list[ShippedFile]) -> None:
+        """Write shipped files; one already there with the same bytes is left alone (its mtime, and so the
+        cache fingerprint of LoadImage, stays)."""
+        for shipped in files:
+            path = self.folders.file_path(shipped.kind, shipped.filename, shipped.subfolder)
+            if path.is_file() and path.stat().st_size == len(shipped.data) and path.read_bytes() == shipped.data:
+                continue
+            path.parent.mkdir(parents=True, exist_ok=True)
+            temporary = path.with_name(path.name + ".part")
+            temporary.write_bytes(shipped.data)
+            temporary.replace(path)
+
+    def _output_files(self, output: Mapping[str, Any], shipped: set[tuple[str, str, str]]) -> list[ShippedFile]:
+        files = []
+        for entries in output.values():
+            for entry in entries if isinstance(entries, list) else []:
+                if not isinstance(entry, Mapping) or "filename" not in entry:
+                    continue
+                kind = str(entry.get("type", "output"))
+                key = (kind, str(entry.get("subfolder", "")), str(entry["filename"]))
+                if kind not in ("output", "temp") or key in shipped:
+                    continue
+                path = self.folders.file_path(kind, key[2], key[1])
+                if path.is_file():
+                    shipped.add(key)
+                    files.append(ShippedFile(key[0], key[1], key[2], path.read_bytes()))
+        return files
+
+    def _outcome_files(self, outputs: Mapping[str, Any], shipped: set[tuple[str, str, str]]) -> list[ShippedFile]:
+        files: list[ShippedFile] = []
+        for output in outputs.values():
+            if isinstance(output, Mapping):
+                files += self._output_files(output, shipped)
+        return files
+
+    def _still_loaded(self, candidates: frozenset[tuple[str, str]]) -> frozenset[tuple[str, str]]:
+        """The (folder, name) model files among ``candidates`` whose weights the manager still holds."""
+        loaded = {entry["path"] for entry in self.executor.models.loaded()}
+        held = set()
+        for folder, name in candidates:
+            try:
+                path = str(self.folders.model_path(folder, name).resolve())
+            except (FileNotFoundError, ValueError, OSError):
+                continue
+            if path in loaded:
+                held.add((folder, name))
+        return frozenset(held)

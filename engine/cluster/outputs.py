@@ -1,0 +1,119 @@
+"""The front's side of files: input files shipped to workers, output images saved as they come back.
+
+Every worker counts its own ``ComfyUI_00001_.png``, so two workers make the same names. The front saves
+each image under the worker's name when that is free (or holds the same bytes), else under the next
+free counter, and rewrites the ``executed`` events and history outputs to the names it chose, so /view
+and /history work as on one machine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import threading
+from collections import OrderedDict
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from engine.cluster.actor import ShippedFile
+from engine.cluster.needs import PromptNeeds
+from engine.folders import Folders
+
+log = logging.getLogger(__name__)
+
+_COUNTED = re.compile(r"^(?P<stem>.*_)(?P<counter>\d+)(?P<rest>_[^/]*)$")
+_MEMO_SIZE = 10_000
+
+
+def input_files(folders: Folders, needs: PromptNeeds) -> list[ShippedFile]:
+    """The files of the front's input/output/temp folders that a prompt names (missing ones are left for
+    the worker's validation to report)."""
+    files = []
+    for kind, name in sorted(needs.files):
+        try:
+            path = folders.file_path(kind, name)
+        except (ValueError, OSError):
+            continue
+        if path.is_file():
+            files.append(ShippedFile(kind, "", name, path.read_bytes()))
+    return files
+
+
+class OutputStore:
+    """Saves workers' output files in the front's folders under names free there; thread-safe."""
+
+    def __init__(self, folders: Folders) -> None:
+        self.folders = folders
+        self._lock = threading.Lock()
+        self._names: OrderedDict[tuple[str, str, str, str], str] = OrderedDict()  # (worker, kind, sub, name)
+
+    def save(self, worker_id: str, files: list[ShippedFile]) -> None:
+        for shipped in files:
+            key = (worker_id, shipped.kind, shipped.subfolder, shipped.filename)
+            with self._lock:
+                self._names[key] = self._write(shipped)
+                self._names.move_to_end(key)
+                while len(self._names) > _MEMO_SIZE:
+                    self._names.popitem(last=False)
+
+    def rewrite(self, worker_id: str, output: Mapping[str, Any]) -> dict[str, Any]:
+        """A node's ``executed`` output with each file entry renamed to what the front saved."""
+        renamed: dict[str, Any] = {}
+        for field_name, entries in output.items():
+            if not isinstance(entries, list):
+                renamed[field_name] = entries
+                continue
+            renamed[field_name] = [self._renamed(worker_id, entry) for entry in entries]
+        return renamed
+
+    def rewrite_outputs(self, worker_id: str, outputs: Mapping[str, Any]) -> dict[str, Any]:
+        return {node: self.rewrite(worker_id, out) if isinstance(out, Mapping) else out
+                for node, out in outputs.items()}
+
+    def _renamed(self, worker_id: str, entry: Any) -> Any:
+        if not isinstance(entry, Mapping) or "filename" not in entry:
+            return entry
+        key = (worker_id, str(entry.get("type", "output")), str(entry.get("subfolder", "")), str(entry["filename"]))
+        with self._lock:
+            name = self._names.get(key)
+        return {**entry, "filename": name} if name else dict(entry)
+
+    def _write(self, shipped: ShippedFile) -> str:
+        """Write under the first free name (the worker's own first); the name used."""
+        digest = hashlib.sha256(shipped.data).digest()
+        for name in _candidates(shipped.filename):
+            path = self.folders.file_path(shipped.kind, name, shipped.subfolder)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                with path.open("xb") as handle:
+                    handle.write(shipped.data)
+                return name
+            except FileExistsError:
+                if _same_bytes(path, len(shipped.data), digest):
+                    return name
+        raise RuntimeError(f"no free name for {shipped.filename}")  # _candidates is endless
+
+
+def _candidates(filename: str) -> Any:
+    yield filename
+    match = _COUNTED.match(filename)
+    if match:
+        counter, width = int(match["counter"]), len(match["counter"])
+        while True:
+            counter += 1
+            yield f"{match['stem']}{counter:0{width}d}{match['rest']}"
+    stem, dot, ext = filename.rpartition(".")
+    stem, ext = (stem, dot + ext) if dot else (filename, "")
+    index = 1
+    while True:
+        yield f"{stem}-{index}{ext}"
+        index += 1
+
+
+def _same_bytes(path: Path, size: int, digest: bytes) -> bool:
+    try:
+        return path.stat().st_size == size and hashlib.sha256(path.read_bytes()).digest() == digest
+    except OSError:
+        return False

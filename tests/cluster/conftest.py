@@ -1,0 +1,154 @@
+"""A local Ray cluster (two CPU slots) and a ClusterRunner on it, for the scale-out tests."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from engine.events import Event
+from engine.folders import Folders
+from engine.queue import PromptQueue
+from engine.registry import NodeRegistry
+from nodes import register_builtin_nodes
+from tests.cluster import stub_nodes
+
+ray = pytest.importorskip("ray", reason="Ray missing: pip install -e '.[cluster]'")
+
+from engine.cluster.actor import BUILTIN_NODES, WorkerConfig  # noqa: E402
+from engine.cluster.front import ClusterRunner  # noqa: E402
+from engine.cluster.pool import PoolOptions, WorkerPool  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+STUBS = "tests.cluster.stub_nodes:register"
+TIMEOUT = 120.0
+
+
+class RecordingSinks:
+    """sink_for(client_id): every event, per client id, in order."""
+
+    def __init__(self) -> None:
+        self.events: dict[str | None, list[Event]] = defaultdict(list)
+        self._lock = threading.Lock()
+
+    def sink_for(self, client_id: str | None) -> Any:
+        sinks = self
+
+        class _Sink:
+            def emit(self, event: Event) -> None:
+                with sinks._lock:
+                    sinks.events[client_id].append(event)
+
+        return _Sink()
+
+
+@dataclass
+class Cluster:
+    runner: ClusterRunner
+    pool: WorkerPool
+    queue: PromptQueue
+    folders: Folders
+    sinks: RecordingSinks
+
+    def queue_prompt(self, prompt: dict[str, Any], prompt_id: str, client_id: str | None = None) -> str:
+        outputs = [nid for nid, n in prompt.items() if n["class_type"] in ("ClusterShow", "SaveImage")]
+        self.queue.put(prompt_id, prompt, {"client_id": client_id or prompt_id}, outputs)
+        return prompt_id
+
+    def wait(self, prompt_id: str, timeout: float = TIMEOUT) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            entry = self.queue.history_entry(prompt_id)
+            if entry is not None:
+                return entry
+            time.sleep(0.05)
+        raise AssertionError(f"prompt {prompt_id} did not finish in {timeout} s")
+
+
+def registry_with_stubs() -> NodeRegistry:
+    registry = NodeRegistry()
+    register_builtin_nodes(registry)
+    stub_nodes.register(registry)
+    return registry
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[None]:
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING",
+             runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}})
+    yield
+    ray.shutdown()
+
+
+def worker_configs(root: Path, models_dirs: Callable[[str], list[Path]]) -> Callable[[str], WorkerConfig]:
+    """Per worker id: the built-in and stub nodes, its model roots, one torch thread, scratch under root."""
+
+    def make(worker_id: str) -> WorkerConfig:
+        return WorkerConfig(worker_id=worker_id, models_dirs=[str(p) for p in models_dirs(worker_id)],
+                            node_modules=[BUILTIN_NODES, STUBS], device="cpu", torch_threads=1,
+                            scratch_dir=str(root / "workers" / worker_id))
+
+    return make
+
+
+def start_cluster(root: Path, models_dirs: Callable[[str], list[Path]], *, max_workers: int = 2,
+                  check_interval: float = 1.0) -> Cluster:
+    folders = Folders(root / "input", root / "output", root / "temp", (REPO / "models",))
+    folders.ensure()
+    make = worker_configs(root, models_dirs)
+    pool = WorkerPool(make, PoolOptions(max_workers=max_workers))
+    queue = PromptQueue(root / "queue.sqlite3")
+    sinks = RecordingSinks()
+    runner = ClusterRunner(queue, registry_with_stubs(), folders, pool, sinks.sink_for,
+                           check_interval=check_interval)
+    runner.start()
+    return Cluster(runner, pool, queue, folders, sinks)
+
+
+@pytest.fixture(scope="module")
+def cluster(ray_cluster: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    started = start_cluster(tmp_path_factory.mktemp("cluster"), lambda _: [REPO / "models"])
+    yield started
+    stop_cluster(started)
+
+
+def stop_cluster(cluster: Cluster) -> None:
+    """Stop the runner and wait until Ray has the killed workers' CPUs back for the next cluster."""
+    cluster.runner.stop()
+    cluster.queue.close()
+    wait_for_free_cpus()
+
+
+def wait_for_free_cpus(timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while ray.available_resources().get("CPU", 0) < ray.cluster_resources().get("CPU", 0):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"Ray did not free the workers' CPUs: {ray.available_resources()}")
+        time.sleep(0.1)
+
+
+def sleep_prompt(value: int, seconds: float) -> dict[str, Any]:
+    return {"1": {"class_type": "ClusterSleep", "inputs": {"value": value, "seconds": seconds}},
+            "2": {"class_type": "ClusterShow", "inputs": {"value": ["1", 0]}}}
+
+
+def txt2img_prompt(seed: int, steps: int = 4, prefix: str = "cluster") -> dict[str, Any]:
+    return {
+        "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny-shapes.safetensors"}},
+        "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "a red circle on a blue background",
+                                                         "clip": ["4", 1]}},
+        "7": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["4", 1]}},
+        "3": {"class_type": "KSampler", "inputs": {"seed": seed, "steps": steps, "cfg": 8.0,
+                                                   "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0,
+                                                   "model": ["4", 0], "positive": ["6", 0], "negative": ["7", 0],
+                                                   "latent_image": ["5", 0]}},
+        "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["4", 2]}},
+        "9": {"class_type": "SaveImage", "inputs": {"filename_prefix": prefix, "images": ["8", 0]}},
+    }

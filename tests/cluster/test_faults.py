@@ -1,0 +1,105 @@
+"""Cluster faults and membership: killed workers, workers without a model, workers that join later."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.cluster.conftest import REPO, Cluster, ray, sleep_prompt, start_cluster, stop_cluster, txt2img_prompt
+
+
+@pytest.fixture
+def fresh(ray_cluster: None, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Cluster]:
+    """A cluster of its own; ``@pytest.mark.parametrize("fresh", [{...}], indirect=True)`` sets options."""
+    options = dict(getattr(request, "param", {}))
+    models = options.pop("models", lambda _: [REPO / "models"])
+    cluster = start_cluster(tmp_path, models, **options)
+    yield cluster
+    stop_cluster(cluster)
+
+
+def _running_on(cluster: Cluster, prompt_id: str, timeout: float = 60) -> str:
+    """The worker id once the prompt's first progress event arrived."""
+    deadline = time.monotonic() + timeout
+    while not any(e.type == "progress" for e in cluster.sinks.events[prompt_id]):
+        assert time.monotonic() < deadline, f"{prompt_id} never started"
+        time.sleep(0.05)
+    return cluster.runner.ran_on[prompt_id]
+
+
+def _kill(cluster: Cluster, worker_id: str) -> None:
+    """SIGKILL the worker's process, as a crash or an out-of-memory kill would."""
+    pid = ray.get(cluster.pool.actor(worker_id).pid.remote())
+    os.kill(pid, signal.SIGKILL)
+
+
+def _wait_for_workers(cluster: Cluster, count: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while len(cluster.pool.alive()) < count:
+        assert time.monotonic() < deadline, f"{len(cluster.pool.alive())} workers, not {count}"
+        time.sleep(0.1)
+
+
+def test_a_killed_worker_is_replaced_and_its_prompt_retried_on_another(fresh: Cluster) -> None:
+    fresh.queue_prompt(sleep_prompt(5, 3.0), "doomed")
+    first = _running_on(fresh, "doomed")
+    _kill(fresh, first)
+    entry = fresh.wait("doomed")
+    assert entry["status"]["status_str"] == "success" and entry["outputs"]["2"]["text"] == ["5"]
+    assert fresh.runner.ran_on["doomed"] != first
+    _wait_for_workers(fresh, 2)  # the dead one was replaced
+    assert first not in {s.worker_id for s in fresh.pool.alive()}
+
+
+def test_a_prompt_whose_workers_die_twice_is_recorded_failed_and_the_queue_goes_on(fresh: Cluster) -> None:
+    fresh.queue_prompt(sleep_prompt(6, 5.0), "cursed")
+    fresh.queue_prompt(sleep_prompt(7, 0.1), "after")
+    first = _running_on(fresh, "cursed")
+    _kill(fresh, first)
+    deadline = time.monotonic() + 60
+    while fresh.runner.ran_on["cursed"] == first:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    fresh.sinks.events["cursed"].clear()
+    second = _running_on(fresh, "cursed")
+    _kill(fresh, second)
+    entry = fresh.wait("cursed")
+    assert entry["status"]["status_str"] == "error"
+    message = entry["status"]["messages"][-1][1]["exception_message"]
+    assert f"worker {second}" in message and "died" in message and "retried once" in message
+    assert fresh.wait("after")["status"]["status_str"] == "success"
+    assert [e.type for e in fresh.sinks.events["cursed"]][-2:] == ["execution_error", "executing"]
+
+
+@pytest.mark.parametrize("fresh", [{"models": lambda wid: [REPO / "models"] if wid == "w1" else []}],
+                         indirect=True)
+def test_prompts_go_only_to_workers_with_their_model(fresh: Cluster) -> None:
+    ids = [fresh.queue_prompt(txt2img_prompt(seed, steps=2), f"model-{seed}") for seed in (1, 2, 3)]
+    assert all(fresh.wait(pid)["status"]["status_str"] == "success" for pid in ids)
+    assert {fresh.runner.ran_on[pid] for pid in ids} == {"w1"}  # w2 lacks the checkpoint
+    missing = txt2img_prompt(4)
+    missing["4"]["inputs"]["ckpt_name"] = "absent.safetensors"
+    entry = fresh.wait(fresh.queue_prompt(missing, "missing"))
+    message = entry["status"]["messages"][-1][1]["exception_message"]
+    assert entry["status"]["status_str"] == "error"
+    assert "worker w1" in message and "worker w2" in message and "checkpoints/absent.safetensors" in message
+
+
+@pytest.mark.parametrize("fresh", [{"max_workers": 1}], indirect=True)
+def test_a_worker_that_joins_later_takes_work(fresh: Cluster) -> None:
+    assert [s.worker_id for s in fresh.pool.alive()] == ["w1"]
+    fresh.queue_prompt(sleep_prompt(8, 60.0), "busy")
+    _running_on(fresh, "busy")
+    fresh.pool.options.max_workers = 2  # room for one more, as when a machine joins the Ray cluster
+    _wait_for_workers(fresh, 2)
+    fresh.queue_prompt(sleep_prompt(9, 0.1), "newcomer")
+    assert fresh.wait("newcomer")["status"]["status_str"] == "success"
+    assert fresh.runner.ran_on["newcomer"] == "w2"
+    assert fresh.queue.history_entry("busy") is None  # it ran beside the long one, not after it
+    fresh.runner.interrupt("busy")
+    assert [m[0] for m in fresh.wait("busy", timeout=10)["status"]["messages"]][-1] == "execution_interrupted"
