@@ -2,8 +2,9 @@
 
 The front wraps this class with ``ray.remote`` (engine/cluster/pool.py); nothing here imports Ray, so it
 is tested and used as a plain object too. A prompt arrives as a :class:`Job` with the input files it
-names; ``run`` is a generator that yields the executor's events as they happen (Ray streams them to the
-front) and ends with a :class:`JobResult`. Images an event or the outcome names travel with it as bytes,
+names; ``submit`` starts it on a thread and the front long-polls ``poll`` for its events as they happen,
+in batches, up to the :class:`JobResult` that ends it (plain actor calls, so a front connected through
+Ray Client, ``ray://``, works too). Images an event or the outcome names travel with it as bytes,
 through Ray's object store, and the front saves them. The worker's input/output/temp folders are a
 private scratch directory; model names resolve in the worker's own model roots.
 """
@@ -17,7 +18,7 @@ import queue
 import socket
 import tempfile
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,8 +26,8 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from engine.cache import OutputCache
-from engine.events import Event, EventSink, Executed
-from engine.executor import ExecutionOutcome, Executor
+from engine.events import Event, Executed
+from engine.executor import Executor
 from engine.folders import Folders
 from engine.queue import QueueItem
 from engine.registry import NodeRegistry
@@ -35,6 +36,8 @@ from engine.worker import run_item
 log = logging.getLogger(__name__)
 
 BUILTIN_NODES = "nodes:register_builtin_nodes"
+POLL_WAIT_S = 1.0  # how long a poll waits for a prompt's next message
+POLL_BATCH = 256  # messages per poll at most
 
 
 class WorkerConfig(BaseModel):
@@ -95,15 +98,17 @@ def build_registry(node_modules: list[str]) -> NodeRegistry:
     return registry
 
 
-class _QueueSink:
-    def __init__(self, events: queue.Queue[Any]) -> None:
-        self.events = events
+class _Mailbox:
+    """The messages of one prompt, from the executor's thread to the front's ``poll`` calls."""
 
-    def emit(self, event: Event) -> None:
-        self.events.put(event)
+    def __init__(self, worker: LoomWorker) -> None:
+        self.worker = worker
+        self.messages: queue.Queue[EventMessage | JobResult] = queue.Queue()
+        self.shipped: set[tuple[str, str, str]] = set()  # (kind, subfolder, name) already sent
 
-
-_DONE = object()
+    def emit(self, event: Event) -> None:  # the EventSink of the prompt's run
+        files = self.worker._output_files(event.output, self.shipped) if isinstance(event, Executed) else []
+        self.messages.put(EventMessage(event, files))
 
 
 class LoomWorker:
@@ -127,6 +132,7 @@ class LoomWorker:
         self.executor = Executor(self.registry, self.folders, OutputCache(config.cache_bytes, config.cache_entries),
                                  models, previews=config.previews)
         self._interrupts: dict[str, threading.Event] = {}
+        self._mailboxes: dict[str, _Mailbox] = {}
         self._held: frozenset[tuple[str, str]] = frozenset()
         self._lock = threading.Lock()
 
@@ -140,30 +146,37 @@ class LoomWorker:
                 "models": {folder: self.folders.list_models(folder) for folder in folders},
                 "held": sorted(self._held)}
 
-    def run(self, job: Job) -> Iterator[EventMessage | JobResult]:
-        """Run the job's prompt; yields its events as they happen, then the result."""
+    def submit(self, job: Job) -> None:
+        """Start the job's prompt on a thread of its own; the front collects its messages with :meth:`poll`."""
         self._write_files(job.files)
-        events: queue.Queue[Any] = queue.Queue()
+        mailbox = _Mailbox(self)
         interrupt = threading.Event()
         with self._lock:
+            self._mailboxes[job.item.prompt_id] = mailbox
             self._interrupts[job.item.prompt_id] = interrupt
-        box: dict[str, ExecutionOutcome] = {}
-        thread = threading.Thread(target=self._execute, args=(job.item, _QueueSink(events), interrupt, box, events),
-                                  name=f"loom-run-{job.item.prompt_id[:8]}", daemon=True)
-        thread.start()
-        shipped: set[tuple[str, str, str]] = set()
+        threading.Thread(target=self._execute, args=(job, mailbox, interrupt),
+                         name=f"loom-run-{job.item.prompt_id[:8]}", daemon=True).start()
+
+    def poll(self, prompt_id: str, wait: float = POLL_WAIT_S) -> list[EventMessage | JobResult]:
+        """The prompt's messages since the last poll: waits up to ``wait`` s for the first, then takes what
+        is there. The last message of a prompt is its :class:`JobResult`."""
+        with self._lock:
+            mailbox = self._mailboxes.get(prompt_id)
+        if mailbox is None:
+            raise KeyError(f"worker {self.config.worker_id} runs no prompt {prompt_id}")
         try:
-            while (event := events.get()) is not _DONE:
-                files = self._output_files(event.output, shipped) if isinstance(event, Executed) else []
-                yield EventMessage(event, files)
-            thread.join()
-        finally:
+            batch: list[EventMessage | JobResult] = [mailbox.messages.get(timeout=wait)]
+        except queue.Empty:
+            return []
+        while len(batch) < POLL_BATCH and not isinstance(batch[-1], JobResult):
+            try:
+                batch.append(mailbox.messages.get_nowait())
+            except queue.Empty:
+                break
+        if isinstance(batch[-1], JobResult):
             with self._lock:
-                self._interrupts.pop(job.item.prompt_id, None)
-        outcome = box["outcome"]
-        self._held = self._still_loaded(self._held | job.models)
-        yield JobResult(outcome.outputs, outcome.status(), outcome.meta,
-                        self._outcome_files(outcome.outputs, shipped), self._held)
+                self._mailboxes.pop(prompt_id, None)
+        return batch
 
     def interrupt(self, prompt_id: str | None = None) -> bool:
         with self._lock:
@@ -184,12 +197,20 @@ class LoomWorker:
 
     # ------------------------------------------------------------------ internals
 
-    def _execute(self, item: QueueItem, sink: EventSink, interrupt: threading.Event,
-                 box: dict[str, ExecutionOutcome], events: queue.Queue[Any]) -> None:
+    def _execute(self, job: Job, mailbox: _Mailbox, interrupt: threading.Event) -> None:
         try:
-            box["outcome"] = run_item(self.executor, item, sink, interrupt)
+            outcome = run_item(self.executor, job.item, mailbox, interrupt)
+            self._held = self._still_loaded(self._held | job.models)
+            mailbox.messages.put(JobResult(outcome.outputs, outcome.status(), outcome.meta,
+                                           self._outcome_files(outcome.outputs, mailbox.shipped), self._held))
+        except Exception as exc:  # noqa: BLE001 - the front must hear of it, or it would wait for ever
+            log.exception("prompt %s: could not report its result", job.item.prompt_id)
+            mailbox.messages.put(JobResult({}, {"status_str": "error", "completed": False, "messages": [
+                ["execution_error", {"prompt_id": job.item.prompt_id, "exception_message": str(exc),
+                                     "exception_type": type(exc).__name__}]]}, {}, [], self._held))
         finally:
-            events.put(_DONE)
+            with self._lock:
+                self._interrupts.pop(job.item.prompt_id, None)
 
     def _write_files(self, files: list[ShippedFile]) -> None:
         """Write shipped files; one already there with the same bytes is left alone (its mtime, and so the

@@ -1,10 +1,11 @@
 """ClusterRunner: the front's replacement for PromptWorker when Loom runs on a Ray cluster.
 
 The queue stays on the front. A dispatcher thread takes prompts in the queue's order and hands each to
-a worker chosen by engine/cluster/dispatch.py; a thread per running prompt streams the worker's events
-to the websocket hub unchanged, saves the images that come back and writes the history entry, then sends
-``executing`` with ``node=None`` as one machine does. A worker that dies mid-prompt is replaced and the
-prompt retried once on another worker before it is recorded as failed with the reason.
+a worker chosen by engine/cluster/dispatch.py; a thread per running prompt long-polls the worker for its
+events and passes them to the websocket hub unchanged, saves the images that come back and writes the
+history entry, then sends ``executing`` with ``node=None`` as one machine does. A worker that dies
+mid-prompt is replaced and the prompt retried once on another worker before it is recorded as failed
+with the reason.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 
 import ray
 
-from engine.cluster.actor import EventMessage, Job, JobResult
+from engine.cluster.actor import POLL_WAIT_S, Job, JobResult
 from engine.cluster.dispatch import WorkerState, choose_worker
 from engine.cluster.needs import PromptNeeds, prompt_needs
 from engine.cluster.outputs import OutputStore, input_files
@@ -221,21 +222,17 @@ class ClusterRunner:
         if actor is None:
             raise WorkerGone(worker.worker_id)
         job = Job(item, input_files(self.folders, needs), needs.models)
-        result: JobResult | None = None
-        for ref in actor.run.remote(job):
-            message = ray.get(ref)
-            if isinstance(message, EventMessage):
+        ray.get(actor.submit.remote(job))
+        while True:
+            for message in ray.get(actor.poll.remote(item.prompt_id, POLL_WAIT_S)):
+                if isinstance(message, JobResult):
+                    self.outputs.save(worker.worker_id, message.files)
+                    return message
                 self.outputs.save(worker.worker_id, message.files)
                 event = message.event
                 if isinstance(event, Executed):
                     event = replace(event, output=self.outputs.rewrite(worker.worker_id, event.output))
                 sink.emit(event)
-            elif isinstance(message, JobResult):
-                self.outputs.save(worker.worker_id, message.files)
-                result = message
-        if result is None:
-            raise WorkerGone(f"{worker.worker_id} ended the run without a result")
-        return result
 
     def _release(self, worker: WorkerState, result: JobResult | None) -> None:
         """The prompt is done: note what the worker holds, let it free memory if asked, then it is idle."""
