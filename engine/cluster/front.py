@@ -26,7 +26,7 @@ from engine.cluster.dispatch import WorkerState, choose_worker
 from engine.cluster.needs import PromptNeeds, prompt_needs
 from engine.cluster.outputs import OutputStore, input_files
 from engine.cluster.pool import START_TIMEOUT_S, WorkerPool
-from engine.events import EventSink, Executed, Executing, ExecutionError, ExecutionInterrupted
+from engine.events import EventSink, Executed, Executing, ExecutionError, ExecutionInterrupted, ExecutionStart
 from engine.folders import Folders
 from engine.queue import PromptQueue, QueueItem
 from engine.registry import NodeRegistry
@@ -200,7 +200,7 @@ class ClusterRunner:
         sink = self.sink_for(item.extra_data.get("client_id"))
         result: JobResult | None = None
         try:
-            result = self._stream(worker, item, needs, sink)
+            result = self._stream(worker, item, needs, sink, retry=attempt > 1)
         except (ray.exceptions.RayActorError, WorkerGone) as exc:
             self._worker_lost(worker, item, attempt, exc)
             return
@@ -217,7 +217,9 @@ class ClusterRunner:
         self.queue.finish(item.prompt_id, outputs=outputs, status=result.status, meta=result.meta)
         sink.emit(Executing(node=None, display_node=None, prompt_id=item.prompt_id))
 
-    def _stream(self, worker: WorkerState, item: QueueItem, needs: PromptNeeds, sink: EventSink) -> JobResult:
+    def _stream(self, worker: WorkerState, item: QueueItem, needs: PromptNeeds, sink: EventSink,
+                retry: bool = False) -> JobResult:
+        """Run the prompt on the worker, passing its events on; a retry's execution_start is not sent again."""
         actor = self.pool.actor(worker.worker_id)
         if actor is None:
             raise WorkerGone(worker.worker_id)
@@ -230,6 +232,8 @@ class ClusterRunner:
                     return message
                 self.outputs.save(worker.worker_id, message.files)
                 event = message.event
+                if retry and isinstance(event, ExecutionStart):
+                    continue  # the client saw the prompt start on the worker that died
                 if isinstance(event, Executed):
                     event = replace(event, output=self.outputs.rewrite(worker.worker_id, event.output))
                 sink.emit(event)

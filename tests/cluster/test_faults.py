@@ -52,6 +52,7 @@ def test_a_killed_worker_is_replaced_and_its_prompt_retried_on_another(fresh: Cl
     entry = fresh.wait("doomed")
     assert entry["status"]["status_str"] == "success" and entry["outputs"]["2"]["text"] == ["5"]
     assert fresh.runner.ran_on["doomed"] != first
+    assert [e.type for e in fresh.sinks.events["doomed"]].count("execution_start") == 1  # the client saw one start
     _wait_for_workers(fresh, 2)  # the dead one was replaced
     assert first not in {s.worker_id for s in fresh.pool.alive()}
 
