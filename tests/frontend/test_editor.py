@@ -1,7 +1,8 @@
 """The browser graph editor against a real Loom server on loopback, driven in Debian's chromium.
 
 Run with ``pytest -m browser``; needs ``/usr/bin/chromium`` (``apt-get install chromium``) and the
-frontend's npm packages (``npm ci --prefix frontend``). Screenshots of each step go to the test's tmp folder.
+frontend's npm packages (``npm ci --prefix frontend``). Screenshots of each step go to the test's tmp folder
+and are kept in test-output/screenshots/ (tests/frontend/conftest.py).
 """
 
 from __future__ import annotations
