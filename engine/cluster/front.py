@@ -58,7 +58,7 @@ class ClusterRunner:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._runs: dict[str, threading.Thread] = {}
-        self._waiting: str | None = None  # prompt taken from the queue, waiting for a capable worker
+        self._waiting: dict[str, int] = {}  # prompt id -> attempt, of prompts waiting for a capable worker
         self._cancelled: set[str] = set()
         self._free: dict[str, tuple[bool, bool]] = {}
         self.ran_on: OrderedDict[str, str] = OrderedDict()  # prompt id -> worker id, the latest RAN_ON_KEPT
@@ -97,8 +97,9 @@ class ClusterRunner:
         """Interrupt a running prompt (every running one when None) on the worker that runs it."""
         hit = False
         with self._changed:
-            if self._waiting is not None and prompt_id in (None, self._waiting):
-                self._cancelled.add(self._waiting)
+            waiting = [pid for pid in self._waiting if prompt_id in (None, pid)]
+            if waiting:
+                self._cancelled.update(waiting)
                 self._changed.notify_all()
                 hit = True
             targets = [(s.worker_id, s.busy_with) for s in self.pool.all()
@@ -157,7 +158,7 @@ class ClusterRunner:
         needs = prompt_needs(item.prompt, self.registry)
         refreshed = False
         with self._changed:
-            self._waiting = item.prompt_id
+            self._waiting[item.prompt_id] = attempt
         try:
             while not self._stop.is_set():
                 with self._changed:
@@ -165,6 +166,9 @@ class ClusterRunner:
                         self._cancelled.discard(item.prompt_id)
                         self._finish_interrupted(item)
                         return
+                    if attempt == 1 and any(a > 1 for a in self._waiting.values()):
+                        self._changed.wait(0.2)  # a retried prompt was queued earlier: it goes first
+                        continue
                     workers = [s for s in self.pool.all() if s.worker_id not in excluded]
                     decision = choose_worker(needs, workers)
                     if decision.worker is not None:
@@ -187,8 +191,7 @@ class ClusterRunner:
                 return
         finally:
             with self._changed:
-                if self._waiting == item.prompt_id:
-                    self._waiting = None
+                self._waiting.pop(item.prompt_id, None)
         thread = threading.Thread(target=self._run, args=(worker, item, needs, attempt),
                                   name=f"loom-run-{item.prompt_id[:8]}", daemon=True)
         self._runs[item.prompt_id] = thread
