@@ -1,0 +1,79 @@
+"""The cluster's routing policy and what a prompt needs, as pure functions (no Ray)."""
+
+from __future__ import annotations
+
+from engine.cluster.dispatch import WorkerState, choose_worker
+from engine.cluster.needs import PromptNeeds, prompt_needs
+from engine.registry import NodeRegistry
+from nodes import register_builtin_nodes
+
+CKPT = ("checkpoints", "a.safetensors")
+LORA = ("loras", "l.safetensors")
+
+
+def worker(worker_id: str, *, held: set[tuple[str, str]] = frozenset(), busy: str | None = None, runs: int = 0,
+           files: dict[str, set[str]] | None = None, alive: bool = True) -> WorkerState:
+    models = {k: frozenset(v) for k, v in (files or {"checkpoints": {"a.safetensors", "b.safetensors"},
+                                                     "loras": {"l.safetensors"}}).items()}
+    return WorkerState(worker_id, models=models, held=frozenset(held), busy_with=busy, alive=alive,
+                       prompts_run=runs, node=f"host-{worker_id}")
+
+
+def test_an_idle_worker_holding_the_checkpoint_wins_over_less_loaded_ones() -> None:
+    needs = PromptNeeds(frozenset({CKPT}))
+    workers = [worker("w1", runs=0), worker("w2", held={CKPT}, runs=9), worker("w3", runs=1)]
+    assert choose_worker(needs, workers).worker.worker_id == "w2"
+
+
+def test_without_affinity_the_least_loaded_then_emptiest_worker_is_chosen() -> None:
+    needs = PromptNeeds(frozenset({CKPT}))
+    other = ("checkpoints", "b.safetensors")
+    workers = [worker("w1", runs=3), worker("w2", runs=1, held={other}), worker("w3", runs=1)]
+    assert choose_worker(needs, workers).worker.worker_id == "w3"
+
+
+def test_more_of_the_prompts_files_held_breaks_a_tie_on_the_checkpoint() -> None:
+    needs = PromptNeeds(frozenset({CKPT, LORA}))
+    workers = [worker("w1", held={CKPT}), worker("w2", held={CKPT, LORA}, runs=5)]
+    assert choose_worker(needs, workers).worker.worker_id == "w2"
+
+
+def test_a_busy_holder_makes_the_prompt_go_to_another_idle_worker() -> None:
+    needs = PromptNeeds(frozenset({CKPT}))
+    decision = choose_worker(needs, [worker("w1", held={CKPT}, busy="p1"), worker("w2")])
+    assert decision.worker.worker_id == "w2"
+
+
+def test_the_prompt_waits_when_every_capable_worker_is_busy_or_none_is_alive() -> None:
+    needs = PromptNeeds(frozenset({CKPT}))
+    lacking = worker("w2", files={"checkpoints": set()})
+    decision = choose_worker(needs, [worker("w1", busy="p1"), lacking])
+    assert decision.worker is None and decision.wait and not decision.error
+    assert choose_worker(needs, [worker("w1", alive=False)]).wait
+
+
+def test_no_capable_worker_gives_an_error_naming_each_worker_and_its_missing_files() -> None:
+    needs = PromptNeeds(frozenset({("checkpoints", "x.safetensors"), LORA}))
+    decision = choose_worker(needs, [worker("w1"), worker("w2", files={"checkpoints": {"x.safetensors"}})])
+    assert decision.worker is None and not decision.wait
+    assert "worker w1 on host-w1 lacks checkpoints/x.safetensors" in decision.error
+    assert "worker w2 on host-w2 lacks loras/l.safetensors" in decision.error
+
+
+def test_prompt_needs_reads_literal_file_inputs_only() -> None:
+    registry = NodeRegistry()
+    register_builtin_nodes(registry)
+    prompt = {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "a.safetensors"}},
+        "2": {"class_type": "LoraLoader", "inputs": {"lora_name": "l.safetensors", "model": ["1", 0],
+                                                     "clip": ["1", 1], "strength_model": 1.0,
+                                                     "strength_clip": 1.0}},
+        "3": {"class_type": "LoadImage", "inputs": {"image": "photo.png [output]"}},
+        "4": {"class_type": "LoadImageMask", "inputs": {"image": "mask.png", "channel": "alpha"}},
+        "5": {"class_type": "VAELoader", "inputs": {"vae_name": ["9", 0]}},  # linked: unknown before running
+        "6": {"class_type": "NoSuchNode", "inputs": {"ckpt_name": "ignored.safetensors"}},
+    }
+    needs = prompt_needs(prompt, registry)
+    assert needs.models == {CKPT, LORA}
+    assert needs.checkpoints == {"a.safetensors"}
+    assert needs.files == {("output", "photo.png"), ("input", "mask.png")}
