@@ -111,22 +111,54 @@ async function queue() {
 
 function onEvents() {
   let ended = ""; // "interrupted" or "failed": how the last prompt ended, when not "done"
+  const runOf = (detail) => String(detail?.prompt_id ?? "");
+  const showRunning = () => {
+    const [node, others] = [state.running, state.runs.size - 1];
+    const title = node === null ? "" : graph.getNodeById(node)?.title ?? node;
+    setStatus(`running ${title}${others > 0 ? ` (and ${others} more prompt${others > 1 ? "s" : ""})` : ""}`);
+  };
+  const endRun = (detail) => {
+    state.runs.delete(runOf(detail));
+    const latest = [...state.runs.values()].pop();
+    state.running = latest?.node ?? null;
+    redraw();
+  };
   api.addEventListener("connected", () => setStatus("connected"));
-  api.addEventListener("disconnected", () => setStatus("disconnected from the server, reconnecting…", true));
+  api.addEventListener("disconnected", () => {
+    state.runs.clear(); // the server says again what runs when the socket is back
+    state.running = null;
+    setStatus("disconnected from the server, reconnecting…", true);
+  });
   api.addEventListener("status", (e) => {
     const remaining = e.detail?.status?.exec_info?.queue_remaining;
     // An emptied queue keeps the line saying how the last prompt ended when it did not finish.
-    if (remaining !== undefined && !state.running && !(ended && remaining === 0)) setStatus(`queue: ${remaining}`);
+    if (remaining !== undefined && !state.runs.size && !(ended && remaining === 0)) setStatus(`queue: ${remaining}`);
   });
-  api.addEventListener("execution_start", () => { ended = ""; state.errors.clear(); setProgress(0); });
+  api.addEventListener("execution_start", (e) => {
+    ended = "";
+    if (!state.runs.size) state.errors.clear();
+    state.runs.set(runOf(e.detail), { node: null, progress: 0 });
+    setProgress(0);
+  });
   api.addEventListener("executing", (e) => {
     const node = e.detail?.node ?? null;
-    state.running = node === null ? null : String(node);
+    if (node === null) {
+      endRun(e.detail);
+      if (state.runs.size) showRunning();
+      else if (!ended) setStatus("done");
+      return;
+    }
+    state.running = String(node);
+    state.runs.set(runOf(e.detail), { node: String(node), progress: 0 });
     setProgress(0);
-    if (node === null) { if (!ended) setStatus("done"); }
-    else setStatus(`running ${graph.getNodeById(node)?.title ?? node}`);
+    showRunning();
   });
-  api.addEventListener("progress", (e) => setProgress(e.detail.max ? e.detail.value / e.detail.max : 0));
+  api.addEventListener("progress", (e) => {
+    const fraction = e.detail.max ? e.detail.value / e.detail.max : 0;
+    const run = state.runs.get(runOf(e.detail));
+    if (run) run.progress = fraction;
+    setProgress(fraction);
+  });
   api.addEventListener("executed", (e) => {
     const id = String(e.detail.display_node ?? e.detail.node);
     const images = e.detail.output?.images || [];
@@ -142,13 +174,17 @@ function onEvents() {
     redraw();
   });
   api.addEventListener("execution_error", (e) => {
-    state.running = null;
+    endRun(e.detail);
     state.errors.set(String(e.detail.node_id), `${e.detail.exception_type}: ${e.detail.exception_message}`);
     ended = "failed";
     setStatus(`failed: error in ${e.detail.node_type}: ${e.detail.exception_message}`, true);
     redraw();
   });
-  api.addEventListener("execution_interrupted", () => { ended = "interrupted"; state.running = null; setStatus("interrupted"); });
+  api.addEventListener("execution_interrupted", (e) => {
+    ended = "interrupted";
+    endRun(e.detail);
+    setStatus("interrupted");
+  });
 }
 
 /** Export API button, file drops on the canvas and status lines of node uploads. */

@@ -13,6 +13,7 @@ export function openGraph(graph, data) {
   state.images.clear();
   state.errors.clear();
   state.running = null;
+  state.runs.clear();
   graph.configure(data);
 }
 

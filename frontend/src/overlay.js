@@ -2,8 +2,14 @@
 // What the server tells about nodes, drawn on them: running highlight, progress, images, errors.
 
 export const state = {
-  /** @type {string | null} */ running: null,
-  progress: 0,
+  /**
+   * The prompts running now, by prompt id: the node each runs and that node's progress (0..1). One server
+   * runs one prompt at a time; a cluster front (`--cluster`) runs several, so several nodes can light up.
+   * @type {Map<string, {node: string | null, progress: number}>}
+   */
+  runs: new Map(),
+  /** @type {string | null} */ running: null, // the node that started running last
+  progress: 0, // the progress reported last
   /** @type {Map<string, HTMLImageElement[]>} */ images: new Map(),
   /** @type {Map<string, string>} */ errors: new Map(),
 };
@@ -17,6 +23,15 @@ function wrap(ctx, text, width) {
   }
   if (line) lines.push(line);
   return lines.slice(0, 4);
+}
+
+/** The progress of the prompts running on this node (the furthest one), or undefined when none runs it. */
+export function runningProgress(id) {
+  let progress;
+  for (const run of state.runs.values()) {
+    if (run.node === id) progress = Math.max(progress ?? 0, run.progress);
+  }
+  return progress;
 }
 
 export function drawOverlay(node, ctx) {
@@ -34,7 +49,8 @@ export function drawOverlay(node, ctx) {
     }
   }
   const error = state.errors.get(id);
-  if (state.running === id || error) {
+  const progress = runningProgress(id);
+  if (progress !== undefined || error) {
     const title = 30;
     ctx.save();
     ctx.lineWidth = 3;
@@ -42,9 +58,9 @@ export function drawOverlay(node, ctx) {
     ctx.strokeRect(-3, -title - 3, width + 6, height + title + 6);
     ctx.restore();
   }
-  if (state.running === id && state.progress > 0) {
+  if (progress) {
     ctx.fillStyle = "#4caf50";
-    ctx.fillRect(0, height - 5, width * state.progress, 5);
+    ctx.fillRect(0, height - 5, width * progress, 5);
   }
   if (error) {
     ctx.save();

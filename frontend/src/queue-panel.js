@@ -53,8 +53,8 @@ export class QueuePanel {
   constructor(api) {
     this.api = api;
     this.open = false;
-    /** @type {string | null} */ this.runningId = null;
-    this.progress = 0;
+    /** Progress (0..1) of each running prompt, by prompt id: a cluster front runs several at once. */
+    /** @type {Map<string, number>} */ this.progress = new Map();
     /** @type {number | undefined} */ this.timer = undefined;
     this.root = el("aside");
     this.root.id = "queue-panel";
@@ -76,11 +76,14 @@ export class QueuePanel {
     for (const type of REFRESH_ON) api.addEventListener(type, () => this.refreshSoon());
     api.addEventListener("executing", (e) => {
       const detail = /** @type {CustomEvent} */ (e).detail || {};
-      if (detail.prompt_id && detail.prompt_id !== this.runningId) { this.runningId = detail.prompt_id; this.refreshSoon(); }
+      if (detail.prompt_id && !this.progress.has(detail.prompt_id)) {
+        this.progress.set(detail.prompt_id, 0);
+        this.refreshSoon();
+      }
     });
     api.addEventListener("progress", (e) => {
-      const { value, max } = /** @type {CustomEvent} */ (e).detail || {};
-      this.progress = max ? value / max : 0;
+      const { value, max, prompt_id: id } = /** @type {CustomEvent} */ (e).detail || {};
+      this.progress.set(String(id ?? ""), max ? value / max : 0);
       this.showProgress();
     });
   }
@@ -130,8 +133,11 @@ export class QueuePanel {
     const running = queue.queue_running || [], pending = queue.queue_pending || [];
     pending.sort((a, b) => a[0] - b[0]);
     const items = [];
+    for (const id of [...this.progress.keys()]) {
+      if (!running.some((entry) => entry[1] === id)) this.progress.delete(id);
+    }
     for (const [number, id] of running) {
-      if (id !== this.runningId) { this.runningId = id; this.progress = 0; }
+      if (!this.progress.has(id)) this.progress.set(id, 0);
       const li = el("li", "qp-item running");
       li.dataset.promptId = id;
       li.append(el("span", "qp-state", "running"), el("span", "qp-id", `#${number} ${shortId(id)}`),
@@ -154,8 +160,11 @@ export class QueuePanel {
   }
 
   showProgress() {
-    const bar = /** @type {HTMLElement | null} */ (this.queueList.querySelector(".running .qp-progress-bar"));
-    if (bar) bar.style.width = `${Math.round(this.progress * 100)}%`;
+    for (const item of this.queueList.querySelectorAll(".running")) {
+      const bar = /** @type {HTMLElement | null} */ (item.querySelector(".qp-progress-bar"));
+      const fraction = this.progress.get(/** @type {HTMLElement} */ (item).dataset.promptId || "") ?? 0;
+      if (bar) bar.style.width = `${Math.round(fraction * 100)}%`;
+    }
   }
 
   renderHistory(history) {

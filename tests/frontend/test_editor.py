@@ -113,3 +113,27 @@ def test_validation_errors_are_shown_on_the_node(page: Any, tmp_path: Path) -> N
     assert list(errors) == [ck_id] and "missing.safetensors" in errors[ck_id]
     assert page.evaluate("window.loom.status").startswith("not queued")
     page.screenshot(path=str(tmp_path / "4-node-error.png"))
+
+
+def test_prompts_running_at_once_light_their_own_nodes(page: Any, tmp_path: Path) -> None:
+    """A cluster front runs several prompts at once; their websocket messages interleave. The messages are
+    fed to the editor's Api object, which is where the websocket delivers them."""
+    nodes = nodes_by_type(page)
+    sampler, decode = str(nodes["KSampler"][0]["id"]), str(nodes["VAEDecode"][0]["id"])
+    send = """([type, data]) => window.loom.api.dispatchEvent(new CustomEvent(type, {detail: data}))"""
+    for message in (("execution_start", {"prompt_id": "p1"}), ("executing", {"node": sampler, "prompt_id": "p1"}),
+                    ("execution_start", {"prompt_id": "p2"}), ("executing", {"node": decode, "prompt_id": "p2"}),
+                    ("progress", {"value": 5, "max": 10, "node": sampler, "prompt_id": "p1"}),
+                    ("progress", {"value": 1, "max": 4, "node": decode, "prompt_id": "p2"})):
+        page.evaluate(send, list(message))
+    runs = page.evaluate("Object.fromEntries(window.loom.state.runs)")
+    assert runs == {"p1": {"node": sampler, "progress": 0.5}, "p2": {"node": decode, "progress": 0.25}}
+    assert page.evaluate("window.loom.status") == "running VAEDecode (and 1 more prompt)"
+    page.screenshot(path=str(tmp_path / "5-two-prompts-running.png"))
+
+    page.evaluate(send, ["executing", {"node": None, "prompt_id": "p2"}])
+    assert page.evaluate("Object.keys(Object.fromEntries(window.loom.state.runs))") == ["p1"]
+    assert page.evaluate("window.loom.status") == "running KSampler"
+    page.evaluate(send, ["executing", {"node": None, "prompt_id": "p1"}])
+    assert page.evaluate("window.loom.state.runs.size") == 0
+    assert page.evaluate("window.loom.status") == "done"
