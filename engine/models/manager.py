@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import gc
 import logging
+import math
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -218,22 +220,48 @@ class ModelManager:
         if module is not None:
             self._loaded.move_to_end(key)
             return module
+        if self.ram_budget is not None:  # make room first, so the old and the new part never overlap
+            self._fit_ram(keep=None, incoming=self._incoming_bytes(key))
         module = load()
         self._loaded[key] = module
         self._bytes[key] = module_bytes(module)
         self._fit_ram(keep=key)
         return module
 
-    def _fit_ram(self, keep: _Key) -> None:
-        """Drop idle parts, least recently used first, beyond ``max_loaded`` parts or ``ram_budget`` bytes."""
+    def _fit_ram(self, keep: _Key | None, incoming: int = 0) -> None:
+        """Drop idle parts, least recently used first, beyond ``max_loaded`` parts or ``ram_budget`` bytes
+        (counting ``incoming`` bytes about to be loaded)."""
         def over() -> bool:
             too_many = len(self._loaded) > self.max_loaded
-            return too_many or (self.ram_budget is not None and sum(self._bytes.values()) > self.ram_budget)
+            held = sum(self._bytes.values()) + incoming
+            return too_many or (self.ram_budget is not None and held > self.ram_budget)
+        dropped = False
         for key in list(self._loaded):
             if not over():
                 break
             if key != keep and key not in self._pinned:
                 self._drop(key)
+                dropped = True
+        if dropped and incoming:
+            gc.collect()  # the dropped weights go back to the system before the new ones are read
+
+    def _incoming_bytes(self, key: _Key) -> int:
+        """What a part will take once loaded, from a .safetensors header (0 for other files: reading a
+        pickled checkpoint to find out would cost what it saves)."""
+        if not str(key.file.path).lower().endswith(".safetensors"):
+            return 0
+        dtype = self.dtype
+        if key.part == "unet":
+            prefixes: tuple[str, ...] = (UNET_PREFIX,)
+        elif key.part == "clip":
+            prefixes = _TEXT_PREFIXES
+        elif key.part.startswith("vae:"):
+            prefixes, dtype = tuple(key.part[4:] + part for part in _VAE_PARTS), self.vae_dtype
+        else:
+            prefixes = ("",)
+        with CheckpointFile(Path(key.file.path)) as ckpt:
+            elements = sum(math.prod(ckpt.shape(name)) for name in ckpt.keys() if name.startswith(prefixes))
+        return elements * dtype.itemsize
 
     def _use(self, key: _Key, module: nn.Module) -> None:
         """Make ``module`` runnable on the compute device: placed whole, or streamed block by block."""

@@ -16,7 +16,7 @@ from engine.cache import OutputCache
 from engine.events import ListSink
 from engine.executor import ExecutionOutcome, Executor
 from engine.folders import Folders
-from engine.models.handles import FileRef, ModelHandle
+from engine.models.handles import ClipHandle, FileRef, ModelHandle, VaeHandle
 from engine.models.loaders import CheckpointFile, detect_family
 from engine.models.manager import ModelManager
 from engine.models.memory import Residency, VramMode, working_memory_bytes
@@ -214,6 +214,37 @@ def test_switching_checkpoints_keeps_ram_bounded(model_root: Path) -> None:
         manager.unet(handle(model_root, turn % 2))
         assert len(manager.loaded()) == 1
         assert sum(m["bytes"] for m in manager.loaded()) <= manager.ram_budget
+
+
+def test_the_old_checkpoint_is_dropped_before_the_new_one_is_read(model_root: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a RAM budget, switching never holds both UNets: room is made from the file's header first."""
+    probe = ModelManager("cpu")
+    probe.unet(handle(model_root, 0))
+    unet_bytes = probe.loaded()[0]["bytes"]
+    manager = ModelManager("cpu", ram_budget=unet_bytes + unet_bytes // 2)
+    held_at_load: list[int] = []
+    load_unet = ModelManager._load_unet
+
+    def watched(self: ModelManager, ref: FileRef) -> UNetModel:
+        held_at_load.append(sum(m["bytes"] for m in self.loaded()))
+        return load_unet(self, ref)
+
+    monkeypatch.setattr(ModelManager, "_load_unet", watched)
+    for turn in range(4):
+        manager.unet(handle(model_root, turn % 2))
+    assert held_at_load == [0, 0, 0, 0]
+
+
+def test_loaded_size_is_known_from_the_header_before_loading(model_root: Path) -> None:
+    manager = ModelManager("cpu")
+    model = handle(model_root, 0)
+    manager.unet(model)
+    manager.text_encoder(ClipHandle(model.checkpoint, model.family))
+    manager.vae(VaeHandle(model.checkpoint, "first_stage_model."))
+    for entry in manager.loaded():
+        key = next(k for k in manager._loaded if k.part == entry["part"])
+        assert manager._incoming_bytes(key) == pytest.approx(entry["bytes"], rel=0.01), entry["part"]
 
 
 def test_out_of_memory_retries_in_a_lower_mode_and_then_succeeds(model_root: Path, tmp_path: Path,
