@@ -136,8 +136,13 @@ def serve(settings: Settings, registry: NodeRegistry) -> None:
     worker: PromptRunner
     cache: OutputCache | None = None
     if settings.cluster:  # prompts run on Ray actors, each with its own executor, models and cache
-        from engine.cluster.setup import build_cluster_runner
-
+        try:
+            from engine.cluster.setup import build_cluster_runner
+        except ModuleNotFoundError as exc:
+            if exc.name != "ray":
+                raise
+            queue.close()
+            raise LoomError("--cluster needs Ray: install it with .venv/bin/pip install -e '.[cluster]'") from exc
         worker = build_cluster_runner(settings, registry, queue, hub.sink_for)
     else:
         cache = OutputCache(settings.cache_bytes, settings.cache_entries)

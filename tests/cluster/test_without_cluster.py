@@ -1,4 +1,5 @@
-"""Without --cluster, Loom imports nothing of Ray: serving and headless runs work with Ray unimportable."""
+"""Without --cluster, Loom imports nothing of Ray: serving and headless runs work with Ray unimportable, and
+--cluster without Ray says how to install it."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ SCRIPT = textwrap.dedent("""
     class NoRay(importlib.abc.MetaPathFinder):
         def find_spec(self, name, path=None, target=None):
             if name == "ray" or name.startswith("ray."):
-                raise ImportError("ray must not be imported without --cluster")
+                raise ModuleNotFoundError("ray must not be imported without --cluster", name="ray")
             return None
 
     sys.meta_path.insert(0, NoRay())
@@ -44,7 +45,9 @@ SCRIPT = textwrap.dedent("""
     threading.Thread(target=ask_then_stop, daemon=True).start()
     served = main.main(["--port", str(port), *dirs])
     ran = main.main(["run", "workflows/invert-image.json", *dirs])
-    print("RESULT", served, ran, answers, any(m == "ray" or m.startswith("ray.") for m in sys.modules))
+    imported = any(m == "ray" or m.startswith("ray.") for m in sys.modules)
+    refused = main.main(["--cluster", "auto", "--port", "0", *dirs])  # Ray missing: a clear error, exit 2
+    print("RESULT", served, ran, answers, imported, refused)
 """)
 
 
@@ -52,5 +55,6 @@ def test_serving_and_running_headless_import_no_ray(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path)], cwd=REPO, capture_output=True,
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "RESULT 0 0 [200] False" in done.stdout, (done.stdout, done.stderr[-3000:])
+    assert "RESULT 0 0 [200] False 2" in done.stdout, (done.stdout, done.stderr[-3000:])
+    assert "--cluster needs Ray: install it with .venv/bin/pip install -e '.[cluster]'" in done.stderr
     assert list((tmp_path / "output").glob("invert-example_*.png"))
