@@ -78,8 +78,9 @@ def registry_with_stubs() -> NodeRegistry:
     return registry
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def ray_cluster() -> Iterator[None]:
+    """A local Ray of two CPUs for the tests of this folder (stopped after them, not at the end of the run)."""
     ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING",
              runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}})
     yield
