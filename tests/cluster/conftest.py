@@ -1,4 +1,4 @@
-"""A local Ray cluster (two CPU slots) and a ClusterRunner on it, for the scale-out tests."""
+"""A local Ray cluster of two one-CPU nodes and a ClusterRunner on it, for the scale-out tests."""
 
 from __future__ import annotations
 
@@ -79,12 +79,19 @@ def registry_with_stubs() -> NodeRegistry:
 
 
 @pytest.fixture(scope="package")
-def ray_cluster() -> Iterator[None]:
-    """A local Ray of two CPUs for the tests of this folder (stopped after them, not at the end of the run)."""
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING",
-             runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}})
-    yield
+def ray_cluster() -> Iterator[Any]:
+    """A local Ray cluster of two nodes ("machines") of one CPU each, Ray's own multi-node test harness
+    (``ray.cluster_utils.Cluster``: one raylet per node), for the tests of this folder; tests may add and
+    remove nodes. Stopped after the folder's tests."""
+    from ray.cluster_utils import Cluster as RayNodes
+
+    nodes = RayNodes(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    nodes.add_node(num_cpus=1)
+    nodes.wait_for_nodes()
+    ray.init(address=nodes.address, logging_level="WARNING", runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}})
+    yield nodes
     ray.shutdown()
+    nodes.shutdown()
 
 
 def worker_configs(root: Path, models_dirs: Callable[[str], list[Path]]) -> Callable[[str], WorkerConfig]:
@@ -98,7 +105,7 @@ def worker_configs(root: Path, models_dirs: Callable[[str], list[Path]]) -> Call
     return make
 
 
-def start_cluster(root: Path, models_dirs: Callable[[str], list[Path]], *, max_workers: int = 2,
+def start_cluster(root: Path, models_dirs: Callable[[str], list[Path]], *, max_workers: int | None = 2,
                   check_interval: float = 1.0) -> Cluster:
     folders = Folders(root / "input", root / "output", root / "temp", (REPO / "models",))
     folders.ensure()
@@ -113,7 +120,7 @@ def start_cluster(root: Path, models_dirs: Callable[[str], list[Path]], *, max_w
 
 
 @pytest.fixture(scope="module")
-def cluster(ray_cluster: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+def cluster(ray_cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     started = start_cluster(tmp_path_factory.mktemp("cluster"), lambda _: [REPO / "models"])
     yield started
     stop_cluster(started)

@@ -41,7 +41,7 @@ def _shape(messages: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
 
 
 def test_websocket_messages_history_and_view_through_the_cluster_match_one_machine(
-        ray_cluster: None, tmp_path: Path) -> None:
+        ray_cluster: Any, tmp_path: Path) -> None:
     servers = {
         "cluster": start_live_server(tmp_path / "front", make_runner=_cluster_runner_factory(tmp_path),
                                      extra_nodes=stub_nodes.register, models_dirs=(REPO / "models",)),
