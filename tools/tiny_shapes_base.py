@@ -1,5 +1,5 @@
 """What the add-on trainers (ControlNet, LoRA) share: the trained base model as trainable torch
-modules, and the encoded latents of a rendered dataset.
+modules, the encoded latents of a rendered dataset, their command line and their report.
 
 The base checkpoint is read back from its SD1-layout .safetensors file (the shipped
 ``models/checkpoints/tiny-shapes.safetensors``), so an add-on is always trained against exactly the
@@ -8,8 +8,10 @@ weights users load.
 
 from __future__ import annotations
 
+import argparse
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,6 +34,29 @@ from tools.train_tiny_shapes import (
 log = logging.getLogger("tools.tiny_shapes_base")
 
 DEFAULT_BASE = Path("models/checkpoints/tiny-shapes.safetensors")
+
+
+def addon_arguments(description: str, defaults: Any, out: Path) -> argparse.ArgumentParser:
+    """The options every add-on trainer takes; ``defaults`` is its hyperparameter dataclass."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--base", type=Path, default=DEFAULT_BASE, help="the base checkpoint")
+    parser.add_argument("--out", type=Path, default=out)
+    parser.add_argument("--steps", type=int, default=defaults.steps)
+    parser.add_argument("--batch", type=int, default=defaults.batch)
+    parser.add_argument("--dataset-size", type=int, default=defaults.dataset_size)
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--log-every", type=int, default=50)
+    return parser
+
+
+def training_report(out: Path, parameters: int, progress: Any, elapsed: float, **extra: Any) -> dict[str, Any]:
+    """What a trainer prints when done: the file, its size, the speed and the last losses."""
+    return {"out": str(out), "megabytes": round(out.stat().st_size / 1e6, 3), **extra, "parameters": parameters,
+            "s_per_step": round(progress.seconds_per_step(), 3),
+            "final_loss": round(float(np.mean(progress.losses[-50:])), 4),
+            "train_minutes": round(elapsed / 60, 1), "threads": torch.get_num_threads()}
 
 
 def load_base(path: Path, device: torch.device) -> tuple[AutoencoderKL, UNetModel, CLIPTextModel]:

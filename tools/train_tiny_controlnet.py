@@ -29,7 +29,7 @@ import torch
 from safetensors.torch import save_file
 
 from engine.backend.controlnet import ControlNet
-from tools.tiny_shapes_base import DEFAULT_BASE, encode_images, hint_tensor, load_base
+from tools.tiny_shapes_base import addon_arguments, encode_images, hint_tensor, load_base, training_report
 from tools.tiny_shapes_data import edge_map, random_caption, render_batch, sample_free_spec
 from tools.train_tiny_shapes import CaptionTokens, Ema, NoiseObjective, Progress, lr_at, sample_latents, set_lr
 
@@ -108,25 +108,12 @@ def train(hyper: ControlHyper, base: Path, out: Path, device: torch.device, log_
                 "loom.base": base.name, "loom.train_seconds": f"{elapsed:.0f}"}
     save_file(state, str(out), metadata=metadata)
     log.info("saved %s (%.2f MB)", out, out.stat().st_size / 1e6)
-    return {"out": str(out), "megabytes": round(out.stat().st_size / 1e6, 2),
-            "parameters": sum(p.numel() for p in net.parameters()),
-            "s_per_step": round(progress.seconds_per_step(), 3),
-            "final_loss": round(float(np.mean(progress.losses[-50:])), 4),
-            "train_minutes": round(elapsed / 60, 1), "threads": torch.get_num_threads()}
+    return training_report(out, sum(p.numel() for p in net.parameters()), progress, elapsed)
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    defaults = ControlHyper()
-    parser = argparse.ArgumentParser(description="Train the tiny edge ControlNet (LDM layout) for tiny-shapes.")
-    parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--base", type=Path, default=DEFAULT_BASE, help="the base checkpoint")
-    parser.add_argument("--out", type=Path, default=Path("models/controlnet/tiny-shapes-edges.safetensors"))
-    parser.add_argument("--steps", type=int, default=defaults.steps)
-    parser.add_argument("--batch", type=int, default=defaults.batch)
-    parser.add_argument("--dataset-size", type=int, default=defaults.dataset_size)
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--log-every", type=int, default=50)
+    parser = addon_arguments("Train the tiny edge ControlNet (LDM layout) for tiny-shapes.", ControlHyper(),
+                             Path("models/controlnet/tiny-shapes-edges.safetensors"))
     return parser.parse_args(argv)
 
 

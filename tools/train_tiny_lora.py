@@ -31,7 +31,7 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from engine.models.lora_keys import kohya_unet_key
-from tools.tiny_shapes_base import DEFAULT_BASE, encode_images, load_base
+from tools.tiny_shapes_base import addon_arguments, encode_images, load_base, training_report
 from tools.tiny_shapes_data import PALETTE, random_caption, render, sample_spec
 from tools.train_tiny_shapes import (
     UNET_CONFIG,
@@ -162,25 +162,14 @@ def train(hyper: LoraHyper, base: Path, out: Path, device: torch.device, log_eve
                 "ss_network_alpha": str(hyper.rank)}
     save_file(kohya_state(adapters), str(out), metadata=metadata)
     log.info("saved %s (%.2f MB, %d adapted layers)", out, out.stat().st_size / 1e6, len(adapters))
-    return {"out": str(out), "megabytes": round(out.stat().st_size / 1e6, 3), "layers": len(adapters),
-            "parameters": sum(p.numel() for p in params), "s_per_step": round(progress.seconds_per_step(), 3),
-            "final_loss": round(float(np.mean(progress.losses[-50:])), 4),
-            "train_minutes": round(elapsed / 60, 1), "threads": torch.get_num_threads()}
+    return training_report(out, sum(p.numel() for p in params), progress, elapsed, layers=len(adapters))
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     defaults = LoraHyper()
-    parser = argparse.ArgumentParser(description="Train the tiny dark-backgrounds LoRA (kohya format).")
-    parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--base", type=Path, default=DEFAULT_BASE, help="the base checkpoint")
-    parser.add_argument("--out", type=Path, default=Path("models/loras/tiny-shapes-dark.safetensors"))
-    parser.add_argument("--steps", type=int, default=defaults.steps)
-    parser.add_argument("--batch", type=int, default=defaults.batch)
+    parser = addon_arguments("Train the tiny dark-backgrounds LoRA (kohya format).", defaults,
+                             Path("models/loras/tiny-shapes-dark.safetensors"))
     parser.add_argument("--rank", type=int, default=defaults.rank)
-    parser.add_argument("--dataset-size", type=int, default=defaults.dataset_size)
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--log-every", type=int, default=50)
     return parser.parse_args(argv)
 
 
