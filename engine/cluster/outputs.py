@@ -19,6 +19,7 @@ from typing import Any
 
 from engine.cluster.actor import ShippedFile
 from engine.cluster.needs import PromptNeeds
+from engine.errors import PathOutsideRoot
 from engine.folders import Folders
 
 log = logging.getLogger(__name__)
@@ -34,8 +35,8 @@ def input_files(folders: Folders, needs: PromptNeeds) -> list[ShippedFile]:
     for kind, name in sorted(needs.files):
         try:
             path = folders.file_path(kind, name)
-        except (ValueError, OSError):
-            continue
+        except (PathOutsideRoot, ValueError, OSError):
+            continue  # the worker's own validation reports it, naming the node
         if path.is_file():
             files.append(ShippedFile(kind, "", name, path.read_bytes()))
     return files
