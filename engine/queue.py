@@ -364,6 +364,20 @@ class PromptQueue:
         self._db.execute("UPDATE items SET state = 'running' WHERE seq = ?", (row[0],))
         return _item_from_row(row[1:])
 
+    def release(self, prompt_id: str) -> bool:
+        """Give a running prompt back to the queue, in its old place (its number is kept): for a runner that
+        stops after taking a prompt and before starting it. False when it is not running."""
+        with self._cond:
+            self._check_open()
+            cursor = self._db.execute("UPDATE items SET state = 'pending' WHERE prompt_id = ? AND state = 'running'",
+                                      (prompt_id,))
+            released = cursor.rowcount > 0
+            if released:
+                self._cond.notify_all()
+        if released:
+            self._notify()
+        return released
+
     def finish(
         self,
         prompt_id: str,

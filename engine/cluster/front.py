@@ -187,7 +187,8 @@ class ClusterRunner:
                     continue
                 self._finish_failed(item, f"{note}{decision.error}", "WorkerLacksModel")
                 return
-            else:
+            else:  # stopping before the prompt started: back to the queue for the next start
+                self.queue.release(item.prompt_id)
                 return
         finally:
             with self._changed:

@@ -114,3 +114,25 @@ def test_a_machine_that_joins_takes_work_and_its_loss_is_survived(fresh: Cluster
     assert fresh.runner.ran_on[lost] in ("w1", "w2")  # retried on a machine still there
     assert newcomer not in {s.worker_id for s in fresh.pool.alive()}
     assert len(fresh.pool.alive()) == 2  # no replacement: the cluster has two CPUs again
+
+
+@pytest.mark.parametrize("fresh", [{"models": lambda wid: [REPO / "models"] if wid == "w1" else []}],
+                         indirect=True)
+def test_stopping_the_front_gives_a_waiting_prompt_back_to_the_queue(fresh: Cluster) -> None:
+    """A prompt the dispatcher took but could not start (only busy w1 has its checkpoint; w2 is idle but
+    lacks it) goes back to the queue, in its place, when the front stops."""
+    def needs_checkpoint(value: int, seconds: float) -> dict[str, Any]:
+        prompt = sleep_prompt(value, seconds)
+        prompt["9"] = {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny-shapes.safetensors"}}
+        return prompt
+
+    fresh.queue_prompt(needs_checkpoint(1, 30.0), "busy")
+    assert _running_on(fresh, "busy") == "w1"
+    fresh.queue_prompt(needs_checkpoint(2, 0.1), "waiting")
+    deadline = time.monotonic() + 10
+    while [item.prompt_id for item in fresh.queue.running()] != ["busy", "waiting"]:
+        assert time.monotonic() < deadline, "the dispatcher did not take the second prompt"
+        time.sleep(0.05)
+    fresh.runner.stop()
+    assert [item.prompt_id for item in fresh.queue.pending()] == ["waiting"]  # it runs at the next start
+    assert fresh.wait("busy", timeout=15)["status"]["messages"][-1][0] == "execution_interrupted"

@@ -77,6 +77,18 @@ def test_equal_numbers_are_first_in_first_out(queue: PromptQueue) -> None:
     assert [run_one(queue) for _ in range(3)] == ["x", "y", "z"]
 
 
+def test_a_released_prompt_goes_back_to_its_place(queue: PromptQueue) -> None:
+    for prompt_id in ("a", "b"):
+        put(queue, prompt_id)
+    taken = queue.get(timeout=1)
+    assert taken is not None and taken.prompt_id == "a" and ids(queue.running()) == ["a"]
+    assert queue.release("a")
+    assert not queue.release("a")  # no longer running
+    assert ids(queue.running()) == [] and ids(queue.pending()) == ["a", "b"]
+    again = queue.get(timeout=1)
+    assert again is not None and (again.prompt_id, again.number) == ("a", 1.0)
+
+
 def test_get_returns_the_stored_item(queue: PromptQueue) -> None:
     extra = {"client_id": "c9", "extra_pnginfo": {"workflow": {"nodes": [1]}}}
     queue.put("p", PROMPT, extra, ["9", "12"])
