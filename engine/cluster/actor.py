@@ -201,8 +201,10 @@ class LoomWorker:
         try:
             outcome = run_item(self.executor, job.item, mailbox, interrupt)
             self._held = self._still_loaded(self._held | job.models)
-            mailbox.messages.put(JobResult(outcome.outputs, outcome.status(), outcome.meta,
-                                           self._outcome_files(outcome.outputs, mailbox.shipped), self._held))
+            result = JobResult(outcome.outputs, outcome.status(), outcome.meta,
+                               self._outcome_files(outcome.outputs, mailbox.shipped), self._held)
+            self._empty_shipped(mailbox.shipped)
+            mailbox.messages.put(result)
         except Exception as exc:  # noqa: BLE001 - the front must hear of it, or it would wait for ever
             log.exception("prompt %s: could not report its result", job.item.prompt_id)
             mailbox.messages.put(JobResult({}, {"status_str": "error", "completed": False, "messages": [
@@ -235,7 +237,7 @@ class LoomWorker:
                 if kind not in ("output", "temp") or key in shipped:
                     continue
                 path = self.folders.file_path(kind, key[2], key[1])
-                if path.is_file():
+                if path.is_file() and path.stat().st_size > 0:  # empty: shipped before (see _empty_shipped)
                     shipped.add(key)
                     files.append(ShippedFile(key[0], key[1], key[2], path.read_bytes()))
         return files
@@ -246,6 +248,16 @@ class LoomWorker:
             if isinstance(output, Mapping):
                 files += self._output_files(output, shipped)
         return files
+
+    def _empty_shipped(self, shipped: set[tuple[str, str, str]]) -> None:
+        """The front has the bytes of the files it was sent: keep each here as an empty file, so the worker's
+        disk does not fill up over days while its name stays taken (SaveImage's counter never hands it out
+        again, and the front's memory of worker names stays right for cached re-runs)."""
+        for kind, subfolder, filename in shipped:
+            try:
+                self.folders.file_path(kind, filename, subfolder).open("wb").close()
+            except OSError as exc:
+                log.warning("could not empty shipped file %s/%s/%s: %s", kind, subfolder, filename, exc)
 
     def _still_loaded(self, candidates: frozenset[tuple[str, str]]) -> frozenset[tuple[str, str]]:
         """The (folder, name) model files among ``candidates`` whose weights the manager still holds."""

@@ -25,7 +25,7 @@ from engine.folders import Folders
 log = logging.getLogger(__name__)
 
 _COUNTED = re.compile(r"^(?P<stem>.*_)(?P<counter>\d+)(?P<rest>_[^/]*)$")
-_MEMO_SIZE = 10_000
+_MEMO_SIZE = 200_000  # worker file names remembered (about 200 bytes each)
 
 
 def input_files(folders: Folders, needs: PromptNeeds) -> list[ShippedFile]:

@@ -97,3 +97,16 @@ def test_interrupt_reaches_the_worker_that_runs_the_prompt(cluster: Cluster) -> 
     entry = cluster.wait("long", timeout=10)
     assert time.monotonic() - start < 5
     assert [m[0] for m in entry["status"]["messages"]][-1] == "execution_interrupted"
+
+
+def test_the_same_prompt_again_names_the_same_front_file(cluster: Cluster) -> None:
+    """Workers keep shipped images as empty files; a re-run (cached on its worker, or recomputed on the
+    other with the same bytes) still names the one file the front saved."""
+    names = []
+    for attempt in (1, 2):
+        entry = cluster.wait(cluster.queue_prompt(txt2img_prompt(77, steps=2, prefix="again"), f"again-{attempt}"))
+        assert entry["status"]["status_str"] == "success"
+        names.append(entry["outputs"]["9"]["images"][0]["filename"])
+    assert names == ["again_00001_.png", "again_00001_.png"]
+    saved = sorted(cluster.folders.output_dir.glob("again_*"))
+    assert [p.name for p in saved] == ["again_00001_.png"] and saved[0].stat().st_size > 100

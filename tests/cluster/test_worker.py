@@ -68,6 +68,16 @@ def test_an_image_travels_once_with_its_executed_event(worker: LoomWorker) -> No
     picture = Image.open(io.BytesIO(shipped.data))
     assert picture.size == (32, 16) and picture.convert("RGB").getpixel((0, 0)) == (255, 0, 0)
     assert result.files == []  # already sent with the event
+    kept = worker.folders.output_dir / "ship_00001_.png"
+    assert kept.is_file() and kept.stat().st_size == 0  # the front has the bytes; the name stays taken
+
+    worker.submit(_job("img-again", prompt, ["2"]))  # cached: nothing to send again
+    messages, result = _collect(worker, "img-again")
+    assert [f for m in messages for f in m.files] == [] and result.files == []
+    prompt["1"]["inputs"]["color"] = 0x00FF00
+    worker.submit(_job("img-green", prompt, ["2"]))
+    messages, _ = _collect(worker, "img-green")
+    assert [f.filename for m in messages for f in m.files] == ["ship_00002_.png"]
 
 
 def test_shipped_inputs_are_rewritten_only_when_their_bytes_change(worker: LoomWorker, tmp_path: Path) -> None:
