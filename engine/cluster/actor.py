@@ -138,9 +138,9 @@ class LoomWorker:
 
     def describe(self) -> dict[str, Any]:
         """Id, host, process, device and the model files of every folder a node input names."""
-        folders = sorted({spec.file_folder for name in self.registry.names()
-                          for spec in self.registry.get(name).inputs  # type: ignore[union-attr]
-                          if spec.file_folder and spec.file_folder != "input"})
+        folders = sorted({"embeddings"} | {spec.file_folder for name in self.registry.names()
+                                           for spec in self.registry.get(name).inputs  # type: ignore[union-attr]
+                                           if spec.file_folder and spec.file_folder != "input"})
         return {"worker_id": self.config.worker_id, "node": socket.gethostname(), "pid": os.getpid(),
                 "device": str(self.executor.models.device),
                 "models": {folder: self.folders.list_models(folder) for folder in folders},

@@ -2,8 +2,10 @@
 
 An idle worker that holds the prompt's checkpoint wins (then the one holding most of its other model
 files); otherwise the least loaded idle worker (fewest prompts run, then fewest models held). A worker
-that lacks a file the prompt names is never chosen. When every worker that could run it is busy, the
-prompt waits for one of them, so the queue's order holds.
+that lacks a file the prompt names is never chosen. Embeddings named in prompt text count the same way
+when some worker has them all; when none has, the prompt runs anyway (their names are dropped with a
+warning, as on one machine). When every worker that could run it is busy, the prompt waits for one of
+them, so the queue's order holds.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from engine.cluster.needs import PromptNeeds
+from engine.cluster.needs import PromptNeeds, has_embedding
 
 
 @dataclass
@@ -25,6 +27,10 @@ class WorkerState:
     alive: bool = True
     prompts_run: int = 0
     node: str = ""  # host or Ray node id, for messages
+
+    def has_embeddings(self, needs: PromptNeeds) -> bool:
+        files = self.models.get("embeddings", frozenset())
+        return all(has_embedding(files, name) for name in needs.embeddings)
 
     def lacks(self, needs: PromptNeeds) -> list[str]:
         """The model files of ``needs`` this worker does not have, as folder/name."""
@@ -48,6 +54,9 @@ def choose_worker(needs: PromptNeeds, workers: Sequence[WorkerState]) -> Decisio
     capable = [w for w in alive if not w.lacks(needs)]
     if not capable:
         return Decision(error=missing_files_message(needs, alive))
+    with_embeddings = [w for w in capable if w.has_embeddings(needs)]
+    if needs.embeddings and with_embeddings:  # the picture that a machine with the embeddings makes
+        capable = with_embeddings
     idle = [w for w in capable if w.busy_with is None]
     if not idle:
         return Decision(wait=True)

@@ -43,6 +43,7 @@ def test_describe_lists_the_model_files_of_each_folder_a_node_names(worker: Loom
     assert "tiny-shapes.safetensors" in info["models"]["checkpoints"]
     assert "tiny-shapes-dark.safetensors" in info["models"]["loras"]
     assert "input" not in info["models"]
+    assert "embeddings" in info["models"]  # named in prompt text, not by an input: listed for routing
 
 
 def test_submit_then_poll_gives_the_events_then_the_result_once(worker: LoomWorker) -> None:

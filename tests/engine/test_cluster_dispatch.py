@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from engine.cluster.dispatch import WorkerState, choose_worker
-from engine.cluster.needs import PromptNeeds, prompt_needs
+from engine.cluster.needs import PromptNeeds, has_embedding, prompt_needs
 from engine.registry import NodeRegistry
 from nodes import register_builtin_nodes
 
@@ -77,3 +77,37 @@ def test_prompt_needs_reads_literal_file_inputs_only() -> None:
     assert needs.models == {CKPT, LORA}
     assert needs.checkpoints == {"a.safetensors"}
     assert needs.files == {("output", "photo.png"), ("input", "mask.png")}
+
+
+def test_prompt_needs_reads_embedding_names_as_the_text_encoder_does() -> None:
+    registry = NodeRegistry()
+    register_builtin_nodes(registry)
+    prompt = {"1": {"class_type": "CLIPTextEncode", "inputs": {
+        "text": "(embedding:style:1.2) a cat, embedding:bad-hands, \\(embedding:not-one\\) plain",
+        "clip": ["9", 1]}}}
+    # weighted, comma-ended, and an escaped parenthesis that makes the third plain text
+    assert prompt_needs(prompt, registry).embeddings == {"style", "bad-hands,"}
+
+
+def test_has_embedding_matches_names_with_or_without_ending_and_trailing_commas() -> None:
+    files = frozenset({"style.safetensors", "sub/hands.pt", "exact"})
+    assert has_embedding(files, "style") and has_embedding(files, "style,") and has_embedding(files, "exact")
+    assert has_embedding(files, "sub/hands") and not has_embedding(files, "hands")
+    assert not has_embedding(files, "other")
+
+
+EMBEDS = {"checkpoints": {"a.safetensors"}, "embeddings": {"style.safetensors"}}
+PLAIN = {"checkpoints": {"a.safetensors"}}
+
+
+def test_a_prompt_with_an_embedding_waits_for_a_worker_that_has_it() -> None:
+    needs = PromptNeeds(frozenset({CKPT}), embeddings=frozenset({"style"}))
+    idle_without = worker("w1", files=PLAIN)
+    assert choose_worker(needs, [idle_without, worker("w2", files=EMBEDS)]).worker.worker_id == "w2"
+    decision = choose_worker(needs, [idle_without, worker("w2", files=EMBEDS, busy="p")])
+    assert decision.worker is None and decision.wait  # not the idle one: its picture would differ
+
+
+def test_an_embedding_no_worker_has_does_not_block_the_prompt() -> None:
+    needs = PromptNeeds(frozenset({CKPT}), embeddings=frozenset({"nowhere"}))
+    assert choose_worker(needs, [worker("w1", files=PLAIN)]).worker.worker_id == "w1"
