@@ -55,6 +55,9 @@ export class QueuePanel {
     this.open = false;
     /** Progress (0..1) of each running prompt, by prompt id: a cluster front runs several at once. */
     /** @type {Map<string, number>} */ this.progress = new Map();
+    /** On a cluster front: which worker runs each running prompt ("w1 · host (pid, device)"). */
+    /** @type {Map<string, string>} */ this.where = new Map();
+    /** @type {boolean | undefined} */ this.cluster = undefined; // known after the first refresh
     /** @type {number | undefined} */ this.timer = undefined;
     this.root = el("aside");
     this.root.id = "queue-panel";
@@ -107,14 +110,29 @@ export class QueuePanel {
 
   async refresh() {
     try {
-      const [queue, history] = await Promise.all([
+      const [queue, history, workers] = await Promise.all([
         this.api.json("/queue"),
         this.api.json(`/history?max_items=${HISTORY_ITEMS}&offset=-1`),
+        this.cluster === false ? null : this.workers(),
       ]);
+      this.cluster = Boolean(workers);
+      this.where = new Map((workers || []).filter((w) => w.running)
+        .map((w) => [w.running, `${w.worker_id} · ${w.node}`]));
       this.renderQueue(queue);
       this.renderHistory(history);
     } catch (error) {
       this.queueList.replaceChildren(el("li", "qp-empty qp-error", `could not read the queue: ${error.message}`));
+    }
+  }
+
+  /** The workers of a cluster front (`main.py --cluster`), or null on one machine. */
+  async workers() {
+    try {
+      const stats = await this.api.json("/system_stats");
+      return stats?.loom?.workers ?? null;
+    } catch (error) {
+      console.warn("/system_stats", error);
+      return null;
     }
   }
 
@@ -142,6 +160,8 @@ export class QueuePanel {
       li.dataset.promptId = id;
       li.append(el("span", "qp-state", "running"), el("span", "qp-id", `#${number} ${shortId(id)}`),
         button("Stop", "Interrupt this prompt", () => this.interrupt(id)));
+      const where = this.where.get(id);
+      if (where) li.append(el("div", "qp-where", `on ${where}`));
       const bar = el("div", "qp-progress");
       bar.append(el("div", "qp-progress-bar"));
       li.append(bar);

@@ -1,4 +1,4 @@
-"""Browser tests keep their screenshots: each test's PNGs are copied to test-output/screenshots/MODULE/TEST/."""
+"""Browser tests keep their screenshots: each test's PNGs are copied to test-output/screenshots/PACKAGE.MODULE/TEST/."""
 
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ def keep_screenshots(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator
     shots = sorted(tmp_path.glob("*.png"))
     if not shots:
         return
-    target = SCREENSHOTS / request.node.module.__name__.rsplit(".", 1)[-1] / re.sub(r"[^\w.-]", "_", request.node.name)
+    module = request.node.module.__name__.removeprefix("tests.")  # frontend.test_editor, cluster.test_editor
+    target = SCREENSHOTS / module / re.sub(r"[^\w.-]", "_", request.node.name)
     shutil.rmtree(target, ignore_errors=True)
     target.mkdir(parents=True)
     for shot in shots:

@@ -1,0 +1,68 @@
+"""The graph editor in chromium against a cluster front: prompts run at once on two workers and show so."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.api.conftest import LiveServer, start_live_server
+from tests.cluster import stub_nodes
+from tests.cluster.conftest import REPO, wait_for_free_cpus
+from tests.cluster.test_server import _cluster_runner_factory
+from tests.frontend.conftest import keep_screenshots  # noqa: F401 - autouse: screenshots to test-output/
+from tests.frontend.test_editor import CHROMIUM, CHROMIUM_ARGS, LITEGRAPH
+
+pytestmark = pytest.mark.browser
+
+
+@pytest.fixture
+def front(ray_cluster: Any, tmp_path: Path) -> Iterator[LiveServer]:
+    if not LITEGRAPH.is_file():
+        pytest.skip("frontend packages missing: run `npm ci --prefix frontend`")
+    server = start_live_server(tmp_path / "front", make_runner=_cluster_runner_factory(tmp_path),
+                               extra_nodes=stub_nodes.register, frontend_dir=REPO / "frontend",
+                               models_dirs=(REPO / "models",))
+    yield server
+    server.stop()
+    wait_for_free_cpus()
+
+
+@pytest.fixture
+def page(front: LiveServer) -> Iterator[Any]:
+    if not CHROMIUM.is_file():
+        pytest.skip("Debian chromium is missing at /usr/bin/chromium (apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright missing: pip install -e '.[test]'")
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(front.url + "/")
+        page.wait_for_function("window.loom && window.loom.ready", timeout=15_000)
+        yield page
+        browser.close()
+        assert errors == [], f"uncaught errors in the page: {errors}"
+
+
+def test_a_batch_of_two_runs_on_two_workers_side_by_side(page: Any, tmp_path: Path) -> None:
+    page.evaluate("""() => { const k = window.loom.graph.findNodesByType("KSampler")[0];
+        k.widgets.find(w => w.name === "steps").value = 400; }""")
+    page.fill("#batch-count", "2")
+    page.click("#queue-panel-button")
+    page.click("#queue-button")
+    page.wait_for_function("""window.loom.state.runs.size === 2
+        && [...window.loom.state.runs.values()].every(r => r.progress > 0.05)""", timeout=60_000)
+    page.wait_for_function("document.querySelectorAll('#queue-panel .running .qp-where').length === 2",
+                           timeout=10_000)
+    where = page.eval_on_selector_all("#queue-panel .running .qp-where", "els => els.map(e => e.textContent)")
+    assert sorted(text.split(" · ")[0] for text in where) == ["on w1", "on w2"]
+    assert "(and 1 more prompt)" in page.evaluate("window.loom.status")
+    page.screenshot(path=str(tmp_path / "1-two-workers.png"))
+    page.wait_for_function("window.loom.status === 'done' && window.loom.state.runs.size === 0", timeout=90_000)
+    page.wait_for_function("document.querySelectorAll('#queue-panel .qp-history .done').length === 2",
+                           timeout=10_000)
+    assert page.evaluate("document.querySelectorAll('#queue-panel .running').length") == 0
+    page.screenshot(path=str(tmp_path / "2-both-done.png"))
