@@ -18,6 +18,7 @@ import queue
 import socket
 import tempfile
 import threading
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,7 +108,7 @@ class _Mailbox:
         self.shipped: set[tuple[str, str, str]] = set()  # (kind, subfolder, name) already sent
 
     def emit(self, event: Event) -> None:  # the EventSink of the prompt's run
-        files = self.worker._output_files(event.output, self.shipped) if isinstance(event, Executed) else []
+        files = self.worker.output_files(event.output, self.shipped) if isinstance(event, Executed) else []
         self.messages.put(EventMessage(event, files))
 
 
@@ -133,6 +134,7 @@ class LoomWorker:
                                  models, previews=config.previews)
         self._interrupts: dict[str, threading.Event] = {}
         self._mailboxes: dict[str, _Mailbox] = {}
+        self._early_interrupts: OrderedDict[str, None] = OrderedDict()  # interrupts that overtook their submit
         self._held: frozenset[tuple[str, str]] = frozenset()
         self._lock = threading.Lock()
 
@@ -152,6 +154,9 @@ class LoomWorker:
         mailbox = _Mailbox(self)
         interrupt = threading.Event()
         with self._lock:
+            if job.item.prompt_id in self._early_interrupts:
+                del self._early_interrupts[job.item.prompt_id]
+                interrupt.set()
             self._mailboxes[job.item.prompt_id] = mailbox
             self._interrupts[job.item.prompt_id] = interrupt
         threading.Thread(target=self._execute, args=(job, mailbox, interrupt),
@@ -179,8 +184,14 @@ class LoomWorker:
         return batch
 
     def interrupt(self, prompt_id: str | None = None) -> bool:
+        """Interrupt a running prompt (all when None). The front's calls may overtake each other, so an
+        interrupt for a prompt not submitted yet is kept for it."""
         with self._lock:
             targets = [e for pid, e in self._interrupts.items() if prompt_id is None or pid == prompt_id]
+            if not targets and prompt_id is not None:
+                self._early_interrupts[prompt_id] = None
+                while len(self._early_interrupts) > 100:
+                    self._early_interrupts.popitem(last=False)
         for event in targets:
             event.set()
         return bool(targets)
@@ -226,7 +237,8 @@ class LoomWorker:
             temporary.write_bytes(shipped.data)
             temporary.replace(path)
 
-    def _output_files(self, output: Mapping[str, Any], shipped: set[tuple[str, str, str]]) -> list[ShippedFile]:
+    def output_files(self, output: Mapping[str, Any], shipped: set[tuple[str, str, str]]) -> list[ShippedFile]:
+        """The output/temp files a node's output names that were not sent yet, with their bytes."""
         files = []
         for entries in output.values():
             for entry in entries if isinstance(entries, list) else []:
@@ -246,7 +258,7 @@ class LoomWorker:
         files: list[ShippedFile] = []
         for output in outputs.values():
             if isinstance(output, Mapping):
-                files += self._output_files(output, shipped)
+                files += self.output_files(output, shipped)
         return files
 
     def _empty_shipped(self, shipped: set[tuple[str, str, str]]) -> None:

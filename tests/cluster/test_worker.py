@@ -108,3 +108,11 @@ def test_interrupt_stops_the_named_prompt(worker: LoomWorker) -> None:
     assert worker.interrupt("long")
     _, result = _collect(worker, "long", timeout=10)
     assert result.status["messages"][-1][0] == "execution_interrupted"
+
+
+def test_an_interrupt_that_overtakes_its_submit_still_stops_the_prompt(worker: LoomWorker) -> None:
+    """The front's interrupt and submit calls run on different actor threads and may arrive in either order."""
+    assert not worker.interrupt("early")  # nothing runs it yet: kept for it
+    worker.submit(_job("early", sleep_prompt(2, 30.0), ["2"]))
+    _, result = _collect(worker, "early", timeout=10)
+    assert result.status["messages"][-1][0] == "execution_interrupted"
