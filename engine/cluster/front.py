@@ -139,7 +139,7 @@ class ClusterRunner:
     def _dispatch_loop(self) -> None:
         while not self._stop.is_set():
             try:
-                if not self._any_idle_worker():
+                if not self._any_idle_worker() and not self._no_worker_can_start():
                     with self._changed:
                         self._changed.wait(0.2)
                     continue
@@ -179,6 +179,10 @@ class ClusterRunner:
                             self.ran_on.popitem(last=False)
                         break
                     if not decision.error:
+                        cannot_start = self._no_worker_can_start()
+                        if cannot_start:
+                            self._finish_failed(item, f"{note}no worker is running: {cannot_start}", "NoWorker")
+                            return
                         self._changed.wait(0.2)
                         continue
                 if not refreshed:  # the files may have been added since the workers were asked
@@ -197,6 +201,12 @@ class ClusterRunner:
                                   name=f"loom-run-{item.prompt_id[:8]}", daemon=True)
         self._runs[item.prompt_id] = thread
         thread.start()
+
+    def _no_worker_can_start(self) -> str | None:
+        """Why no worker will come, when none is alive or starting because starts fail; else None."""
+        if self.pool.alive() or self.pool.starting():
+            return None
+        return self.pool.start_error
 
     # ------------------------------------------------------------------ one prompt on one worker
 

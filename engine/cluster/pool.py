@@ -24,7 +24,9 @@ from engine.cluster.dispatch import WorkerState
 log = logging.getLogger(__name__)
 
 START_TIMEOUT_S = 120.0  # how long start() waits for the first workers
-START_WARNING_S = 60.0  # a worker still waiting for room after this is logged
+START_WARNING_S = 60.0
+START_BACKOFF_S = 5.0  # the wait after a failed start, doubled on each failure in a row
+MAX_BACKOFF_S = 300.0  # a worker still waiting for room after this is logged
 
 
 @dataclass
@@ -46,6 +48,9 @@ class WorkerPool:
         self._ids = itertools.count(1)
         self._lock = threading.RLock()
         self._starting: dict[str, _Starting] = {}
+        self.start_error: str | None = None  # why the last worker start failed, until one succeeds
+        self._backoff = 0.0
+        self._next_start = 0.0
         self._remote = ray.remote(LoomWorker)
 
     def desired(self) -> int:
@@ -64,6 +69,8 @@ class WorkerPool:
         workers that became ready within ``wait`` seconds (see :meth:`poll_starting`)."""
         with self._lock:
             missing = self.desired() - len(self.alive()) - len(self._starting)
+            if time.monotonic() < self._next_start:  # the last start failed: wait before trying again
+                missing = 0
         for _ in range(max(missing, 0)):
             self._launch()
         return self.poll_starting(wait)
@@ -119,7 +126,7 @@ class WorkerPool:
         try:
             info = ray.get(described, timeout=0)
         except ray.exceptions.RayError as exc:
-            log.warning("worker %s did not start: %s", worker_id, exc)
+            self._start_failed(worker_id, exc)
             _kill(entry.actor)
             return None
         state = WorkerState(worker_id, models={k: frozenset(v) for k, v in info["models"].items()},
@@ -127,8 +134,19 @@ class WorkerPool:
         with self._lock:
             self.actors[worker_id] = entry.actor
             self.states[worker_id] = state
+            self.start_error, self._backoff = None, 0.0
         log.info("worker %s started on %s", worker_id, state.node)
         return state
+
+    def _start_failed(self, worker_id: str, exc: Exception) -> None:
+        """Note why, and wait longer before each next start (5 s doubling up to 5 min): a worker that
+        cannot start (Loom not at the front's path on its machine, a node module missing) fails again."""
+        cause = next((line.strip() for line in reversed(str(exc).splitlines()) if line.strip()), type(exc).__name__)
+        with self._lock:
+            self.start_error = f"worker {worker_id} did not start: {cause}"
+            self._backoff = min(max(self._backoff * 2, START_BACKOFF_S), MAX_BACKOFF_S)
+            self._next_start = time.monotonic() + self._backoff
+        log.warning("%s; next try in %.0f s\n%s", self.start_error, self._backoff, exc)
 
     def mark_dead(self, worker_id: str, reason: str) -> None:
         with self._lock:

@@ -94,22 +94,23 @@ def ray_cluster() -> Iterator[Any]:
     nodes.shutdown()
 
 
-def worker_configs(root: Path, models_dirs: Callable[[str], list[Path]]) -> Callable[[str], WorkerConfig]:
+def worker_configs(root: Path, models_dirs: Callable[[str], list[Path]],
+                   extra_nodes: tuple[str, ...] = ()) -> Callable[[str], WorkerConfig]:
     """Per worker id: the built-in and stub nodes, its model roots, one torch thread, scratch under root."""
 
     def make(worker_id: str) -> WorkerConfig:
         return WorkerConfig(worker_id=worker_id, models_dirs=[str(p) for p in models_dirs(worker_id)],
-                            node_modules=[BUILTIN_NODES, STUBS], device="cpu", torch_threads=1,
+                            node_modules=[BUILTIN_NODES, STUBS, *extra_nodes], device="cpu", torch_threads=1,
                             scratch_dir=str(root / "workers" / worker_id))
 
     return make
 
 
 def start_cluster(root: Path, models_dirs: Callable[[str], list[Path]], *, max_workers: int | None = 2,
-                  check_interval: float = 1.0) -> Cluster:
+                  check_interval: float = 1.0, extra_nodes: tuple[str, ...] = ()) -> Cluster:
     folders = Folders(root / "input", root / "output", root / "temp", (REPO / "models",))
     folders.ensure()
-    make = worker_configs(root, models_dirs)
+    make = worker_configs(root, models_dirs, extra_nodes)
     pool = WorkerPool(make, PoolOptions(max_workers=max_workers))
     queue = PromptQueue(root / "queue.sqlite3")
     sinks = RecordingSinks()

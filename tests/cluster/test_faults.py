@@ -136,3 +136,18 @@ def test_stopping_the_front_gives_a_waiting_prompt_back_to_the_queue(fresh: Clus
     fresh.runner.stop()
     assert [item.prompt_id for item in fresh.queue.pending()] == ["waiting"]  # it runs at the next start
     assert fresh.wait("busy", timeout=15)["status"]["messages"][-1][0] == "execution_interrupted"
+
+
+@pytest.mark.parametrize("fresh", [{"extra_nodes": ("tests.cluster.no_such_module:register",)}], indirect=True)
+def test_workers_that_cannot_start_fail_prompts_with_the_reason_and_are_retried_slowly(fresh: Cluster) -> None:
+    """A worker that cannot start (here a node module its machine lacks; often Loom at another path there)
+    makes prompts fail with the reason instead of waiting for ever, and starts are retried with a pause."""
+    assert fresh.pool.alive() == [] and fresh.pool.start_error is not None
+    entry = fresh.wait(fresh.queue_prompt(sleep_prompt(1, 0.1), "nobody"), timeout=30)
+    message = entry["status"]["messages"][-1][1]["exception_message"]
+    assert entry["status"]["status_str"] == "error"
+    assert message.startswith("no worker is running: worker w") and "did not start" in message
+    assert "No module named 'tests.cluster.no_such_module'" in message
+    reason = fresh.pool.start_error
+    time.sleep(3.0)  # three checks at 1 s: no new start within the pause (5 s, doubled by the second failure)
+    assert fresh.pool.starting() == 0 and fresh.pool.start_error == reason
