@@ -44,10 +44,9 @@ from engine.cluster.pool import PoolOptions, WorkerPool  # noqa: E402
 from engine.executor import Executor  # noqa: E402
 from engine.folders import Folders  # noqa: E402
 from engine.queue import PromptQueue  # noqa: E402
-from engine.registry import NodeRegistry  # noqa: E402
 from engine.worker import PromptWorker  # noqa: E402
-from nodes import register_builtin_nodes  # noqa: E402
-from tests.cluster import stub_nodes  # noqa: E402
+from tests.cluster.local_ray import wait_for_free_cpus  # noqa: E402
+from tests.cluster.stub_nodes import registry_with_stubs, sleep_prompt  # noqa: E402
 
 log = logging.getLogger("bench.cluster")
 STUBS = "tests.cluster.stub_nodes:register"
@@ -56,18 +55,6 @@ STUBS = "tests.cluster.stub_nodes:register"
 class NullSink:
     def emit(self, event: Any) -> None:
         pass
-
-
-def registry() -> NodeRegistry:
-    built = NodeRegistry()
-    register_builtin_nodes(built)
-    stub_nodes.register(built)
-    return built
-
-
-def sleep_prompt(value: int, seconds: float) -> dict[str, Any]:
-    return {"1": {"class_type": "ClusterSleep", "inputs": {"value": value, "seconds": seconds}},
-            "2": {"class_type": "ClusterShow", "inputs": {"value": ["1", 0]}}}
 
 
 def drain(queue: PromptQueue, prompts: list[dict[str, Any]], tag: str, timeout: float = 600) -> float:
@@ -117,7 +104,7 @@ def run_local(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     folders = Folders(root / "input", root / "output", root / "temp", (ROOT / "models",))
     folders.ensure()
     with PromptQueue(root / "local.sqlite3") as queue:
-        executor = Executor(registry(), folders, OutputCache(10**8, 10_000))
+        executor = Executor(registry_with_stubs(), folders, OutputCache(10**8, 10_000))
         worker = PromptWorker(queue, executor, lambda _: NullSink())
         worker.start()
         try:
@@ -139,7 +126,7 @@ def run_cluster(args: argparse.Namespace, root: Path, workers: int) -> dict[str,
     pool = WorkerPool(make, PoolOptions(max_workers=workers, worker_cpus=cpus / workers))
     with PromptQueue(root / f"cluster{workers}.sqlite3") as queue:
         started = time.perf_counter()
-        runner = ClusterRunner(queue, registry(), folders, pool, lambda _: NullSink())
+        runner = ClusterRunner(queue, registry_with_stubs(), folders, pool, lambda _: NullSink())
         runner.start()
         start_s = time.perf_counter() - started
         try:
@@ -148,14 +135,6 @@ def run_cluster(args: argparse.Namespace, root: Path, workers: int) -> dict[str,
             runner.stop()
         wait_for_free_cpus()
     return {**result, "workers_started": len(pool.all()), "start_s": round(start_s, 2)}
-
-
-def wait_for_free_cpus(timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while ray.available_resources().get("CPU", 0) < ray.cluster_resources().get("CPU", 0):
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"Ray did not free the workers' CPUs: {ray.available_resources()}")
-        time.sleep(0.1)
 
 
 def main() -> None:

@@ -65,15 +65,6 @@ class ClusterRunner:
 
     # ------------------------------------------------------------------ the PromptWorker interface
 
-    @property
-    def running_prompt_id(self) -> str | None:
-        running = self.running_prompt_ids()
-        return running[0] if running else None
-
-    def running_prompt_ids(self) -> list[str]:
-        with self._changed:
-            return [s.busy_with for s in self.pool.all() if s.busy_with and s.busy_with != FREEING]
-
     def start(self) -> None:
         if self._threads:
             return

@@ -129,7 +129,7 @@ class WorkerPool:
             self._start_failed(worker_id, exc)
             _kill(entry.actor)
             return None
-        state = WorkerState(worker_id, models={k: frozenset(v) for k, v in info["models"].items()},
+        state = WorkerState(worker_id, models=_model_files(info),
                             node=f"{info['node']} (pid {info['pid']}, {info['device']})")
         with self._lock:
             self.actors[worker_id] = entry.actor
@@ -168,7 +168,7 @@ class WorkerPool:
         for worker_id, actor in idle:
             try:
                 ray.get(actor.pid.remote(), timeout=30)
-            except (ray.exceptions.GetTimeoutError, ray.exceptions.RayError) as exc:
+            except ray.exceptions.RayError as exc:  # a timeout too
                 self.mark_dead(worker_id, f"no answer to a ping: {type(exc).__name__}")
                 dead.append(worker_id)
         return dead
@@ -180,10 +180,10 @@ class WorkerPool:
         for worker_id, actor in actors:
             try:
                 info = ray.get(actor.describe.remote(), timeout=30)
-            except (ray.exceptions.GetTimeoutError, ray.exceptions.RayError):
+            except ray.exceptions.RayError:  # a timeout too
                 continue
             with self._lock:
-                self.states[worker_id].models = {k: frozenset(v) for k, v in info["models"].items()}
+                self.states[worker_id].models = _model_files(info)
 
     def actor(self, worker_id: str) -> Any:
         with self._lock:
@@ -207,6 +207,11 @@ class _Starting:
     described: Any  # ObjectRef of its describe()
     since: float
     warned: bool = False
+
+
+def _model_files(described: dict[str, Any]) -> dict[str, frozenset[str]]:
+    """Folder -> file names, from a worker's describe()."""
+    return {folder: frozenset(names) for folder, names in described["models"].items()}
 
 
 def _kill(actor: Any) -> None:

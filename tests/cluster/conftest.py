@@ -15,15 +15,14 @@ import pytest
 from engine.events import Event
 from engine.folders import Folders
 from engine.queue import PromptQueue
-from engine.registry import NodeRegistry
-from nodes import register_builtin_nodes
-from tests.cluster import stub_nodes
 
 ray = pytest.importorskip("ray", reason="Ray missing: pip install -e '.[cluster]'")
 
 from engine.cluster.actor import BUILTIN_NODES, WorkerConfig  # noqa: E402
 from engine.cluster.front import ClusterRunner  # noqa: E402
 from engine.cluster.pool import PoolOptions, WorkerPool  # noqa: E402
+from tests.cluster.local_ray import wait_for_free_cpus  # noqa: E402
+from tests.cluster.stub_nodes import registry_with_stubs  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 STUBS = "tests.cluster.stub_nodes:register"
@@ -69,13 +68,6 @@ class Cluster:
                 return entry
             time.sleep(0.05)
         raise AssertionError(f"prompt {prompt_id} did not finish in {timeout} s")
-
-
-def registry_with_stubs() -> NodeRegistry:
-    registry = NodeRegistry()
-    register_builtin_nodes(registry)
-    stub_nodes.register(registry)
-    return registry
 
 
 @pytest.fixture(scope="package")
@@ -132,19 +124,6 @@ def stop_cluster(cluster: Cluster) -> None:
     cluster.runner.stop()
     cluster.queue.close()
     wait_for_free_cpus()
-
-
-def wait_for_free_cpus(timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while ray.available_resources().get("CPU", 0) < ray.cluster_resources().get("CPU", 0):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"Ray did not free the workers' CPUs: {ray.available_resources()}")
-        time.sleep(0.1)
-
-
-def sleep_prompt(value: int, seconds: float) -> dict[str, Any]:
-    return {"1": {"class_type": "ClusterSleep", "inputs": {"value": value, "seconds": seconds}},
-            "2": {"class_type": "ClusterShow", "inputs": {"value": ["1", 0]}}}
 
 
 def txt2img_prompt(seed: int, steps: int = 4, prefix: str = "cluster") -> dict[str, Any]:

@@ -1,14 +1,17 @@
-"""Stub nodes for the cluster tests; Ray workers import this module (``tests.cluster.stub_nodes:register``)."""
+"""Stub nodes for the cluster tests and bench/cluster.py; Ray workers import this module
+(``tests.cluster.stub_nodes:register``)."""
 
 from __future__ import annotations
 
 import os
 import time
+from typing import Any
 
 from engine.context import RunContext
 from engine.node import Input, Node, NodeOutput, Output
 from engine.registry import NodeRegistry
 from engine.types import FLOAT, INT
+from nodes import register_builtin_nodes
 
 
 class ClusterSleep(Node):
@@ -42,3 +45,17 @@ class ClusterShow(Node):
 def register(registry: NodeRegistry) -> None:
     for cls in (ClusterSleep, ClusterShow):
         registry.register(cls)
+
+
+def registry_with_stubs() -> NodeRegistry:
+    """The built-in nodes and these, as the front of the cluster tests knows them."""
+    registry = NodeRegistry()
+    register_builtin_nodes(registry)
+    register(registry)
+    return registry
+
+
+def sleep_prompt(value: int, seconds: float) -> dict[str, Any]:
+    """ClusterSleep(value, seconds) -> ClusterShow: output node "2" shows the value."""
+    return {"1": {"class_type": "ClusterSleep", "inputs": {"value": value, "seconds": seconds}},
+            "2": {"class_type": "ClusterShow", "inputs": {"value": ["1", 0]}}}

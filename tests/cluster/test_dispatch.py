@@ -5,7 +5,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from tests.cluster.conftest import Cluster, sleep_prompt, txt2img_prompt
+from tests.cluster.conftest import Cluster, txt2img_prompt
+from tests.cluster.stub_nodes import sleep_prompt
 
 
 def test_two_prompts_run_in_parallel_on_two_workers(cluster: Cluster) -> None:
@@ -33,7 +34,8 @@ def test_event_sequence_is_the_one_machine_sequence(cluster: Cluster, tmp_path: 
     from engine.cache import OutputCache
     from engine.executor import Executor
     from engine.worker import PromptWorker
-    from tests.cluster.conftest import RecordingSinks, registry_with_stubs
+    from tests.cluster.conftest import RecordingSinks
+    from tests.cluster.stub_nodes import registry_with_stubs
 
     prompt = sleep_prompt(11, 0.3)
     cluster.queue_prompt(prompt, "events-cluster", client_id="c1")

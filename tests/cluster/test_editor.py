@@ -10,10 +10,11 @@ import pytest
 
 from tests.api.conftest import LiveServer, start_live_server
 from tests.cluster import stub_nodes
-from tests.cluster.conftest import REPO, wait_for_free_cpus
+from tests.cluster.conftest import REPO
+from tests.cluster.local_ray import wait_for_free_cpus
 from tests.cluster.test_server import _cluster_runner_factory
 from tests.frontend.conftest import keep_screenshots  # noqa: F401 - autouse: screenshots to test-output/
-from tests.frontend.test_editor import CHROMIUM, CHROMIUM_ARGS, LITEGRAPH
+from tests.frontend.test_editor import LITEGRAPH, open_editor
 
 pytestmark = pytest.mark.browser
 
@@ -32,19 +33,8 @@ def front(ray_cluster: Any, tmp_path: Path) -> Iterator[LiveServer]:
 
 @pytest.fixture
 def page(front: LiveServer) -> Iterator[Any]:
-    if not CHROMIUM.is_file():
-        pytest.skip("Debian chromium is missing at /usr/bin/chromium (apt-get install chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright missing: pip install -e '.[test]'")
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1280, "height": 800})
-        errors: list[str] = []
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
-        page.goto(front.url + "/")
-        page.wait_for_function("window.loom && window.loom.ready", timeout=15_000)
-        yield page
-        browser.close()
-        assert errors == [], f"uncaught errors in the page: {errors}"
+    with open_editor(front.url) as opened:
+        yield opened
 
 
 def test_a_batch_of_two_runs_on_two_workers_side_by_side(page: Any, tmp_path: Path) -> None:

@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from tests.cluster.conftest import REPO, Cluster, ray, sleep_prompt, start_cluster, stop_cluster, txt2img_prompt
+from tests.cluster.conftest import REPO, Cluster, ray, start_cluster, stop_cluster, txt2img_prompt
+from tests.cluster.stub_nodes import sleep_prompt
 
 
 @pytest.fixture

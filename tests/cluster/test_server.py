@@ -14,7 +14,9 @@ from engine.cluster.front import ClusterRunner
 from engine.cluster.pool import PoolOptions, WorkerPool
 from tests.api.conftest import LiveServer, collect_until_done, start_live_server
 from tests.cluster import stub_nodes
-from tests.cluster.conftest import REPO, sleep_prompt, txt2img_prompt, wait_for_free_cpus, worker_configs
+from tests.cluster.conftest import REPO, txt2img_prompt, worker_configs
+from tests.cluster.local_ray import wait_for_free_cpus
+from tests.cluster.stub_nodes import sleep_prompt
 
 
 def _cluster_runner_factory(root: Path) -> Callable[..., ClusterRunner]:

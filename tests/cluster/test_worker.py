@@ -12,7 +12,8 @@ from PIL import Image
 
 from engine.cluster.actor import BUILTIN_NODES, EventMessage, Job, JobResult, LoomWorker, ShippedFile, WorkerConfig
 from engine.queue import QueueItem
-from tests.cluster.conftest import REPO, STUBS, sleep_prompt
+from tests.cluster.conftest import REPO, STUBS
+from tests.cluster.stub_nodes import sleep_prompt
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ and are kept in test-output/screenshots/ (tests/frontend/conftest.py).
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +35,9 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     server.stop()
 
 
-@pytest.fixture
-def page(live: LiveServer) -> Iterator[Any]:
+@contextmanager
+def open_editor(url: str) -> Iterator[Any]:
+    """The editor at ``url`` in Debian's chromium at 1280x800, loaded; fails on any uncaught page error."""
     if not CHROMIUM.is_file():
         pytest.skip("Debian chromium is missing at /usr/bin/chromium (apt-get install chromium)")
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright missing: pip install -e '.[test]'")
@@ -44,11 +46,17 @@ def page(live: LiveServer) -> Iterator[Any]:
         page = browser.new_page(viewport={"width": 1280, "height": 800})
         errors: list[str] = []
         page.on("pageerror", lambda exc: errors.append(str(exc)))
-        page.goto(live.url + "/")
+        page.goto(url + "/")
         page.wait_for_function("window.loom && window.loom.ready", timeout=15_000)
         yield page
         browser.close()
         assert errors == [], f"uncaught errors in the page: {errors}"
+
+
+@pytest.fixture
+def page(live: LiveServer) -> Iterator[Any]:
+    with open_editor(live.url) as opened:
+        yield opened
 
 
 def nodes_by_type(page: Any) -> dict[str, list[dict[str, Any]]]:
