@@ -6,18 +6,23 @@
 # when it can (root or passwordless sudo) and the tests skip, saying so, where it cannot.
 # TORCH: the torch requirement. The CPU build of 2.13.0 is the default; on a GPU machine install
 # your CUDA build of torch into .venv first, or pass e.g. TORCH="torch==2.13.0" explicitly.
+# CONSTRAINTS: every pip install here takes the exact versions the test suite passed with from this file
+# (torch left out, so a CUDA build installed first is kept). `make lock` refreshes it; CONSTRAINTS= installs
+# the newest releases pyproject.toml allows instead (e.g. for a torch other than 2.13.0 whose pins clash).
 
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 ARGS   ?=
+CONSTRAINTS ?= constraints.txt
+PIP_INSTALL = $(BIN)/python -m pip install -q $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
 
-.PHONY: setup setup-test chromium run inputs test test-all bench lint clean
+.PHONY: setup setup-test chromium run inputs test test-all bench lint lock clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
+	$(PIP_INSTALL) --upgrade pip
 
 # The graph editor's npm packages (frontend/package-lock.json), reinstalled when the lock changes.
 # Without npm the server still runs; / then says the editor is not installed.
@@ -28,11 +33,24 @@ $(FRONTEND_STAMP): frontend/package.json frontend/package-lock.json
 	else echo "npm not found: the graph editor (frontend/) is not installed"; fi
 
 setup: $(BIN)/python $(FRONTEND_STAMP)
-	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "$(TORCH)"
-	$(BIN)/pip install -q -e .
+	$(BIN)/python -c "import torch" 2>/dev/null || $(PIP_INSTALL) "$(TORCH)"
+	$(PIP_INSTALL) -e .
 
 setup-test: setup chromium
-	$(BIN)/pip install -q -e '.[test,cluster]'
+	$(PIP_INSTALL) -e '.[test,cluster]'
+
+# Refresh constraints.txt: a throwaway venv resolves the newest releases pyproject.toml allows (no constraints)
+# and pip freeze writes them out under the file's comment lines, less torch (TORCH's or the user's build, see
+# the file) and this project. Then run `make test` (it installs the new pins); commit the file when it passes.
+lock:
+	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	$(PYTHON) -m venv "$$tmp/venv" && \
+	"$$tmp/venv/bin/python" -m pip install -q --upgrade pip && \
+	"$$tmp/venv/bin/python" -m pip install -q "$(TORCH)" && \
+	"$$tmp/venv/bin/python" -m pip install -q -e '.[test,cluster]' && \
+	{ grep '^#' constraints.txt; "$$tmp/venv/bin/python" -m pip freeze --all --exclude-editable | \
+	  grep -v -i -E '^(torch|setuptools|wheel)(==| @)'; } > "$$tmp/constraints.txt" && \
+	mv "$$tmp/constraints.txt" constraints.txt && echo "constraints.txt: $$(grep -c '==' constraints.txt) pins"
 
 # Debian's chromium for the browser tests; never a downloaded browser. Soft: a failure only skips those tests.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo -n)
