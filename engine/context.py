@@ -11,6 +11,7 @@ from typing import Any
 from engine.errors import Interrupted
 from engine.events import EventSink, PreviewImage, Progress
 from engine.folders import Folders
+from engine.providers import ModelProvider, NoModels
 
 
 @dataclass
@@ -27,7 +28,7 @@ class RunContext:
     interrupt: threading.Event
     prompt: Mapping[str, Any] = field(default_factory=dict)
     extra_pnginfo: Mapping[str, Any] = field(default_factory=dict)
-    models: Any = None
+    models: ModelProvider = field(default_factory=NoModels)
     previews: bool = False
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("loom.node"))
 

@@ -36,6 +36,7 @@ from engine.events import (
 )
 from engine.folders import Folders
 from engine.node import NodeOutput
+from engine.providers import ModelProvider, NoModels
 from engine.registry import NodeRegistry
 from engine.schedule import Schedule, topological_order
 from engine.validate import GraphNode, ValidatedPrompt, node_sort_key, validate_prompt
@@ -82,14 +83,14 @@ class Executor:
         registry: NodeRegistry,
         folders: Folders,
         cache: OutputCache,
-        models: Any = None,
+        models: ModelProvider | None = None,
         *,
         previews: bool = False,
     ) -> None:
         self.registry = registry
         self.folders = folders
         self.cache = cache
-        self.models = models
+        self.models: ModelProvider = models if models is not None else NoModels()
         self.previews = previews
 
     def execute(
@@ -253,9 +254,7 @@ class _PromptRun:
     def _free_memory(self) -> None:
         """Offload models (stepping down a VRAM mode where the manager can) and drop cached outputs
         this prompt does not use."""
-        models = self.executor.models
-        if models is not None and hasattr(models, "recover_from_oom"):
-            log.warning("out of memory: %s", models.recover_from_oom())
+        log.warning("out of memory: %s", self.executor.models.recover_from_oom())
         dropped = self.executor.cache.retain(set(self.keys.values()))
         log.info("out of memory: dropped %d cached outputs", dropped)
 

@@ -12,7 +12,7 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.models.loaders import ModelFamily
+from engine.models.families import ModelFamily
 
 
 @dataclass(frozen=True)

@@ -28,12 +28,12 @@ import os
 import re
 import struct
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from engine.errors import LoomError
+from engine.models.families import ModelFamily
 
 log = logging.getLogger(__name__)
 
@@ -212,35 +212,6 @@ def _torch_load(path: Path) -> object:
     except RuntimeError:
         # Legacy (non-zip) files cannot be memory-mapped; still weights_only.
         return torch.load(str(path), map_location="cpu", weights_only=True)
-
-
-@dataclass(frozen=True)
-class ModelFamily:
-    """What a checkpoint is: its family, prediction type and latent format."""
-
-    name: str  # "sd1" | "sd2" | "sdxl" | "sdxl_refiner"
-    prediction: str  # "eps" | "v"
-    in_channels: int
-    latent_channels: int = 4
-
-    @property
-    def is_inpaint(self) -> bool:
-        return self.in_channels == 9
-
-    @property
-    def is_sdxl(self) -> bool:
-        return self.name in ("sdxl", "sdxl_refiner")
-
-    @property
-    def latent_scale_factor(self) -> float:
-        return 0.13025 if self.is_sdxl else 0.18215
-
-    @property
-    def label(self) -> str:
-        text = {"sd1": "SD1.x", "sd2": "SD2.x", "sdxl": "SDXL", "sdxl_refiner": "SDXL refiner"}[self.name]
-        if self.is_inpaint:
-            text += " inpainting"
-        return text + (" (v-prediction)" if self.prediction == "v" else "")
 
 
 #: The std above which SD2's output_blocks.11 norm bias marks a v-prediction model (ComfyUI's test).

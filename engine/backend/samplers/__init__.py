@@ -93,7 +93,7 @@ _SAMPLERS: dict[str, _Entry] = {
     "uni_pc_bh2": _Entry(sample_uni_pc_bh2, "none"),
 }
 
-#: Sampler names, in ComfyUI's combo order (the subset Loom implements).
+#: Sampler names, in ComfyUI's combo order (the subset Loom implements; listed torch-free in names.py).
 SAMPLER_NAMES: list[str] = list(_SAMPLERS)
 
 #: Samplers whose inpaint re-noising uses fresh noise (seed + 1) instead of the initial noise.

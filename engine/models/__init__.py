@@ -1,0 +1,1 @@
+"""Model files -> loaded, patched, placed modules (torch). Handles and families are torch-free."""

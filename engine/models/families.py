@@ -1,0 +1,35 @@
+"""ModelFamily: what a checkpoint is (SD1, SD2, SDXL, refiner; eps or v; inpainting). Torch-free: handles
+and node declarations use it without loading torch; :func:`engine.models.loaders.detect_family` makes one."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ModelFamily:
+    """What a checkpoint is: its family, prediction type and latent format."""
+
+    name: str  # "sd1" | "sd2" | "sdxl" | "sdxl_refiner"
+    prediction: str  # "eps" | "v"
+    in_channels: int
+    latent_channels: int = 4
+
+    @property
+    def is_inpaint(self) -> bool:
+        return self.in_channels == 9
+
+    @property
+    def is_sdxl(self) -> bool:
+        return self.name in ("sdxl", "sdxl_refiner")
+
+    @property
+    def latent_scale_factor(self) -> float:
+        return 0.13025 if self.is_sdxl else 0.18215
+
+    @property
+    def label(self) -> str:
+        text = {"sd1": "SD1.x", "sd2": "SD2.x", "sdxl": "SDXL", "sdxl_refiner": "SDXL refiner"}[self.name]
+        if self.is_inpaint:
+            text += " inpainting"
+        return text + (" (v-prediction)" if self.prediction == "v" else "")

@@ -1,0 +1,54 @@
+"""The node SDK: the one surface that nodes (Loom's and, through the adapter, custom packs') import
+from the engine.
+
+This module is torch-free and is imported at the top of a node module: declarations (Node, Input,
+Output, socket types), the RunContext a node runs with, the model handles on MODEL/CLIP/VAE/
+CONTROL_NET edges, the ModelProvider behind ``ctx.models``, errors and the names nodes list in their
+combos. So registering nodes and answering ``/object_info`` never loads torch.
+
+The tensor work nodes hand over lives behind torch-backed SDK modules that a node imports *inside*
+``run`` (the first prompt pays for torch, not the server's start):
+
+* :mod:`engine.sdk.ops`: sampling, VAE, text encoding, conditioning and previews;
+* :mod:`engine.sdk.imaging`: image, mask and latent arithmetic;
+* :mod:`engine.sdk.loading`: reading checkpoints, LoRAs, ControlNets, embeddings and latent files.
+
+``import-linter`` (pyproject.toml) enforces that nodes import the engine only through this package
+and that this module stays torch-free.
+"""
+
+from __future__ import annotations
+
+from engine.backend.names import SAMPLER_NAMES, SCHEDULER_NAMES
+from engine.context import RunContext
+from engine.errors import Interrupted, LoomError, ModelError, PathOutsideRoot
+from engine.folders import Folders, split_annotation
+from engine.models.families import ModelFamily
+from engine.models.handles import ClipHandle, ControlNetHandle, FileRef, ModelHandle, VaeHandle, WeightPatch
+from engine.node import SEED_MAX, Input, Node, NodeOutput, Output
+from engine.providers import ModelProvider, NoModels
+from engine.registry import NodeRegistry
+from engine.types import (
+    ANY,
+    BOOLEAN,
+    CLIP,
+    COMBO,
+    CONDITIONING,
+    CONTROL_NET,
+    FLOAT,
+    IMAGE,
+    INT,
+    LATENT,
+    MASK,
+    MODEL,
+    STRING,
+    VAE,
+)
+
+__all__ = [
+    "ANY", "BOOLEAN", "CLIP", "COMBO", "CONDITIONING", "CONTROL_NET", "FLOAT", "IMAGE", "INT", "LATENT",
+    "MASK", "MODEL", "SAMPLER_NAMES", "SCHEDULER_NAMES", "SEED_MAX", "STRING", "VAE",
+    "ClipHandle", "ControlNetHandle", "FileRef", "Folders", "Input", "Interrupted", "LoomError", "ModelError",
+    "ModelFamily", "ModelHandle", "ModelProvider", "Node", "NodeOutput", "NodeRegistry", "NoModels", "Output",
+    "PathOutsideRoot", "RunContext", "VaeHandle", "WeightPatch", "split_annotation",
+]
