@@ -28,6 +28,10 @@ MODEL_FOLDERS: dict[str, tuple[str, ...]] = {
 
 #: File endings a model folder lists.
 MODEL_EXTENSIONS: tuple[str, ...] = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+#: Endings tried, in order, for an ``embedding:NAME`` written without one: ``.safetensors``, ``.pt`` and
+#: ``.bin`` first (ComfyUI's order), then the other model endings.
+EMBEDDING_SUFFIXES: tuple[str, ...] = (".safetensors", ".pt", ".bin",
+                                       *(ext for ext in MODEL_EXTENSIONS if ext not in (".safetensors", ".pt", ".bin")))
 
 #: The file kinds a client may read and write (``type`` in ``/view`` and ``/upload``).
 FILE_KINDS: tuple[str, ...] = ("input", "output", "temp")

@@ -2,8 +2,8 @@
 
 Inputs declared with ``file_folder`` name a file: a model folder ("checkpoints", "loras", ...) or
 "input". Textual-inversion embeddings are named inside prompt text (``embedding:NAME``), read with the
-prompt parser the text encoder uses. Only literal values count; a value that arrives over a link is not
-known before running.
+prompt grammar the text encoder uses (engine/backend/prompt_grammar.py: no torch on the front). Only
+literal values count; a value that arrives over a link is not known before running.
 """
 
 from __future__ import annotations
@@ -12,9 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.backend.prompt_weights import EmbeddingSegment, parse_prompt
-from engine.folders import split_annotation
-from engine.models.embeddings import SUFFIXES
+from engine.backend.prompt_grammar import EmbeddingSegment, parse_prompt
+from engine.folders import EMBEDDING_SUFFIXES, split_annotation
 from engine.registry import NodeRegistry
 
 FILE_KINDS = ("input", "output", "temp")
@@ -65,5 +64,5 @@ def embedding_names(text: str) -> list[str]:
 def has_embedding(files: frozenset[str], name: str) -> bool:
     """Whether an embeddings folder listing ``files`` resolves ``name`` as the text encoder does (the name
     as written, or with commas stripped from its ends; with or without a file ending)."""
-    return any(candidate in files or any(candidate + suffix in files for suffix in SUFFIXES)
+    return any(candidate in files or any(candidate + suffix in files for suffix in EMBEDDING_SUFFIXES)
                for candidate in {name, name.strip(",")} if candidate)

@@ -30,14 +30,12 @@ from safetensors.torch import load_file
 
 from engine.backend.prompt_weights import EmbeddingLookup
 from engine.errors import PathOutsideRoot
-from engine.folders import MODEL_EXTENSIONS, Folders, resolve_inside
+from engine.folders import EMBEDDING_SUFFIXES, Folders, resolve_inside
 
 log = logging.getLogger(__name__)
 
 FOLDER = "embeddings"
-#: Endings tried, in order, for a name given without one.
-SUFFIXES: tuple[str, ...] = (".safetensors", ".pt", ".bin",
-                             *(ext for ext in MODEL_EXTENSIONS if ext not in (".safetensors", ".pt", ".bin")))
+SUFFIXES = EMBEDDING_SUFFIXES  # endings tried, in order, for a name given without one
 
 
 def find_embedding(folders: Folders, name: str) -> Path | None:
