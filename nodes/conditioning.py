@@ -10,26 +10,23 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import torch
-
-from engine.backend.prompt_weights import EMBEDDING_PREFIX, TokenizedPrompt
-from engine.backend.text import TextEncoder
-from engine.context import RunContext
-from engine.folders import Folders
-from engine.models.embeddings import embedding_lookup, embeddings_fingerprint
-from engine.models.handles import ClipHandle
-from engine.node import Input, Node, Output
-from engine.types import CLIP, CONDITIONING, FLOAT, INT, STRING
+from engine.sdk import (
+    CLIP,
+    CONDITIONING,
+    EMBEDDING_PREFIX,
+    FLOAT,
+    INT,
+    STRING,
+    ClipHandle,
+    Folders,
+    Input,
+    Node,
+    Output,
+    RunContext,
+)
 
 Conditioning = list[list[Any]]
 MAX_RESOLUTION = 16384
-
-
-def encode(ctx: RunContext, clip: ClipHandle, tokens: dict[str, TokenizedPrompt]) -> Conditioning:
-    encoder: TextEncoder = ctx.models.text_encoder(clip)
-    with torch.inference_mode():
-        cond, pooled = encoder.encode(_pad_chunks(encoder, tokens), layer_idx=clip.layer_idx)
-    return [[cond.float().cpu(), {"pooled_output": pooled.float().cpu()}]]
 
 
 def text_fingerprint(folders: Folders, texts: list[Any]) -> str | None:
@@ -39,22 +36,9 @@ def text_fingerprint(folders: Folders, texts: list[Any]) -> str | None:
     """
     if all(isinstance(text, str) and EMBEDDING_PREFIX not in text for text in texts):
         return None
-    return embeddings_fingerprint(folders)
+    from engine.sdk import ops
 
-
-def _pad_chunks(encoder: TextEncoder, tokens: dict[str, TokenizedPrompt]) -> dict[str, TokenizedPrompt]:
-    """Give every tower the same number of 77-token chunks (the shorter ones get empty chunks)."""
-    longest = max(len(t.ids) for t in tokens.values())
-    padded = {}
-    for key, prompt in tokens.items():
-        missing = longest - len(prompt.ids)
-        if missing:
-            empty = encoder.towers[key].tokenizer.empty_chunk()
-            prompt = TokenizedPrompt(ids=[*prompt.ids, *[empty] * missing],
-                                     weights=[*prompt.weights, *[[1.0] * len(empty)] * missing],
-                                     embeddings=prompt.embeddings)
-        padded[key] = prompt
-    return padded
+    return ops.embeddings_fingerprint(folders)
 
 
 class CLIPTextEncode(Node):
@@ -73,8 +57,10 @@ class CLIPTextEncode(Node):
         return text_fingerprint(folders, [inputs.get("text")])
 
     def run(self, ctx: RunContext, text: str, clip: ClipHandle) -> tuple[Conditioning]:
-        encoder: TextEncoder = ctx.models.text_encoder(clip)
-        return (encode(ctx, clip, encoder.tokenize(text, embedding_lookup=embedding_lookup(ctx.folders))),)
+        from engine.sdk import ops
+
+        encoder = ctx.models.text_encoder(clip)
+        return (ops.encode_text(ctx, clip, encoder.tokenize(text, embedding_lookup=ops.embedding_lookup(ctx.folders))),)
 
 
 class CLIPTextEncodeSDXL(Node):
@@ -100,14 +86,16 @@ class CLIPTextEncodeSDXL(Node):
 
     def run(self, ctx: RunContext, clip: ClipHandle, width: int, height: int, crop_w: int, crop_h: int,
             target_width: int, target_height: int, text_g: str, text_l: str) -> tuple[Conditioning]:
-        encoder: TextEncoder = ctx.models.text_encoder(clip)
+        from engine.sdk import ops
+
         if not clip.family.is_sdxl:
             raise ValueError(f"CLIPTextEncodeSDXL needs an SDXL checkpoint; this CLIP is {clip.family.label}: "
                              "use CLIPTextEncode")
-        lookup = embedding_lookup(ctx.folders)
+        encoder = ctx.models.text_encoder(clip)
+        lookup = ops.embedding_lookup(ctx.folders)
         tokens = {key: tower.tokenize(text_l if key == "clip_l" else text_g, embedding_lookup=lookup)
                   for key, tower in encoder.towers.items()}
-        [[cond, extras]] = encode(ctx, clip, tokens)
+        [[cond, extras]] = ops.encode_text(ctx, clip, tokens)
         extras.update(width=width, height=height, crop_w=crop_w, crop_h=crop_h,
                       target_width=target_width, target_height=target_height)
         return ([[cond, extras]],)
@@ -149,8 +137,9 @@ class ConditioningConcat(Node):
             ) -> tuple[Conditioning]:
         if len(conditioning_from) > 1:
             ctx.log.warning("ConditioningConcat uses only the first entry of conditioning_from")
-        source = conditioning_from[0][0]
-        return ([[torch.cat([cond, source], dim=1), dict(extras)] for cond, extras in conditioning_to],)
+        from engine.sdk import ops
+
+        return (ops.concat_tokens(conditioning_to, conditioning_from[0][0]),)
 
 
 class ConditioningSetArea(Node):
@@ -182,13 +171,9 @@ class ConditioningZeroOut(Node):
     outputs = (Output(CONDITIONING),)
 
     def run(self, ctx: RunContext, conditioning: Conditioning) -> tuple[Conditioning]:
-        out = []
-        for cond, extras in conditioning:
-            extras = dict(extras)
-            if extras.get("pooled_output") is not None:
-                extras["pooled_output"] = torch.zeros_like(extras["pooled_output"])
-            out.append([torch.zeros_like(cond), extras])
-        return (out,)
+        from engine.sdk import ops
+
+        return (ops.zeroed(conditioning),)
 
 
 CONDITIONING_NODES = (CLIPTextEncode, CLIPTextEncodeSDXL, CLIPSetLastLayer, ConditioningCombine,

@@ -23,7 +23,6 @@ from engine.models.handles import VaeHandle
 from engine.node import Input, Node, Output
 from engine.types import BOOLEAN, CONDITIONING, IMAGE, INT, LATENT, MASK, VAE
 from nodes.image_ops import MAX_RESOLUTION
-from nodes.vae import from_pixels
 
 Latent = dict[str, Any]
 Conditioning = list[list[Any]]
@@ -91,9 +90,9 @@ def prepare_inpaint_pixels(pixels: Tensor, mask: Tensor, grow_mask_by: int) -> t
 
 
 def _encode(ctx: RunContext, vae: VaeHandle, pixels: Tensor) -> Tensor:
-    model = ctx.models.vae(vae)
-    with torch.inference_mode():
-        return model.encode(from_pixels(pixels, model, ctx.models.device)).float().cpu()
+    from engine.sdk import ops
+
+    return ops.encode(ctx, vae, pixels)
 
 
 class VAEEncodeForInpaint(Node):

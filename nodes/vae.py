@@ -6,33 +6,14 @@ applied by the sampler, as ComfyUI does). Images are cropped to a multiple of 8 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import Tensor
+from engine.sdk import IMAGE, INT, LATENT, VAE, Input, Node, Output, RunContext, VaeHandle
 
-from engine.backend.vae import AutoencoderKL, decode_tiled, encode_tiled
-from engine.context import RunContext
-from engine.models.handles import VaeHandle
-from engine.node import Input, Node, Output
-from engine.types import IMAGE, INT, LATENT, VAE
+if TYPE_CHECKING:
+    from torch import Tensor
 
 Latent = dict[str, Any]
-
-
-def to_pixels(decoded: Tensor) -> Tensor:
-    """VAE output [B, 3, H, W] in -1..1 -> IMAGE [B, H, W, 3] in 0..1 on the CPU."""
-    return ((decoded.float() + 1.0) / 2.0).clamp(0.0, 1.0).permute(0, 2, 3, 1).cpu().contiguous()
-
-
-def from_pixels(image: Tensor, vae: AutoencoderKL, device: torch.device) -> Tensor:
-    """IMAGE [B, H, W, C] -> [B, 3, H', W'] in -1..1, cropped (centred) to a multiple of 8."""
-    height, width = image.shape[1] // 8 * 8, image.shape[2] // 8 * 8
-    if height == 0 or width == 0:
-        raise ValueError(f"the image is {image.shape[2]}x{image.shape[1]}; it must be at least 8x8 pixels")
-    top, left = (image.shape[1] - height) // 2, (image.shape[2] - width) // 2
-    pixels = image[:, top:top + height, left:left + width, :3]
-    return (pixels.permute(0, 3, 1, 2).to(device=device, dtype=vae.dtype) * 2.0 - 1.0)
 
 
 class VAEDecode(Node):
@@ -43,9 +24,9 @@ class VAEDecode(Node):
     outputs = (Output(IMAGE),)
 
     def run(self, ctx: RunContext, samples: Latent, vae: VaeHandle) -> tuple[Tensor]:
-        model = ctx.models.vae(vae)
-        with torch.inference_mode():
-            return (to_pixels(model.decode(samples["samples"].to(ctx.models.device))),)
+        from engine.sdk import ops
+
+        return (ops.decode(ctx, vae, samples["samples"]),)
 
 
 class VAEEncode(Node):
@@ -56,9 +37,9 @@ class VAEEncode(Node):
     outputs = (Output(LATENT),)
 
     def run(self, ctx: RunContext, pixels: Tensor, vae: VaeHandle) -> tuple[Latent]:
-        model = ctx.models.vae(vae)
-        with torch.inference_mode():
-            return ({"samples": model.encode(from_pixels(pixels, model, ctx.models.device)).float().cpu()},)
+        from engine.sdk import ops
+
+        return ({"samples": ops.encode(ctx, vae, pixels)},)
 
 
 def _tile_inputs() -> tuple[Input, ...]:
@@ -76,10 +57,10 @@ class VAEDecodeTiled(Node):
 
     def run(self, ctx: RunContext, samples: Latent, vae: VaeHandle, tile_size: int, overlap: int
             ) -> tuple[Tensor]:
-        model = ctx.models.vae(vae)
+        from engine.sdk import ops
+
         tile, lap = max(tile_size // 8, 8), min(overlap // 8, max(tile_size // 8 // 2 - 1, 0))
-        with torch.inference_mode():
-            return (to_pixels(decode_tiled(model, samples["samples"].to(ctx.models.device), tile, lap)),)
+        return (ops.decode_tiled_latent(ctx, vae, samples["samples"], tile, lap),)
 
 
 class VAEEncodeTiled(Node):
@@ -92,11 +73,10 @@ class VAEEncodeTiled(Node):
 
     def run(self, ctx: RunContext, pixels: Tensor, vae: VaeHandle, tile_size: int, overlap: int
             ) -> tuple[Latent]:
-        model = ctx.models.vae(vae)
+        from engine.sdk import ops
+
         lap = min(overlap, tile_size // 2 - 8)
-        with torch.inference_mode():
-            latent = encode_tiled(model, from_pixels(pixels, model, ctx.models.device), tile_size, max(lap, 0))
-        return ({"samples": latent.float().cpu()},)
+        return ({"samples": ops.encode_tiled_image(ctx, vae, pixels, tile_size, max(lap, 0))},)
 
 
 VAE_NODES = (VAEDecode, VAEEncode, VAEDecodeTiled, VAEEncodeTiled)

@@ -151,3 +151,19 @@ class UNetApply:
         control = self.control_fn(x_in, t_in, context, y, [spec for _, spec in members]) if self.control_fn else None
         pred = self.unet(x_in, t_in, context, y=y, control=control)
         return list(pred.split([c.shape[0] for c in xs]))
+
+
+def concat_tokens(conditioning_to: Sequence[Sequence[Any]], source: Tensor) -> list[list[Any]]:
+    """Every entry of ``conditioning_to`` with ``source``'s tokens appended (ConditioningConcat)."""
+    return [[torch.cat([cond, source], dim=1), dict(extras)] for cond, extras in conditioning_to]
+
+
+def zeroed(conditioning: Sequence[Sequence[Any]]) -> list[list[Any]]:
+    """The conditioning with its embeddings and pooled outputs set to zero (ConditioningZeroOut)."""
+    out: list[list[Any]] = []
+    for cond, extras in conditioning:
+        extras = dict(extras)
+        if extras.get("pooled_output") is not None:
+            extras["pooled_output"] = torch.zeros_like(extras["pooled_output"])
+        out.append([torch.zeros_like(cond), extras])
+    return out

@@ -20,6 +20,7 @@ and that this module stays torch-free.
 from __future__ import annotations
 
 from engine.backend.names import SAMPLER_NAMES, SCHEDULER_NAMES
+from engine.backend.prompt_grammar import EMBEDDING_PREFIX
 from engine.context import RunContext
 from engine.errors import Interrupted, LoomError, ModelError, PathOutsideRoot
 from engine.folders import Folders, split_annotation
@@ -46,8 +47,8 @@ from engine.types import (
 )
 
 __all__ = [
-    "ANY", "BOOLEAN", "CLIP", "COMBO", "CONDITIONING", "CONTROL_NET", "FLOAT", "IMAGE", "INT", "LATENT",
-    "MASK", "MODEL", "SAMPLER_NAMES", "SCHEDULER_NAMES", "SEED_MAX", "STRING", "VAE",
+    "ANY", "BOOLEAN", "CLIP", "COMBO", "CONDITIONING", "CONTROL_NET", "EMBEDDING_PREFIX", "FLOAT", "IMAGE", "INT",
+    "LATENT", "MASK", "MODEL", "SAMPLER_NAMES", "SCHEDULER_NAMES", "SEED_MAX", "STRING", "VAE",
     "ClipHandle", "ControlNetHandle", "FileRef", "Folders", "Input", "Interrupted", "LoomError", "ModelError",
     "ModelFamily", "ModelHandle", "ModelProvider", "Node", "NodeOutput", "NodeRegistry", "NoModels", "Output",
     "PathOutsideRoot", "RunContext", "VaeHandle", "WeightPatch", "split_annotation",

@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from engine.backend.pipeline import BLANK_INPAINT_LATENT
 from engine.backend.unet import UNetModel
 from engine.executor import Executor
 from nodes.conditioning import CLIPTextEncode
@@ -21,7 +22,7 @@ from nodes.inpaint import (
     prepare_inpaint_pixels,
 )
 from nodes.model_loaders import CheckpointLoaderSimple
-from nodes.sampling import BLANK_INPAINT_LATENT, KSampler
+from nodes.sampling import KSampler
 from nodes.vae import VAEEncode
 from tests.fixtures.tiny_checkpoints import build_checkpoint
 from tests.nodes.sd_workflow import (

@@ -1,0 +1,120 @@
+"""Torch-backed SDK operations: sampling, VAE, text encoding and previews.
+
+A node imports this module inside ``run`` (``from engine.sdk import ops``), never at module level, so
+registering nodes does not load torch. Each function takes the node's RunContext and the values on
+its edges and leaves the tensor work to engine/backend and the ModelProvider.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from engine.backend.conditioning import concat_tokens, zeroed
+from engine.backend.pipeline import Latent, ModelTraits, SamplingRequest
+from engine.backend.pipeline import sample as run_pipeline
+from engine.backend.preview import preview_jpeg
+from engine.backend.prompt_weights import TokenizedPrompt
+from engine.backend.text import TextEncoder
+from engine.backend.vae import AutoencoderKL, decode_tiled, encode_tiled
+from engine.context import RunContext
+from engine.models.embeddings import embedding_lookup, embeddings_fingerprint
+from engine.models.families import ModelFamily
+from engine.models.handles import ClipHandle, ModelHandle, VaeHandle
+
+__all__ = [
+    "Latent", "ModelTraits", "SamplingRequest", "TextEncoder", "TokenizedPrompt", "concat_tokens", "decode",
+    "decode_tiled_latent", "embedding_lookup", "embeddings_fingerprint", "encode", "encode_text", "encode_tiled_image",
+    "from_pixels", "model_traits", "sample", "to_pixels", "zeroed",
+]
+
+
+def model_traits(family: ModelFamily) -> ModelTraits:
+    """What the sampling pipeline needs to know of a checkpoint's family."""
+    adm = family.name if family.name in ("sdxl", "sdxl_refiner") else None
+    return ModelTraits(label=family.label, prediction="v" if family.prediction == "v" else "eps",
+                       latent_channels=family.latent_channels, latent_scale=family.latent_scale_factor,
+                       adm=adm,  # type: ignore[arg-type]  # checked against the two names above
+                       inpaint=family.is_inpaint, preview_format="sdxl" if family.is_sdxl else "sd1")
+
+
+def sample(ctx: RunContext, model: ModelHandle, request: SamplingRequest) -> Latent:
+    """One sampling run of ``model``: progress every step, previews for clients that asked for them."""
+    models = ctx.models
+    traits = model_traits(model.family)
+
+    def on_step(step: int, total: int, denoised: Tensor | None) -> None:
+        if ctx.previews and denoised is not None:
+            ctx.preview("JPEG", preview_jpeg(denoised, traits.preview_format))
+        ctx.progress(step, total)
+
+    return run_pipeline(request, traits, lambda shape, cfg: models.sampling(model, shape, cfg=cfg),
+                        models.controlnet, device=models.device, dtype=models.dtype, on_step=on_step)
+
+
+def encode_text(ctx: RunContext, clip: ClipHandle, tokens: dict[str, TokenizedPrompt]) -> list[list[Any]]:
+    """CONDITIONING for tokenized prompts (one per text tower), with the pooled output."""
+    encoder = ctx.models.text_encoder(clip)
+    with torch.inference_mode():
+        cond, pooled = encoder.encode(_pad_chunks(encoder, tokens), layer_idx=clip.layer_idx)
+    return [[cond.float().cpu(), {"pooled_output": pooled.float().cpu()}]]
+
+
+def _pad_chunks(encoder: TextEncoder, tokens: dict[str, TokenizedPrompt]) -> dict[str, TokenizedPrompt]:
+    """Give every tower the same number of 77-token chunks (the shorter ones get empty chunks)."""
+    longest = max(len(t.ids) for t in tokens.values())
+    padded = {}
+    for key, prompt in tokens.items():
+        missing = longest - len(prompt.ids)
+        if missing:
+            empty = encoder.towers[key].tokenizer.empty_chunk()
+            prompt = TokenizedPrompt(ids=[*prompt.ids, *[empty] * missing],
+                                     weights=[*prompt.weights, *[[1.0] * len(empty)] * missing],
+                                     embeddings=prompt.embeddings)
+        padded[key] = prompt
+    return padded
+
+
+def to_pixels(decoded: Tensor) -> Tensor:
+    """VAE output [B, 3, H, W] in -1..1 -> IMAGE [B, H, W, 3] in 0..1 on the CPU."""
+    return ((decoded.float() + 1.0) / 2.0).clamp(0.0, 1.0).permute(0, 2, 3, 1).cpu().contiguous()
+
+
+def from_pixels(image: Tensor, vae: AutoencoderKL, device: torch.device) -> Tensor:
+    """IMAGE [B, H, W, C] -> [B, 3, H', W'] in -1..1, cropped (centred) to a multiple of 8."""
+    height, width = image.shape[1] // 8 * 8, image.shape[2] // 8 * 8
+    if height == 0 or width == 0:
+        raise ValueError(f"the image is {image.shape[2]}x{image.shape[1]}; it must be at least 8x8 pixels")
+    top, left = (image.shape[1] - height) // 2, (image.shape[2] - width) // 2
+    pixels = image[:, top:top + height, left:left + width, :3]
+    return pixels.permute(0, 3, 1, 2).to(device=device, dtype=vae.dtype) * 2.0 - 1.0
+
+
+def decode(ctx: RunContext, vae: VaeHandle, samples: Tensor) -> Tensor:
+    """LATENT samples -> IMAGE with the VAE of ``vae``."""
+    model = ctx.models.vae(vae)
+    with torch.inference_mode():
+        return to_pixels(model.decode(samples.to(ctx.models.device)))
+
+
+def encode(ctx: RunContext, vae: VaeHandle, pixels: Tensor) -> Tensor:
+    """IMAGE -> LATENT samples (float32, CPU) with the VAE of ``vae``."""
+    model = ctx.models.vae(vae)
+    with torch.inference_mode():
+        return model.encode(from_pixels(pixels, model, ctx.models.device)).float().cpu()
+
+
+def decode_tiled_latent(ctx: RunContext, vae: VaeHandle, samples: Tensor, tile: int, overlap: int) -> Tensor:
+    """Decode in overlapping tiles (sizes in latent pixels) with blended seams."""
+    model = ctx.models.vae(vae)
+    with torch.inference_mode():
+        return to_pixels(decode_tiled(model, samples.to(ctx.models.device), tile, overlap))
+
+
+def encode_tiled_image(ctx: RunContext, vae: VaeHandle, pixels: Tensor, tile: int, overlap: int) -> Tensor:
+    """Encode in overlapping tiles (sizes in image pixels) with blended seams."""
+    model = ctx.models.vae(vae)
+    with torch.inference_mode():
+        return encode_tiled(model, from_pixels(pixels, model, ctx.models.device), tile, overlap).float().cpu()
