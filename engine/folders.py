@@ -37,24 +37,46 @@ EMBEDDING_SUFFIXES: tuple[str, ...] = (".safetensors", ".pt", ".bin",
 FILE_KINDS: tuple[str, ...] = ("input", "output", "temp")
 
 
+_ENCODED_ESCAPE = re.compile(r"%(2e|2f|5c|00)", re.IGNORECASE)
+
+
+def path_problem(part: str, *, from_request: bool = False) -> str | None:
+    """Why a relative path piece may not be used, or None when it is fine.
+
+    Always refused: NUL bytes, absolute paths and drive letters, ``..`` segments (backslashes count
+    as separators). ``from_request`` (names straight from an HTTP request) also refuses backslashes
+    and percent-encoded dots, slashes, backslashes and NULs, which only a double-decoding attack
+    sends.
+    """
+    if "\x00" in part:
+        return "contains a NUL byte"
+    if from_request and "\\" in part:
+        return "contains a backslash"
+    norm = part.replace("\\", "/")
+    if norm.startswith("/") or (len(norm) > 1 and norm[1] == ":"):
+        return "is an absolute path"
+    if any(seg == ".." for seg in norm.split("/")):
+        return "contains '..'"
+    if from_request and _ENCODED_ESCAPE.search(part):
+        return "contains a percent-encoded path character"
+    return None
+
+
 def resolve_inside(root: Path, *parts: str) -> Path:
     """Join ``parts`` under ``root`` and return the real path, or raise PathOutsideRoot.
 
-    Symlinks are resolved before the check, so a link that leads out of ``root`` is refused.
+    Each part must pass :func:`path_problem`. Symlinks are resolved before the final check, so a
+    link that leads out of ``root`` is refused.
     """
     root_real = root.resolve()
     pieces: list[str] = []
     for part in parts:
         if not part:
             continue
-        if "\x00" in part:
-            raise PathOutsideRoot(f"path contains a NUL byte: {part!r}")
-        norm = part.replace("\\", "/")
-        if norm.startswith("/") or (len(norm) > 1 and norm[1] == ":"):
-            raise PathOutsideRoot(f"absolute paths are not allowed: {part!r}")
-        if any(seg == ".." for seg in norm.split("/")):
-            raise PathOutsideRoot(f"'..' is not allowed in paths: {part!r}")
-        pieces.extend(seg for seg in norm.split("/") if seg and seg != ".")
+        problem = path_problem(part)
+        if problem is not None:
+            raise PathOutsideRoot(f"path {part!r} {problem}")
+        pieces.extend(seg for seg in part.replace("\\", "/").split("/") if seg and seg != ".")
     candidate = root_real.joinpath(*pieces).resolve()
     if candidate != root_real and root_real not in candidate.parents:
         raise PathOutsideRoot(f"{'/'.join(pieces)!r} resolves outside {root_real}")

@@ -38,6 +38,9 @@ class Settings(BaseModel):
     temp_dir: Path = Path("temp")
     data_dir: Path = Field(Path("data"), description="Queue and history database live here.")
     frontend_dir: Path = Field(Path("frontend"), description="Static files of the graph editor.")
+    default_workflow: Path = Field(
+        default_factory=lambda: Path(__file__).resolve().parents[1] / "workflows" / "txt2img.json",
+        description="Editor workflow the editor opens on first visit (GET /loom/default-workflow).")
     cache_bytes: int = Field(2 * 1024**3, ge=0, description="Output cache budget in bytes.")
     cache_entries: int = Field(10_000, ge=0, description="Output cache budget in entries.")
     max_upload_bytes: int = Field(100 * 1024**2, gt=0)
