@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from engine.events import Event, Executing, ExecutionStart, PreviewImage, to_message
+from engine.jsonutil import dumps_compact
 from engine.queue import QueueClosed
 
 if TYPE_CHECKING:
@@ -50,7 +51,7 @@ _MAX_TRACKED_PROMPTS = 256
 
 def dumps(message: Any) -> str:
     """Compact JSON, as every text frame is sent (no spaces: bytes per node matter)."""
-    return json.dumps(message, separators=(",", ":"), ensure_ascii=False, default=str)
+    return dumps_compact(message)
 
 
 def _truthy(value: str | None) -> bool:
@@ -330,8 +331,7 @@ class Hub:
         conn.send(dumps(self.status_message(sid=client_id)))
         for prompt_id, (owner, node) in self._running.items():
             if owner == client_id and node is not None:
-                conn.send(dumps({"type": "executing",
-                                 "data": {"node": node, "display_node": node, "prompt_id": prompt_id}}))
+                conn.send(dumps(to_message(Executing(node, node, prompt_id))))
         try:
             async for msg in ws:
                 if msg.type == WSMsgType.TEXT:

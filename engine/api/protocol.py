@@ -1,10 +1,12 @@
-"""Request, response and websocket message models of Loom's HTTP API (ComfyUI's shapes).
+"""The pydantic models of Loom's HTTP shapes that have no other source (ComfyUI's shapes).
 
 These models are the boundary: request bodies are parsed with them (leniently: unknown keys are
 kept or ignored, as ComfyUI clients send extra fields) and :mod:`engine.api.openapi` derives the
-OpenAPI document from them. Responses that are plain pass-through of engine data (history
-entries, ``/object_info``) are described here for the document and for tests; the handlers build
-them from the engine's own dicts.
+OpenAPI document from them. Responses that pass engine data through (history entries,
+``/object_info``) are described here for the document and the contract test; the handlers build
+them from the engine's own dicts. Websocket payloads of execution events are not here: their
+schemas come from the event dataclasses of :mod:`engine.events` (see :mod:`engine.api.messages`);
+only the ``status`` and ``feature_flags`` messages, which the hub makes itself, are modelled here.
 """
 
 from __future__ import annotations
@@ -38,17 +40,6 @@ class ErrorResponse(BaseModel):
 
     error: ErrorDetail
     node_errors: dict[str, NodeError] = Field(default_factory=dict)
-
-
-def error_body(
-    kind: str, message: str, details: str = "", extra_info: dict[str, Any] | None = None
-) -> dict[str, Any]:
-    """The JSON body of an error response in the one documented schema."""
-    return {
-        "error": {"type": kind, "message": message, "details": details or message,
-                  "extra_info": dict(extra_info or {})},
-        "node_errors": {},
-    }
 
 
 # --------------------------------------------------------------------------- requests
@@ -215,80 +206,22 @@ class SystemStats(BaseModel):
 class FeatureFlags(BaseModel):
     """``GET /features`` and the websocket ``feature_flags`` answer."""
 
+    model_config = ConfigDict(extra="forbid")
+
     supports_preview_metadata: bool = True
     max_upload_size: int
 
 
-# --------------------------------------------------------------------------- websocket messages
+# --------------------------------------------------------------------------- websocket messages (hub-made)
 
 
 class StatusData(BaseModel):
+    """Data of the websocket ``status`` message (on connect, with ``sid``, and on every queue change)."""
+
+    model_config = ConfigDict(extra="forbid")
+
     status: PromptStatus
     sid: str | None = Field(None, description="Only in the first status after connecting.")
-
-
-class ExecutingData(BaseModel):
-    node: str | None = Field(description="null marks the end of the prompt (history is written).")
-    display_node: str | None = None
-    prompt_id: str | None = None
-
-
-class ProgressData(BaseModel):
-    value: int
-    max: int
-    prompt_id: str
-    node: str
-
-
-class ExecutedData(BaseModel):
-    node: str
-    display_node: str
-    output: dict[str, Any]
-    prompt_id: str
-
-
-class ExecutionEventData(BaseModel):
-    """execution_start / execution_success (and execution_cached with ``nodes``)."""
-
-    prompt_id: str
-    timestamp: int
-    nodes: list[str] | None = None
-
-
-class ExecutionErrorData(BaseModel):
-    prompt_id: str
-    node_id: str | None
-    node_type: str | None
-    executed: list[str]
-    exception_message: str
-    exception_type: str
-    traceback: list[str]
-    current_inputs: dict[str, Any]
-    current_outputs: list[str]
-    timestamp: int
-
-
-class ExecutionInterruptedData(BaseModel):
-    prompt_id: str
-    node_id: str | None
-    node_type: str | None
-    executed: list[str]
-    timestamp: int
-
-
-class WsMessage(BaseModel):
-    """A websocket text frame: compact JSON ``{"type", "data"}``.
-
-    Types: status, execution_start, execution_cached, executing, progress, executed,
-    execution_success, execution_error, execution_interrupted, feature_flags. Binary frames (only
-    when previews are enabled and the client opted in) are a big-endian uint32 event type
-    (1 = preview image: uint32 image type 1 JPEG / 2 PNG, then the bytes; 4 = preview with
-    metadata: uint32 length, metadata JSON, image bytes).
-    """
-
-    type: str
-    data: (StatusData | ExecutingData | ProgressData | ExecutedData | ExecutionErrorData
-           | ExecutionInterruptedData | ExecutionEventData | FeatureFlags | dict[str, Any])
 
 
 class ClientFeatureFlags(_Lenient):
@@ -300,3 +233,32 @@ class ClientFeatureFlags(_Lenient):
 
     supports_preview_metadata: bool = False
     previews: bool = False
+
+
+# --------------------------------------------------------------------------- schema references
+
+REF = "#/components/schemas/{model}"
+
+
+def ref(name: str | type[BaseModel]) -> dict[str, Any]:
+    """A ``$ref`` to a component schema of the OpenAPI document."""
+    return {"$ref": REF.format(model=name if isinstance(name, str) else name.__name__)}
+
+
+def map_of(model: type[BaseModel]) -> dict[str, Any]:
+    return {"type": "object", "additionalProperties": ref(model)}
+
+
+#: ``{prompt_id: HistoryEntry}`` (GET /history and /history/{prompt_id}).
+HISTORY = map_of(HistoryEntry)
+#: ``{class_name: NodeInfo}`` (GET /object_info and /object_info/{node_class}).
+NODE_INFO_MAP = map_of(NodeInfo)
+#: Any websocket text frame (a component built by engine.api.messages).
+WS_MESSAGE = ref("WsMessage")
+
+#: Models that become component schemas of the OpenAPI document.
+COMPONENT_MODELS: tuple[type[BaseModel], ...] = (
+    ErrorResponse, PromptRequest, PromptResponse, PromptStatus, QueueResponse, QueueOperation, HistoryOperation,
+    HistoryEntry, InterruptRequest, FreeRequest, UploadForm, UploadResponse, NodeInfo, SystemStats, FeatureFlags,
+    StatusData, ClientFeatureFlags, FileRef,
+)

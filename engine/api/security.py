@@ -1,15 +1,14 @@
-"""Security middlewares, on by default, outermost first:
+"""Security middlewares, on by default, outermost first (inside the error middleware of
+:mod:`engine.api.errors`, so their refusals use the one error schema):
 
-1. **Errors**: every 4xx/5xx leaves as JSON in the one error schema; an unexpected exception is
-   logged and becomes a 500 (the server keeps serving).
-2. **Host check** (DNS-rebinding defence): when Loom listens on a loopback address, a request whose
+1. **Host check** (DNS-rebinding defence): when Loom listens on a loopback address, a request whose
    ``Host`` names anything but a loopback name or IP (any port) gets 403. A page on
    ``evil.example`` that rebinds its name to 127.0.0.1 still sends ``Host: evil.example``.
-3. **Origin check** (CSRF defence): a request with an ``Origin`` header whose scheme-default-aware
+2. **Origin check** (CSRF defence): a request with an ``Origin`` header whose scheme-default-aware
    ``host:port`` differs from ``Host`` gets 403, unless the origin is in ``allowed_origins``
    (which also get CORS headers and preflight answers). Applies to every method and to the
    websocket upgrade. ``Origin: null`` (sandboxed frames, file://) counts as foreign.
-4. **Auth**: with ``auth_token`` set, every request needs ``Authorization: Bearer <token>``; the
+3. **Auth**: with ``auth_token`` set, every request needs ``Authorization: Bearer <token>``; the
    websocket (``/ws``) and ``GET /view`` (``<img src>`` cannot send headers) may pass it as
    ``?token=``. Exempt: ``GET /`` and ``GET /frontend/...``, the editor's static files, so the
    editor can load and then ask for the token. Comparison uses :func:`hmac.compare_digest`.
@@ -21,51 +20,20 @@ Also: ``X-Content-Type-Options: nosniff``, ``X-Frame-Options: SAMEORIGIN`` and
 from __future__ import annotations
 
 import hmac
-import json
 import logging
-from collections.abc import Awaitable, Callable
 from urllib.parse import urlsplit
 
 from aiohttp import hdrs, web
 
-from engine.api.protocol import error_body
+from engine.api.errors import Handler, Middleware, error_response
 from engine.settings import Settings, is_loopback
 
 log = logging.getLogger(__name__)
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 _DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 _QUERY_TOKEN_PATHS = frozenset({"/ws", "/api/ws", "/view", "/api/view"})
 _CORS_METHODS = "GET, POST, PUT, PATCH, DELETE, OPTIONS"
 _CORS_HEADERS = "Authorization, Content-Type"
-
-
-def _compact(data: object) -> str:
-    return json.dumps(data, separators=(",", ":"), ensure_ascii=False, default=str)
-
-
-class ApiError(Exception):
-    """Raised by handlers: becomes a JSON error response in the documented schema."""
-
-    def __init__(self, status: int, kind: str, message: str, details: str = "",
-                 extra_info: dict[str, object] | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.kind = kind
-        self.message = message
-        self.details = details
-        self.extra_info = dict(extra_info or {})
-
-    def response(self) -> web.Response:
-        return error_response(self.status, self.kind, self.message, self.details, self.extra_info)
-
-
-def error_response(status: int, kind: str, message: str, details: str = "",
-                   extra_info: dict[str, object] | None = None,
-                   headers: dict[str, str] | None = None) -> web.Response:
-    return web.json_response(error_body(kind, message, details, extra_info), status=status,
-                             headers=headers, dumps=_compact)
 
 
 def is_editor_static(request: web.Request) -> bool:
@@ -123,32 +91,7 @@ def _normalised_origins(origins: tuple[str, ...]) -> tuple[bool, set[tuple[str, 
 # --------------------------------------------------------------------------- middlewares
 
 
-def error_middleware() -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
-    @web.middleware
-    async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-        try:
-            return await handler(request)
-        except ApiError as exc:
-            return exc.response()
-        except web.HTTPException as exc:
-            if exc.status < 400:
-                raise
-            kind = {401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
-                    413: "payload_too_large"}.get(exc.status, "http_error")
-            reason = exc.reason or "error"
-            details = exc.text if exc.text and not exc.text.startswith(f"{exc.status}:") else reason
-            headers = {k: v for k, v in exc.headers.items()
-                       if k in (hdrs.ALLOW, hdrs.WWW_AUTHENTICATE)}
-            return error_response(exc.status, kind, reason, details, headers=headers)
-        except Exception as exc:
-            log.exception("unexpected error serving %s %s", request.method, request.path)
-            return error_response(500, "internal_error", "Internal server error",
-                                  f"{type(exc).__name__}: {exc}")
-
-    return errors
-
-
-def host_middleware(settings: Settings) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+def host_middleware(settings: Settings) -> Middleware:
     loopback_only = is_loopback(settings.host)
 
     @web.middleware
@@ -168,7 +111,7 @@ def host_middleware(settings: Settings) -> Callable[[web.Request, Handler], Awai
     return host_check
 
 
-def origin_middleware(settings: Settings) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+def origin_middleware(settings: Settings) -> Middleware:
     allow_all, allowed = _normalised_origins(settings.allowed_origins)
 
     @web.middleware
@@ -216,7 +159,7 @@ async def _with_cors(request: web.Request, handler: Handler, origin: str) -> web
     return response
 
 
-def auth_middleware(settings: Settings) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+def auth_middleware(settings: Settings) -> Middleware:
     token = settings.auth_token
     expected = token.encode() if token else b""
 
@@ -253,7 +196,6 @@ async def security_headers(request: web.Request, response: web.StreamResponse) -
     response.headers.setdefault("Referrer-Policy", "no-referrer")
 
 
-def middlewares(settings: Settings) -> list[Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]]:
-    """All middlewares in order (outermost first)."""
-    return [error_middleware(), host_middleware(settings), origin_middleware(settings),
-            auth_middleware(settings)]
+def security_middlewares(settings: Settings) -> list[Middleware]:
+    """Host check, origin check and auth, in order (outermost first)."""
+    return [host_middleware(settings), origin_middleware(settings), auth_middleware(settings)]

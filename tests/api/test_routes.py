@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from engine.api.openapi import OPERATIONS
-from engine.api.server import scrub_argv
+from engine.api.routes import operations
+from engine.api.system_info import scrub_argv
 from tests.api.conftest import LiveServer
 
 PREFIXES = ("", "/api")
@@ -190,8 +190,8 @@ def test_openapi_lists_every_route(server: LiveServer) -> None:
                      "/extensions", "/ws", "/openapi.json"):
             assert prefix + path in doc["paths"], prefix + path
     assert set(doc["paths"]["/prompt"]) == {"get", "post"}
-    assert {op.name for op in OPERATIONS} == {
-        doc["paths"][op.path][op.method.lower()]["operationId"] for op in OPERATIONS}
+    assert {op.name for op in operations()} == {
+        doc["paths"][op.path][op.method.lower()]["operationId"] for op in operations()}
 
 
 def test_openapi_refs_resolve_and_errors_are_documented(server: LiveServer) -> None:

@@ -1,0 +1,25 @@
+"""The HTTP routes, one class per concern; each handler declares its route with ``@route``.
+
+``prompt``: prompts, queue, history, interrupt, free and the websocket. ``files``: /view and
+uploads. ``system``: node classes, models, system stats, flags and /openapi.json. ``editor``: the
+editor's static files and its /loom/* helpers.
+"""
+
+from __future__ import annotations
+
+from engine.api.operation import Operation, declared
+from engine.api.routes.editor import EditorRoutes
+from engine.api.routes.files import FileRoutes
+from engine.api.routes.prompt import PromptRoutes
+from engine.api.routes.system import SystemRoutes
+
+#: Every route class, in the order the OpenAPI document lists their routes.
+ROUTE_CLASSES: tuple[type, ...] = (PromptRoutes, FileRoutes, SystemRoutes, EditorRoutes)
+
+
+def operations() -> tuple[Operation, ...]:
+    """Every route the server serves, as declared on the route classes."""
+    return tuple(op for cls in ROUTE_CLASSES for op in declared(cls))
+
+
+__all__ = ["ROUTE_CLASSES", "EditorRoutes", "FileRoutes", "PromptRoutes", "SystemRoutes", "operations"]
