@@ -29,6 +29,7 @@ from pydantic import BaseModel, Field
 from engine.cache import OutputCache
 from engine.events import Event, Executed
 from engine.executor import Executor
+from engine.files import FileStore
 from engine.folders import Folders
 from engine.queue import QueueItem
 from engine.registry import NodeRegistry
@@ -228,14 +229,9 @@ class LoomWorker:
     def _write_files(self, files: list[ShippedFile]) -> None:
         """Write shipped files; one already there with the same bytes is left alone (its mtime, and so the
         cache fingerprint of LoadImage, stays)."""
+        store = FileStore(self.folders)
         for shipped in files:
-            path = self.folders.file_path(shipped.kind, shipped.filename, shipped.subfolder)
-            if path.is_file() and path.stat().st_size == len(shipped.data) and path.read_bytes() == shipped.data:
-                continue
-            path.parent.mkdir(parents=True, exist_ok=True)
-            temporary = path.with_name(path.name + ".part")
-            temporary.write_bytes(shipped.data)
-            temporary.replace(path)
+            store.put(shipped.kind, shipped.filename, shipped.data, subfolder=shipped.subfolder)
 
     def output_files(self, output: Mapping[str, Any], shipped: set[tuple[str, str, str]]) -> list[ShippedFile]:
         """The output/temp files a node's output names that were not sent yet, with their bytes."""

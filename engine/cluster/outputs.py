@@ -8,23 +8,20 @@ and /history work as on one machine.
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import re
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from engine.cluster.actor import ShippedFile
 from engine.cluster.needs import PromptNeeds
 from engine.errors import PathOutsideRoot
+from engine.files import FileStore, counted_names
 from engine.folders import Folders
 
 log = logging.getLogger(__name__)
 
-_COUNTED = re.compile(r"^(?P<stem>.*_)(?P<counter>\d+)(?P<rest>_[^/]*)$")
 _MEMO_SIZE = 200_000  # worker file names remembered (about 200 bytes each)
 
 
@@ -47,6 +44,7 @@ class OutputStore:
 
     def __init__(self, folders: Folders) -> None:
         self.folders = folders
+        self.store = FileStore(folders)
         self._lock = threading.Lock()
         self._names: OrderedDict[tuple[str, str, str, str], str] = OrderedDict()  # (worker, kind, sub, name)
 
@@ -82,39 +80,6 @@ class OutputStore:
         return {**entry, "filename": name} if name else dict(entry)
 
     def _write(self, shipped: ShippedFile) -> str:
-        """Write under the first free name (the worker's own first); the name used."""
-        digest = hashlib.sha256(shipped.data).digest()
-        for name in _candidates(shipped.filename):
-            path = self.folders.file_path(shipped.kind, name, shipped.subfolder)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                with path.open("xb") as handle:
-                    handle.write(shipped.data)
-                return name
-            except FileExistsError:
-                if _same_bytes(path, len(shipped.data), digest):
-                    return name
-        raise RuntimeError(f"no free name for {shipped.filename}")  # _candidates is endless
-
-
-def _candidates(filename: str) -> Any:
-    yield filename
-    match = _COUNTED.match(filename)
-    if match:
-        counter, width = int(match["counter"]), len(match["counter"])
-        while True:
-            counter += 1
-            yield f"{match['stem']}{counter:0{width}d}{match['rest']}"
-    stem, dot, ext = filename.rpartition(".")
-    stem, ext = (stem, dot + ext) if dot else (filename, "")
-    index = 1
-    while True:
-        yield f"{stem}-{index}{ext}"
-        index += 1
-
-
-def _same_bytes(path: Path, size: int, digest: bytes) -> bool:
-    try:
-        return path.stat().st_size == size and hashlib.sha256(path.read_bytes()).digest() == digest
-    except OSError:
-        return False
+        """Write under the first free name (the worker's own first, then the next counter); the name used."""
+        return self.store.save(shipped.kind, shipped.filename, shipped.data, subfolder=shipped.subfolder,
+                               names=counted_names)
