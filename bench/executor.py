@@ -4,7 +4,9 @@ Starts a real Loom server (subprocess, loopback, fresh temp folders), connects a
 and measures, for a 300-node chain and a 300-node wide graph of cheap latent nodes:
 cold run, fully cached re-run and a run with one node changed near the end (seconds from POST to
 execution_success), plus websocket bytes received per run and server start time (process start
-to accepting connections). The reference numbers are ComfyUI's on this machine (from issue #2).
+to /system_stats answering), and its ratio to ``python -c "import torch"`` timed in the same run: the
+server listens before torch loads, so the ratio must stay below 1 (issue 14). The reference numbers
+are ComfyUI's on this machine (from issue #2).
 
     python bench/executor.py [--repeat N]
 """
@@ -26,7 +28,8 @@ from typing import Any
 import websocket
 
 ROOT = Path(__file__).resolve().parent.parent
-TARGETS = {"cold_s": 0.3, "cached_s": 0.020, "one_changed_s": 0.030, "ws_bytes": 300_000, "start_s": 2.0}
+TARGETS = {"cold_s": 0.3, "cached_s": 0.020, "one_changed_s": 0.030, "ws_bytes": 300_000, "start_s": 2.0,
+           "start_over_import_torch": 1.0}
 COMFYUI_REFERENCE = {"cold_s": 7.9, "cached_s": "4.9-6.9", "one_changed_s": "3.8-4.5",
                      "ws_bytes": 17_000_000, "start_s": "5.5-7.4"}
 
@@ -117,14 +120,23 @@ def start_server(tmp: Path) -> tuple[subprocess.Popen[bytes], int, float]:
         args += [f"--{name}-dir", str(tmp / name)]
     start = time.perf_counter()
     proc = subprocess.Popen(args, cwd=ROOT)
+    url = f"http://127.0.0.1:{port}/system_stats"
     while True:
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.05):
-                return proc, port, time.perf_counter() - start
+            with urllib.request.urlopen(url, timeout=1.0) as response:
+                if response.status == 200:
+                    return proc, port, time.perf_counter() - start
         except OSError:
             if proc.poll() is not None:
                 raise RuntimeError("server exited during start") from None
             time.sleep(0.005)
+
+
+def import_torch_s() -> float:
+    """Seconds for a fresh interpreter to run ``import torch`` (the yardstick of the start time)."""
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import torch"], check=True, cwd=ROOT)
+    return time.perf_counter() - start
 
 
 def measure(client: Client, make: Any, repeat: int) -> dict[str, Any]:
@@ -149,6 +161,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
+        torch_imports = [import_torch_s() for _ in range(3)]
         starts = []
         for _ in range(3):
             proc, port, started = start_server(tmp)
@@ -162,6 +175,8 @@ def main() -> None:
             chain_3 = measure(client, lambda changed=1.0: chain_prompt(3, changed), args.repeat)
             result = {
                 "server_start_s": round(min(starts), 3),
+                "import_torch_s": round(min(torch_imports), 3),
+                "start_over_import_torch": round(min(starts) / min(torch_imports), 3),
                 "chain_3": chain_3,
                 "chain_300": chain_300,
                 "cold_ms_per_node": {"chain_3": round(1000 * chain_3["cold_s"] / 3, 3),

@@ -1,12 +1,17 @@
 """ModelProvider: the seam between the graph (executor, nodes) and whatever owns the models.
 
 :class:`engine.models.manager.ModelManager` implements it on one machine; a cluster worker runs its
-own. Executor tests use :class:`NoModels`. Torch-free: the torch types are only named for the type
+own. Executor tests use :class:`NoModels`; the server builds its manager in the background behind
+:class:`DeferredModels`. Torch-free: the torch types are only named for the type
 checker, so the engine core, the API and node declarations load without torch.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -20,6 +25,8 @@ if TYPE_CHECKING:
     from engine.backend.unet import UNetModel
     from engine.backend.vae import AutoencoderKL
     from engine.models.handles import ClipHandle, ControlNetHandle, ModelHandle, VaeHandle
+
+log = logging.getLogger(__name__)
 
 
 class ModelProvider(Protocol):
@@ -93,3 +100,89 @@ class NoModels:
     def _missing(what: str) -> LoomError:
         return LoomError(f"this executor was built without a model manager, so it has no {what}; "
                          "run the graph with Loom's server or `main.py run`")
+
+
+class DeferredModels:
+    """A ModelProvider whose real provider is built on a background thread.
+
+    ``python main.py`` listens before torch loads: the server answers ``/system_stats``, ``/object_info``
+    and the editor at once, while :meth:`start` builds the ModelManager (importing torch and the
+    backend) beside it. The first call that needs a model waits for that build; housekeeping calls
+    (stats, unload_all) never wait. A build that failed raises its error on every call that needs it.
+    """
+
+    def __init__(self, build: Callable[[], ModelProvider], warm_up: Callable[[], None] | None = None) -> None:
+        self._build = build
+        self._warm_up = warm_up
+        self._ready = threading.Event()
+        self._provider: ModelProvider | None = None
+        self._error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        """Begin building on a daemon thread (once)."""
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._load, name="loom-models", daemon=True)
+                self._thread.start()
+
+    def _load(self) -> None:
+        started = time.perf_counter()
+        try:
+            self._provider = self._build()
+            if self._warm_up is not None:
+                self._warm_up()
+            log.info("models ready in %.1f s (torch and the backend loaded in the background)",
+                     time.perf_counter() - started)
+        except Exception as exc:  # noqa: BLE001 - kept and raised to every caller that needs a model
+            log.exception("the model manager could not be built")
+            self._error = exc
+        finally:
+            self._ready.set()
+
+    @property
+    def loaded(self) -> bool:
+        return self._ready.is_set() and self._provider is not None
+
+    def provider(self) -> ModelProvider:
+        """The real provider, waiting for the build (started here if nobody started it)."""
+        self.start()
+        self._ready.wait()
+        if self._provider is None:
+            raise LoomError(f"the model manager could not be built: {self._error}") from self._error
+        return self._provider
+
+    @property
+    def device(self) -> torch.device:
+        return self.provider().device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.provider().dtype
+
+    def unet(self, handle: ModelHandle) -> UNetModel:
+        return self.provider().unet(handle)
+
+    def sampling(self, handle: ModelHandle, latent_shape: tuple[int, ...], *,
+                 cfg: bool = True) -> AbstractContextManager[UNetModel]:
+        return self.provider().sampling(handle, latent_shape, cfg=cfg)
+
+    def text_encoder(self, handle: ClipHandle) -> TextEncoder:
+        return self.provider().text_encoder(handle)
+
+    def vae(self, handle: VaeHandle) -> AutoencoderKL:
+        return self.provider().vae(handle)
+
+    def controlnet(self, handle: ControlNetHandle) -> ControlNet:
+        return self.provider().controlnet(handle)
+
+    def stats(self) -> dict[str, Any]:
+        return self._provider.stats() if self.loaded and self._provider is not None else {"loading": True}
+
+    def unload_all(self) -> None:
+        if self._provider is not None:
+            self._provider.unload_all()
+
+    def recover_from_oom(self) -> str:
+        return self.provider().recover_from_oom()
