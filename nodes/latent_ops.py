@@ -1,100 +1,23 @@
 """Latent nodes: empty latents, resizing, compositing, batching and arithmetic.
 
 A LATENT is a dict ``{"samples": [B, C, H/8, W/8], "noise_mask"?: mask, "batch_index"?: [int]}``.
-``batch_index`` says which noise of a seeded batch each item gets (ComfyUI's rule), so nodes that
-reorder or repeat items keep it consistent. Nodes never mutate the dicts or tensors they receive:
-each returns a shallow copy with new tensors for what changed.
+The tensor work lives in :mod:`engine.sdk.imaging`, which never mutates the dicts or tensors it
+receives and keeps ``batch_index`` (which noise of a seeded batch each item gets) consistent.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
-import torch
-import torch.nn.functional as F
-from torch import Tensor
-
-from engine.context import RunContext
-from engine.node import Input, Node, Output
-from engine.types import COMBO, FLOAT, INT, LATENT
-from nodes.image_ops import CROP_METHODS, MAX_RESOLUTION, resize
+from engine.sdk import COMBO, FLOAT, INT, LATENT, Input, Node, Output, RunContext
+from nodes.image_ops import CROP_METHODS, MAX_RESOLUTION
 
 Latent = dict[str, Any]
 
 LATENT_UPSCALE_METHODS: tuple[str, ...] = ("nearest-exact", "bilinear", "area", "bicubic", "bislerp")
 
-#: Pixels per latent pixel along each axis for the SD VAEs.
-LATENT_SCALE = 8
-
 #: Channels of an SD1.x/SD2.x/SDXL latent.
 DEFAULT_LATENT_CHANNELS = 4
-
-
-def empty_latent(width: int, height: int, batch_size: int, channels: int = DEFAULT_LATENT_CHANNELS) -> Latent:
-    """Zeros for ``batch_size`` images of ``width x height`` pixels."""
-    shape = (batch_size, channels, height // LATENT_SCALE, width // LATENT_SCALE)
-    return {"samples": torch.zeros(shape, dtype=torch.float32)}
-
-
-def repeat_to_batch(x: Tensor, batch: int) -> Tensor:
-    """Repeat (cyclically) or cut ``x`` along dim 0 to exactly ``batch`` items."""
-    if x.shape[0] == batch:
-        return x
-    times = math.ceil(batch / x.shape[0])
-    return x.repeat((times,) + (1,) * (x.ndim - 1))[:batch]
-
-
-def match_latent(target: Tensor, other: Tensor, *, repeat_batch: bool) -> Tensor:
-    """``other`` resized (bilinear, centre crop) to ``target``'s size, optionally its batch too."""
-    if other.shape[1:] != target.shape[1:]:
-        if other.shape[1] != target.shape[1]:
-            raise ValueError(
-                f"latents have {target.shape[1]} and {other.shape[1]} channels; "
-                "they come from different model families and cannot be combined"
-            )
-        other = resize(other, target.shape[-1], target.shape[-2], "bilinear", "center")
-    other = other.to(target)
-    return repeat_to_batch(other, target.shape[0]) if repeat_batch else other
-
-
-def _mask_4d(mask: Tensor) -> Tensor:
-    """A noise mask as ``[B, 1, H, W]`` (masks arrive as [H, W], [B, H, W] or [B, 1, H, W])."""
-    if mask.ndim == 2:
-        return mask[None, None]
-    if mask.ndim == 3:
-        return mask[:, None]
-    return mask
-
-
-def _batch_noise_masks(first: Latent, second: Latent) -> Tensor | None:
-    """The noise mask of two latents batched together; a side without one is fully masked (1)."""
-    mask1, mask2 = first.get("noise_mask"), second.get("noise_mask")
-    if mask1 is None and mask2 is None:
-        return None
-    batch1, batch2 = first["samples"].shape[0], second["samples"].shape[0]
-    reference = _mask_4d(mask1 if mask1 is not None else mask2)
-    size = reference.shape[-2:]
-    parts = []
-    for mask, batch in ((mask1, batch1), (mask2, batch2)):
-        if mask is None:
-            parts.append(torch.ones((batch, 1, *size), dtype=reference.dtype, device=reference.device))
-            continue
-        mask = _mask_4d(mask).to(reference)
-        if mask.shape[-2:] != size:
-            mask = F.interpolate(mask, size=tuple(size), mode="bilinear")
-        parts.append(repeat_to_batch(mask, batch))
-    return torch.cat(parts, dim=0)
-
-
-def _indices(latent: Latent) -> list[int]:
-    """The latent's batch_index, or 0..B-1 when it has none."""
-    index = latent.get("batch_index")
-    return list(index) if index is not None else list(range(latent["samples"].shape[0]))
-
-
-# ---------------------------------------------------------------------------------------------
-# Nodes
 
 
 class EmptyLatentImage(Node):
@@ -112,7 +35,9 @@ class EmptyLatentImage(Node):
     outputs = (Output(LATENT),)
 
     def run(self, ctx: RunContext, width: int, height: int, batch_size: int) -> tuple[Latent]:
-        return (empty_latent(width, height, batch_size, self.latent_channels),)
+        from engine.sdk import imaging
+
+        return (imaging.empty_latent(width, height, batch_size, self.latent_channels),)
 
 
 def _method_input() -> Input:
@@ -136,21 +61,9 @@ class LatentUpscale(Node):
     def run(
         self, ctx: RunContext, samples: Latent, upscale_method: str, width: int, height: int, crop: str
     ) -> tuple[Latent]:
-        out = dict(samples)
-        if width == 0 and height == 0:
-            return (out,)
-        latent = samples["samples"]
-        min_size = 8 * LATENT_SCALE  # ComfyUI never goes below 64 pixels
-        if width == 0:
-            height = max(min_size, height)
-            width = max(min_size, round(latent.shape[-1] * height / latent.shape[-2]))
-        elif height == 0:
-            width = max(min_size, width)
-            height = max(min_size, round(latent.shape[-2] * width / latent.shape[-1]))
-        else:
-            width, height = max(min_size, width), max(min_size, height)
-        out["samples"] = resize(latent, width // LATENT_SCALE, height // LATENT_SCALE, upscale_method, crop)
-        return (out,)
+        from engine.sdk import imaging
+
+        return (imaging.upscale_latent(samples, upscale_method, width, height, crop),)
 
 
 class LatentUpscaleBy(Node):
@@ -166,26 +79,9 @@ class LatentUpscaleBy(Node):
     outputs = (Output(LATENT),)
 
     def run(self, ctx: RunContext, samples: Latent, upscale_method: str, scale_by: float) -> tuple[Latent]:
-        latent = samples["samples"]
-        width = max(1, round(latent.shape[-1] * scale_by))
-        height = max(1, round(latent.shape[-2] * scale_by))
-        out = dict(samples)
-        out["samples"] = resize(latent, width, height, upscale_method)
-        return (out,)
+        from engine.sdk import imaging
 
-
-def _feather_weights(length: int, feather: int, ramp_start: bool, ramp_end: bool) -> Tensor:
-    """Per-row (or column) weights: 1 inside, a linear ramp of ``feather`` steps at inner edges."""
-    weights = torch.ones(length, dtype=torch.float32)
-    steps = min(feather, length)
-    if feather <= 0 or steps == 0:
-        return weights
-    ramp = (torch.arange(steps, dtype=torch.float32) + 1.0) / feather
-    if ramp_start:
-        weights[:steps] *= ramp
-    if ramp_end:
-        weights[length - steps :] *= ramp.flip(0)
-    return weights
+        return (imaging.upscale_latent_by(samples, upscale_method, scale_by),)
 
 
 class LatentComposite(Node):
@@ -205,26 +101,9 @@ class LatentComposite(Node):
     def run(
         self, ctx: RunContext, samples_to: Latent, samples_from: Latent, x: int, y: int, feather: int
     ) -> tuple[Latent]:
-        x, y, feather = x // LATENT_SCALE, y // LATENT_SCALE, feather // LATENT_SCALE
-        dest = samples_to["samples"]
-        out = dict(samples_to)
-        result = dest.clone()
-        out["samples"] = result
-        height = max(0, min(samples_from["samples"].shape[-2], dest.shape[-2] - y))
-        width = max(0, min(samples_from["samples"].shape[-1], dest.shape[-1] - x))
-        if height == 0 or width == 0:
-            return (out,)
-        source = samples_from["samples"][..., :height, :width].to(dest)
-        source = repeat_to_batch(source, dest.shape[0])
-        if feather == 0:
-            result[..., y : y + height, x : x + width] = source
-            return (out,)
-        rows = _feather_weights(height, feather, y != 0, y + height < dest.shape[-2])
-        cols = _feather_weights(width, feather, x != 0, x + width < dest.shape[-1])
-        weight = (rows[:, None] * cols[None, :]).to(dest)
-        region = result[..., y : y + height, x : x + width]
-        result[..., y : y + height, x : x + width] = source * weight + region * (1.0 - weight)
-        return (out,)
+        from engine.sdk import imaging
+
+        return (imaging.composite_latent(samples_to, samples_from, x, y, feather),)
 
 
 class LatentBatch(Node):
@@ -236,16 +115,9 @@ class LatentBatch(Node):
     outputs = (Output(LATENT),)
 
     def run(self, ctx: RunContext, samples1: Latent, samples2: Latent) -> tuple[Latent]:
-        first = samples1["samples"]
-        second = match_latent(first, samples2["samples"], repeat_batch=False)
-        out = dict(samples1)
-        out["samples"] = torch.cat((first, second), dim=0)
-        # ComfyUI concatenates the indices as they are, so a seed gives the same noise here.
-        out["batch_index"] = _indices(samples1) + _indices(samples2)
-        mask = _batch_noise_masks(samples1, samples2)
-        if mask is not None:
-            out["noise_mask"] = mask
-        return (out,)
+        from engine.sdk import imaging
+
+        return (imaging.batch_latents(samples1, samples2),)
 
 
 class LatentFromBatch(Node):
@@ -261,20 +133,9 @@ class LatentFromBatch(Node):
     outputs = (Output(LATENT),)
 
     def run(self, ctx: RunContext, samples: Latent, batch_index: int, length: int) -> tuple[Latent]:
-        latent = samples["samples"]
-        batch = latent.shape[0]
-        start = min(batch - 1, batch_index)
-        stop = start + min(batch - start, length)
-        out = dict(samples)
-        out["samples"] = latent[start:stop].clone()
-        mask = samples.get("noise_mask")
-        if mask is not None:
-            if mask.ndim >= 3 and mask.shape[0] > 1:
-                out["noise_mask"] = repeat_to_batch(mask, batch)[start:stop].clone()
-            else:
-                out["noise_mask"] = mask.clone()
-        out["batch_index"] = _indices(samples)[start:stop]
-        return (out,)
+        from engine.sdk import imaging
+
+        return (imaging.latent_from_batch(samples, batch_index, length),)
 
 
 class RepeatLatentBatch(Node):
@@ -286,20 +147,9 @@ class RepeatLatentBatch(Node):
     outputs = (Output(LATENT),)
 
     def run(self, ctx: RunContext, samples: Latent, amount: int) -> tuple[Latent]:
-        latent = samples["samples"]
-        out = dict(samples)
-        out["samples"] = latent.repeat((amount,) + (1,) * (latent.ndim - 1))
-        mask = samples.get("noise_mask")
-        if mask is not None and mask.ndim >= 3 and mask.shape[0] > 1:
-            mask = repeat_to_batch(mask, latent.shape[0])
-            out["noise_mask"] = mask.repeat((amount,) + (1,) * (mask.ndim - 1))
-        index = samples.get("batch_index")
-        if index is not None:
-            index = list(index)
-            # ComfyUI's rule: each copy is offset by the span of the indices.
-            offset = max(index) - min(index) + 1
-            out["batch_index"] = [i + copy * offset for copy in range(amount) for i in index]
-        return (out,)
+        from engine.sdk import imaging
+
+        return (imaging.repeat_latent_batch(samples, amount),)
 
 
 class LatentAdd(Node):
@@ -310,10 +160,9 @@ class LatentAdd(Node):
     outputs = (Output(LATENT),)
 
     def run(self, ctx: RunContext, samples1: Latent, samples2: Latent) -> tuple[Latent]:
-        first = samples1["samples"]
-        out = dict(samples1)
-        out["samples"] = first + match_latent(first, samples2["samples"], repeat_batch=True)
-        return (out,)
+        from engine.sdk import imaging
+
+        return (imaging.add_latents(samples1, samples2),)
 
 
 class LatentMultiply(Node):
@@ -327,9 +176,9 @@ class LatentMultiply(Node):
     outputs = (Output(LATENT),)
 
     def run(self, ctx: RunContext, samples: Latent, multiplier: float) -> tuple[Latent]:
-        out = dict(samples)
-        out["samples"] = samples["samples"] * multiplier
-        return (out,)
+        from engine.sdk import imaging
+
+        return (imaging.multiply_latent(samples, multiplier),)
 
 
 LATENT_NODES: tuple[type[Node], ...] = (

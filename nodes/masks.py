@@ -1,47 +1,21 @@
 """Mask nodes (ComfyUI's comfy_extras/nodes_mask): make, invert, grow, threshold and convert masks,
-and paste an image into another through a mask.
+and paste an image into another through a mask. The tensor work lives in :mod:`engine.sdk.imaging`.
 
 MASK is float [B, H, W] in 0..1 (1 = selected: regenerate when inpainting); IMAGE is [B, H, W, C].
 """
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
-from torch import Tensor
+from typing import TYPE_CHECKING
 
-from engine.context import RunContext
-from engine.node import Input, Node, Output
-from engine.types import BOOLEAN, COMBO, FLOAT, IMAGE, INT, MASK
+from engine.sdk import BOOLEAN, COMBO, FLOAT, IMAGE, INT, MASK, Input, Node, Output, RunContext
 from nodes.image_ops import MAX_RESOLUTION
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 CHANNELS: tuple[str, ...] = ("red", "green", "blue", "alpha")
 _MODULE = "comfy_extras.nodes_mask"
-
-
-def mask_3d(mask: Tensor) -> Tensor:
-    """A MASK of any accepted rank as float [B, H, W]."""
-    return mask.reshape((-1, mask.shape[-2], mask.shape[-1])).float()
-
-
-def _neighbourhood(mask: Tensor, tapered: bool) -> Tensor:
-    """The 3x3 neighbours of every pixel, [9 or 5, B, H, W]; edges repeat (ComfyUI's reflect mode)."""
-    height, width = mask.shape[-2:]
-    padded = F.pad(mask[:, None], (1, 1, 1, 1), mode="replicate")[:, 0]
-    offsets = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if not (tapered and dy and dx)]
-    return torch.stack([padded[:, 1 + dy:1 + dy + height, 1 + dx:1 + dx + width] for dy, dx in offsets])
-
-
-def grow_mask(mask: Tensor, expand: int, tapered_corners: bool) -> Tensor:
-    """Grey dilation (``expand`` > 0) or erosion (< 0), one 3x3 pass per pixel of ``expand``.
-
-    With ``tapered_corners`` the footprint is a cross (corners grow rounder), else a full square.
-    """
-    out = mask_3d(mask)
-    for _ in range(abs(expand)):
-        around = _neighbourhood(out, tapered_corners)
-        out = around.amax(dim=0) if expand > 0 else around.amin(dim=0)
-    return out
 
 
 class SolidMask(Node):
@@ -57,7 +31,9 @@ class SolidMask(Node):
     outputs = (Output(MASK),)
 
     def run(self, ctx: RunContext, value: float, width: int, height: int) -> tuple[Tensor]:
-        return (torch.full((1, height, width), value, dtype=torch.float32),)
+        from engine.sdk import imaging
+
+        return (imaging.solid_mask(value, width, height),)
 
 
 class InvertMask(Node):
@@ -69,7 +45,9 @@ class InvertMask(Node):
     outputs = (Output(MASK),)
 
     def run(self, ctx: RunContext, mask: Tensor) -> tuple[Tensor]:
-        return (1.0 - mask_3d(mask),)
+        from engine.sdk import imaging
+
+        return (imaging.invert_mask(mask),)
 
 
 class GrowMask(Node):
@@ -85,7 +63,9 @@ class GrowMask(Node):
     outputs = (Output(MASK),)
 
     def run(self, ctx: RunContext, mask: Tensor, expand: int, tapered_corners: bool) -> tuple[Tensor]:
-        return (grow_mask(mask, expand, tapered_corners),)
+        from engine.sdk import imaging
+
+        return (imaging.grow_mask(mask, expand, tapered_corners),)
 
 
 class ThresholdMask(Node):
@@ -97,7 +77,9 @@ class ThresholdMask(Node):
     outputs = (Output(MASK),)
 
     def run(self, ctx: RunContext, mask: Tensor, value: float) -> tuple[Tensor]:
-        return ((mask_3d(mask) > value).float(),)
+        from engine.sdk import imaging
+
+        return (imaging.threshold_mask(mask, value),)
 
 
 class MaskToImage(Node):
@@ -110,7 +92,9 @@ class MaskToImage(Node):
     outputs = (Output(IMAGE),)
 
     def run(self, ctx: RunContext, mask: Tensor) -> tuple[Tensor]:
-        return (mask_3d(mask)[..., None].expand(-1, -1, -1, 3).contiguous(),)
+        from engine.sdk import imaging
+
+        return (imaging.mask_to_image(mask),)
 
 
 class ImageToMask(Node):
@@ -123,51 +107,13 @@ class ImageToMask(Node):
     outputs = (Output(MASK),)
 
     def run(self, ctx: RunContext, image: Tensor, channel: str) -> tuple[Tensor]:
+        from engine.sdk import imaging
+
         index = CHANNELS.index(channel)
         if index >= image.shape[-1]:
             raise ValueError(f"input 'channel': the image has no {channel} channel ({image.shape[-1]} channels); "
                              "pick red, green or blue")
-        return (image[..., index].float().contiguous(),)
-
-
-def _with_alpha(image: Tensor) -> Tensor:
-    return F.pad(image, (0, 1), value=1.0) if image.shape[-1] == 3 else image
-
-
-def _match_channels(destination: Tensor, source: Tensor) -> tuple[Tensor, Tensor]:
-    """Give an RGB image an opaque alpha channel when the other one has alpha."""
-    if destination.shape[-1] == source.shape[-1]:
-        return destination, source
-    return _with_alpha(destination), _with_alpha(source)
-
-
-def _batch(tensor: Tensor, size: int) -> Tensor:
-    if tensor.shape[0] >= size:
-        return tensor[:size]
-    reps = -(-size // tensor.shape[0])
-    return tensor.repeat((reps,) + (1,) * (tensor.ndim - 1))[:size]
-
-
-def composite_masked(destination: Tensor, source: Tensor, x: int, y: int, mask: Tensor | None,
-                     resize_source: bool) -> Tensor:
-    """``source`` pasted onto a copy of ``destination`` at (x, y) through ``mask`` (resized to the source)."""
-    destination, source = _match_channels(destination, source)
-    out = destination.clone().movedim(-1, 1)
-    src = source.to(out).movedim(-1, 1)
-    if resize_source:
-        src = F.interpolate(src, size=out.shape[-2:], mode="bilinear")
-    src = _batch(src, out.shape[0])
-    if mask is None:
-        weight = torch.ones_like(src[:, :1])
-    else:
-        weight = F.interpolate(mask_3d(mask)[:, None].to(out), size=src.shape[-2:], mode="bilinear")
-        weight = _batch(weight, src.shape[0])
-    height = max(min(src.shape[-2], out.shape[-2] - y), 0)
-    width = max(min(src.shape[-1], out.shape[-1] - x), 0)
-    weight, src = weight[..., :height, :width], src[..., :height, :width]
-    region = out[..., y:y + height, x:x + width]
-    out[..., y:y + height, x:x + width] = src * weight + region * (1.0 - weight)
-    return out.movedim(1, -1)
+        return (imaging.image_channel(image, index),)
 
 
 class ImageCompositeMasked(Node):
@@ -187,7 +133,9 @@ class ImageCompositeMasked(Node):
 
     def run(self, ctx: RunContext, destination: Tensor, source: Tensor, x: int, y: int, resize_source: bool,
             mask: Tensor | None = None) -> tuple[Tensor]:
-        return (composite_masked(destination, source, x, y, mask, resize_source),)
+        from engine.sdk import imaging
+
+        return (imaging.composite_masked(destination, source, x, y, mask, resize_source),)
 
 
 MASK_NODES: tuple[type[Node], ...] = (SolidMask, InvertMask, GrowMask, ThresholdMask, MaskToImage, ImageToMask,

@@ -8,14 +8,18 @@ import torch
 from PIL import Image
 
 from engine.context import RunContext
+from engine.sdk.imaging import CROP_METHODS as RESAMPLE_CROPS
+from engine.sdk.imaging import RESAMPLE_METHODS, center_crop_to_aspect
 from nodes.image_ops import (
+    CROP_METHODS,
+    UPSCALE_METHODS,
     EmptyImage,
     ImageBatch,
     ImageInvert,
     ImageScale,
     ImageScaleBy,
-    center_crop_to_aspect,
 )
+from nodes.latent_ops import LATENT_UPSCALE_METHODS
 
 METHODS = ["nearest-exact", "bilinear", "area", "bicubic", "lanczos"]
 
@@ -149,3 +153,9 @@ def test_empty_image_colour(ctx: RunContext) -> None:
     assert torch.count_nonzero(black) == 0
     (white,) = EmptyImage().run(ctx, width=1, height=1, batch_size=1, color=0xFFFFFF)
     assert torch.equal(white, torch.ones((1, 1, 1, 3)))
+
+
+def test_declared_methods_are_ones_the_backend_knows() -> None:
+    # The node modules declare their combos torch-free; the backend keeps its own list.
+    assert set(UPSCALE_METHODS) | set(LATENT_UPSCALE_METHODS) <= RESAMPLE_METHODS
+    assert CROP_METHODS == RESAMPLE_CROPS
