@@ -1,103 +1,22 @@
-"""Hint preprocessors for ControlNets, in torch (no OpenCV): Canny edges, a threshold (scribble) map,
-and fitting a hint to a latent's grid.
-
-:func:`canny` follows the classic algorithm (Canny 1986) with the conventions ComfyUI's ``Canny``
-node gets from kornia, so its thresholds mean the same: grayscale (ITU-R 601 luma), 5x5 Gaussian blur
-(sigma 1, reflected borders), unnormalised Sobel gradients (replicated borders), magnitude
-``sqrt(gx^2 + gy^2 + 1e-6)``, non-maximum suppression along the gradient direction quantised to
-45 degrees (ties within :data:`TIE` go to one side, so drawn edges come out one pixel wide), then
-hysteresis: pixels above ``high`` are edges, and pixels above ``low`` join them when 8-connected to
-an edge (grown iteratively until nothing changes).
+"""Hint preprocessors for ControlNets: Canny edges, a threshold (scribble) map, and fitting a hint to a
+latent's grid. The algorithms (torch, no OpenCV) live in :mod:`engine.sdk.imaging`
+(``engine.backend.preprocess``), which documents how :func:`~engine.backend.preprocess.canny` matches
+ComfyUI's ``Canny`` node.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-import torch.nn.functional as F
-from torch import Tensor
+from engine.sdk import FLOAT, IMAGE, LATENT, Input, Node, Output, RunContext
 
-from engine.backend.control_apply import fit_hint
-from engine.context import RunContext
-from engine.node import Input, Node, Output
-from engine.types import FLOAT, IMAGE, LATENT
+if TYPE_CHECKING:
+    from torch import Tensor
 
-__all__ = ["PREPROCESS_NODES", "canny", "gaussian_blur", "grayscale", "hysteresis", "non_max_suppression", "sobel"]
+__all__ = ["PREPROCESS_NODES", "Canny", "ControlNetHintResize", "ImageThreshold"]
 
-_LUMA = (0.299, 0.587, 0.114)
-_EPS = 1e-6
-#: Magnitudes closer than this count as equal in non-maximum suppression (float noise on drawn edges).
-TIE = 1e-5
-
-
-def grayscale(images: Tensor) -> Tensor:
-    """``[B, C, H, W]`` -> ``[B, 1, H, W]``: luma of RGB(A), the channel itself for one channel."""
-    if images.shape[1] == 1:
-        return images
-    weights = torch.tensor(_LUMA, dtype=images.dtype, device=images.device).reshape(1, 3, 1, 1)
-    return (images[:, :3] * weights).sum(dim=1, keepdim=True)
-
-
-def gaussian_blur(x: Tensor, kernel_size: int = 5, sigma: float = 1.0) -> Tensor:
-    """Separable Gaussian blur of ``[B, 1, H, W]`` with reflected borders."""
-    offsets = torch.arange(kernel_size, dtype=x.dtype, device=x.device) - (kernel_size - 1) / 2
-    kernel = torch.exp(-(offsets**2) / (2 * sigma**2))
-    kernel = kernel / kernel.sum()
-    pad = kernel_size // 2
-    mode = "reflect" if min(x.shape[-2:]) > pad else "replicate"
-    x = F.conv2d(F.pad(x, (pad, pad, 0, 0), mode=mode), kernel.reshape(1, 1, 1, -1))
-    return F.conv2d(F.pad(x, (0, 0, pad, pad), mode=mode), kernel.reshape(1, 1, -1, 1))
-
-
-def sobel(x: Tensor) -> tuple[Tensor, Tensor]:
-    """Horizontal and vertical Sobel gradients of ``[B, 1, H, W]`` (unnormalised, replicated borders)."""
-    kx = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], dtype=x.dtype, device=x.device)
-    padded = F.pad(x, (1, 1, 1, 1), mode="replicate")
-    gx = F.conv2d(padded, kx.reshape(1, 1, 3, 3))
-    gy = F.conv2d(padded, kx.t().reshape(1, 1, 3, 3))
-    return gx, gy
-
-
-def _neighbour(padded: Tensor, dy: int, dx: int) -> Tensor:
-    height, width = padded.shape[-2] - 2, padded.shape[-1] - 2
-    return padded[..., 1 + dy:1 + dy + height, 1 + dx:1 + dx + width]
-
-
-def non_max_suppression(magnitude: Tensor, gx: Tensor, gy: Tensor) -> Tensor:
-    """``magnitude`` where it is a maximum along the gradient direction (quantised to 0/45/90/135
-    degrees), else 0. Ties keep the pixel on the negative side, so a symmetric edge stays one pixel wide."""
-    angle = torch.rad2deg(torch.atan2(gy, gx)) % 180.0
-    sector = torch.round(angle / 45.0).long() % 4  # 0: horizontal gradient, 1: 45, 2: vertical, 3: 135
-    padded = F.pad(magnitude, (1, 1, 1, 1))
-    keep = torch.zeros_like(magnitude, dtype=torch.bool)
-    for index, (dy, dx) in enumerate(((0, 1), (1, 1), (1, 0), (1, -1))):
-        ahead, behind = _neighbour(padded, dy, dx), _neighbour(padded, -dy, -dx)
-        keep |= (sector == index) & (magnitude > ahead + TIE) & (magnitude >= behind - TIE)
-    return magnitude * keep
-
-
-def hysteresis(strong: Tensor, weak: Tensor) -> Tensor:
-    """Grow ``strong`` (bool ``[B, 1, H, W]``) through 8-connected ``weak`` pixels until it stops changing."""
-    edges = strong.float()
-    allowed = (weak | strong).float()
-    while True:
-        grown = F.max_pool2d(edges, 3, stride=1, padding=1) * allowed
-        if torch.equal(grown, edges):
-            return edges
-        edges = grown
-
-
-def canny(images: Tensor, low_threshold: float, high_threshold: float, kernel_size: int = 5,
-          sigma: float = 1.0) -> Tensor:
-    """Canny edges of ``[B, C, H, W]`` images in 0..1 as a ``[B, 1, H, W]`` map of 0 and 1."""
-    if low_threshold > high_threshold:
-        raise ValueError(f"low_threshold ({low_threshold}) must not exceed high_threshold ({high_threshold})")
-    gray = gaussian_blur(grayscale(images.float()), kernel_size, sigma)
-    gx, gy = sobel(gray)
-    magnitude = torch.sqrt(gx * gx + gy * gy + _EPS)
-    thin = non_max_suppression(magnitude, gx, gy)
-    return hysteresis(thin > high_threshold, thin > low_threshold)
+#: Image pixels per latent pixel: a hint is fitted to 8x the latent's grid.
+_LATENT_SCALE = 8
 
 
 class Canny(Node):
@@ -115,11 +34,12 @@ class Canny(Node):
     outputs = (Output(IMAGE),)
 
     def run(self, ctx: RunContext, image: Tensor, low_threshold: float, high_threshold: float) -> tuple[Tensor]:
+        from engine.sdk import imaging
+
         if low_threshold > high_threshold:
             raise ValueError(f"node {ctx.node_id}: low_threshold {low_threshold} is above high_threshold "
                              f"{high_threshold}; make low_threshold <= high_threshold")
-        edges = canny(image.movedim(-1, 1), low_threshold, high_threshold)
-        return (edges.expand(-1, 3, -1, -1).movedim(1, -1).contiguous(),)
+        return (imaging.canny_image(image, low_threshold, high_threshold),)
 
 
 class ImageThreshold(Node):
@@ -132,9 +52,9 @@ class ImageThreshold(Node):
     outputs = (Output(IMAGE),)
 
     def run(self, ctx: RunContext, image: Tensor, threshold: float) -> tuple[Tensor]:
-        luma = grayscale(image.movedim(-1, 1).float())
-        binary = (luma > threshold).float()
-        return (binary.expand(-1, 3, -1, -1).movedim(1, -1).contiguous(),)
+        from engine.sdk import imaging
+
+        return (imaging.threshold_image(image, threshold),)
 
 
 class ControlNetHintResize(Node):
@@ -146,9 +66,19 @@ class ControlNetHintResize(Node):
     outputs = (Output(IMAGE),)
 
     def run(self, ctx: RunContext, image: Tensor, latent: dict[str, Any]) -> tuple[Tensor]:
-        height, width = (int(s) * 8 for s in latent["samples"].shape[-2:])
-        fitted = fit_hint(image.movedim(-1, 1).float(), height, width)
-        return (fitted.movedim(1, -1).contiguous(),)
+        from engine.sdk import imaging
+
+        height, width = (int(s) * _LATENT_SCALE for s in latent["samples"].shape[-2:])
+        return (imaging.fit_hint_image(image, height, width),)
 
 
 PREPROCESS_NODES: tuple[type[Node], ...] = (Canny, ImageThreshold, ControlNetHintResize)
+
+
+def __getattr__(name: str) -> Any:
+    """``canny`` for callers that still import it from here (moved to ``engine.sdk.imaging``)."""
+    if name == "canny":
+        from engine.sdk import imaging
+
+        return imaging.canny
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

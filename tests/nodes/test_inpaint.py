@@ -13,13 +13,13 @@ import torch.nn.functional as F
 from engine.backend.pipeline import BLANK_INPAINT_LATENT
 from engine.backend.unet import UNetModel
 from engine.executor import Executor
+from engine.sdk.imaging import prepare_inpaint_pixels
 from nodes.conditioning import CLIPTextEncode
 from nodes.inpaint import (
     ImagePadForOutpaint,
     InpaintModelConditioning,
     SetLatentNoiseMask,
     VAEEncodeForInpaint,
-    prepare_inpaint_pixels,
 )
 from nodes.model_loaders import CheckpointLoaderSimple
 from nodes.sampling import KSampler
