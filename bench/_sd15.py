@@ -11,7 +11,7 @@ without downloading anything.
   ``cond_stage_model.transformer.text_model.``, plus the int64 ``position_ids`` real files carry).
   A marker file beside the checkpoint records what was built, so later runs reuse it.
 * :func:`check_keys` compares the file's names, shapes and dtypes with the listing of a real SD1.5
-  checkpoint (``shared/reference/sd15-checkpoint-keys.tsv``).
+  checkpoint (``tests/data/sd15-checkpoint-keys.tsv``).
 * :func:`load_diffusers_unet` / :func:`load_diffusers_vae` build diffusers' ``UNet2DConditionModel`` /
   ``AutoencoderKL`` from the SD1.5 configuration written below (never from a hub) and load the
   checkpoint's tensors into them through the UNet renaming of engine/models/convert_diffusers.py
@@ -38,7 +38,7 @@ CHECKPOINT_NAME = "sd15-random-fp16.safetensors"
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
 CLIP_PREFIX = "cond_stage_model.transformer.text_model."
-REFERENCE_KEYS = Path(__file__).resolve().parents[2] / "shared" / "reference" / "sd15-checkpoint-keys.tsv"
+REFERENCE_KEYS = Path(__file__).resolve().parents[1] / "tests" / "data" / "sd15-checkpoint-keys.tsv"
 
 #: Bump when the way the checkpoint is built changes, so cached files are rebuilt.
 BUILD_VERSION = 1

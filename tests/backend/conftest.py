@@ -11,17 +11,12 @@ UNet's mapping is engine/models/convert_diffusers.py (LoRA loading uses it too).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
 
-import pytest
 import torch
 from torch import Tensor
 
 from engine.models.convert_diffusers import diffusers_vae_key_to_ldm
-
-# shared/ lies beside the repository checkout (the project's reference material).
-REFERENCE_KEYS = Path(__file__).resolve().parents[3] / "shared" / "reference" / "sd15-checkpoint-keys.tsv"
-
+from tests.support.data import SD15_CHECKPOINT_KEYS
 
 
 def diffusers_vae_to_ldm(
@@ -40,14 +35,13 @@ def diffusers_vae_to_ldm(
 
 
 def read_reference_shapes(prefix: str) -> dict[str, tuple[int, ...]]:
-    """Names (prefix removed) and shapes of one component of the real SD1.5 checkpoint listing.
+    """Names (prefix removed) and shapes of one component of the real SD1.5 checkpoint listing
+    (tests/data/sd15-checkpoint-keys.tsv).
 
     The TSV has one row per tensor: ``name<TAB>dtype<TAB>[d0, d1, ...]``.
     """
-    if not REFERENCE_KEYS.exists():
-        pytest.skip(f"reference key listing not found at {REFERENCE_KEYS}")
     shapes: dict[str, tuple[int, ...]] = {}
-    for line in REFERENCE_KEYS.read_text().splitlines():
+    for line in SD15_CHECKPOINT_KEYS.read_text().splitlines():
         name, _dtype, shape = line.split("\t")
         if name.startswith(prefix):
             dims = shape.strip().strip("[]")

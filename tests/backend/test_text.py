@@ -31,10 +31,10 @@ from engine.backend.text import (
     load_text_encoder,
 )
 from engine.backend.tokenizer import END_TOKEN, START_TOKEN
+from tests.support.data import SD15_CHECKPOINT_KEYS
 
 VOCAB = 49408
 CONTEXT = 77
-REFERENCE_KEYS = Path(__file__).resolve().parents[3] / "shared" / "reference" / "sd15-checkpoint-keys.tsv"
 
 
 # --------------------------------------------------------------------------- random checkpoints
@@ -196,10 +196,8 @@ def _chunk(ids: list[int], pad: int) -> list[int]:
 
 
 def test_config_from_the_sd15_checkpoint_listing() -> None:
-    if not REFERENCE_KEYS.exists():
-        pytest.skip(f"no reference key listing at {REFERENCE_KEYS}")
     shapes = {}
-    for line in REFERENCE_KEYS.read_text().splitlines():
+    for line in SD15_CHECKPOINT_KEYS.read_text().splitlines():
         name, _dtype, shape = line.split("\t")
         if name.startswith("cond_stage_model."):
             shapes[name] = tuple(int(d) for d in shape.strip("[] ").split(",") if d.strip())

@@ -39,8 +39,8 @@ from tests.fixtures.tiny_checkpoints import (
     save_state_dict,
     unet_config,
 )
+from tests.support.data import SD15_CHECKPOINT_KEYS
 
-REFERENCE_KEYS = Path(__file__).resolve().parents[3] / "shared" / "reference" / "sd15-checkpoint-keys.tsv"
 TEXT_PREFIXES = ("cond_stage_model.", "conditioner.")
 SUFFIX = {"safetensors": ".safetensors", "ckpt": ".ckpt"}
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
@@ -416,10 +416,9 @@ def _normalised(key: str) -> str:
     return re.sub(r"(?<=\.)\d+(?=\.)", "N", key)
 
 
-@pytest.mark.skipif(not REFERENCE_KEYS.exists(), reason="shared/reference not beside the checkout")
 def test_tiny_sd1_uses_real_sd15_key_names_and_dtypes() -> None:
     real: dict[str, tuple[str, str]] = {}
-    for line in REFERENCE_KEYS.read_text().splitlines():
+    for line in SD15_CHECKPOINT_KEYS.read_text().splitlines():
         key, dtype, shape = line.split("\t")
         real[key] = (dtype, shape)
     real_patterns = {_normalised(key) for key in real}
