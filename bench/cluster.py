@@ -1,8 +1,8 @@
 """Scale-out benchmark: how many prompts per second the cluster front dispatches; prints one JSON object.
 
 Starts a local Ray cluster on this machine and a ClusterRunner (the front of ``main.py --cluster``) on
-it with the stub nodes of the cluster tests (``tests/cluster/stub_nodes.py``: ClusterSleep ->
-ClusterShow), then for each worker count W in ``--workers``:
+it with the stub nodes of the tests (``tests/support/stub_nodes.py``: StubSleep ->
+StubShow), then for each worker count W in ``--workers``:
 
 * ``trivial``: ``--prompts`` prompts that sleep 0 s, all queued at once: prompts/s from the first put to
   the last history entry. Nothing runs long, so this is the front's dispatch ceiling: queue, choice of
@@ -46,10 +46,10 @@ from engine.folders import Folders  # noqa: E402
 from engine.queue import PromptQueue  # noqa: E402
 from engine.worker import PromptWorker  # noqa: E402
 from tests.cluster.local_ray import wait_for_free_cpus  # noqa: E402
-from tests.cluster.stub_nodes import registry_with_stubs, sleep_prompt  # noqa: E402
+from tests.support.stub_nodes import registry_with_stubs, sleep_prompt  # noqa: E402
 
 log = logging.getLogger("bench.cluster")
-STUBS = "tests.cluster.stub_nodes:register"
+STUBS = "tests.support.stub_nodes:register"
 
 
 class NullSink:

@@ -1,8 +1,8 @@
 """A real Loom server on loopback for API tests: real queue (sqlite in tmp), executor, worker, hub.
 
 The server runs its asyncio loop on a background thread; tests talk to it over real sockets with
-``http.client`` and ``websocket-client``. Besides the built-in nodes, the registry holds stub nodes
-whose behaviour the tests control (:class:`Controls`).
+``http.client`` and ``websocket-client``. Besides the built-in nodes, the registry holds the stub nodes
+of tests/support/stub_nodes.py, whose behaviour the tests control (``server.controls``).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,117 +25,16 @@ from PIL import Image
 
 from engine.api import Hub, bound_port, create_app, start_server
 from engine.cache import OutputCache
-from engine.context import RunContext
 from engine.executor import Executor
 from engine.models.manager import ModelManager
-from engine.node import Input, Node, NodeOutput, Output
 from engine.queue import PromptQueue
 from engine.registry import NodeRegistry
 from engine.settings import Settings
-from engine.types import INT, STRING
 from engine.worker import PromptWorker
 from nodes import register_builtin_nodes
+from tests.support.stub_nodes import Controls, register_stub_nodes
 
 TIMEOUT = 10.0
-
-
-@dataclass
-class Controls:
-    """Levers of the stub nodes: a gate StubGate waits on, and a flag it sets when it starts."""
-
-    gate: threading.Event = field(default_factory=threading.Event)
-    entered: threading.Event = field(default_factory=threading.Event)
-
-
-def register_stub_nodes(registry: NodeRegistry, controls: Controls) -> None:
-    reg = registry.register
-
-    @reg
-    class StubInt(Node):
-        """Emit an integer."""
-
-        category = "stub"
-        inputs = (Input("value", INT, default=0, min=-(10**9), max=10**9),)
-        outputs = (Output(INT),)
-
-        def run(self, ctx: RunContext, value: int) -> tuple[int]:
-            return (value,)
-
-    @reg
-    class StubAdd(Node):
-        """a + b."""
-
-        category = "stub"
-        inputs = (Input("a", INT, socket_only=True), Input("b", INT, default=1))
-        outputs = (Output(INT),)
-
-        def run(self, ctx: RunContext, a: int, b: int) -> tuple[int]:
-            return (a + b,)
-
-    @reg
-    class StubProgress(Node):
-        """Report ``steps`` progress updates."""
-
-        category = "stub"
-        inputs = (Input("a", INT, socket_only=True), Input("steps", INT, default=3, min=1))
-        outputs = (Output(INT),)
-
-        def run(self, ctx: RunContext, a: int, steps: int) -> tuple[int]:
-            for step in range(1, steps + 1):
-                ctx.progress(step, steps)
-            return (a,)
-
-    @reg
-    class StubGate(Node):
-        """Wait until the test opens the gate (or the prompt is interrupted)."""
-
-        category = "stub"
-        inputs = (Input("a", INT, socket_only=True), Input("tag", STRING, default=""))
-        outputs = (Output(INT),)
-
-        def run(self, ctx: RunContext, a: int, tag: str) -> tuple[int]:
-            controls.entered.set()
-            deadline = time.monotonic() + TIMEOUT
-            while not controls.gate.wait(0.01):
-                ctx.check_interrupted()
-                if time.monotonic() > deadline:
-                    raise TimeoutError("the test never opened the gate")
-            return (a,)
-
-    @reg
-    class StubFail(Node):
-        """Always raise."""
-
-        category = "stub"
-        inputs = (Input("a", INT, socket_only=True),)
-        outputs = (Output(INT),)
-
-        def run(self, ctx: RunContext, a: int) -> tuple[int]:
-            raise RuntimeError(f"stub failure on purpose (a={a})")
-
-    @reg
-    class StubPreview(Node):
-        """Send one JPEG preview."""
-
-        category = "stub"
-        inputs = (Input("a", INT, socket_only=True),)
-        outputs = (Output(INT),)
-
-        def run(self, ctx: RunContext, a: int) -> tuple[int]:
-            ctx.preview("JPEG", jpeg_bytes())
-            return (a,)
-
-    @reg
-    class StubShow(Node):
-        """Show a value in the UI."""
-
-        category = "stub"
-        output_node = True
-        inputs = (Input("value", INT, socket_only=True),)
-        outputs = ()
-
-        def run(self, ctx: RunContext, value: int) -> NodeOutput:
-            return NodeOutput(ui={"text": [str(value)]})
 
 
 def png_bytes(size: tuple[int, int] = (8, 6), color: tuple[int, ...] = (200, 30, 30, 255),
@@ -147,12 +46,6 @@ def png_bytes(size: tuple[int, int] = (8, 6), color: tuple[int, ...] = (200, 30,
         info.add_text(key, value)
     out = io.BytesIO()
     Image.new(mode, size, color).save(out, format="PNG", pnginfo=info)
-    return out.getvalue()
-
-
-def jpeg_bytes() -> bytes:
-    out = io.BytesIO()
-    Image.new("RGB", (4, 4), (10, 20, 30)).save(out, format="JPEG")
     return out.getvalue()
 
 

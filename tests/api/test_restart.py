@@ -23,7 +23,7 @@ def _free_port() -> int:
 
 
 def _start(tmp: Path, port: int) -> subprocess.Popen[bytes]:
-    args = [sys.executable, str(ROOT / "main.py"), "--port", str(port), "--extra-nodes", "tests.stub_nodes",
+    args = [sys.executable, str(ROOT / "main.py"), "--port", str(port), "--extra-nodes", "tests.support.stub_nodes",
             "--log-level", "WARNING"]
     for name in ("input", "output", "temp", "data"):
         args += [f"--{name}-dir", str(tmp / name)]
@@ -93,7 +93,7 @@ def test_kill_9_and_restart_accounts_for_every_prompt(tmp_path: Path) -> None:
         for i, prompt_id in enumerate(pending, start=1):
             entry = history[prompt_id]
             assert entry["status"]["status_str"] == "success"
-            assert entry["outputs"] == {"2": {"value": [i]}}
+            assert entry["outputs"] == {"2": {"text": [str(i)]}}
         # The crashed prompt is not re-run: it is still in history exactly once, and the queue is empty.
         time.sleep(0.5)
         assert _call(port, "/queue") == {"queue_running": [], "queue_pending": []}

@@ -49,7 +49,7 @@ def test_message_order_for_a_prompt(server: LiveServer) -> None:
     ws = server.ws(client)
     try:
         recv_json(ws)
-        prompt_id = server.queue_prompt(chain_prompt(1001, middle="StubProgress", steps=3), client_id=client)
+        prompt_id = server.queue_prompt(chain_prompt(1001, middle="StubSteps", steps=3), client_id=client)
         messages = collect_until_done(ws, prompt_id)
     finally:
         ws.close()

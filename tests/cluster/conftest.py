@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import threading
 import time
-from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +10,6 @@ from typing import Any
 
 import pytest
 
-from engine.events import Event
 from engine.folders import Folders
 from engine.queue import PromptQueue
 
@@ -22,29 +19,12 @@ from engine.cluster.actor import BUILTIN_NODES, WorkerConfig  # noqa: E402
 from engine.cluster.front import ClusterRunner  # noqa: E402
 from engine.cluster.pool import PoolOptions, WorkerPool  # noqa: E402
 from tests.cluster.local_ray import wait_for_free_cpus  # noqa: E402
-from tests.cluster.stub_nodes import registry_with_stubs  # noqa: E402
+from tests.support.events import RecordingSinks  # noqa: E402
+from tests.support.stub_nodes import registry_with_stubs  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
-STUBS = "tests.cluster.stub_nodes:register"
+STUBS = "tests.support.stub_nodes:register"
 TIMEOUT = 120.0
-
-
-class RecordingSinks:
-    """sink_for(client_id): every event, per client id, in order."""
-
-    def __init__(self) -> None:
-        self.events: dict[str | None, list[Event]] = defaultdict(list)
-        self._lock = threading.Lock()
-
-    def sink_for(self, client_id: str | None) -> Any:
-        sinks = self
-
-        class _Sink:
-            def emit(self, event: Event) -> None:
-                with sinks._lock:
-                    sinks.events[client_id].append(event)
-
-        return _Sink()
 
 
 @dataclass
@@ -56,7 +36,7 @@ class Cluster:
     sinks: RecordingSinks
 
     def queue_prompt(self, prompt: dict[str, Any], prompt_id: str, client_id: str | None = None) -> str:
-        outputs = [nid for nid, n in prompt.items() if n["class_type"] in ("ClusterShow", "SaveImage")]
+        outputs = [nid for nid, n in prompt.items() if n["class_type"] in ("StubShow", "SaveImage")]
         self.queue.put(prompt_id, prompt, {"client_id": client_id or prompt_id}, outputs)
         return prompt_id
 

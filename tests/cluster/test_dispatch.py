@@ -6,7 +6,7 @@ import time
 from typing import Any
 
 from tests.cluster.conftest import Cluster, txt2img_prompt
-from tests.cluster.stub_nodes import sleep_prompt
+from tests.support.stub_nodes import sleep_prompt
 
 
 def test_two_prompts_run_in_parallel_on_two_workers(cluster: Cluster) -> None:
@@ -34,13 +34,15 @@ def test_event_sequence_is_the_one_machine_sequence(cluster: Cluster, tmp_path: 
     from engine.cache import OutputCache
     from engine.executor import Executor
     from engine.worker import PromptWorker
-    from tests.cluster.conftest import RecordingSinks
-    from tests.cluster.stub_nodes import registry_with_stubs
+    from tests.support.events import RecordingSinks
+    from tests.support.stub_nodes import registry_with_stubs
 
     prompt = sleep_prompt(11, 0.3)
     cluster.queue_prompt(prompt, "events-cluster", client_id="c1")
     cluster.wait("events-cluster")
-    time.sleep(0.2)  # the final executing(None) follows the history write
+    # The final executing(None) follows the history write.
+    cluster.sinks.wait_for("c1", lambda e: (e.type, getattr(e, "node", 0)) == ("executing", None),
+                           timeout=10)
     on_cluster = _sequence(cluster.sinks.events["c1"])
 
     from engine.queue import PromptQueue
@@ -90,10 +92,7 @@ def test_affinity_keeps_a_checkpoint_on_the_worker_that_loaded_it(cluster: Clust
 
 def test_interrupt_reaches_the_worker_that_runs_the_prompt(cluster: Cluster) -> None:
     cluster.queue_prompt(sleep_prompt(21, 30.0), "long")
-    deadline = time.monotonic() + 30
-    while not any(e.type == "progress" for e in cluster.sinks.events["long"]):
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    cluster.sinks.wait_for("long", lambda e: e.type == "progress", timeout=30)
     start = time.monotonic()
     assert cluster.runner.interrupt("long")
     entry = cluster.wait("long", timeout=10)

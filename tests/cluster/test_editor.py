@@ -9,7 +9,6 @@ from typing import Any
 import pytest
 
 from tests.api.conftest import LiveServer, start_live_server
-from tests.cluster import stub_nodes
 from tests.cluster.conftest import REPO
 from tests.cluster.local_ray import wait_for_free_cpus
 from tests.cluster.test_server import _cluster_runner_factory
@@ -24,7 +23,7 @@ def front(ray_cluster: Any, tmp_path: Path) -> Iterator[LiveServer]:
     if not LITEGRAPH.is_file():
         pytest.skip("frontend packages missing: run `npm ci --prefix frontend`")
     server = start_live_server(tmp_path / "front", make_runner=_cluster_runner_factory(tmp_path),
-                               extra_nodes=stub_nodes.register, frontend_dir=REPO / "frontend",
+                               frontend_dir=REPO / "frontend",
                                models_dirs=(REPO / "models",))
     yield server
     server.stop()

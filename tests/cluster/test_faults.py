@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from tests.cluster.conftest import REPO, Cluster, ray, start_cluster, stop_cluster, txt2img_prompt
-from tests.cluster.stub_nodes import sleep_prompt
+from tests.support.stub_nodes import sleep_prompt
 
 
 @pytest.fixture

@@ -13,10 +13,9 @@ from PIL import Image
 from engine.cluster.front import ClusterRunner
 from engine.cluster.pool import PoolOptions, WorkerPool
 from tests.api.conftest import LiveServer, collect_until_done, start_live_server
-from tests.cluster import stub_nodes
 from tests.cluster.conftest import REPO, txt2img_prompt, worker_configs
 from tests.cluster.local_ray import wait_for_free_cpus
-from tests.cluster.stub_nodes import sleep_prompt
+from tests.support.stub_nodes import sleep_prompt
 
 
 def _cluster_runner_factory(root: Path) -> Callable[..., ClusterRunner]:
@@ -46,9 +45,8 @@ def test_websocket_messages_history_and_view_through_the_cluster_match_one_machi
         ray_cluster: Any, tmp_path: Path) -> None:
     servers = {
         "cluster": start_live_server(tmp_path / "front", make_runner=_cluster_runner_factory(tmp_path),
-                                     extra_nodes=stub_nodes.register, models_dirs=(REPO / "models",)),
-        "local": start_live_server(tmp_path / "local", extra_nodes=stub_nodes.register,
-                                   models_dirs=(REPO / "models",)),
+                                     models_dirs=(REPO / "models",)),
+        "local": start_live_server(tmp_path / "local", models_dirs=(REPO / "models",)),
     }
     try:
         seen: dict[str, Any] = {}

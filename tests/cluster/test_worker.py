@@ -13,7 +13,7 @@ from PIL import Image
 from engine.cluster.actor import BUILTIN_NODES, EventMessage, Job, JobResult, LoomWorker, ShippedFile, WorkerConfig
 from engine.queue import QueueItem
 from tests.cluster.conftest import REPO, STUBS
-from tests.cluster.stub_nodes import sleep_prompt
+from tests.support.stub_nodes import sleep_prompt
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import pytest
 from engine.cache import OutputCache
 from engine.executor import Executor
 from engine.folders import Folders
-from tests.engine.stubs import StubWorld, make_registry
+from tests.support.stub_nodes import StubWorld, make_registry
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ from typing import Any
 from engine.events import Executed, ExecutionError, ListSink, Progress
 from engine.executor import Executor
 from engine.folders import Folders
-from tests.engine.stubs import StubWorld, chain
+from tests.support.stub_nodes import StubWorld, chain
 
 
 def run(executor: Executor, prompt: dict[str, Any], pid: str = "p", **kw: Any) -> tuple[Any, ListSink]:
@@ -19,7 +19,7 @@ def test_chain_runs_in_order_and_shows_output(executor: Executor, world: StubWor
     outcome, sink = run(executor, chain(3, start=10))
     assert outcome.status_str == "success" and outcome.completed
     assert outcome.executed == ["1", "2", "3", "4", "5"]
-    assert outcome.outputs == {"5": {"value": [13]}}
+    assert outcome.outputs == {"5": {"text": ["13"]}}
     assert sink.types() == ["execution_start", "execution_cached"] + ["executing"] * 5 + [
         "executed", "execution_success"]
     assert [m[0] for m in outcome.messages] == ["execution_start", "execution_cached", "execution_success"]
@@ -32,7 +32,7 @@ def test_identical_resubmission_runs_nothing(executor: Executor, world: StubWorl
     assert sum(world.calls.values()) == 0
     assert outcome.executed == []
     assert sorted(outcome.cached) == ["1", "2", "3", "4", "5"]
-    assert outcome.outputs == {"5": {"value": [3]}}
+    assert outcome.outputs == {"5": {"text": ["3"]}}
     executed = [e for e in sink.events if isinstance(e, Executed)]
     assert [e.node for e in executed] == ["5"]  # cached output replayed to the client
 
@@ -44,7 +44,7 @@ def test_changing_one_widget_reruns_only_downstream(executor: Executor, world: S
     prompt["6"]["inputs"]["b"] = 5
     outcome, _ = run(executor, prompt, pid="q")
     assert outcome.executed == ["6", "7", "8"]
-    assert outcome.outputs["8"] == {"value": [10]}
+    assert outcome.outputs["8"] == {"text": ["10"]}
 
 
 def test_cache_keys_ignore_node_ids(executor: Executor, world: StubWorld) -> None:
@@ -55,7 +55,7 @@ def test_cache_keys_ignore_node_ids(executor: Executor, world: StubWorld) -> Non
                for k, v in chain(3).items()}
     world.calls.clear()
     outcome, _ = run(executor, renamed, pid="q")
-    assert outcome.executed == [] and outcome.outputs == {"n5": {"value": [3]}}
+    assert outcome.executed == [] and outcome.outputs == {"n5": {"text": ["3"]}}
 
 
 def test_identical_nodes_in_one_prompt_run_once(executor: Executor, world: StubWorld) -> None:
@@ -64,12 +64,12 @@ def test_identical_nodes_in_one_prompt_run_once(executor: Executor, world: StubW
         "2": {"class_type": "StubInt", "inputs": {"value": 2}},
         "3": {"class_type": "StubAdd", "inputs": {"a": ["1", 0], "b": 1}},
         "4": {"class_type": "StubAdd", "inputs": {"a": ["2", 0], "b": 1}},
-        "5": {"class_type": "StubOutput", "inputs": {"value": ["3", 0]}},
-        "6": {"class_type": "StubOutput", "inputs": {"value": ["4", 0]}},
+        "5": {"class_type": "StubShow", "inputs": {"value": ["3", 0]}},
+        "6": {"class_type": "StubShow", "inputs": {"value": ["4", 0]}},
     }
     outcome, _ = run(executor, prompt)
-    assert world.calls == {"StubInt": 1, "StubAdd": 1, "StubOutput": 1}
-    assert outcome.outputs == {"5": {"value": [3]}, "6": {"value": [3]}}
+    assert world.calls == {"StubInt": 1, "StubAdd": 1, "StubShow": 1}
+    assert outcome.outputs == {"5": {"text": ["3"]}, "6": {"text": ["3"]}}
 
 
 def test_only_what_outputs_need_runs(executor: Executor, world: StubWorld) -> None:
@@ -96,7 +96,7 @@ def test_failing_node_reports_and_cache_stays_consistent(executor: Executor, wor
     prompt["3"]["inputs"]["fail"] = False
     outcome, _ = run(executor, prompt, pid="q")
     assert outcome.status_str == "success" and outcome.executed == ["3", "4"]
-    assert outcome.outputs == {"4": {"value": [1]}}
+    assert outcome.outputs == {"4": {"text": ["1"]}}
 
 
 def test_validation_failure_at_run_time_is_an_error_outcome(executor: Executor) -> None:
@@ -139,17 +139,17 @@ def test_impure_node_reruns_when_its_file_changes(executor: Executor, world: Stu
     path = folders.input_dir / "a.txt"
     path.write_text("one")
     prompt = {"1": {"class_type": "StubReadFile", "inputs": {"name": "a.txt"}},
-              "2": {"class_type": "StubOutput", "inputs": {"value": ["1", 0]}}}
-    assert run(executor, prompt)[0].outputs == {"2": {"value": ["one"]}}
+              "2": {"class_type": "StubShow", "inputs": {"value": ["1", 0]}}}
+    assert run(executor, prompt)[0].outputs == {"2": {"text": ["one"]}}
     assert run(executor, prompt, pid="q")[0].executed == []
     path.write_text("three")
     outcome, _ = run(executor, prompt, pid="r")
-    assert outcome.executed == ["1", "2"] and outcome.outputs == {"2": {"value": ["three"]}}
+    assert outcome.executed == ["1", "2"] and outcome.outputs == {"2": {"text": ["three"]}}
 
 
 def test_missing_file_fingerprint_is_a_node_error(executor: Executor) -> None:
     prompt = {"1": {"class_type": "StubReadFile", "inputs": {"name": "missing.txt"}},
-              "2": {"class_type": "StubOutput", "inputs": {"value": ["1", 0]}}}
+              "2": {"class_type": "StubShow", "inputs": {"value": ["1", 0]}}}
     outcome, sink = run(executor, prompt)
     [error] = [e for e in sink.events if isinstance(e, ExecutionError)]
     assert error.node_id == "1" and "missing.txt" in error.exception_message
@@ -169,5 +169,5 @@ def test_cache_byte_budget_evicts_lru(world: StubWorld, folders: Folders) -> Non
 
 def test_long_chain_releases_intermediate_values(executor: Executor) -> None:
     outcome, _ = run(executor, chain(300))
-    assert outcome.outputs == {"302": {"value": [300]}}
+    assert outcome.outputs == {"302": {"text": ["300"]}}
     assert len(outcome.executed) == 302

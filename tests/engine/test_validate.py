@@ -7,7 +7,7 @@ import pytest
 from engine import errors
 from engine.folders import Folders
 from engine.validate import validate_prompt
-from tests.engine.stubs import StubWorld, chain
+from tests.support.stub_nodes import StubWorld, chain
 
 
 def _errors(world: StubWorld, folders: Folders, prompt: Any) -> list[errors.GraphError]:
@@ -20,7 +20,7 @@ def _options(**overrides: Any) -> dict[str, Any]:
     inputs = {"flag": False, "ratio": 0.5, "text": "", "mode": "fast", "seed": 0}
     inputs.update(overrides)
     return {"1": {"class_type": "StubOptions", "inputs": inputs},
-            "2": {"class_type": "StubOutput", "inputs": {"value": ["1", 0]}}}
+            "2": {"class_type": "StubShow", "inputs": {"value": ["1", 0]}}}
 
 
 def test_valid_chain_keeps_every_node(world: StubWorld, folders: Folders) -> None:
@@ -63,7 +63,7 @@ def test_type_mismatch(world: StubWorld, folders: Folders) -> None:
     prompt = _options()
     del prompt["2"]
     prompt["3"] = {"class_type": "StubAdd", "inputs": {"a": ["1", 0], "b": 1}}
-    prompt["4"] = {"class_type": "StubOutput", "inputs": {"value": ["3", 0]}}
+    prompt["4"] = {"class_type": "StubShow", "inputs": {"value": ["3", 0]}}
     [err] = _errors(world, folders, prompt)
     assert isinstance(err, errors.TypeMismatch)
     assert (err.node_id, err.input_name) == ("3", "a")
@@ -140,7 +140,7 @@ def test_malformed_prompt(world: StubWorld, folders: Folders) -> None:
 def test_every_error_at_once_in_comfy_shape(world: StubWorld, folders: Folders) -> None:
     prompt = _options(ratio=7, mode="nope")
     prompt["3"] = {"class_type": "StubAdd", "inputs": {"b": "x"}}
-    prompt["4"] = {"class_type": "StubOutput", "inputs": {"value": ["3", 0]}}
+    prompt["4"] = {"class_type": "StubShow", "inputs": {"value": ["3", 0]}}
     with pytest.raises(errors.ValidationFailed) as caught:
         validate_prompt(prompt, world.registry, folders)
     body = caught.value.to_response()
@@ -165,7 +165,7 @@ def test_downstream_of_invalid_node_not_reported(world: StubWorld, folders: Fold
 def test_valid_outputs_run_when_another_fails(world: StubWorld, folders: Folders) -> None:
     prompt = chain(1)
     prompt["10"] = {"class_type": "StubAdd", "inputs": {"a": ["1", 0], "b": "bad"}}
-    prompt["11"] = {"class_type": "StubOutput", "inputs": {"value": ["10", 0]}}
+    prompt["11"] = {"class_type": "StubShow", "inputs": {"value": ["10", 0]}}
     result = validate_prompt(prompt, world.registry, folders)
     assert result.outputs == ["3"]
     assert "10" in result.node_errors and "10" not in result.nodes
@@ -173,7 +173,7 @@ def test_valid_outputs_run_when_another_fails(world: StubWorld, folders: Folders
 
 def test_partial_targets(world: StubWorld, folders: Folders) -> None:
     prompt = chain(1)
-    prompt["10"] = {"class_type": "StubOutput", "inputs": {"value": ["1", 0]}}
+    prompt["10"] = {"class_type": "StubShow", "inputs": {"value": ["1", 0]}}
     result = validate_prompt(prompt, world.registry, folders, targets=["10"])
     assert result.outputs == ["10"] and sorted(result.nodes) == ["1", "10"]
 

@@ -6,7 +6,7 @@ import pytest
 
 from engine.errors import UnknownNode, ValidationFailed
 from engine.workflow import is_link, is_ui_workflow, parse_api_prompt, ui_to_api
-from tests.engine.stubs import StubWorld
+from tests.support.stub_nodes import StubWorld
 
 
 def _node(node_id: int, kind: str, *, inputs: list[dict[str, Any]] | None = None,
@@ -20,8 +20,8 @@ def _node(node_id: int, kind: str, *, inputs: list[dict[str, Any]] | None = None
 
 
 def editor_workflow() -> dict[str, Any]:
-    """StubInt -> Reroute -> StubAdd(b from a PrimitiveNode) -> [bypassed StubFail] -> StubOutput,
-    plus a muted StubOutput and a Note."""
+    """StubInt -> Reroute -> StubAdd(b from a PrimitiveNode) -> [bypassed StubFail] -> StubShow,
+    plus a muted StubShow and a Note."""
     nodes = [
         _node(1, "StubInt", outputs=[{"name": "INT", "type": "INT", "links": [1]}], widgets=[5]),
         _node(2, "Reroute", inputs=[{"name": "", "type": "*", "link": 1}],
@@ -33,8 +33,8 @@ def editor_workflow() -> dict[str, Any]:
                                             "widget": {"name": "b"}}], widgets=[40, "fixed"]),
         _node(5, "StubFail", inputs=[{"name": "a", "type": "INT", "link": 4}],
               outputs=[{"name": "INT", "type": "INT", "links": [5]}], widgets=[True], mode=4),
-        _node(6, "StubOutput", inputs=[{"name": "value", "type": "*", "link": 5}]),
-        _node(7, "StubOutput", inputs=[{"name": "value", "type": "*", "link": 6}], mode=2),
+        _node(6, "StubShow", inputs=[{"name": "value", "type": "*", "link": 5}]),
+        _node(7, "StubShow", inputs=[{"name": "value", "type": "*", "link": 6}], mode=2),
         _node(8, "Note", widgets=["remember the milk"]),
         _node(9, "StubOptions", outputs=[{"name": "STRING", "type": "STRING", "links": [6]}],
               widgets=[True, 0.25, "hello", "slow", 1234, "randomize", 3]),

@@ -12,7 +12,7 @@ from engine.registry import NodeRegistry
 from engine.workflow import ui_to_api
 from engine.workflow_layout import api_to_ui
 from nodes import register_builtin_nodes
-from tests.engine.stubs import make_registry
+from tests.support.stub_nodes import make_registry
 from tools.make_example_workflows import WORKFLOWS as WORKFLOW_BUILDERS
 
 REPO = Path(__file__).resolve().parents[2]
