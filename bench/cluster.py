@@ -38,12 +38,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from engine.cache import OutputCache  # noqa: E402
-from engine.cluster.actor import BUILTIN_NODES, WorkerConfig  # noqa: E402
+from engine.cluster.actor import WorkerConfig  # noqa: E402
 from engine.cluster.front import ClusterRunner  # noqa: E402
 from engine.cluster.pool import PoolOptions, WorkerPool  # noqa: E402
 from engine.executor import Executor  # noqa: E402
 from engine.folders import Folders  # noqa: E402
 from engine.queue import PromptQueue  # noqa: E402
+from engine.settings import Settings  # noqa: E402
 from engine.worker import PromptWorker  # noqa: E402
 from tests.cluster.local_ray import wait_for_free_cpus  # noqa: E402
 from tests.support.stub_nodes import registry_with_stubs, sleep_prompt  # noqa: E402
@@ -119,9 +120,8 @@ def run_cluster(args: argparse.Namespace, root: Path, workers: int) -> dict[str,
     cpus = ray.cluster_resources().get("CPU", 1.0)
 
     def make(worker_id: str) -> WorkerConfig:
-        return WorkerConfig(worker_id=worker_id, models_dirs=[str(ROOT / "models")],
-                            node_modules=[BUILTIN_NODES, STUBS], device="cpu", torch_threads=1,
-                            scratch_dir=str(root / "workers" / worker_id))
+        settings = Settings(models_dirs=(ROOT / "models",), device="cpu", extra_nodes=(STUBS,))  # one torch thread
+        return WorkerConfig(worker_id=worker_id, settings=settings, scratch_dir=str(root / "workers" / worker_id))
 
     pool = WorkerPool(make, PoolOptions(max_workers=workers, worker_cpus=cpus / workers))
     with PromptQueue(root / f"cluster{workers}.sqlite3") as queue:

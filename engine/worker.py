@@ -1,60 +1,63 @@
 """PromptWorker: takes prompts from the queue and runs them on one thread.
 
 The worker is the only link between queue and executor; it knows nothing of sockets. Events go to
-``sink_for(client_id)`` (the API's websocket hub, or anything else). After a prompt finishes, its
-history entry is written and then ``executing`` with ``node=None`` marks the end, as ComfyUI does.
+``sink_for(client_id)`` (the API's websocket hub, or anything else). A prompt ends through
+engine/lifecycle.py, as on a cluster: its history entry, then ``executing`` with ``node=None``.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-import traceback
 from collections.abc import Callable
-from dataclasses import asdict
-from typing import Protocol
+from typing import Any, Protocol
 
-from engine.events import EventSink, Executing, ExecutionError
+from engine.events import EventSink
 from engine.executor import ExecutionOutcome, Executor
+from engine.lifecycle import finish, free_memory, run_prompt
 from engine.queue import PromptQueue, QueueItem
 
 log = logging.getLogger(__name__)
 
 
 class PromptRunner(Protocol):
-    """What the server needs of whatever runs the queue: PromptWorker here, ClusterRunner on Ray."""
+    """What the server uses of whatever runs the queue: PromptWorker here, ClusterRunner on Ray."""
 
     def start(self) -> None: ...
     def stop(self, timeout: float = 10.0) -> None: ...
-    def interrupt(self, prompt_id: str | None = None) -> bool: ...
-    def request_free(self, unload_models: bool, free_memory: bool) -> None: ...
+
+    def interrupt(self, prompt_id: str | None = None) -> bool:
+        """Interrupt the running prompt (only ``prompt_id``, when given); whether one was hit."""
+        ...
+
+    def request_free(self, unload_models: bool, free_memory: bool) -> None:
+        """POST /free: unload models and/or clear cached outputs, between prompts."""
+        ...
+
+    def describe(self) -> list[dict[str, Any]] | None:
+        """The workers that run prompts, as /system_stats lists them under ``loom.workers``; None where
+        prompts run in this process (there are no workers to list)."""
+        ...
+
+    def stats(self) -> dict[str, Any]:
+        """Figures of the executor in this process for /system_stats' ``loom``: cached outputs and loaded
+        models; empty where prompts run elsewhere (a cluster front)."""
+        ...
 
 
 class PromptWorker:
     """Runs queued prompts one at a time on a daemon thread."""
 
-    def __init__(
-        self,
-        queue: PromptQueue,
-        executor: Executor,
-        sink_for: Callable[[str | None], EventSink],
-        *,
-        on_free: Callable[[bool, bool], None] | None = None,
-    ) -> None:
+    def __init__(self, queue: PromptQueue, executor: Executor, sink_for: Callable[[str | None], EventSink]) -> None:
         self.queue = queue
         self.executor = executor
         self.sink_for = sink_for
-        self.on_free = on_free
         self._interrupt = threading.Event()
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._running: str | None = None
         self._free_request: tuple[bool, bool] | None = None
         self._thread: threading.Thread | None = None
-
-    @property
-    def running_prompt_id(self) -> str | None:
-        return self._running
 
     def start(self) -> None:
         if self._thread is not None:
@@ -82,8 +85,17 @@ class PromptWorker:
         """Free models and/or cached outputs between prompts (POST /free)."""
         with self._lock:
             self._free_request = (unload_models, free_memory)
-        if self._running is None:
+            idle = self._running is None
+        if idle:
             self._handle_free()
+
+    def describe(self) -> None:
+        """No workers to list: prompts run in this process."""
+        return None
+
+    def stats(self) -> dict[str, Any]:
+        cache = self.executor.cache
+        return {"cache_entries": len(cache), "cache_bytes": cache.nbytes, "models": self.executor.models.stats()}
 
     def run_once(self, timeout: float | None = None) -> ExecutionOutcome | None:
         """Take one prompt from the queue and run it; None if none came within ``timeout``."""
@@ -105,45 +117,16 @@ class PromptWorker:
             self._interrupt.clear()
         sink = self.sink_for(item.extra_data.get("client_id"))
         try:
-            outcome = run_item(self.executor, item, sink, self._interrupt)
+            outcome = run_prompt(self.executor, item, sink, self._interrupt)
         finally:
             with self._lock:
                 self._running = None
-        self.queue.finish(item.prompt_id, outputs=outcome.outputs, status=outcome.status(), meta=outcome.meta)
-        sink.emit(Executing(node=None, display_node=None, prompt_id=item.prompt_id))
+        finish(self.queue, sink, item.prompt_id, outcome)
         self._handle_free()
         return outcome
 
     def _handle_free(self) -> None:
         with self._lock:
             request, self._free_request = self._free_request, None
-        if request is None:
-            return
-        unload_models, free_memory = request
-        if free_memory:
-            self.executor.cache.clear()
-        models = self.executor.models
-        if unload_models and models is not None and hasattr(models, "unload_all"):
-            models.unload_all()
-        if self.on_free is not None:
-            self.on_free(unload_models, free_memory)
-
-
-def run_item(executor: Executor, item: QueueItem, sink: EventSink, interrupt: threading.Event) -> ExecutionOutcome:
-    """Run one queued prompt; an engine bug becomes an execution_error and an error outcome, never a raise."""
-    try:
-        return executor.execute(item.prompt, item.prompt_id, sink, targets=item.outputs,
-                                extra_data=item.extra_data, interrupt=interrupt)
-    except Exception as exc:  # noqa: BLE001 - record any engine bug in history instead of losing it
-        log.exception("prompt %s crashed the executor", item.prompt_id)
-        return _crashed_outcome(item.prompt_id, exc, sink)
-
-
-def _crashed_outcome(prompt_id: str, exc: Exception, sink: EventSink) -> ExecutionOutcome:
-    event = ExecutionError(
-        prompt_id=prompt_id, node_id=None, node_type=None, executed=[],
-        exception_message=f"internal error in Loom: {exc}; please report it",
-        exception_type=f"{type(exc).__module__}.{type(exc).__qualname__}",
-        traceback=traceback.format_exception(exc), current_inputs={}, current_outputs=[])
-    sink.emit(event)
-    return ExecutionOutcome("error", False, messages=[[event.type, asdict(event)]])
+        if request is not None:
+            free_memory(self.executor, *request)

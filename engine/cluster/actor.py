@@ -20,20 +20,21 @@ import tempfile
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict
 
 from engine.cache import OutputCache
 from engine.events import Event, Executed
-from engine.executor import Executor
+from engine.executor import ExecutionOutcome, Executor
 from engine.files import FileStore
 from engine.folders import Folders
+from engine.lifecycle import crash_error, ended_by, free_memory, run_prompt
 from engine.queue import QueueItem
 from engine.registry import NodeRegistry
-from engine.worker import run_item
+from engine.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -43,20 +44,26 @@ POLL_BATCH = 256  # messages per poll at most
 
 
 class WorkerConfig(BaseModel):
-    """How to build one worker; paths are resolved on the worker's machine."""
+    """How to build one worker: the front's :class:`Settings` (model roots, device, memory and cache budgets,
+    previews, node modules, CPUs; paths resolved on the worker's machine) and what is the worker's own."""
+
+    model_config = ConfigDict(frozen=True)
 
     worker_id: str
-    models_dirs: list[str]
-    node_modules: list[str] = Field(default_factory=lambda: [BUILTIN_NODES])  # "module:function" or module
-    device: str = "auto"
-    vram_mode: str = "normal"
-    vram_budget: int | None = None
-    ram_budget: int | None = None
-    cache_bytes: int = 2 * 1024**3
-    cache_entries: int = 10_000
-    previews: bool = False
-    scratch_dir: str | None = None
-    torch_threads: int | None = None
+    settings: Settings
+    scratch_dir: str | None = None  # its input/output/temp folders (default: a new temporary directory)
+
+    @property
+    def node_modules(self) -> list[str]:
+        """The built-in nodes, then each ``--extra-nodes`` module ("module:function", or a module's register)."""
+        return [BUILTIN_NODES, *self.settings.extra_nodes]
+
+    @property
+    def torch_threads(self) -> int:
+        return max(1, int(self.settings.worker_cpus))
+
+    def on_device(self, device: str) -> WorkerConfig:
+        return self.model_copy(update={"settings": self.settings.model_copy(update={"device": device})})
 
 
 @dataclass(frozen=True)
@@ -84,9 +91,10 @@ class EventMessage:
 
 @dataclass(frozen=True)
 class JobResult:
-    outputs: dict[str, Any]
-    status: dict[str, Any]
-    meta: dict[str, Any]
+    """How the prompt ended (the front finishes it with engine/lifecycle.py), the files its outputs name that
+    were not sent yet, and the model files the worker holds now."""
+
+    outcome: ExecutionOutcome
     files: list[ShippedFile]
     held: frozenset[tuple[str, str]]
 
@@ -117,22 +125,21 @@ class LoomWorker:
     """One worker: runs one prompt at a time (the front sends no second), interruptible from another call."""
 
     def __init__(self, config: WorkerConfig) -> None:
-        from engine.models.manager import ModelManager, pick_device  # torch only here, on the worker
+        import torch  # torch only here, on the worker
 
-        if config.torch_threads:
-            import torch
+        from engine.models.manager import ModelManager, pick_device
 
-            torch.set_num_threads(config.torch_threads)
+        torch.set_num_threads(config.torch_threads)
         self.config = config
+        settings = config.settings
         scratch = Path(config.scratch_dir or tempfile.mkdtemp(prefix=f"loom-{config.worker_id}-"))
-        self.folders = Folders(scratch / "input", scratch / "output", scratch / "temp",
-                               tuple(Path(p) for p in config.models_dirs))
+        self.folders = Folders(scratch / "input", scratch / "output", scratch / "temp", tuple(settings.models_dirs))
         self.folders.ensure()
         self.registry = build_registry(config.node_modules)
-        models = ModelManager(pick_device(config.device), vram=config.vram_mode,
-                              vram_budget=config.vram_budget, ram_budget=config.ram_budget)
-        self.executor = Executor(self.registry, self.folders, OutputCache(config.cache_bytes, config.cache_entries),
-                                 models, previews=config.previews)
+        self.models = ModelManager(pick_device(settings.device), vram=settings.vram_mode,
+                                   vram_budget=settings.vram_budget, ram_budget=settings.ram_budget)
+        self.executor = Executor(self.registry, self.folders, OutputCache(settings.cache_bytes, settings.cache_entries),
+                                 self.models, previews=settings.preview_method != "none")
         self._interrupts: dict[str, threading.Event] = {}
         self._mailboxes: dict[str, _Mailbox] = {}
         self._early_interrupts: OrderedDict[str, None] = OrderedDict()  # interrupts that overtook their submit
@@ -197,11 +204,10 @@ class LoomWorker:
             event.set()
         return bool(targets)
 
-    def free(self, unload_models: bool, free_memory: bool) -> None:
-        if free_memory:
-            self.executor.cache.clear()
+    def free(self, unload_models: bool, clear_cache: bool) -> None:
+        """POST /free, between prompts (the front sends it to an idle worker only)."""
+        free_memory(self.executor, unload_models, clear_cache)
         if unload_models:
-            self.executor.models.unload_all()
             self._held = frozenset()
 
     def pid(self) -> int:
@@ -211,17 +217,15 @@ class LoomWorker:
 
     def _execute(self, job: Job, mailbox: _Mailbox, interrupt: threading.Event) -> None:
         try:
-            outcome = run_item(self.executor, job.item, mailbox, interrupt)
+            outcome = run_prompt(self.executor, job.item, mailbox, interrupt)
             self._held = self._still_loaded(self._held | job.models)
-            result = JobResult(outcome.outputs, outcome.status(), outcome.meta,
+            result = JobResult(replace(outcome, error=None),  # the outcome without its exception, for pickling
                                self._outcome_files(outcome.outputs, mailbox.shipped), self._held)
             self._empty_shipped(mailbox.shipped)
             mailbox.messages.put(result)
         except Exception as exc:  # noqa: BLE001 - the front must hear of it, or it would wait for ever
             log.exception("prompt %s: could not report its result", job.item.prompt_id)
-            mailbox.messages.put(JobResult({}, {"status_str": "error", "completed": False, "messages": [
-                ["execution_error", {"prompt_id": job.item.prompt_id, "exception_message": str(exc),
-                                     "exception_type": type(exc).__name__}]]}, {}, [], self._held))
+            mailbox.messages.put(JobResult(ended_by(crash_error(job.item.prompt_id, exc), mailbox), [], self._held))
         finally:
             with self._lock:
                 self._interrupts.pop(job.item.prompt_id, None)
@@ -269,7 +273,7 @@ class LoomWorker:
 
     def _still_loaded(self, candidates: frozenset[tuple[str, str]]) -> frozenset[tuple[str, str]]:
         """The (folder, name) model files among ``candidates`` whose weights the manager still holds."""
-        loaded = {entry["path"] for entry in self.executor.models.loaded()}
+        loaded = {entry["path"] for entry in self.models.loaded()}
         held = set()
         for folder, name in candidates:
             try:

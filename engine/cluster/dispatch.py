@@ -1,4 +1,4 @@
-"""Which worker runs a prompt: pure policy over the workers' states (no Ray, no threads).
+"""Which worker runs a prompt, and what to do while none can: pure policy (no Ray, no threads, no clock).
 
 An idle worker that holds the prompt's checkpoint wins (then the one holding most of its other model
 files); otherwise the least loaded idle worker (fewest prompts run, then fewest models held). A worker
@@ -6,61 +6,99 @@ that lacks a file the prompt names is never chosen. Embeddings named in prompt t
 when some worker has them all; when none has, the prompt runs anyway (their names are dropped with a
 warning, as on one machine). When every worker that could run it is busy, the prompt waits for one of
 them, so the queue's order holds.
+
+:func:`decide` is the whole decision for a prompt the dispatcher holds, over a snapshot of the workers:
+:class:`Start` it on a worker, :class:`Wait`, :class:`Fail` it with a reason, :class:`Cancel` it (it was
+interrupted while waiting) or :class:`Release` it back to the queue (the front is stopping).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from engine.cluster.needs import PromptNeeds, has_embedding
-
-
-@dataclass
-class WorkerState:
-    """What the front knows of one worker."""
-
-    worker_id: str
-    models: dict[str, frozenset[str]] = field(default_factory=dict)  # folder -> file names it has
-    held: frozenset[tuple[str, str]] = frozenset()  # (folder, name) loaded in its memory
-    busy_with: str | None = None  # prompt id
-    alive: bool = True
-    prompts_run: int = 0
-    node: str = ""  # host or Ray node id, for messages
-
-    def has_embeddings(self, needs: PromptNeeds) -> bool:
-        files = self.models.get("embeddings", frozenset())
-        return all(has_embedding(files, name) for name in needs.embeddings)
-
-    def lacks(self, needs: PromptNeeds) -> list[str]:
-        """The model files of ``needs`` this worker does not have, as folder/name."""
-        return sorted(f"{folder}/{name}" for folder, name in needs.models
-                      if name not in self.models.get(folder, frozenset()))
+from engine.cluster.needs import PromptNeeds
+from engine.cluster.state import WorkerState
 
 
 @dataclass(frozen=True)
-class Decision:
-    """A worker to run on, or ``wait`` (a capable worker is busy), or ``error`` (none can run it)."""
-
-    worker: WorkerState | None = None
-    wait: bool = False
-    error: str = ""
+class Start:
+    worker: WorkerState
 
 
-def choose_worker(needs: PromptNeeds, workers: Sequence[WorkerState]) -> Decision:
+@dataclass(frozen=True)
+class Wait:
+    """No worker for it now. ``recheck_files``: ask the workers for their model files first (files may
+    have been added since they were asked), then decide again."""
+
+    recheck_files: bool = False
+
+
+@dataclass(frozen=True)
+class Fail:
+    reason: str
+    kind: str  # loom.cluster.<kind> is the execution_error's exception_type
+
+
+@dataclass(frozen=True)
+class Cancel:
+    """Interrupted (or deleted) while it waited for a worker."""
+
+
+@dataclass(frozen=True)
+class Release:
+    """The front is stopping: the prompt goes back to its place in the queue for the next start."""
+
+
+Decision = Start | Wait | Fail | Cancel | Release
+
+
+@dataclass(frozen=True)
+class Situation:
+    """Where a prompt the dispatcher holds stands, beside the workers' states."""
+
+    needs: PromptNeeds
+    stopping: bool = False
+    cancelled: bool = False
+    behind_retry: bool = False  # a retried prompt (queued earlier) waits too: it goes first
+    files_rechecked: bool = False
+    start_error: str | None = None  # why no worker will come, when none is alive or starting
+    note: str = ""  # what happened to it before, put in front of a failure's reason
+
+
+def decide(situation: Situation, workers: Sequence[WorkerState]) -> Decision:
+    """What to do with the prompt now."""
+    if situation.stopping:
+        return Release()
+    if situation.cancelled:
+        return Cancel()
+    if situation.behind_retry:
+        return Wait()
+    decision = choose_worker(situation.needs, workers)
+    if isinstance(decision, Wait) and situation.start_error:
+        return Fail(f"{situation.note}no worker is running: {situation.start_error}", "NoWorker")
+    if isinstance(decision, Fail):
+        if not situation.files_rechecked:
+            return Wait(recheck_files=True)
+        return Fail(situation.note + decision.reason, decision.kind)
+    return decision
+
+
+def choose_worker(needs: PromptNeeds, workers: Sequence[WorkerState]) -> Start | Wait | Fail:
+    """The routing alone: the best idle capable worker, a wait, or a failure naming what each one lacks."""
     alive = [w for w in workers if w.alive]
     if not alive:
-        return Decision(wait=True)
+        return Wait()
     capable = [w for w in alive if not w.lacks(needs)]
     if not capable:
-        return Decision(error=missing_files_message(needs, alive))
+        return Fail(missing_files_message(needs, alive), "WorkerLacksModel")
     with_embeddings = [w for w in capable if w.has_embeddings(needs)]
     if needs.embeddings and with_embeddings:  # the picture that a machine with the embeddings makes
         capable = with_embeddings
-    idle = [w for w in capable if w.busy_with is None]
+    idle = [w for w in capable if w.idle]
     if not idle:
-        return Decision(wait=True)
-    return Decision(worker=min(idle, key=lambda w: _rank(w, needs)))
+        return Wait()
+    return Start(min(idle, key=lambda w: _rank(w, needs)))
 
 
 def _rank(worker: WorkerState, needs: PromptNeeds) -> tuple[int, int, int, int, str]:

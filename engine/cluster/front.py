@@ -16,25 +16,26 @@ import time
 import traceback
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import asdict, replace
+from dataclasses import replace
 from typing import Any
 
 import ray
 
 from engine.cluster.actor import POLL_WAIT_S, Job, JobResult
-from engine.cluster.dispatch import WorkerState, choose_worker
+from engine.cluster.dispatch import Cancel, Decision, Fail, Release, Situation, Start, Wait, decide
 from engine.cluster.needs import PromptNeeds, prompt_needs
 from engine.cluster.outputs import OutputStore, input_files
 from engine.cluster.pool import START_TIMEOUT_S, WorkerPool
-from engine.events import EventSink, Executed, Executing, ExecutionError, ExecutionInterrupted, ExecutionStart
+from engine.cluster.state import WorkerState
+from engine.events import EventSink, Executed, ExecutionInterrupted, ExecutionStart
 from engine.folders import Folders
+from engine.lifecycle import end_unrun, finish, prompt_error
 from engine.queue import PromptQueue, QueueItem
 from engine.registry import NodeRegistry
 
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 2  # the first run and one retry on another worker
-FREEING = "(freeing memory)"  # busy_with of a worker that is running POST /free, not a prompt
 RAN_ON_KEPT = 10_000
 
 
@@ -43,7 +44,7 @@ class WorkerGone(Exception):
 
 
 class ClusterRunner:
-    """Feeds the queue's prompts to the pool's workers; the PromptWorker interface for the server."""
+    """Feeds the queue's prompts to the pool's workers; the PromptRunner the server uses on a cluster."""
 
     def __init__(self, queue: PromptQueue, registry: NodeRegistry, folders: Folders, pool: WorkerPool,
                  sink_for: Callable[[str | None], EventSink], *, check_interval: float = 5.0) -> None:
@@ -54,16 +55,15 @@ class ClusterRunner:
         self.sink_for = sink_for
         self.check_interval = check_interval
         self.outputs = OutputStore(folders)
-        self._changed = threading.Condition()
+        self._changed = pool.table.changed  # the pool's one lock; notified whenever a worker's state changes
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._runs: dict[str, threading.Thread] = {}
         self._waiting: dict[str, int] = {}  # prompt id -> attempt, of prompts waiting for a capable worker
         self._cancelled: set[str] = set()
-        self._free: dict[str, tuple[bool, bool]] = {}
         self.ran_on: OrderedDict[str, str] = OrderedDict()  # prompt id -> worker id, the latest RAN_ON_KEPT
 
-    # ------------------------------------------------------------------ the PromptWorker interface
+    # ------------------------------------------------------------------ the PromptRunner interface
 
     def start(self) -> None:
         if self._threads:
@@ -93,8 +93,8 @@ class ClusterRunner:
                 self._cancelled.update(waiting)
                 self._changed.notify_all()
                 hit = True
-            targets = [(s.worker_id, s.busy_with) for s in self.pool.all()
-                       if s.busy_with not in (None, FREEING) and prompt_id in (None, s.busy_with)]
+            targets = [(s.worker_id, s.running) for s in self.pool.all()
+                       if s.running is not None and prompt_id in (None, s.running)]
         for worker_id, running in targets:
             actor = self.pool.actor(worker_id)
             if actor is not None:
@@ -104,26 +104,16 @@ class ClusterRunner:
 
     def request_free(self, unload_models: bool, free_memory: bool) -> None:
         """POST /free: each worker frees between prompts (an idle one at once, in the background)."""
-        with self._changed:
-            idle = []
-            for state in self.pool.all():
-                if not state.alive:
-                    continue
-                self._free[state.worker_id] = (unload_models, free_memory)
-                if unload_models:
-                    state.held = frozenset()  # it unloads before its next prompt: it is near no model
-                if state.busy_with is None:
-                    state.busy_with = FREEING  # no prompt goes to it until it has freed
-                    idle.append(state)
-        for state in idle:
-            threading.Thread(target=self._free_idle, args=(state,), name="loom-free", daemon=True).start()
+        for worker_id in self.pool.table.request_free((unload_models, free_memory)):
+            threading.Thread(target=self._free, args=(worker_id,), name="loom-free", daemon=True).start()
 
     def describe(self) -> list[dict[str, Any]]:
-        """The workers as /system_stats shows them."""
-        with self._changed:
-            return [{"worker_id": s.worker_id, "node": s.node, "alive": s.alive, "running": s.busy_with,
-                     "prompts_run": s.prompts_run, "holds": sorted(f"{f}/{n}" for f, n in s.held)}
-                    for s in self.pool.all()]
+        """The workers as /system_stats lists them under ``loom.workers``."""
+        return [state.describe() for state in self.pool.all()]
+
+    def stats(self) -> dict[str, Any]:
+        """Nothing runs here: the workers have the executors, caches and models."""
+        return {}
 
     # ------------------------------------------------------------------ dispatch
 
@@ -141,57 +131,64 @@ class ClusterRunner:
                 log.exception("dispatcher error; continuing")
 
     def _any_idle_worker(self) -> bool:
-        with self._changed:
-            return any(s.alive and s.busy_with is None for s in self.pool.all())
+        return any(s.idle for s in self.pool.all())
 
     def _dispatch(self, item: QueueItem, attempt: int, excluded: frozenset[str], note: str = "") -> None:
-        """Wait for a capable idle worker and start the prompt on it, or record why none can run it."""
+        """Wait for a capable idle worker and start the prompt on it, or end it as :func:`decide` says."""
         needs = prompt_needs(item.prompt, self.registry)
-        refreshed = False
         with self._changed:
             self._waiting[item.prompt_id] = attempt
         try:
-            while not self._stop.is_set():
-                with self._changed:
-                    if item.prompt_id in self._cancelled:
-                        self._cancelled.discard(item.prompt_id)
-                        self._finish_interrupted(item)
-                        return
-                    if attempt == 1 and any(a > 1 for a in self._waiting.values()):
-                        self._changed.wait(0.2)  # a retried prompt was queued earlier: it goes first
-                        continue
-                    workers = [s for s in self.pool.all() if s.worker_id not in excluded]
-                    decision = choose_worker(needs, workers)
-                    if decision.worker is not None:
-                        worker = decision.worker
-                        worker.busy_with = item.prompt_id
-                        self.ran_on[item.prompt_id] = worker.worker_id
-                        while len(self.ran_on) > RAN_ON_KEPT:
-                            self.ran_on.popitem(last=False)
-                        break
-                    if not decision.error:
-                        cannot_start = self._no_worker_can_start()
-                        if cannot_start:
-                            self._finish_failed(item, f"{note}no worker is running: {cannot_start}", "NoWorker")
-                            return
-                        self._changed.wait(0.2)
-                        continue
-                if not refreshed:  # the files may have been added since the workers were asked
-                    self.pool.refresh_models()
-                    refreshed = True
-                    continue
-                self._finish_failed(item, f"{note}{decision.error}", "WorkerLacksModel")
-                return
-            else:  # stopping before the prompt started: back to the queue for the next start
-                self.queue.release(item.prompt_id)
-                return
+            decision = self._await_decision(item.prompt_id, needs, attempt, excluded, note)
         finally:
             with self._changed:
                 self._waiting.pop(item.prompt_id, None)
-        thread = threading.Thread(target=self._run, args=(worker, item, needs, attempt),
-                                  name=f"loom-run-{item.prompt_id[:8]}", daemon=True)
-        self._runs[item.prompt_id] = thread
-        thread.start()
+        self._act(decision, item, needs, attempt)
+
+    def _await_decision(self, prompt_id: str, needs: PromptNeeds, attempt: int, excluded: frozenset[str],
+                        note: str) -> Decision:
+        """Decide until it is no plain wait; a worker chosen is claimed (Running) before the lock is let go."""
+        rechecked = False
+        while True:
+            with self._changed:
+                situation = self._situation(prompt_id, needs, attempt, rechecked, note)
+                decision = decide(situation, [s for s in self.pool.all() if s.worker_id not in excluded])
+                if isinstance(decision, Wait) and not decision.recheck_files:
+                    self._changed.wait(0.2)
+                    continue
+                if isinstance(decision, Start):
+                    self._claim(decision.worker, prompt_id)
+                if isinstance(decision, Cancel):
+                    self._cancelled.discard(prompt_id)
+            if not isinstance(decision, Wait):
+                return decision
+            self.pool.refresh_models()  # the files may have been added since the workers were asked
+            rechecked = True
+
+    def _situation(self, prompt_id: str, needs: PromptNeeds, attempt: int, rechecked: bool, note: str) -> Situation:
+        return Situation(needs, stopping=self._stop.is_set(), cancelled=prompt_id in self._cancelled,
+                         behind_retry=attempt == 1 and any(a > 1 for a in self._waiting.values()),
+                         files_rechecked=rechecked, start_error=self._no_worker_can_start(), note=note)
+
+    def _claim(self, worker: WorkerState, prompt_id: str) -> None:
+        if not self.pool.table.claim(worker.worker_id, prompt_id):  # decided under this lock: it is idle
+            raise RuntimeError(f"worker {worker.worker_id} was chosen for {prompt_id} but is not idle")
+        self.ran_on[prompt_id] = worker.worker_id
+        while len(self.ran_on) > RAN_ON_KEPT:
+            self.ran_on.popitem(last=False)
+
+    def _act(self, decision: Decision, item: QueueItem, needs: PromptNeeds, attempt: int) -> None:
+        if isinstance(decision, Start):
+            thread = threading.Thread(target=self._run, args=(decision.worker, item, needs, attempt),
+                                      name=f"loom-run-{item.prompt_id[:8]}", daemon=True)
+            self._runs[item.prompt_id] = thread
+            thread.start()
+        elif isinstance(decision, Fail):
+            self._finish_failed(item, decision.reason, decision.kind)
+        elif isinstance(decision, Cancel):
+            self._finish_interrupted(item)
+        elif isinstance(decision, Release):  # stopping before the prompt started: it runs at the next start
+            self.queue.release(item.prompt_id)
 
     def _no_worker_can_start(self) -> str | None:
         """Why no worker will come, when none is alive or starting because starts fail; else None."""
@@ -202,8 +199,14 @@ class ClusterRunner:
     # ------------------------------------------------------------------ one prompt on one worker
 
     def _run(self, worker: WorkerState, item: QueueItem, needs: PromptNeeds, attempt: int) -> None:
+        try:
+            self._run_on(worker, item, needs, attempt)
+        finally:
+            if self._runs.get(item.prompt_id) is threading.current_thread():
+                self._runs.pop(item.prompt_id, None)
+
+    def _run_on(self, worker: WorkerState, item: QueueItem, needs: PromptNeeds, attempt: int) -> None:
         sink = self.sink_for(item.extra_data.get("client_id"))
-        result: JobResult | None = None
         try:
             result = self._stream(worker, item, needs, sink, retry=attempt > 1)
         except (ray.exceptions.RayActorError, WorkerGone) as exc:
@@ -211,16 +214,15 @@ class ClusterRunner:
             return
         except Exception as exc:  # noqa: BLE001 - record it in history; the front keeps serving
             log.exception("prompt %s failed on worker %s", item.prompt_id, worker.worker_id)
-            self._release(worker, None)
+            free = self.pool.table.end_run(worker.worker_id, None)
             self._finish_failed(item, f"worker {worker.worker_id} could not run the prompt: {exc}",
                                 type(exc).__name__)
-            return
-        finally:
-            self._runs.pop(item.prompt_id, None)
-        self._release(worker, result)
-        outputs = self.outputs.rewrite_outputs(worker.worker_id, result.outputs)
-        self.queue.finish(item.prompt_id, outputs=outputs, status=result.status, meta=result.meta)
-        sink.emit(Executing(node=None, display_node=None, prompt_id=item.prompt_id))
+        else:
+            free = self.pool.table.end_run(worker.worker_id, result.held)  # before the history: affinity holds
+            outputs = self.outputs.rewrite_outputs(worker.worker_id, result.outcome.outputs)
+            finish(self.queue, sink, item.prompt_id, replace(result.outcome, outputs=outputs))
+        if free:
+            self._free(worker.worker_id)
 
     def _stream(self, worker: WorkerState, item: QueueItem, needs: PromptNeeds, sink: EventSink,
                 retry: bool = False) -> JobResult:
@@ -243,30 +245,19 @@ class ClusterRunner:
                     event = replace(event, output=self.outputs.rewrite(worker.worker_id, event.output))
                 sink.emit(event)
 
-    def _release(self, worker: WorkerState, result: JobResult | None) -> None:
-        """The prompt is done: note what the worker holds, let it free memory if asked, then it is idle."""
-        with self._changed:
-            worker.prompts_run += 1
-            if result is not None:
-                worker.held = result.held
-        self._free_idle(worker)
-
-    def _free_idle(self, worker: WorkerState) -> None:
-        try:
-            self._apply_free(worker.worker_id)
-        except Exception:  # noqa: BLE001 - a failed free must not keep the worker from work
-            log.exception("worker %s could not free memory", worker.worker_id)
-        finally:
-            with self._changed:
-                worker.busy_with = None
-                self._changed.notify_all()
+    def _free(self, worker_id: str) -> None:
+        """Apply the POST /free requests of a Freeing worker; it is Idle again when none is left."""
+        while (request := self.pool.table.take_free(worker_id)) is not None:
+            actor = self.pool.actor(worker_id)
+            try:
+                if actor is not None:
+                    ray.get(actor.free.remote(*request), timeout=60)
+            except Exception:  # noqa: BLE001 - a failed free must not keep the worker from work
+                log.exception("worker %s could not free memory", worker_id)
 
     def _worker_lost(self, worker: WorkerState, item: QueueItem, attempt: int, exc: Exception) -> None:
         reason = f"worker {worker.worker_id} ({worker.node}) died while running the prompt: {type(exc).__name__}"
         self.pool.mark_dead(worker.worker_id, reason)
-        with self._changed:
-            worker.busy_with = None
-            self._changed.notify_all()
         if not self._stop.is_set():
             self.pool.scale()  # a replacement, which joins once Ray has room for it
         if attempt >= MAX_ATTEMPTS or self._stop.is_set():
@@ -279,23 +270,13 @@ class ClusterRunner:
 
     def _finish_failed(self, item: QueueItem, message: str, kind: str) -> None:
         sink = self.sink_for(item.extra_data.get("client_id"))
-        event = ExecutionError(prompt_id=item.prompt_id, node_id=None, node_type=None, executed=[],
-                               exception_message=message, exception_type=f"loom.cluster.{kind}",
-                               traceback=traceback.format_stack(limit=1), current_inputs={}, current_outputs=[])
-        sink.emit(event)
-        self.queue.finish(item.prompt_id, outputs={},
-                          status={"status_str": "error", "completed": False,
-                                  "messages": [[event.type, _event_data(event)]]})
-        sink.emit(Executing(node=None, display_node=None, prompt_id=item.prompt_id))
+        end_unrun(self.queue, sink, item.prompt_id,
+                  prompt_error(item.prompt_id, message, f"loom.cluster.{kind}", traceback.format_stack(limit=1)))
 
     def _finish_interrupted(self, item: QueueItem) -> None:
         sink = self.sink_for(item.extra_data.get("client_id"))
-        event = ExecutionInterrupted(prompt_id=item.prompt_id, node_id=None, node_type=None, executed=[])
-        sink.emit(event)
-        self.queue.finish(item.prompt_id, outputs={},
-                          status={"status_str": "error", "completed": False,
-                                  "messages": [[event.type, _event_data(event)]]})
-        sink.emit(Executing(node=None, display_node=None, prompt_id=item.prompt_id))
+        end_unrun(self.queue, sink, item.prompt_id,
+                  ExecutionInterrupted(prompt_id=item.prompt_id, node_id=None, node_type=None, executed=[]))
 
     # ------------------------------------------------------------------ pool upkeep
 
@@ -313,18 +294,3 @@ class ClusterRunner:
                         self._changed.notify_all()
             except Exception:  # noqa: BLE001 - upkeep must go on
                 log.exception("worker pool check failed; trying again later")
-
-    def _apply_free(self, worker_id: str) -> None:
-        with self._changed:
-            request = self._free.pop(worker_id, None)
-            if request is not None and request[0]:
-                for state in self.pool.all():
-                    if state.worker_id == worker_id:
-                        state.held = frozenset()  # it unloads its models: nothing to be near any more
-        actor = self.pool.actor(worker_id)
-        if request is not None and actor is not None:
-            ray.get(actor.free.remote(*request), timeout=60)
-
-
-def _event_data(event: Any) -> dict[str, Any]:
-    return asdict(event)

@@ -4,13 +4,14 @@ One actor per GPU of the Ray cluster (``num_gpus=1``), or, on a cluster without 
 ``worker_cpus`` CPUs; ``max_workers`` caps either. :meth:`WorkerPool.scale` starts what is missing,
 so workers on machines that join the cluster later are started at the next check. Starting never
 blocks: an actor waits inside Ray until there is room and joins the pool once it has described itself.
+The pool owns the workers' states (:class:`engine.cluster.state.WorkerTable`); the table's lock guards the
+pool's own bookkeeping too, so one lock covers everything the front knows of its workers.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,7 +20,8 @@ from typing import Any
 import ray
 
 from engine.cluster.actor import LoomWorker, WorkerConfig
-from engine.cluster.dispatch import WorkerState
+from engine.cluster.state import WorkerState, WorkerTable
+from engine.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -31,22 +33,22 @@ MAX_BACKOFF_S = 300.0  # a worker still waiting for room after this is logged
 
 @dataclass
 class PoolOptions:
-    max_workers: int | None = None
-    worker_cpus: float = 1.0
+    max_workers: int | None = Settings.model_fields["cluster_workers"].default
+    worker_cpus: float = Settings.model_fields["worker_cpus"].default
     use_gpus: bool = True  # one worker per GPU when the cluster has GPUs
     max_concurrency: int = 4  # run + interrupt/free/describe calls beside it
 
 
 class WorkerPool:
-    """Actor handles and the front's view of them (:class:`WorkerState`); thread-safe."""
+    """Actor handles and the workers' states (:attr:`table`); thread-safe."""
 
     def __init__(self, make_config: Callable[[str], WorkerConfig], options: PoolOptions | None = None) -> None:
         self.make_config = make_config
         self.options = options or PoolOptions()
+        self.table = WorkerTable()
         self.actors: dict[str, Any] = {}
-        self.states: dict[str, WorkerState] = {}
         self._ids = itertools.count(1)
-        self._lock = threading.RLock()
+        self._lock = self.table.changed  # one lock for the states and the pool's bookkeeping
         self._starting: dict[str, _Starting] = {}
         self.start_error: str | None = None  # why the last worker start failed, until one succeeds
         self._backoff = 0.0
@@ -67,8 +69,9 @@ class WorkerPool:
 
         Nothing blocks on a start: an actor waits in Ray until the cluster has room for it. Returns the
         workers that became ready within ``wait`` seconds (see :meth:`poll_starting`)."""
+        desired = self.desired()  # asks Ray: outside the lock
         with self._lock:
-            missing = self.desired() - len(self.alive()) - len(self._starting)
+            missing = desired - len(self.alive()) - len(self._starting)
             if time.monotonic() < self._next_start:  # the last start failed: wait before trying again
                 missing = 0
         for _ in range(max(missing, 0)):
@@ -76,12 +79,10 @@ class WorkerPool:
         return self.poll_starting(wait)
 
     def all(self) -> list[WorkerState]:
-        with self._lock:
-            return list(self.states.values())
+        return self.table.all()
 
     def alive(self) -> list[WorkerState]:
-        with self._lock:
-            return [s for s in self.states.values() if s.alive]
+        return self.table.alive()
 
     def starting(self) -> int:
         with self._lock:
@@ -92,7 +93,7 @@ class WorkerPool:
         gpus = 1 if self.options.use_gpus and ray.cluster_resources().get("GPU", 0) >= 1 else 0
         config = self.make_config(worker_id)
         if gpus:
-            config = config.model_copy(update={"device": "cuda"})
+            config = config.on_device("cuda")
         actor = self._remote.options(
             num_cpus=0 if gpus else self.options.worker_cpus, num_gpus=gpus, max_restarts=0,
             max_concurrency=self.options.max_concurrency, name=f"loom-{worker_id}-{id(self):x}",
@@ -133,7 +134,7 @@ class WorkerPool:
                             node=f"{info['node']} (pid {info['pid']}, {info['device']})")
         with self._lock:
             self.actors[worker_id] = entry.actor
-            self.states[worker_id] = state
+            self.table.add(state)
             self.start_error, self._backoff = None, 0.0
         log.info("worker %s started on %s", worker_id, state.node)
         return state
@@ -149,11 +150,10 @@ class WorkerPool:
         log.warning("%s; next try in %.0f s\n%s", self.start_error, self._backoff, exc)
 
     def mark_dead(self, worker_id: str, reason: str) -> None:
+        """The worker is gone (or must be): Dead, and its actor killed."""
         with self._lock:
-            state = self.states.get(worker_id)
-            if state is None or not state.alive:
+            if not self.table.mark_dead(worker_id, reason):
                 return
-            state.alive = False
             actor = self.actors.pop(worker_id, None)
         log.warning("worker %s is gone: %s", worker_id, reason)
         if actor is not None:
@@ -162,8 +162,8 @@ class WorkerPool:
     def check(self) -> list[str]:
         """Ping idle workers; mark those that do not answer dead. Their ids."""
         with self._lock:
-            idle = [(wid, self.actors[wid]) for wid, s in self.states.items()
-                    if s.alive and s.busy_with is None and wid in self.actors]
+            idle = [(s.worker_id, self.actors[s.worker_id]) for s in self.table.all()
+                    if s.idle and s.worker_id in self.actors]
         dead = []
         for worker_id, actor in idle:
             try:
@@ -176,14 +176,13 @@ class WorkerPool:
     def refresh_models(self) -> None:
         """Ask every alive worker for its model lists again (files may have been added)."""
         with self._lock:
-            actors = [(wid, self.actors[wid]) for wid in self.actors if self.states[wid].alive]
+            actors = list(self.actors.items())  # the alive workers' (the dead ones' are dropped)
         for worker_id, actor in actors:
             try:
                 info = ray.get(actor.describe.remote(), timeout=30)
             except ray.exceptions.RayError:  # a timeout too
                 continue
-            with self._lock:
-                self.states[worker_id].models = _model_files(info)
+            self.table.set_models(worker_id, _model_files(info))
 
     def actor(self, worker_id: str) -> Any:
         with self._lock:
@@ -193,8 +192,8 @@ class WorkerPool:
         with self._lock:
             actors = [*self.actors.values(), *(entry.actor for entry in self._starting.values())]
             self.actors, self._starting = {}, {}
-            for state in self.states.values():
-                state.alive = False
+            for state in self.table.alive():
+                self.table.mark_dead(state.worker_id, "the front stopped")
         for actor in actors:
             _kill(actor)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import ray
 
-from engine.cluster.actor import BUILTIN_NODES, WorkerConfig
+from engine.cluster.actor import WorkerConfig
 from engine.cluster.front import ClusterRunner
 from engine.cluster.pool import PoolOptions, WorkerPool
 from engine.events import EventSink
@@ -33,15 +33,20 @@ def connect(address: str) -> None:
     log.info("Ray cluster: %s", ray.cluster_resources())
 
 
+def worker_settings(settings: Settings) -> Settings:
+    """The front's settings as its workers use them: model roots made absolute (each worker resolves them on
+    its own machine, where Loom sits at the front's path); no auth token and a loopback host, since a worker
+    serves nothing (so the token never travels through Ray)."""
+    return settings.model_copy(update={"models_dirs": tuple(Path(p).absolute() for p in settings.models_dirs),
+                                       "auth_token": None, "host": "127.0.0.1"})
+
+
 def worker_config_factory(settings: Settings) -> Callable[[str], WorkerConfig]:
+    shared = worker_settings(settings)
+
     def make(worker_id: str) -> WorkerConfig:
-        return WorkerConfig(
-            worker_id=worker_id, models_dirs=[str(Path(p).absolute()) for p in settings.models_dirs],
-            node_modules=[BUILTIN_NODES, *settings.extra_nodes], device=settings.device,
-            vram_mode=settings.vram_mode, vram_budget=settings.vram_budget, ram_budget=settings.ram_budget,
-            cache_bytes=settings.cache_bytes, cache_entries=settings.cache_entries,
-            previews=settings.preview_method != "none",
-            torch_threads=max(1, int(settings.worker_cpus)))
+        return WorkerConfig(worker_id=worker_id, settings=shared)
+
     return make
 
 

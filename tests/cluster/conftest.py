@@ -12,10 +12,11 @@ import pytest
 
 from engine.folders import Folders
 from engine.queue import PromptQueue
+from engine.settings import Settings
 
 ray = pytest.importorskip("ray", reason="Ray missing: pip install -e '.[cluster]'")
 
-from engine.cluster.actor import BUILTIN_NODES, WorkerConfig  # noqa: E402
+from engine.cluster.actor import WorkerConfig  # noqa: E402
 from engine.cluster.front import ClusterRunner  # noqa: E402
 from engine.cluster.pool import PoolOptions, WorkerPool  # noqa: E402
 from tests.cluster.local_ray import wait_for_free_cpus  # noqa: E402
@@ -68,12 +69,11 @@ def ray_cluster() -> Iterator[Any]:
 
 def worker_configs(root: Path, models_dirs: Callable[[str], list[Path]],
                    extra_nodes: tuple[str, ...] = ()) -> Callable[[str], WorkerConfig]:
-    """Per worker id: the built-in and stub nodes, its model roots, one torch thread, scratch under root."""
+    """Per worker id: the built-in and stub nodes, its model roots, one CPU (one torch thread), scratch under root."""
 
     def make(worker_id: str) -> WorkerConfig:
-        return WorkerConfig(worker_id=worker_id, models_dirs=[str(p) for p in models_dirs(worker_id)],
-                            node_modules=[BUILTIN_NODES, STUBS, *extra_nodes], device="cpu", torch_threads=1,
-                            scratch_dir=str(root / "workers" / worker_id))
+        settings = Settings(models_dirs=tuple(models_dirs(worker_id)), device="cpu", extra_nodes=(STUBS, *extra_nodes))
+        return WorkerConfig(worker_id=worker_id, settings=settings, scratch_dir=str(root / "workers" / worker_id))
 
     return make
 

@@ -10,17 +10,17 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from engine.cluster.actor import BUILTIN_NODES, EventMessage, Job, JobResult, LoomWorker, ShippedFile, WorkerConfig
+from engine.cluster.actor import EventMessage, Job, JobResult, LoomWorker, ShippedFile, WorkerConfig
 from engine.queue import QueueItem
+from engine.settings import Settings
 from tests.cluster.conftest import REPO, STUBS
 from tests.support.stub_nodes import sleep_prompt
 
 
 @pytest.fixture
 def worker(tmp_path: Path) -> LoomWorker:
-    return LoomWorker(WorkerConfig(worker_id="t1", models_dirs=[str(REPO / "models")],
-                                   node_modules=[BUILTIN_NODES, STUBS], device="cpu", torch_threads=1,
-                                   scratch_dir=str(tmp_path / "scratch")))
+    settings = Settings(models_dirs=(REPO / "models",), device="cpu", extra_nodes=(STUBS,))
+    return LoomWorker(WorkerConfig(worker_id="t1", settings=settings, scratch_dir=str(tmp_path / "scratch")))
 
 
 def _job(prompt_id: str, prompt: dict[str, Any], outputs: list[str], files: list[ShippedFile] | None = None) -> Job:
@@ -53,7 +53,7 @@ def test_submit_then_poll_gives_the_events_then_the_result_once(worker: LoomWork
     types = [m.event.type for m in messages]
     assert types[0] == "execution_start" and types[-1] == "execution_success"
     assert types.count("progress") == 4 and "executed" in types
-    assert result.status["status_str"] == "success" and result.outputs["2"]["text"] == ["4"]
+    assert result.outcome.status_str == "success" and result.outcome.outputs["2"]["text"] == ["4"]
     with pytest.raises(KeyError, match="runs no prompt p1"):
         worker.poll("p1", 0)  # the result ended it
 
@@ -88,7 +88,7 @@ def test_shipped_inputs_are_rewritten_only_when_their_bytes_change(worker: LoomW
     prompt = {"1": {"class_type": "LoadImage", "inputs": {"image": "circle.png"}},
               "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "copy"}}}
     worker.submit(_job("in1", prompt, ["2"], [shipped]))
-    assert _collect(worker, "in1")[1].status["status_str"] == "success"
+    assert _collect(worker, "in1")[1].outcome.status_str == "success"
     path = tmp_path / "scratch" / "input" / "circle.png"
     first = path.stat().st_mtime_ns
     time.sleep(0.01)
@@ -108,7 +108,7 @@ def test_interrupt_stops_the_named_prompt(worker: LoomWorker) -> None:
     assert not worker.interrupt("another")
     assert worker.interrupt("long")
     _, result = _collect(worker, "long", timeout=10)
-    assert result.status["messages"][-1][0] == "execution_interrupted"
+    assert result.outcome.messages[-1][0] == "execution_interrupted"
 
 
 def test_an_interrupt_that_overtakes_its_submit_still_stops_the_prompt(worker: LoomWorker) -> None:
@@ -116,4 +116,4 @@ def test_an_interrupt_that_overtakes_its_submit_still_stops_the_prompt(worker: L
     assert not worker.interrupt("early")  # nothing runs it yet: kept for it
     worker.submit(_job("early", sleep_prompt(2, 30.0), ["2"]))
     _, result = _collect(worker, "early", timeout=10)
-    assert result.status["messages"][-1][0] == "execution_interrupted"
+    assert result.outcome.messages[-1][0] == "execution_interrupted"

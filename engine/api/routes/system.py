@@ -45,12 +45,13 @@ class SystemRoutes:
     @route("GET", "/system_stats", "System, Python, torch and device information.", "system",
            response=p.SystemStats)
     async def system_stats(self, request: web.Request) -> web.Response:
-        executor = getattr(self.ctx.worker, "executor", None)
-        cache = self.ctx.cache if self.ctx.cache is not None else getattr(executor, "cache", None)
-        stats = await blocking(system_stats, self.ctx.settings, cache, getattr(executor, "models", None))
-        describe = getattr(self.ctx.worker, "describe", None)
-        if describe is not None:  # a cluster front: its workers
-            stats.setdefault("loom", {})["workers"] = describe()
+        stats = await blocking(system_stats, self.ctx.settings)
+        loom = await blocking(self.ctx.worker.stats)  # this process's cache and models (none on a cluster front)
+        workers = self.ctx.worker.describe()
+        if workers is not None:  # a cluster front: its workers
+            loom["workers"] = workers
+        if loom:
+            stats["loom"] = loom
         return json_ok(stats)
 
     @route("GET", "/embeddings", "Embedding names (extension stripped).", "models", response=_STR_LIST)
