@@ -21,7 +21,7 @@ import threading
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from pydantic import ValidationError
 
@@ -36,6 +36,8 @@ from engine.validate import validate_prompt
 from engine.workflow import is_ui_workflow, ui_to_api
 
 log = logging.getLogger("loom")
+
+HERE = Path(__file__).parent
 
 
 def build_registry(extra_node_modules: Sequence[str] = ()) -> NodeRegistry:
@@ -55,23 +57,36 @@ def build_model_manager(settings: Settings) -> ModelManager:
                         ram_budget=settings.ram_budget)
 
 
+def _setting(parser: argparse.ArgumentParser, flag: str, field: str, *, note: str = "", **options: Any) -> None:
+    """An option for one Settings field: its default and help come from the field (``note`` adds to the help)."""
+    info = Settings.model_fields[field]
+    options.setdefault("default", info.default)
+    shown = " (default: %(default)s)" if options["default"] is not None and options.get("action") != "append" else ""
+    options["help"] = " ".join(filter(None, [info.description, note])) + shown or None
+    parser.add_argument(flag, **options)
+
+
+def _checkout_default(field: str) -> Any:
+    """A Settings path default, resolved in this checkout (so Loom finds its own folders from any directory)."""
+    default = Settings.model_fields[field].default
+    return tuple(HERE / path for path in default) if isinstance(default, tuple) else HERE / default
+
+
 def _common_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--models-dir", action="append", type=Path, default=None,
-                        help="a model root (repeatable): Loom's, ComfyUI's or AUTOMATIC1111's models folder")
-    parser.add_argument("--input-dir", type=Path, default=Path("input"))
-    parser.add_argument("--output-dir", type=Path, default=Path("output"))
-    parser.add_argument("--temp-dir", type=Path, default=Path("temp"))
-    parser.add_argument("--data-dir", type=Path, default=Path("data"), help="queue and history database")
-    parser.add_argument("--cache-bytes", type=int, default=2 * 1024**3, help="output cache budget")
-    parser.add_argument("--extra-nodes", action="append", default=[], metavar="MODULE",
-                        help="import MODULE and call its register(registry) (repeatable)")
-    parser.add_argument("--device", default="auto", help="compute device: auto, cpu, cuda, cuda:N, mps")
-    parser.add_argument("--vram", choices=["high", "normal", "low", "none", "cpu"], default="normal",
-                        help="model placement on the device (default normal: least recently used offloaded)")
-    parser.add_argument("--vram-budget", type=int, default=None, metavar="BYTES",
-                        help="device bytes for models and working memory (default: free memory minus a reserve)")
-    parser.add_argument("--ram-budget", type=int, default=None, metavar="BYTES",
-                        help="RAM bytes for loaded models; idle ones beyond it are unloaded")
+    _setting(parser, "--models-dir", "models_dirs", action="append", type=Path, default=None,
+             note="Repeatable: Loom's, ComfyUI's or AUTOMATIC1111's models folder "
+                  f"(default: {', '.join(map(str, _checkout_default('models_dirs')))}).")
+    _setting(parser, "--input-dir", "input_dir", type=Path)
+    _setting(parser, "--output-dir", "output_dir", type=Path)
+    _setting(parser, "--temp-dir", "temp_dir", type=Path)
+    _setting(parser, "--data-dir", "data_dir", type=Path)
+    _setting(parser, "--cache-bytes", "cache_bytes", type=int)
+    _setting(parser, "--extra-nodes", "extra_nodes", action="append", default=[], metavar="MODULE",
+             note="Repeatable.")
+    _setting(parser, "--device", "device")
+    _setting(parser, "--vram", "vram_mode", choices=get_args(Settings.model_fields["vram_mode"].annotation))
+    _setting(parser, "--vram-budget", "vram_budget", type=int, metavar="BYTES")
+    _setting(parser, "--ram-budget", "ram_budget", type=int, metavar="BYTES")
     parser.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING (default: INFO; WARNING for run)")
 
 
@@ -87,19 +102,15 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         return args
     parser = argparse.ArgumentParser(prog="main.py", description="Serve Loom's API and graph editor.",
                                      epilog="Use 'main.py run WORKFLOW.json' to run a workflow headless.")
-    parser.add_argument("--listen", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8188)
-    parser.add_argument("--auth-token", default=None,
-                        help="require this bearer token (or set LOOM_AUTH_TOKEN); needed off loopback")
-    parser.add_argument("--frontend-dir", type=Path, default=Path(__file__).parent / "frontend")
-    parser.add_argument("--preview-method", choices=["none", "latent2rgb"], default="none")
-    parser.add_argument("--cluster", default=None, metavar="auto|ADDRESS",
-                        help="run prompts on Ray workers (pip install -e '.[cluster]'): 'auto' joins this "
-                             "machine's Ray cluster or starts a local one; or a Ray address (ray://HOST:10001)")
-    parser.add_argument("--cluster-workers", type=int, default=None, metavar="N",
-                        help="most Ray workers (default: one per GPU, or per --worker-cpus CPUs)")
-    parser.add_argument("--worker-cpus", type=float, default=1.0,
-                        help="CPUs per Ray worker on a cluster without GPUs (default 1)")
+    _setting(parser, "--listen", "host")
+    _setting(parser, "--port", "port", type=int)
+    _setting(parser, "--auth-token", "auth_token", note="Or set LOOM_AUTH_TOKEN.")
+    _setting(parser, "--frontend-dir", "frontend_dir", type=Path, default=_checkout_default("frontend_dir"))
+    _setting(parser, "--preview-method", "preview_method", choices=["none", "latent2rgb"])
+    _setting(parser, "--cluster", "cluster", metavar="auto|ADDRESS",
+             note="Needs Ray: pip install -e '.[cluster]'. An address is e.g. ray://HOST:10001.")
+    _setting(parser, "--cluster-workers", "cluster_workers", type=int, metavar="N")
+    _setting(parser, "--worker-cpus", "worker_cpus", type=float)
     _common_arguments(parser)
     args = parser.parse_args(argv)
     args.command = "serve"
@@ -108,7 +119,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 def settings_from(args: argparse.Namespace) -> Settings:
     fields: dict[str, Any] = {
-        "models_dirs": tuple(args.models_dir or [Path(__file__).parent / "models"]),
+        "models_dirs": tuple(args.models_dir or _checkout_default("models_dirs")),
         "input_dir": args.input_dir, "output_dir": args.output_dir, "temp_dir": args.temp_dir,
         "data_dir": args.data_dir, "cache_bytes": args.cache_bytes, "device": args.device,
         "vram_mode": args.vram, "vram_budget": args.vram_budget, "ram_budget": args.ram_budget,
