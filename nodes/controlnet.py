@@ -9,19 +9,27 @@ run until a sampler needs it.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from torch import Tensor
-
-from engine.backend.control_apply import ControlSpec
-from engine.context import RunContext
-from engine.folders import Folders
-from engine.models.controlnet_convert import read_controlnet
-from engine.models.handles import ControlNetHandle, FileRef
-from engine.models.loaders import CheckpointFile
-from engine.node import Input, Node, Output
-from engine.types import COMBO, CONDITIONING, CONTROL_NET, FLOAT, IMAGE, VAE
+from engine.sdk import (
+    COMBO,
+    CONDITIONING,
+    CONTROL_NET,
+    FLOAT,
+    IMAGE,
+    VAE,
+    ControlNetHandle,
+    FileRef,
+    Folders,
+    Input,
+    Node,
+    Output,
+    RunContext,
+)
 from nodes.model_loaders import file_fingerprint
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 Conditioning = list[list[Any]]
 
@@ -47,33 +55,13 @@ class ControlNetLoader(Node):
         return file_fingerprint(folders, "controlnet", inputs["control_net_name"])
 
     def run(self, ctx: RunContext, control_net_name: str) -> tuple[ControlNetHandle]:
+        from engine.sdk import files
+
         path = ctx.folders.model_path("controlnet", control_net_name)
-        with CheckpointFile(path) as ckpt:
-            config, _ = read_controlnet(ckpt)  # refuses non-ControlNets now, naming the file
-        ctx.log.info("%s: %s", control_net_name, config.describe())
+        description = files.describe_controlnet(path)  # refuses non-ControlNets now, naming the file
+        ctx.log.info("%s: %s", control_net_name, description)
         shuffle = Path(control_net_name).stem.endswith("_shuffle")
         return (ControlNetHandle(FileRef.of(path), global_average_pooling=shuffle),)
-
-
-def apply_control(conditioning: Conditioning, control_net: ControlNetHandle, image: Tensor, strength: float,
-                  start_percent: float, end_percent: float, apply_to_uncond: bool,
-                  shared: dict[int, ControlSpec]) -> Conditioning:
-    """A copy of ``conditioning`` whose entries carry a ControlSpec chained onto their previous one.
-
-    ``shared`` maps ``id(previous spec)`` to the new spec, so entries (also across the positive and
-    negative lists) that had the same previous spec share one new spec and run the net once per step.
-    """
-    hint = image.movedim(-1, 1)
-    out: Conditioning = []
-    for embedding, extras in conditioning:
-        previous = extras.get("control")
-        spec = shared.get(id(previous))
-        if spec is None:
-            spec = ControlSpec(control_net, hint, strength, start_percent, end_percent, previous,
-                               control_net.global_average_pooling)
-            shared[id(previous)] = spec
-        out.append([embedding, {**extras, "control": spec, "control_apply_to_uncond": apply_to_uncond}])
-    return out
 
 
 def _check_window(ctx: RunContext, start_percent: float, end_percent: float) -> None:
@@ -93,9 +81,11 @@ class ControlNetApply(Node):
 
     def run(self, ctx: RunContext, conditioning: Conditioning, control_net: ControlNetHandle, image: Tensor,
             strength: float) -> tuple[Conditioning]:
+        from engine.sdk import files
+
         if strength == 0:
             return (conditioning,)
-        return (apply_control(conditioning, control_net, image, strength, 0.0, 1.0, True, {}),)
+        return (files.attach_control(conditioning, control_net, image, strength, 0.0, 1.0, True, {}),)
 
 
 class ControlNetApplyAdvanced(Node):
@@ -121,12 +111,14 @@ class ControlNetApplyAdvanced(Node):
     def run(self, ctx: RunContext, positive: Conditioning, negative: Conditioning, control_net: ControlNetHandle,
             image: Tensor, strength: float, start_percent: float, end_percent: float,
             vae: Any = None) -> tuple[Conditioning, Conditioning]:
+        from engine.sdk import files
+
         if strength == 0:
             return positive, negative
         _check_window(ctx, start_percent, end_percent)
-        shared: dict[int, ControlSpec] = {}
-        return (apply_control(positive, control_net, image, strength, start_percent, end_percent, False, shared),
-                apply_control(negative, control_net, image, strength, start_percent, end_percent, False, shared))
+        shared: dict[int, Any] = {}  # one new spec per previous spec, across positive and negative
+        return (files.attach_control(positive, control_net, image, strength, start_percent, end_percent, False, shared),
+                files.attach_control(negative, control_net, image, strength, start_percent, end_percent, False, shared))
 
 
 CONTROLNET_NODES: tuple[type[Node], ...] = (ControlNetLoader, ControlNetApply, ControlNetApplyAdvanced)

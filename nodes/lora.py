@@ -13,14 +13,21 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from engine.context import RunContext
-from engine.errors import ModelError
-from engine.folders import Folders
-from engine.models.handles import ClipHandle, FileRef, ModelHandle, WeightPatch
-from engine.models.loaders import CheckpointFile
-from engine.models.lora_formats import split_key
-from engine.node import Input, Node, Output
-from engine.types import CLIP, COMBO, FLOAT, MODEL
+from engine.sdk import (
+    CLIP,
+    COMBO,
+    FLOAT,
+    MODEL,
+    ClipHandle,
+    FileRef,
+    Folders,
+    Input,
+    ModelHandle,
+    Node,
+    Output,
+    RunContext,
+    WeightPatch,
+)
 from nodes.model_loaders import file_fingerprint
 
 STRENGTH_LIMIT = 100.0
@@ -40,14 +47,10 @@ _LORA_NAME = Input("lora_name", COMBO, choices=_loras, file_folder="loras", tool
 
 def lora_ref(ctx: RunContext, lora_name: str) -> FileRef:
     """The FileRef of a LoRA in the loras folder, after checking that the file holds LoRA keys."""
+    from engine.sdk import files
+
     path = ctx.folders.model_path("loras", lora_name)
-    with CheckpointFile(path) as lora:
-        keys = lora.keys()
-    known = [key for key in keys if (split := split_key(key)) is not None and not split[1].startswith("unsupported")]
-    if not known:
-        sample = ", ".join(sorted(keys)[:4]) or "no tensors"
-        raise ModelError(f"lora_name: {lora_name} holds no LoRA weights (found {sample}); a checkpoint belongs in "
-                         "models/checkpoints, a LoRA has lora_up/lora_down (or lora_A/lora_B, hada_, lokr_) keys")
+    files.check_lora_file(path, lora_name)
     return FileRef.of(path)
 
 

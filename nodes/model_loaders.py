@@ -10,12 +10,21 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from engine.context import RunContext
-from engine.folders import Folders
-from engine.models.handles import ClipHandle, FileRef, ModelHandle, VaeHandle
-from engine.models.loaders import VAE_PREFIX, CheckpointFile, detect_family
-from engine.node import Input, Node, Output
-from engine.types import CLIP, COMBO, MODEL, VAE
+from engine.sdk import (
+    CLIP,
+    COMBO,
+    MODEL,
+    VAE,
+    ClipHandle,
+    FileRef,
+    Folders,
+    Input,
+    ModelHandle,
+    Node,
+    Output,
+    RunContext,
+    VaeHandle,
+)
 
 
 def _checkpoints(folders: Folders) -> list[str]:
@@ -48,12 +57,13 @@ class CheckpointLoaderSimple(Node):
         return file_fingerprint(folders, "checkpoints", inputs["ckpt_name"])
 
     def run(self, ctx: RunContext, ckpt_name: str) -> tuple[ModelHandle, ClipHandle, VaeHandle]:
+        from engine.sdk import files
+
         path = ctx.folders.model_path("checkpoints", ckpt_name)
         ref = FileRef.of(path)
-        with CheckpointFile(path) as ckpt:
-            family = detect_family(ckpt)
+        family = files.checkpoint_family(path)
         ctx.log.info("%s: %s", ckpt_name, family.label)
-        return ModelHandle(ref, family), ClipHandle(ref, family), VaeHandle(ref, VAE_PREFIX)
+        return ModelHandle(ref, family), ClipHandle(ref, family), VaeHandle(ref, files.VAE_PREFIX)
 
 
 class VAELoader(Node):
@@ -69,13 +79,10 @@ class VAELoader(Node):
         return file_fingerprint(folders, "vae", inputs["vae_name"])
 
     def run(self, ctx: RunContext, vae_name: str) -> tuple[VaeHandle]:
+        from engine.sdk import files
+
         path = ctx.folders.model_path("vae", vae_name)
-        with CheckpointFile(path) as ckpt:
-            prefix = VAE_PREFIX if ckpt.has_prefix(VAE_PREFIX) else ""
-            if not ckpt.has_prefix(prefix + "decoder.conv_in."):
-                raise ValueError(f"{vae_name} holds no VAE decoder (no {prefix}decoder.conv_in.weight); "
-                                 "pick a VAE file")
-        return (VaeHandle(FileRef.of(path), prefix),)
+        return (VaeHandle(FileRef.of(path), files.vae_prefix(path, vae_name)),)
 
 
 class ModelSamplingDiscrete(Node):
