@@ -1,8 +1,7 @@
 """SaveLatent and LoadLatent: latents as ``.latent`` files (safetensors), as ComfyUI writes them.
 
-A ``.latent`` file holds one tensor ``latent_tensor`` [B,C,h,w] and an empty marker tensor
-``latent_format_version_0``. Files without the marker come from old versions that stored latents
-pre-scaled by the SD1 factor, so they are multiplied by 1/0.18215 when loaded (ComfyUI's rule).
+The file format (and the legacy scale of old files) lives in :mod:`engine.backend.latent_files`,
+reached through :mod:`engine.sdk.files`.
 """
 
 from __future__ import annotations
@@ -12,17 +11,9 @@ import json
 import re
 from typing import Any
 
-import torch
-from safetensors.torch import load_file, save_file
-
-from engine.context import RunContext
-from engine.folders import Folders
-from engine.node import Input, Node, NodeOutput, Output
-from engine.types import COMBO, LATENT, STRING
+from engine.sdk import COMBO, LATENT, STRING, Folders, Input, Node, NodeOutput, Output, RunContext
 
 LATENT_EXTENSION = ".latent"
-_VERSION_MARKER = "latent_format_version_0"
-_LEGACY_SCALE = 1.0 / 0.18215
 
 
 def _latent_choices(folders: Folders) -> list[str]:
@@ -43,13 +34,14 @@ class SaveLatent(Node):
     output_node = True
 
     def run(self, ctx: RunContext, samples: dict[str, Any], filename_prefix: str) -> NodeOutput:
+        from engine.sdk import files
+
         subfolder, _, stem = filename_prefix.replace("\\", "/").rpartition("/")
         directory = ctx.folders.file_path("output", "", subfolder)
         directory.mkdir(parents=True, exist_ok=True)
         filename = f"{stem or 'Loom'}_{_next_counter(directory, stem or 'Loom'):05}_{LATENT_EXTENSION}"
         path = ctx.folders.file_path("output", filename, subfolder)
-        tensors = {"latent_tensor": samples["samples"].contiguous(), _VERSION_MARKER: torch.tensor([])}
-        save_file(tensors, str(path), metadata={"prompt": _json(ctx.prompt)})
+        files.write_latent_file(path, samples["samples"], {"prompt": _json(ctx.prompt)})
         return NodeOutput(ui={"latents": [{"filename": filename, "subfolder": subfolder, "type": "output"}]})
 
 
@@ -65,14 +57,12 @@ class LoadLatent(Node):
         return hashlib.sha256(folders.file_path("input", inputs["latent"]).read_bytes()).hexdigest()
 
     def run(self, ctx: RunContext, latent: str) -> tuple[dict[str, Any]]:
+        from engine.sdk import files
+
         path = ctx.folders.file_path("input", latent)
         if not path.is_file():
             raise FileNotFoundError(f"latent file {latent!r} not found in the input folder {ctx.folders.input_dir}")
-        tensors = load_file(str(path))
-        if "latent_tensor" not in tensors:
-            raise ValueError(f"{latent!r} holds no 'latent_tensor'; it was not written by SaveLatent")
-        scale = 1.0 if _VERSION_MARKER in tensors else _LEGACY_SCALE
-        return ({"samples": tensors["latent_tensor"].float() * scale},)
+        return ({"samples": files.read_latent_file(path, latent)},)
 
 
 def _json(value: Any) -> str:
