@@ -12,30 +12,30 @@ import os
 import random
 import re
 import time
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import torch
-from PIL import Image, ImageOps, ImageSequence
-from torch import Tensor
+from engine.sdk import (
+    COMBO,
+    IMAGE,
+    MASK,
+    STRING,
+    Folders,
+    Input,
+    Node,
+    NodeOutput,
+    Output,
+    PathOutsideRoot,
+    RunContext,
+    split_annotation,
+)
 
-from engine.context import RunContext
-from engine.errors import PathOutsideRoot
-from engine.folders import Folders, split_annotation
-from engine.node import Input, Node, NodeOutput, Output
-from engine.pngmeta import png_text_info
-from engine.types import COMBO, IMAGE, MASK, STRING
+if TYPE_CHECKING:
+    from torch import Tensor
 
 #: File endings LoadImage offers from the input folder.
 IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
-
-#: Most pixels (summed over frames) one LoadImage decodes; bounds the memory of animated files.
-MAX_LOAD_PIXELS = 1 << 28
-
-_SIXTEEN_BIT_MODES = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N"})
 
 
 def input_image_choices(folders: Folders) -> list[str]:
@@ -87,83 +87,6 @@ def image_fingerprint(folders: Folders, name: Any) -> str:
         return f"unreadable:{type(exc).__name__}"
 
 
-def _frames(image: Image.Image) -> Iterator[Image.Image]:
-    """The frames of an image; MPO (phone JPEGs with a depth/stereo frame) counts as one."""
-    if image.format == "MPO":
-        yield image
-        return
-    yield from ImageSequence.Iterator(image)
-
-
-def _has_alpha(frame: Image.Image) -> bool:
-    return "A" in frame.getbands() or "transparency" in frame.info
-
-
-def frame_to_arrays(frame: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
-    """``(rgb [H, W, 3], alpha [H, W] or None)`` as float32 in 0..1, orientation fixed."""
-    frame = ImageOps.exif_transpose(frame)
-    if frame.mode in _SIXTEEN_BIT_MODES:
-        grey = np.asarray(frame, dtype=np.float32) / 65535.0
-        grey = np.clip(grey, 0.0, 1.0)
-        return np.repeat(grey[..., None], 3, axis=-1), None
-    if _has_alpha(frame):
-        rgba = np.asarray(frame.convert("RGBA"), dtype=np.float32) / 255.0
-        return rgba[..., :3], rgba[..., 3]
-    return np.asarray(frame.convert("RGB"), dtype=np.float32) / 255.0, None
-
-
-@dataclass(frozen=True)
-class LoadedImage:
-    image: Tensor  # [B, H, W, 3]
-    mask: Tensor  # [B, H, W], 1 where the pixel was transparent
-
-
-def load_image_file(path: Path, log_name: str = "") -> LoadedImage:
-    """Decode an image file (all frames of the first frame's size) into IMAGE and MASK."""
-    name = log_name or path.name
-    images: list[np.ndarray] = []
-    masks: list[np.ndarray] = []
-    try:
-        with Image.open(path) as img:
-            size = None
-            for frame in _frames(img):
-                rgb, alpha = frame_to_arrays(frame)
-                if size is None:
-                    size = rgb.shape[:2]
-                elif rgb.shape[:2] != size:
-                    continue  # ComfyUI's rule: frames of another size are left out
-                if (len(images) + 1) * size[0] * size[1] > MAX_LOAD_PIXELS:
-                    raise ValueError(
-                        f"image {name!r} has too many pixels over its frames "
-                        f"(limit {MAX_LOAD_PIXELS}); use a shorter or smaller animation"
-                    )
-                images.append(rgb)
-                masks.append(1.0 - alpha if alpha is not None else np.zeros(size, dtype=np.float32))
-    except (OSError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise ValueError(f"cannot read image {name!r}: {exc}") from exc
-    if not images:
-        raise ValueError(f"image {name!r} has no frames")
-    image = torch.from_numpy(np.stack(images)).contiguous()
-    mask = torch.from_numpy(np.stack(masks).astype(np.float32)).contiguous()
-    return LoadedImage(image=image, mask=mask)
-
-
-def load_mask_file(path: Path, channel: str, log_name: str = "") -> Tensor:
-    """One channel of an image's first frame as a MASK ``[1, H, W]``; alpha is inverted."""
-    name = log_name or path.name
-    band = {"alpha": "A", "red": "R", "green": "G", "blue": "B"}[channel]
-    try:
-        with Image.open(path) as img:
-            rgb, alpha = frame_to_arrays(img)
-    except (OSError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise ValueError(f"cannot read image {name!r}: {exc}") from exc
-    if band == "A":
-        values = 1.0 - alpha if alpha is not None else np.zeros(rgb.shape[:2], dtype=np.float32)
-    else:
-        values = rgb[..., "RGB".index(band)]
-    return torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32))[None]
-
-
 class LoadImage(Node):
     """Load an image from the input folder; MASK is 1 where the image is transparent."""
 
@@ -177,7 +100,9 @@ class LoadImage(Node):
         return image_fingerprint(folders, inputs.get("image"))
 
     def run(self, ctx: RunContext, image: str) -> tuple[Tensor, Tensor]:
-        loaded = load_image_file(resolve_image(ctx.folders, image), image)
+        from engine.sdk import files
+
+        loaded = files.load_image_file(resolve_image(ctx.folders, image), image)
         return (loaded.image, loaded.mask)
 
 
@@ -197,7 +122,9 @@ class LoadImageMask(Node):
         return image_fingerprint(folders, inputs.get("image"))
 
     def run(self, ctx: RunContext, image: str, channel: str) -> tuple[Tensor]:
-        return (load_mask_file(resolve_image(ctx.folders, image), channel, image),)
+        from engine.sdk import files
+
+        return (files.load_mask_file(resolve_image(ctx.folders, image), channel, image),)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -240,13 +167,23 @@ def next_counter(directory: Path, name: str) -> int:
     return highest + 1
 
 
-def to_pil(image: Tensor) -> Image.Image:
-    """One IMAGE item ``[H, W, C]`` (C = 1, 3 or 4) as an 8-bit PIL image (rounded)."""
-    pixels = image.detach().to(device="cpu", dtype=torch.float32).clamp(0.0, 1.0)
-    array = (pixels * 255.0).round().to(torch.uint8).numpy()
-    if array.shape[-1] == 1:
-        array = array[..., 0]
-    return Image.fromarray(array)
+def _output_dir(ctx: RunContext, kind: str, prefix: str, filename_prefix: str) -> tuple[Path, str]:
+    """The folder a prefix (``portraits/cat``) saves into, created, and its path relative to the ``kind`` folder.
+
+    Raises PathOutsideRoot naming ``filename_prefix`` when the folder would leave the ``kind`` folder.
+    """
+    root = ctx.folders.root(kind)
+    subfolder = prefix.rpartition("/")[0]
+    try:
+        directory = ctx.folders.file_path(kind, "", subfolder)
+    except PathOutsideRoot as exc:
+        raise PathOutsideRoot(
+            f"filename_prefix {filename_prefix!r} would save outside the {kind} folder {root}; "
+            f"use a relative prefix without '..' ({exc})"
+        ) from exc
+    directory.mkdir(parents=True, exist_ok=True)
+    rel_dir = directory.relative_to(root.resolve()).as_posix()
+    return directory, "" if rel_dir == "." else rel_dir
 
 
 def save_images(
@@ -261,40 +198,21 @@ def save_images(
     The prefix may name a subfolder (``portraits/cat``); it must stay inside the folder. Returns
     the ``ui["images"]`` entries. Files are created exclusively, so nothing is ever overwritten.
     """
-    root = ctx.folders.root(kind)
+    from engine.sdk import files
+
     prefix = expand_prefix(filename_prefix, images.shape[2], images.shape[1]).replace("\\", "/")
-    subfolder, _, name = prefix.rpartition("/")
-    try:
-        directory = ctx.folders.file_path(kind, "", subfolder)
-    except PathOutsideRoot as exc:
-        raise PathOutsideRoot(
-            f"filename_prefix {filename_prefix!r} would save outside the {kind} folder {root}; "
-            f"use a relative prefix without '..' ({exc})"
-        ) from exc
-    directory.mkdir(parents=True, exist_ok=True)
-    rel_dir = directory.relative_to(root.resolve()).as_posix()
-    rel_dir = "" if rel_dir == "." else rel_dir
-    metadata = png_text_info(ctx.prompt or None, ctx.extra_pnginfo or None)
+    directory, rel_dir = _output_dir(ctx, kind, prefix, filename_prefix)
+    name = prefix.rpartition("/")[2]
     counter = next_counter(directory, name)
     results: list[dict[str, str]] = []
     for batch_number, image in enumerate(images):
         ctx.check_interrupted()
-        picture = to_pil(image)
+        data = files.png_bytes(image, ctx.prompt or None, ctx.extra_pnginfo or None, compress_level)
         base = name.replace("%batch_num%", str(batch_number))
-        while True:
-            filename = f"{base}_{counter:05}_.png"
-            path = ctx.folders.file_path(kind, filename, rel_dir)
-            try:
-                handle = path.open("xb")
-            except FileExistsError:
-                counter += 1
-                continue
-            break
-        with handle:
-            picture.save(handle, format="PNG", pnginfo=metadata, compress_level=compress_level)
-        ctx.log.debug("saved %s", path)
+        filename = files.save_counted(ctx.folders, kind, f"{base}_{counter:05}_.png", data, rel_dir)
+        ctx.log.debug("saved %s/%s", rel_dir, filename)
         results.append({"filename": filename, "subfolder": rel_dir, "type": kind})
-        counter += 1
+        counter = int(filename[len(base) + 1:-len("_.png")]) + 1  # past a name another writer took
     return results
 
 
