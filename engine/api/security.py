@@ -24,8 +24,9 @@ import logging
 from urllib.parse import urlsplit
 
 from aiohttp import hdrs, web
+from aiohttp.typedefs import Handler, Middleware
 
-from engine.api.errors import Handler, Middleware, error_response
+from engine.api.errors import error_response
 from engine.settings import Settings, is_loopback
 
 log = logging.getLogger(__name__)

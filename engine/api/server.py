@@ -51,8 +51,8 @@ def create_app(
 ) -> web.Application:
     """The aiohttp application serving every declared route at ``/x`` and ``/api/x``."""
     ctx = ApiContext(settings, registry, queue, worker, hub, cache, operations())
-    app = web.Application(middlewares=[error_middleware(), *security_middlewares(settings)],
-                          client_max_size=settings.max_upload_bytes + FORM_OVERHEAD)
+    chain = [error_middleware(), *security_middlewares(settings)]  # outermost first
+    app = web.Application(middlewares=chain, client_max_size=settings.max_upload_bytes + FORM_OVERHEAD)
     app[CONTEXT_KEY] = ctx
     hub.setup(settings, queue)
     app.on_startup.append(hub.start)

@@ -21,8 +21,10 @@ from engine.registry import NodeRegistry
 from engine.settings import Settings
 
 class IdleWorker:
-    def interrupt(self, prompt_id=None): pass
+    def interrupt(self, prompt_id=None): return False
     def request_free(self, unload_models, free_memory): pass
+    def describe(self): return None
+    def stats(self): return {}
 
 async def main(root):
     settings = Settings(port=0, data_dir=root / "data", input_dir=root / "in", output_dir=root / "out",
