@@ -29,7 +29,7 @@ from engine.cache import OutputCache
 from engine.errors import LoomError, ValidationFailed
 from engine.events import Event, Executing, ExecutionError, Progress
 from engine.executor import Executor
-from engine.models.manager import ModelManager, pick_device
+from engine.providers import DeferredModels, ModelProvider
 from engine.registry import NodeRegistry
 from engine.settings import Settings
 from engine.validate import validate_prompt
@@ -52,7 +52,10 @@ def build_registry(extra_node_modules: Sequence[str] = ()) -> NodeRegistry:
     return registry
 
 
-def build_model_manager(settings: Settings) -> ModelManager:
+def build_model_manager(settings: Settings) -> ModelProvider:
+    """The ModelManager (this imports torch: call it where torch is wanted, or on a background thread)."""
+    from engine.models.manager import ModelManager, pick_device
+
     return ModelManager(pick_device(settings.device), vram=settings.vram_mode, vram_budget=settings.vram_budget,
                         ram_budget=settings.ram_budget)
 
@@ -70,6 +73,13 @@ def _checkout_default(field: str) -> Any:
     """A Settings path default, resolved in this checkout (so Loom finds its own folders from any directory)."""
     default = Settings.model_fields[field].default
     return tuple(HERE / path for path in default) if isinstance(default, tuple) else HERE / default
+
+
+def load_node_backends() -> None:
+    """Import the torch half of the node SDK (torch, transformers, the backend), so the first prompt
+    does not wait for it; the server calls this on a background thread right after it listens."""
+    for module in ("engine.sdk.ops", "engine.sdk.imaging", "engine.sdk.files"):
+        importlib.import_module(module)
 
 
 def _common_arguments(parser: argparse.ArgumentParser) -> None:
@@ -146,6 +156,7 @@ def serve(settings: Settings, registry: NodeRegistry) -> None:
     hub = Hub()
     worker: PromptRunner
     cache: OutputCache | None = None
+    models: DeferredModels | None = None  # built beside the listening server (torch loads there)
     if settings.cluster:  # prompts run on Ray actors, each with its own executor, models and cache
         try:
             from engine.cluster.setup import build_cluster_runner
@@ -157,13 +168,16 @@ def serve(settings: Settings, registry: NodeRegistry) -> None:
         worker = build_cluster_runner(settings, registry, queue, hub.sink_for)
     else:
         cache = OutputCache(settings.cache_bytes, settings.cache_entries)
-        executor = Executor(registry, folders, cache, build_model_manager(settings),
+        models = DeferredModels(lambda: build_model_manager(settings), warm_up=load_node_backends)
+        executor = Executor(registry, folders, cache, models,
                             previews=settings.preview_method != "none")
         worker = PromptWorker(queue, executor, hub.sink_for)  # POST /free unloads executor.models
     app = create_app(settings, registry, queue, worker, hub, cache=cache)
 
     async def main() -> None:
         runner = await start_server(app, settings)
+        if models is not None:
+            models.start()
         await asyncio.to_thread(worker.start)  # a cluster's first workers may take a while
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

@@ -54,9 +54,21 @@ def scrub_argv(argv: list[str], secret: str | None) -> list[str]:
     return out
 
 
+def loaded_torch() -> Any:
+    """The torch module once another thread has finished importing it, else None (never imports it).
+
+    While the server's background thread is still importing torch, ``sys.modules`` already holds a
+    partly initialised module (its spec says ``_initializing``); that one must not be touched.
+    """
+    torch = sys.modules.get("torch")
+    if torch is None or getattr(getattr(torch, "__spec__", None), "_initializing", False):
+        return None
+    return torch
+
+
 def torch_version() -> str:
     """The loaded torch's version, else the installed package's ("" when torch is not installed)."""
-    torch = sys.modules.get("torch")
+    torch = loaded_torch()
     if torch is not None:
         return str(torch.__version__)
     try:
@@ -72,7 +84,7 @@ def cpu_device(ram_total: int, ram_free: int) -> dict[str, Any]:
 
 def cuda_devices() -> list[dict[str, Any]]:
     """CUDA devices with their memory, only when torch is already loaded (never imports it)."""
-    torch = sys.modules.get("torch")
+    torch = loaded_torch()
     if torch is None or not torch.cuda.is_available():
         return []
     devices = []
