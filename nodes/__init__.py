@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from engine.registry import NodeRegistry
+from engine.sdk import NodeRegistry
 
 
 def register_builtin_nodes(registry: NodeRegistry) -> None:
