@@ -68,8 +68,15 @@ inputs:
 	mkdir -p input
 	cp -n workflows/inputs/*.png input/
 
-test: setup-test
+# Static checks: style, the layer contracts (docs/architecture.md), types, and the editor's JSDoc types.
+lint: setup-test
 	$(BIN)/python -m ruff check .
+	$(BIN)/lint-imports
+	$(BIN)/python -m mypy
+	@if [ -x frontend/node_modules/.bin/tsc ]; then npm run --silent --prefix frontend typecheck; \
+	else echo "typescript not installed (needs npm): the editor's type check is skipped"; fi
+
+test: lint
 	$(BIN)/python -m pytest -q -rs $(ARGS)
 
 test-all: setup-test
