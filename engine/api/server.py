@@ -19,7 +19,6 @@ from engine.api.operation import bound, served_paths
 from engine.api.routes import ROUTE_CLASSES, operations
 from engine.api.routes.files import FORM_OVERHEAD
 from engine.api.security import security_headers, security_middlewares
-from engine.api.system_info import system_stats  # re-exported: callers read stats without a server
 from engine.settings import Settings
 
 if TYPE_CHECKING:
@@ -32,7 +31,7 @@ log = logging.getLogger(__name__)
 
 CONTEXT_KEY = web.AppKey("loom_context", ApiContext)
 
-__all__ = ["CONTEXT_KEY", "bound_port", "create_app", "start_server", "system_stats"]
+__all__ = ["CONTEXT_KEY", "bound_port", "create_app", "start_server"]
 
 
 def _route_pattern(path: str) -> str:

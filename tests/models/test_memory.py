@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from engine.api.server import system_stats
+from engine.api.system_info import system_stats
 from engine.backend.unet import UNetModel
 from engine.cache import OutputCache
 from engine.events import ListSink
