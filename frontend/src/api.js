@@ -12,7 +12,11 @@ export class Api extends EventTarget {
     this.retryMs = 500;
   }
 
-  /** GET or POST JSON; rejects with an Error carrying `status` and the parsed `body`. */
+  /**
+   * GET or POST JSON; rejects with an Error carrying `status` and the parsed `body`.
+   * @param {string} path @param {unknown} [body] POSTed as JSON when given
+   * @returns {Promise<any>}
+   */
   async json(path, body = undefined) {
     const init = body === undefined ? {} : {
       method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
@@ -26,6 +30,14 @@ export class Api extends EventTarget {
       throw error;
     }
     return data;
+  }
+
+  /**
+   * Call `listener` with the data (`detail`) of every server event of `type`; also "connected", "disconnected".
+   * @param {string} type @param {(detail: any) => void} listener
+   */
+  on(type, listener) {
+    this.addEventListener(type, (event) => listener(/** @type {CustomEvent} */ (event).detail));
   }
 
   objectInfo() { return this.json("/object_info"); }

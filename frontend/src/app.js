@@ -1,29 +1,47 @@
 // @ts-check
-// The editor page: canvas, toolbar, keyboard shortcuts and the server's execution events.
-import { LGraph, LGraphCanvas } from "litegraph";
+// The editor page: canvas, toolbar, the workflow commands and the server's execution events.
+import { LGraph, LGraphCanvas, LiteGraph } from "litegraph";
 import { Api } from "./api.js";
 import { TYPE_COLORS, applySeedControls, refreshCombos, registerNodes } from "./nodes.js";
 import { autoSave, downloadWorkflow, loadInitial, loadWorkflowData, loadWorkflowFile, openGraph } from "./graph.js";
-import { state } from "./overlay.js";
+import {
+  addNodeErrors, clearNodeErrors, clearRuns, endRun, nodeState, setNodeImages, setRun, setRunProgress,
+} from "./node-state.js";
+import { bindButton, installKeymap, registerCommand } from "./commands.js";
+import { registerCanvasKeys } from "./canvas-keys.js";
+import { byId } from "./dom.js";
 import { setupDrop } from "./files.js";
 import { downloadApiPrompt } from "./export.js";
 import { initQueuePanel } from "./queue-panel.js";
 import { initHelp } from "./help.js";
 import { initHistory } from "./history.js";
 import { initGroups } from "./groups.js";
+import { initLightbox } from "./lightbox.js";
 import { initPalette } from "./palette.js";
 
-const $ = (id) => /** @type {HTMLElement} */ (document.getElementById(id));
 const api = new Api();
 const graph = new LGraph();
-const canvasElement = /** @type {HTMLCanvasElement} */ ($("graph-canvas"));
+const canvasElement = byId("graph-canvas", HTMLCanvasElement);
 const canvas = new LGraphCanvas(canvasElement, graph);
 canvas.show_info = false;
 canvas.render_canvas_border = false; // a stray blue frame at the first viewport
 canvas.low_quality_zoom_threshold = 0.5; // keep titles and widgets readable when fitted beside the palette
 canvas.default_connection_color_byType = { ...TYPE_COLORS };
-/** Test and debugging hook: outputs are image URLs per node id. */
-const loom = { api, graph, canvas, state, fitView, outputs: {}, status: "", queued: [], ready: false, history: /** @type {any} */ (null) };
+/** Test and debugging hook: `state` is what the server said about the nodes; outputs are image URLs per node id. */
+const loom = {
+  api, graph, canvas, fitView,
+  get state() { return nodeState.get(); },
+  /** @type {Record<string, string[]>} */
+  outputs: {},
+  status: "",
+  /** @type {string[]} ids of the prompts queued from this page */
+  queued: [],
+  ready: false,
+  /** @type {import("./history.js").History | null} */
+  history: null,
+  /** @type {ReturnType<typeof initPalette> | null} */
+  palette: null,
+};
 Object.assign(window, { loom });
 
 let statusSerial = 0; // counts status lines, so that a late "queued" does not hide a newer one
@@ -31,9 +49,10 @@ let statusSerial = 0; // counts status lines, so that a late "queued" does not h
 function setStatus(text, isError = false) {
   statusSerial++;
   loom.status = text;
-  $("status").textContent = text;
-  $("status").title = text; // the whole line on hover when the toolbar cuts it short
-  $("status").classList.toggle("error", isError);
+  const line = byId("status");
+  line.textContent = text;
+  line.title = text; // the whole line on hover when the toolbar cuts it short
+  line.classList.toggle("error", isError);
 }
 
 function redraw() { canvas.setDirty(true, true); }
@@ -51,9 +70,9 @@ const READABLE_SCALE = 0.55;
  * READABLE_SCALE; a graph too large for that shows from its top-left corner.
  */
 function fitView() {
-  const title = 30, margin = 20;
-  const boxes = [...graph._nodes.map((n) => [n.pos[0], n.pos[1] - title, n.size[0], n.size[1] + title]),
-    ...(graph.groups || []).map((g) => [...g._bounding])];
+  const title = LiteGraph.NODE_TITLE_HEIGHT, margin = 20;
+  const boxes = [...graph.nodes.map((n) => [n.pos[0], n.pos[1] - title, n.size[0], n.size[1] + title]),
+    ...graph.groups.map((g) => [...g.boundingRect])];
   if (!boxes.length) return;
   const left = Math.min(...boxes.map((b) => b[0])), top = Math.min(...boxes.map((b) => b[1]));
   const right = Math.max(...boxes.map((b) => b[0] + b[2]));
@@ -75,23 +94,26 @@ function restoreView() {
   return true;
 }
 
-function setProgress(fraction) {
-  state.progress = fraction;
-  $("progress-bar").style.width = `${Math.round(fraction * 100)}%`;
-  redraw();
+/** The canvas redraws when what the server said about the nodes changes; the toolbar bar shows the progress. */
+function onNodeState() {
+  const bar = byId("progress-bar");
+  nodeState.subscribe((now, before) => {
+    if (now.progress !== before.progress) bar.style.width = `${Math.round(now.progress * 100)}%`;
+    redraw();
+  });
 }
 
+/** Show the validation errors of a refused prompt (its `node_errors`) on their nodes. */
 function showNodeErrors(nodeErrors) {
-  for (const [id, entry] of Object.entries(nodeErrors || {})) {
+  addNodeErrors(Object.entries(nodeErrors || {}).map(([id, entry]) => {
     const messages = (entry.errors || []).map((e) => [e.message, e.details].filter(Boolean).join(": "));
-    state.errors.set(String(id), messages.join("; ") || "invalid input");
-  }
-  redraw();
+    return [String(id), messages.join("; ") || "invalid input"];
+  }));
 }
 
 async function queue() {
-  const count = Math.max(1, Number(/** @type {HTMLInputElement} */ ($("batch-count")).value) || 1);
-  state.errors.clear();
+  const count = Math.max(1, Number(byId("batch-count", HTMLInputElement).value) || 1);
+  clearNodeErrors();
   for (let i = 0; i < count; i++) {
     try {
       const serial = statusSerial;
@@ -113,83 +135,68 @@ function onEvents() {
   let ended = ""; // "interrupted" or "failed": how the last prompt ended, when not "done"
   const runOf = (detail) => String(detail?.prompt_id ?? "");
   const showRunning = () => {
-    const [node, others] = [state.running, state.runs.size - 1];
+    const { running: node, runs } = nodeState.get();
+    const others = runs.size - 1;
     const title = node === null ? "" : graph.getNodeById(node)?.title ?? node;
     setStatus(`running ${title}${others > 0 ? ` (and ${others} more prompt${others > 1 ? "s" : ""})` : ""}`);
   };
-  const endRun = (detail) => {
-    state.runs.delete(runOf(detail));
-    const latest = [...state.runs.values()].pop();
-    state.running = latest?.node ?? null;
-    redraw();
-  };
-  api.addEventListener("connected", () => setStatus("connected"));
-  api.addEventListener("disconnected", () => {
-    state.runs.clear(); // the server says again what runs when the socket is back
-    state.running = null;
+  const running = () => nodeState.get().runs.size;
+  api.on("connected", () => setStatus("connected"));
+  api.on("disconnected", () => {
+    clearRuns(); // the server says again what runs when the socket is back
     setStatus("disconnected from the server, reconnecting…", true);
   });
-  api.addEventListener("status", (e) => {
-    const remaining = e.detail?.status?.exec_info?.queue_remaining;
+  api.on("status", (detail) => {
+    const remaining = detail?.status?.exec_info?.queue_remaining;
     // An emptied queue keeps the line saying how the last prompt ended when it did not finish.
-    if (remaining !== undefined && !state.runs.size && !(ended && remaining === 0)) setStatus(`queue: ${remaining}`);
+    if (remaining !== undefined && !running() && !(ended && remaining === 0)) setStatus(`queue: ${remaining}`);
   });
-  api.addEventListener("execution_start", (e) => {
+  api.on("execution_start", (detail) => {
     ended = "";
-    if (!state.runs.size) state.errors.clear();
-    state.runs.set(runOf(e.detail), { node: null, progress: 0 });
-    setProgress(0);
+    if (!running()) clearNodeErrors();
+    setRun(runOf(detail), null);
   });
-  api.addEventListener("executing", (e) => {
-    const node = e.detail?.node ?? null;
+  api.on("executing", (detail) => {
+    const node = detail?.node ?? null;
     if (node === null) {
-      endRun(e.detail);
-      if (state.runs.size) showRunning();
+      endRun(runOf(detail));
+      if (running()) showRunning();
       else if (!ended) setStatus("done");
       return;
     }
-    state.running = String(node);
-    state.runs.set(runOf(e.detail), { node: String(node), progress: 0 });
-    setProgress(0);
+    setRun(runOf(detail), String(node));
     showRunning();
   });
-  api.addEventListener("progress", (e) => {
-    const fraction = e.detail.max ? e.detail.value / e.detail.max : 0;
-    const run = state.runs.get(runOf(e.detail));
-    if (run) run.progress = fraction;
-    setProgress(fraction);
-  });
-  api.addEventListener("executed", (e) => {
-    const id = String(e.detail.display_node ?? e.detail.node);
-    const images = e.detail.output?.images || [];
+  api.on("progress", (detail) => setRunProgress(runOf(detail), detail.max ? detail.value / detail.max : 0));
+  api.on("executed", (detail) => {
+    const id = String(detail.display_node ?? detail.node);
+    const images = detail.output?.images || [];
     if (!images.length) return;
     const urls = images.map((image) => api.viewUrl(image));
     loom.outputs[id] = urls;
-    state.images.set(id, urls.map((url) => {
+    setNodeImages(id, urls.map((url) => {
       const img = new Image();
       img.onload = redraw;
       img.src = url;
       return img;
     }));
-    redraw();
   });
-  api.addEventListener("execution_error", (e) => {
-    endRun(e.detail);
-    state.errors.set(String(e.detail.node_id), `${e.detail.exception_type}: ${e.detail.exception_message}`);
+  api.on("execution_error", (detail) => {
+    endRun(runOf(detail));
+    addNodeErrors([[String(detail.node_id), `${detail.exception_type}: ${detail.exception_message}`]]);
     ended = "failed";
-    setStatus(`failed: error in ${e.detail.node_type}: ${e.detail.exception_message}`, true);
-    redraw();
+    setStatus(`failed: error in ${detail.node_type}: ${detail.exception_message}`, true);
   });
-  api.addEventListener("execution_interrupted", (e) => {
+  api.on("execution_interrupted", (detail) => {
     ended = "interrupted";
-    endRun(e.detail);
+    endRun(runOf(detail));
     setStatus("interrupted");
   });
 }
 
 /** Export API button, file drops on the canvas and status lines of node uploads. */
 function onFiles() {
-  $("export-api-button").addEventListener("click", async () => {
+  byId("export-api-button").addEventListener("click", async () => {
     try {
       await downloadApiPrompt(graph, api);
       setStatus("exported the API-format prompt");
@@ -203,27 +210,43 @@ function onFiles() {
     return format;
   };
   setupDrop(canvasElement, canvas, graph, { loadWorkflow, setStatus });
-  window.addEventListener("loom-status", (e) => setStatus(e.detail.text, e.detail.isError));
+  window.addEventListener("loom-status", (e) => {
+    const { text, isError } = /** @type {CustomEvent} */ (e).detail;
+    setStatus(text, isError);
+  });
 }
 
+/** The workflow commands (queue, save, load: their toolbar buttons and keys) and the other toolbar buttons. */
 function onToolbar() {
-  $("queue-button").addEventListener("click", queue);
-  $("save-button").addEventListener("click", () => downloadWorkflow(graph));
-  $("load-button").addEventListener("click", () => $("load-input").click());
-  $("default-button").addEventListener("click", async () => {
+  const loadInput = byId("load-input", HTMLInputElement);
+  registerCommand({
+    id: "workflow.queue", label: "Queue the graph", section: "Workflow", keys: ["Mod+Enter"], whileTyping: true,
+    run: queue,
+  });
+  registerCommand({
+    id: "workflow.save", label: "Save the workflow to a file", section: "Workflow", keys: ["Mod+S"],
+    whileTyping: true, run: () => downloadWorkflow(graph),
+  });
+  registerCommand({
+    id: "workflow.load", label: "Load a workflow file", section: "Workflow", keys: ["Mod+O"], whileTyping: true,
+    run: () => loadInput.click(),
+  });
+  bindButton(byId("queue-button"), "workflow.queue");
+  bindButton(byId("save-button"), "workflow.save");
+  bindButton(byId("load-button"), "workflow.load");
+  byId("default-button").addEventListener("click", async () => {
     openGraph(graph, await api.defaultWorkflow());
     fitView();
     setStatus("loaded the default workflow");
   });
-  $("refresh-button").addEventListener("click", async () => {
+  byId("refresh-button").addEventListener("click", async () => {
     refreshCombos(graph, await api.objectInfo());
     setStatus("model lists refreshed");
     redraw();
   });
-  $("load-input").addEventListener("change", async (e) => {
-    const input = /** @type {HTMLInputElement} */ (e.target);
-    const file = input.files?.[0];
-    input.value = "";
+  loadInput.addEventListener("change", async () => {
+    const file = loadInput.files?.[0];
+    loadInput.value = "";
     if (!file) return;
     try {
       const format = await loadWorkflowFile(graph, api, file);
@@ -233,26 +256,27 @@ function onToolbar() {
       setStatus(`could not load ${file.name}: ${error.message}`, true);
     }
   });
-  window.addEventListener("keydown", (e) => {
-    if ((e.ctrlKey || e.metaKey) && e.key === "Enter") { e.preventDefault(); queue(); }
-    else if ((e.ctrlKey || e.metaKey) && e.key === "s") { e.preventDefault(); downloadWorkflow(graph); }
-    else if ((e.ctrlKey || e.metaKey) && e.key === "o") { e.preventDefault(); $("load-input").click(); }
-  });
 }
 
 async function main() {
   resize();
   window.addEventListener("resize", resize);
+  installKeymap();
   onToolbar();
   onFiles();
+  onNodeState();
   initQueuePanel(api);
-  initHelp();
+  loom.history = initHistory(graph, canvas);
   initGroups(graph, canvas);
+  initHelp();
+  initLightbox();
+  registerCanvasKeys();
   onEvents();
   try {
     registerNodes(await api.objectInfo());
     loom.palette = initPalette({ graph, canvas, fitView });
     const how = await loadInitial(graph, api);
+    loom.history.reset(); // the loaded graph is where undo stops
     if (how.startsWith("loaded") || !restoreView()) fitView();
     setStatus(how);
   } catch (error) {
@@ -260,7 +284,6 @@ async function main() {
     return;
   }
   api.connect();
-  loom.history = initHistory(graph, canvas);
   setInterval(() => autoSave(graph), 1000);
   window.addEventListener("beforeunload", () => autoSave(graph));
   redraw();

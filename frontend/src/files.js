@@ -1,13 +1,19 @@
 // @ts-check
 // Files in and out of the editor: LoadImage upload button, drag-and-drop of images onto
 // LoadImage nodes, and of workflow PNGs / .json files onto the canvas.
-import { state } from "./overlay.js";
+import { el, reportStatus } from "./dom.js";
+import { setNodeImages } from "./node-state.js";
 import { pngTextChunks } from "./pngmeta.js";
+
+/** @typedef {import("litegraph").LGraphNode & {onDropFile?: (file: File) => void, refreshPreview?: () => void}} UploadNode */
 
 /** Extra height of a node that previews its input image. */
 export const PREVIEW_HEIGHT = 180;
 
-/** POST a file to /upload/image; resolves to the server's {name, subfolder, type}. */
+/**
+ * POST a file to /upload/image; resolves to the server's {name, subfolder, type}.
+ * @param {File} file
+ */
 export async function uploadImage(file) {
   const form = new FormData();
   form.append("image", file, file.name);
@@ -27,18 +33,24 @@ function inputUrl(name) {
   return `/view?${query}`;
 }
 
-/** Show the input image named by the node's image widget under its widgets. */
+/**
+ * Show the input image named by the node's image widget under its widgets.
+ * @param {import("litegraph").LGraphNode} node @param {string} name
+ */
 export function showInputPreview(node, name) {
   const id = String(node.id);
-  if (!name) { state.images.delete(id); return; }
+  if (!name) { setNodeImages(id, null); return; }
   const img = new Image();
   img.onload = () => node.setDirtyCanvas(true, true);
-  img.onerror = () => { state.images.delete(id); node.setDirtyCanvas(true, true); };
+  img.onerror = () => { setNodeImages(id, null); node.setDirtyCanvas(true, true); };
   img.src = inputUrl(name);
-  state.images.set(id, [img]);
+  setNodeImages(id, [img]);
 }
 
-/** Upload `file` and make it the node's image: added to the combo's values, selected and previewed. */
+/**
+ * Upload `file` and make it the node's image: added to the combo's values, selected and previewed.
+ * @param {import("litegraph").LGraphNode} node @param {any} combo the node's image combo widget @param {File} file
+ */
 export async function uploadToNode(node, combo, file) {
   const result = await uploadImage(file);
   const name = result.subfolder ? `${result.subfolder}/${result.name}` : result.name;
@@ -50,25 +62,27 @@ export async function uploadToNode(node, combo, file) {
   return name;
 }
 
-/** Give a LoadImage-like node an upload button, file drop and a preview of `combo`'s image. */
+/**
+ * Give a LoadImage-like node an upload button, file drop and a preview of `combo`'s image.
+ * @param {UploadNode} node @param {any} combo the node's image combo widget
+ */
 export function addImageUpload(node, combo) {
   const previous = combo.callback;
   combo.callback = (value, ...rest) => { showInputPreview(node, value); return previous?.(value, ...rest); };
-  const report = (text, isError = false) => window.dispatchEvent(new CustomEvent("loom-status", { detail: { text, isError } }));
+  /** @param {File} file */
   const upload = async (file) => {
     try {
       const name = await uploadToNode(node, combo, file);
-      report(`uploaded ${name}`);
+      reportStatus(`uploaded ${name}`);
     } catch (error) {
-      report(`upload of ${file.name} failed: ${error.message}`, true);
+      reportStatus(`upload of ${file.name} failed: ${error.message}`, true);
     }
   };
-  node.addWidget("button", "choose file to upload", null, () => {
-    const input = document.createElement("input");
-    input.type = "file";
-    input.accept = "image/png,image/jpeg,image/webp,image/gif,image/bmp";
-    input.className = "loom-upload-input";
-    input.hidden = true;
+  const button = node.addWidget("button", "choose file to upload", undefined, () => {
+    const input = el("input", {
+      type: "file", accept: "image/png,image/jpeg,image/webp,image/gif,image/bmp", className: "loom-upload-input",
+      hidden: true,
+    });
     input.addEventListener("change", () => {
       const file = input.files?.[0];
       input.remove();
@@ -76,14 +90,18 @@ export function addImageUpload(node, combo) {
     });
     document.body.append(input);
     input.click();
-  }, { serialize: false });
-  node.widgets[node.widgets.length - 1].serialize = false;
+  });
+  button.serialize = false; // not one of the node's inputs
   node.onDropFile = (file) => upload(file);
   node.refreshPreview = () => showInputPreview(node, combo.value);
   node.onAdded = node.refreshPreview;
 }
 
-/** Handle files dropped on the canvas: images onto upload nodes, workflow PNG/JSON elsewhere. */
+/**
+ * Handle files dropped on the canvas: images onto upload nodes, workflow PNG/JSON elsewhere.
+ * @param {HTMLElement} element @param {import("litegraph").LGraphCanvas} canvas @param {import("litegraph").LGraph} graph
+ * @param {{loadWorkflow: (data: any, source: string) => Promise<string>, setStatus: (text: string, isError?: boolean) => void}} handlers
+ */
 export function setupDrop(element, canvas, graph, { loadWorkflow, setStatus }) {
   element.addEventListener("dragover", (e) => { e.preventDefault(); if (e.dataTransfer) e.dataTransfer.dropEffect = "copy"; });
   element.addEventListener("drop", async (e) => {
@@ -91,7 +109,7 @@ export function setupDrop(element, canvas, graph, { loadWorkflow, setStatus }) {
     const file = e.dataTransfer?.files?.[0];
     if (!file) return;
     const [x, y] = canvas.convertEventToCanvasOffset(e);
-    const node = graph.getNodeOnPos(x, y);
+    const node = /** @type {UploadNode | null} */ (graph.getNodeOnPos(x, y));
     if (node?.onDropFile && file.type.startsWith("image/")) { node.onDropFile(file); return; }
     try {
       setStatus(await loadDroppedFile(file, loadWorkflow));
@@ -101,7 +119,10 @@ export function setupDrop(element, canvas, graph, { loadWorkflow, setStatus }) {
   });
 }
 
-/** Load the workflow in a dropped PNG (its editor workflow, else its API prompt) or .json file; returns a status line. */
+/**
+ * Load the workflow in a dropped PNG (its editor workflow, else its API prompt) or .json file; returns a status line.
+ * @param {File} file @param {(data: any, source: string) => Promise<string>} loadWorkflow
+ */
 export async function loadDroppedFile(file, loadWorkflow) {
   if (file.type === "image/png" || file.name.toLowerCase().endsWith(".png")) {
     const texts = pngTextChunks(await file.arrayBuffer());

@@ -1,23 +1,26 @@
 // @ts-check
 // The graph's editor-format JSON: first-open default, localStorage auto-save, workflow files.
+import { downloadJson } from "./dom.js";
+import { clearNodeState } from "./node-state.js";
 
-import { state } from "./overlay.js";
+/** @typedef {import("litegraph").LGraph} LGraph */
 
 const STORAGE_KEY = "loom.workflow";
 
 /**
  * Replace the graph with another workflow. What the server said about the old nodes (images, errors,
  * the running one) is dropped first, so that it does not show on new nodes that reuse their ids.
+ * @param {LGraph} graph @param {any} data an editor-format workflow
  */
 export function openGraph(graph, data) {
-  state.images.clear();
-  state.errors.clear();
-  state.running = null;
-  state.runs.clear();
+  clearNodeState();
   graph.configure(data);
 }
 
-/** Load the saved graph, or the server's default workflow on first open. */
+/**
+ * Load the saved graph, or the server's default workflow on first open.
+ * @param {LGraph} graph @param {import("./api.js").Api} api
+ */
 export async function loadInitial(graph, api) {
   const saved = localStorage.getItem(STORAGE_KEY);
   if (saved) {
@@ -32,18 +35,14 @@ export async function loadInitial(graph, api) {
   return "loaded the default workflow";
 }
 
+/** @param {LGraph} graph */
 export function autoSave(graph) {
   localStorage.setItem(STORAGE_KEY, JSON.stringify(graph.serialize()));
 }
 
-/** Offer the graph as a .json file download. */
+/** Offer the graph as a .json file download. @param {LGraph} graph */
 export function downloadWorkflow(graph, name = "workflow.json") {
-  const blob = new Blob([JSON.stringify(graph.serialize(), null, 2)], { type: "application/json" });
-  const link = document.createElement("a");
-  link.href = URL.createObjectURL(blob);
-  link.download = name;
-  link.click();
-  setTimeout(() => URL.revokeObjectURL(link.href), 1000);
+  downloadJson(graph.serialize(), name);
 }
 
 /** Whether `data` is an API-format prompt: {id: {class_type, inputs}}. */
@@ -53,7 +52,10 @@ export function isApiPrompt(data) {
   return entries.length > 0 && entries.every((n) => typeof n?.class_type === "string");
 }
 
-/** Load a workflow file (editor or API format) into the graph. */
+/**
+ * Load a workflow file (editor or API format) into the graph.
+ * @param {LGraph} graph @param {import("./api.js").Api} api @param {File} file
+ */
 export async function loadWorkflowFile(graph, api, file) {
   return loadWorkflowData(graph, api, JSON.parse(await file.text()), file.name);
 }
@@ -61,6 +63,7 @@ export async function loadWorkflowFile(graph, api, file) {
 /**
  * Load an editor-format workflow, or an API-format prompt laid out by the server, into the graph;
  * `source` names the data in the error. Resolves to "editor" or "API" (the format that was read).
+ * @param {LGraph} graph @param {import("./api.js").Api} api @param {any} data
  */
 export async function loadWorkflowData(graph, api, data, source = "the data") {
   if (isApiPrompt(data)) {

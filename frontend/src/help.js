@@ -1,82 +1,57 @@
 // @ts-check
 // The keyboard and mouse help overlay: toolbar "?" button, "?" or F1 opens it, Esc or a click closes it.
-
-/** What the editor (app.js) and litegraph do; keep in step with them. */
-const SHORTCUTS = [
-  ["Ctrl+Enter", "Queue the graph"],
-  ["Ctrl+S", "Save the workflow to a file"],
-  ["Ctrl+O", "Load a workflow file"],
-  ["Ctrl+Z", "Undo the last graph edit"],
-  ["Ctrl+Shift+Z / Ctrl+Y", "Redo"],
-  ["Click a prompt", "Edit it in a text box (Ctrl+Enter or click away: keep; Esc: cancel)"],
-  ["Double-click canvas", "Search and add a node"],
-  ["Right-click", "Node or canvas menu"],
-  ["Ctrl+C / Ctrl+V", "Copy / paste the selected nodes"],
-  ["Ctrl+Shift+V", "Paste, keeping the input links"],
-  ["Ctrl+A", "Select all nodes"],
-  ["Ctrl+G", "Group the selected nodes (right-click canvas: Add Group)"],
-  ["Delete / Backspace", "Remove the selected nodes"],
-  ["Shift+click", "Add a node to the selection"],
-  ["Ctrl+drag", "Select nodes in a rectangle"],
-  ["Drag empty canvas", "Pan"],
-  ["Space+drag / middle drag", "Pan"],
-  ["Wheel", "Zoom"],
-  ["? / F1", "This help"],
-  ["Esc", "Close this help, a menu or the image view"],
-];
+// It lists the command registry (commands.js), so it says what the keymap does.
+import { SECTIONS, bindButton, keysLabel, listCommands, registerCommand } from "./commands.js";
+import { el } from "./dom.js";
 
 /** @type {HTMLElement | null} */
 let overlay = null;
-
-function isTyping(target) {
-  const name = target?.localName;
-  return name === "input" || name === "textarea" || name === "select" || target?.isContentEditable;
-}
 
 export function closeHelp() {
   overlay?.remove();
   overlay = null;
 }
 
-export function openHelp() {
-  if (overlay) return;
-  overlay = document.createElement("div");
-  overlay.id = "help-overlay";
-  const card = document.createElement("div");
-  card.className = "help-card";
-  card.setAttribute("role", "dialog");
-  card.setAttribute("aria-label", "Keyboard shortcuts");
-  const heading = document.createElement("h2");
-  heading.textContent = "Keyboard and mouse";
-  const table = document.createElement("table");
-  for (const [keys, what] of SHORTCUTS) {
-    const row = table.insertRow();
-    const key = document.createElement("kbd");
-    key.textContent = keys;
-    row.insertCell().append(key);
-    row.insertCell().textContent = what;
-  }
-  const hint = document.createElement("p");
-  hint.textContent = "Press Esc or click outside to close.";
-  card.append(heading, table, hint);
-  overlay.append(card);
-  overlay.addEventListener("click", (e) => { if (e.target === overlay) closeHelp(); });
-  document.body.append(overlay);
+/** The registered commands as table rows, under one heading row per section. */
+function rows() {
+  const commands = listCommands();
+  return SECTIONS.flatMap((section) => {
+    const inSection = commands.filter((command) => command.section === section);
+    if (!inSection.length) return [];
+    return [
+      el("tr", { className: "help-section" }, [el("th", { colSpan: 2, text: section })]),
+      ...inSection.map((command) => el("tr", {}, [
+        el("td", {}, [el("kbd", { text: keysLabel(command) })]),
+        el("td", { text: command.label }),
+      ])),
+    ];
+  });
 }
 
-/** Add the toolbar button and the keys. */
+export function openHelp() {
+  if (overlay) return;
+  const card = el("div", { className: "help-card", role: "dialog", "aria-label": "Keyboard shortcuts" }, [
+    el("h2", { text: "Keyboard and mouse" }),
+    el("table", {}, [el("tbody", {}, rows())]),
+    el("p", { text: "Press Esc or click outside to close." }),
+  ]);
+  const shown = el("div", { id: "help-overlay" }, [card]);
+  shown.addEventListener("click", (e) => { if (e.target === shown) closeHelp(); });
+  document.body.append(shown);
+  overlay = shown;
+}
+
+/** Register the help's commands and add its toolbar button. */
 export function initHelp() {
-  const button = document.createElement("button");
-  button.id = "help-button";
-  button.textContent = "?";
-  button.title = "Keyboard shortcuts (? or F1)";
-  button.addEventListener("click", () => (overlay ? closeHelp() : openHelp()));
+  registerCommand({
+    id: "help.toggle", label: "Show or hide this help", section: "Help", keys: ["?", "F1"], whileTyping: true,
+    run: () => (overlay ? closeHelp() : openHelp()),
+  });
+  registerCommand({
+    id: "help.close", label: "Close this help", section: "Help", keys: ["Escape"], whileTyping: true,
+    when: () => overlay !== null, run: closeHelp,
+  });
+  const button = el("button", { id: "help-button", text: "?" });
   document.getElementById("toolbar")?.append(button);
-  window.addEventListener("keydown", (e) => {
-    if (overlay && e.key === "Escape") { e.preventDefault(); e.stopPropagation(); closeHelp(); }
-    else if (e.key === "F1" || (e.key === "?" && !e.ctrlKey && !e.metaKey && !isTyping(e.target))) {
-      e.preventDefault();
-      if (overlay) closeHelp(); else openHelp();
-    }
-  }, true);
+  bindButton(button, "help.toggle");
 }

@@ -1,13 +1,10 @@
 // @ts-check
 // Undo/redo of graph edits: snapshots of graph.serialize() taken after changes, restored with configure().
+import { registerCommand } from "./commands.js";
+import { isTyping } from "./dom.js";
 
 const LIMIT = 50;
 const CHECK_DELAY_MS = 150;
-
-function isTyping(target) {
-  const name = target?.localName;
-  return name === "input" || name === "textarea" || name === "select" || !!target?.isContentEditable;
-}
 
 /** The graph as a string, without the view (pan and zoom are no edits). */
 function snapshot(graph) {
@@ -17,7 +14,7 @@ function snapshot(graph) {
 }
 
 export class History {
-  /** @param {any} graph @param {any} canvas */
+  /** @param {import("litegraph").LGraph} graph @param {import("litegraph").LGraphCanvas} canvas */
   constructor(graph, canvas) {
     this.graph = graph;
     this.canvas = canvas;
@@ -76,7 +73,7 @@ export class History {
   /** Load a snapshot into the graph, keeping the canvas' pan and zoom. */
   restore(text) {
     const { offset, scale } = this.canvas.ds;
-    const view = { offset: [...offset], scale };
+    const view = { offset: /** @type {[number, number]} */ ([...offset]), scale };
     this.canvas.deselectAll?.();
     this.graph.configure(JSON.parse(text));
     this.canvas.ds.offset = view.offset;
@@ -86,20 +83,24 @@ export class History {
   }
 }
 
-/** Start recording edits and bind Ctrl+Z, Ctrl+Shift+Z and Ctrl+Y. Call once the graph is loaded. */
+/**
+ * Start recording edits and register undo (Ctrl+Z) and redo (Ctrl+Shift+Z, Ctrl+Y); reset() it once the
+ * graph is loaded.
+ * @param {import("litegraph").LGraph} graph @param {import("litegraph").LGraphCanvas} canvas
+ */
 export function initHistory(graph, canvas) {
   const history = new History(graph, canvas);
   const schedule = () => history.schedule();
   for (const type of ["pointerup", "keyup", "change", "focusout", "drop"]) {
     window.addEventListener(type, schedule, true);
   }
-  window.addEventListener("keydown", (e) => {
-    if (!(e.ctrlKey || e.metaKey) || e.altKey || isTyping(e.target)) return;
-    const key = e.key.toLowerCase();
-    if (key === "z" && !e.shiftKey) { e.preventDefault(); e.stopPropagation(); history.undo(); }
-    else if ((key === "z" && e.shiftKey) || (key === "y" && !e.shiftKey)) {
-      e.preventDefault(); e.stopPropagation(); history.redo();
-    }
-  }, true);
+  registerCommand({
+    id: "history.undo", label: "Undo the last graph edit", section: "Edit", keys: ["Mod+Z"],
+    run: () => history.undo(),
+  });
+  registerCommand({
+    id: "history.redo", label: "Redo", section: "Edit", keys: ["Mod+Shift+Z", "Mod+Y"],
+    run: () => history.redo(),
+  });
   return history;
 }

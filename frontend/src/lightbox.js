@@ -1,5 +1,7 @@
 // @ts-check
 // A full-window view of one image: click anywhere or press Esc to close it.
+import { registerCommand } from "./commands.js";
+import { el } from "./dom.js";
 
 /** @type {HTMLElement | null} */
 let box = null;
@@ -12,20 +14,17 @@ export function closeLightbox() {
 /** Show `url` large, with `caption` under it. */
 export function openLightbox(url, caption = "") {
   closeLightbox();
-  box = document.createElement("div");
-  box.id = "lightbox";
-  box.title = "Click or press Esc to close";
-  const img = document.createElement("img");
-  img.src = url;
-  img.alt = caption;
-  const text = document.createElement("div");
-  text.className = "lightbox-caption";
-  text.textContent = caption;
-  box.append(img, text);
-  box.addEventListener("click", closeLightbox);
+  box = el("div", { id: "lightbox", title: "Click or press Esc to close", on: { click: closeLightbox } }, [
+    el("img", { src: url, alt: caption }),
+    el("div", { className: "lightbox-caption", text: caption }),
+  ]);
   document.body.append(box);
 }
 
-window.addEventListener("keydown", (e) => {
-  if (box && e.key === "Escape") { e.preventDefault(); e.stopPropagation(); closeLightbox(); }
-}, true);
+/** Esc closes the image view. */
+export function initLightbox() {
+  registerCommand({
+    id: "lightbox.close", label: "Close the image view", section: "Help", keys: ["Escape"], whileTyping: true,
+    when: () => box !== null, run: closeLightbox,
+  });
+}

@@ -55,9 +55,16 @@ function hasImage(def) {
   return !!def.output_node || Object.values(inputs).some((spec) => spec?.[1]?.image_upload);
 }
 
+/** The litegraph node class of node class `name`, declared by its /object_info entry `def`. */
 function nodeClass(name, def) {
   const imageRoom = hasImage(def) ? PREVIEW_HEIGHT : 0;
   class LoomNode extends LGraphNode {
+    /** The node class this node runs on the server (ComfyUI's name for the field). */
+    static comfyClass = name;
+    static description = def.description || "";
+    /** @type {(() => void) | undefined} set by files.js, while the widgets are added, on nodes that preview an input image */
+    refreshPreview;
+
     constructor(title) {
       super(title ?? def.display_name ?? name);
       this.comfyClass = name;
@@ -75,13 +82,14 @@ function nodeClass(name, def) {
       });
       this.serialize_widgets = true;
       const size = this.computeSize();
-      this.size = [Math.max(size[0], 240), size[1] + imageRoom];
+      this.size = /** @type {[number, number]} */ ([Math.max(size[0], 240), size[1] + imageRoom]);
     }
 
     /** A loaded workflow's size may be too small for the widgets (and the image of output nodes). */
     onConfigure() {
       const needed = this.computeSize();
-      this.size = [Math.max(this.size[0], needed[0]), Math.max(this.size[1], needed[1] + imageRoom)];
+      this.size = /** @type {[number, number]} */ (
+        [Math.max(this.size[0], needed[0]), Math.max(this.size[1], needed[1] + imageRoom)]);
       this.refreshPreview?.();
     }
 
@@ -89,8 +97,6 @@ function nodeClass(name, def) {
   }
   LoomNode.title = def.display_name || name;
   LoomNode.category = def.category || "";
-  LoomNode.description = def.description || "";
-  LoomNode.comfyClass = name;
   return LoomNode;
 }
 
@@ -106,9 +112,12 @@ export function registerNodes(objectInfo) {
   }
 }
 
-/** Refresh combo values (model lists) of the nodes in `graph` from a new /object_info. */
+/**
+ * Refresh combo values (model lists) of the nodes in `graph` from a new /object_info.
+ * @param {import("litegraph").LGraph} graph
+ */
 export function refreshCombos(graph, objectInfo) {
-  for (const node of graph._nodes) {
+  for (const node of graph.nodes) {
     const def = objectInfo[node.type];
     if (!def) continue;
     for (const widget of node.widgets || []) {
@@ -118,17 +127,21 @@ export function refreshCombos(graph, objectInfo) {
   }
 }
 
-/** After queueing: apply each seed's control_after_generate (the queued value is the one shown). */
+/**
+ * After queueing: apply each seed's control_after_generate (the queued value is the one shown).
+ * @param {import("litegraph").LGraph} graph
+ */
 export function applySeedControls(graph) {
-  for (const node of graph._nodes) {
+  for (const node of graph.nodes) {
     const widgets = node.widgets || [];
     widgets.forEach((widget, i) => {
       const control = widgets[i + 1];
       if (control?.name !== "control_after_generate") return;
+      const seed = Number(widget.value);
       const min = widget.options.min ?? 0;
       const max = Math.min(widget.options.max ?? Number.MAX_SAFE_INTEGER, Number.MAX_SAFE_INTEGER);
-      if (control.value === "increment") widget.value = Math.min(widget.value + 1, max);
-      else if (control.value === "decrement") widget.value = Math.max(widget.value - 1, min);
+      if (control.value === "increment") widget.value = Math.min(seed + 1, max);
+      else if (control.value === "decrement") widget.value = Math.max(seed - 1, min);
       else if (control.value === "randomize") widget.value = min + Math.floor(Math.random() * Math.min(max - min, 2 ** 32));
     });
   }

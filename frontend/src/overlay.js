@@ -1,18 +1,6 @@
 // @ts-check
-// What the server tells about nodes, drawn on them: running highlight, progress, images, errors.
-
-export const state = {
-  /**
-   * The prompts running now, by prompt id: the node each runs and that node's progress (0..1). One server
-   * runs one prompt at a time; a cluster front (`--cluster`) runs several, so several nodes can light up.
-   * @type {Map<string, {node: string | null, progress: number}>}
-   */
-  runs: new Map(),
-  /** @type {string | null} */ running: null, // the node that started running last
-  progress: 0, // the progress reported last
-  /** @type {Map<string, HTMLImageElement[]>} */ images: new Map(),
-  /** @type {Map<string, string>} */ errors: new Map(),
-};
+// What the server tells about nodes (node-state.js), drawn on them: running highlight, progress, images, errors.
+import { nodeState, runningProgress } from "./node-state.js";
 
 function wrap(ctx, text, width) {
   const lines = [];
@@ -25,19 +13,15 @@ function wrap(ctx, text, width) {
   return lines.slice(0, 4);
 }
 
-/** The progress of the prompts running on this node (the furthest one), or undefined when none runs it. */
-export function runningProgress(id) {
-  let progress;
-  for (const run of state.runs.values()) {
-    if (run.node === id) progress = Math.max(progress ?? 0, run.progress);
-  }
-  return progress;
-}
-
+/**
+ * Draw on `node` (in its own coordinates) what the server said about it.
+ * @param {import("litegraph").LGraphNode} node @param {CanvasRenderingContext2D} ctx
+ */
 export function drawOverlay(node, ctx) {
   const id = String(node.id);
   const [width, height] = node.size;
-  const images = state.images.get(id);
+  const { images: allImages, errors } = nodeState.get();
+  const images = allImages.get(id);
   if (images?.length) {
     const top = node.computeSize()[1];
     const room = height - top - 4;
@@ -48,7 +32,7 @@ export function drawOverlay(node, ctx) {
       ctx.drawImage(img, (width - w) / 2, top + (room - h) / 2, w, h);
     }
   }
-  const error = state.errors.get(id);
+  const error = errors.get(id);
   const progress = runningProgress(id);
   if (progress !== undefined || error) {
     const title = 30;

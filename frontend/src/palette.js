@@ -3,21 +3,22 @@
 // with type-ahead search. Click an entry (or Enter in the search box) to add it at the centre of the
 // view, or drag it onto the canvas.
 import { LiteGraph } from "litegraph";
+import { el, reportStatus } from "./dom.js";
 
 const DRAG_TYPE = "application/x-loom-node";
 const OPEN_BY_DEFAULT_WIDTH = 1280;
 
-/** @param {string} tag @param {string} [className] @param {string} [text] */
-function el(tag, className = "", text = "") {
-  const node = document.createElement(tag);
-  if (className) node.className = className;
-  if (text) node.textContent = text;
-  return node;
-}
+/** @typedef {{type: string, title: string, category: string, description: string}} Entry */
+/** @typedef {{children: Map<string, CategoryTree>, entries: Entry[]}} CategoryTree */
 
-/** The node types registered by nodes.js: {type, title, category, description}, sorted by title. */
+/**
+ * The node types registered by nodes.js: {type, title, category, description}, sorted by title.
+ * @returns {Entry[]}
+ */
 export function paletteEntries() {
-  return Object.entries(LiteGraph.registered_node_types)
+  /** @type {[string, typeof import("litegraph").LGraphNode & {comfyClass?: string, description?: string}][]} */
+  const registered = Object.entries(LiteGraph.registered_node_types);
+  return registered
     .filter(([, cls]) => cls.comfyClass)
     .map(([type, cls]) => ({ type, title: cls.title || type, category: cls.category || "", description: cls.description || "" }))
     .sort((a, b) => a.title.localeCompare(b.title));
@@ -44,14 +45,19 @@ function byCategoryName(a, b) {
   return Number(a.startsWith("_")) - Number(b.startsWith("_")) || a.localeCompare(b);
 }
 
-/** Nest entries by category path: {children: Map<name, tree>, entries: []}. */
+/**
+ * Nest entries by category path.
+ * @param {Entry[]} entries @returns {CategoryTree}
+ */
 function categoryTree(entries) {
+  /** @type {CategoryTree} */
   const root = { children: new Map(), entries: [] };
   for (const entry of entries) {
     let at = root;
     for (const part of entry.category.split("/").filter(Boolean)) {
-      if (!at.children.has(part)) at.children.set(part, { children: new Map(), entries: [] });
-      at = at.children.get(part);
+      let child = at.children.get(part);
+      if (!child) at.children.set(part, child = { children: new Map(), entries: [] });
+      at = child;
     }
     at.entries.push(entry);
   }
@@ -61,15 +67,20 @@ function categoryTree(entries) {
 /**
  * The top-left graph position nearest to `wanted` where a node of `size` overlaps no other node and
  * lies inside the visible canvas; `wanted` itself when the view has no such room.
+ * @param {import("litegraph").LGraph} graph @param {import("litegraph").LGraphCanvas} canvas
+ * @param {ArrayLike<number>} size @param {[number, number]} wanted
+ * @returns {[number, number]}
  */
 function freeSpot(graph, canvas, size, wanted) {
   const title = LiteGraph.NODE_TITLE_HEIGHT, gap = 10, step = 20;
   const element = canvas.canvas;
   const [left, top] = canvas.ds.convertCanvasToOffset([0, 0]);
   const [right, bottom] = canvas.ds.convertCanvasToOffset([element.clientWidth, element.clientHeight]);
-  const free = (x, y) => graph._nodes.every((n) => x + size[0] + gap < n.pos[0] || x > n.pos[0] + n.size[0] + gap ||
+  const free = (x, y) => graph.nodes.every((n) => x + size[0] + gap < n.pos[0] || x > n.pos[0] + n.size[0] + gap ||
     y + size[1] + gap < n.pos[1] - title || y - title > n.pos[1] + n.size[1] + gap);
-  let best = null, bestDistance = Infinity;
+  /** @type {[number, number] | null} */
+  let best = null;
+  let bestDistance = Infinity;
   for (let x = left + gap; x + size[0] <= right - gap; x += step) {
     for (let y = top + title + gap; y + size[1] <= bottom - gap; y += step) {
       const distance = (x - wanted[0]) ** 2 + (y - wanted[1]) ** 2;
@@ -81,27 +92,24 @@ function freeSpot(graph, canvas, size, wanted) {
 
 /**
  * Build the sidebar and its toolbar toggle.
- * @param {{graph: any, canvas: any, fitView: () => void}} editor
+ * @param {{graph: import("litegraph").LGraph, canvas: import("litegraph").LGraphCanvas, fitView: () => void}} editor
  */
 export function initPalette({ graph, canvas, fitView }) {
   const entries = paletteEntries();
-  const panel = el("aside");
-  panel.id = "node-palette";
-  panel.setAttribute("aria-label", "Node palette");
-  const search = /** @type {HTMLInputElement} */ (el("input"));
-  search.type = "search";
-  search.id = "palette-search";
-  search.placeholder = "Search nodes…";
-  search.title = "Filter by name, class or category; Enter adds the first match";
-  const list = el("div", "palette-list");
-  panel.append(search, list);
+  const search = el("input", {
+    type: "search", id: "palette-search", placeholder: "Search nodes…",
+    title: "Filter by name, class or category; Enter adds the first match",
+  });
+  const list = el("div", { className: "palette-list" });
+  const panel = el("aside", { id: "node-palette", "aria-label": "Node palette" }, [search, list]);
   document.body.append(panel);
   /** @type {Set<string>} open category paths, kept across re-renders */
   const openPaths = new Set();
 
-  const report = (text) => window.dispatchEvent(new CustomEvent("loom-status", { detail: { text, isError: false } }));
-
-  /** Add a node of `type` with its top-left at graph position `pos`, or centred in the view. */
+  /**
+   * Add a node of `type` with its top-left at graph position `pos`, or centred in the view.
+   * @param {string} type @param {ArrayLike<number> | null} [pos]
+   */
   function addNode(type, pos = null) {
     const node = LiteGraph.createNode(type);
     if (!node) return null;
@@ -115,17 +123,19 @@ export function initPalette({ graph, canvas, fitView }) {
     graph.add(node);
     canvas.selectNode?.(node);
     canvas.setDirty(true, true);
-    report(`added ${node.title}`);
+    reportStatus(`added ${node.title}`);
     return node;
   }
 
+  /** @param {Entry} entry @param {boolean} showCategory */
   function item(entry, showCategory) {
-    const button = /** @type {HTMLButtonElement} */ (el("button", "palette-item"));
-    button.dataset.type = entry.type;
-    button.draggable = true;
-    button.title = [entry.type, entry.description].filter(Boolean).join(": ");
-    button.append(el("span", "palette-name", entry.title));
-    if (showCategory && entry.category) button.append(el("span", "palette-category", entry.category));
+    const button = el("button", {
+      className: "palette-item", dataset: { type: entry.type }, draggable: true,
+      title: [entry.type, entry.description].filter(Boolean).join(": "),
+    }, [
+      el("span", { className: "palette-name", text: entry.title }),
+      showCategory && entry.category && el("span", { className: "palette-category", text: entry.category }),
+    ]);
     button.addEventListener("click", () => addNode(entry.type));
     button.addEventListener("dragstart", (e) => {
       e.dataTransfer?.setData(DRAG_TYPE, entry.type);
@@ -134,14 +144,14 @@ export function initPalette({ graph, canvas, fitView }) {
     return button;
   }
 
+  /** @param {CategoryTree} tree @param {string} path @param {HTMLElement} into */
   function renderTree(tree, path, into) {
     for (const [name, child] of [...tree.children].sort(([a], [b]) => byCategoryName(a, b))) {
       const full = path ? `${path}/${name}` : name;
-      const details = /** @type {HTMLDetailsElement} */ (el("details", "palette-category-group"));
-      details.dataset.path = full;
-      details.open = openPaths.has(full);
+      const details = el("details", {
+        className: "palette-category-group", dataset: { path: full }, open: openPaths.has(full),
+      }, [el("summary", { text: name })]);
       details.addEventListener("toggle", () => { if (details.open) openPaths.add(full); else openPaths.delete(full); });
-      details.append(el("summary", "", name));
       renderTree(child, full, details);
       into.append(details);
     }
@@ -153,7 +163,7 @@ export function initPalette({ graph, canvas, fitView }) {
     const query = search.value.trim();
     if (!query) { renderTree(categoryTree(entries), "", list); return; }
     const found = filterEntries(entries, query);
-    if (!found.length) list.append(el("div", "palette-empty", "No matching nodes"));
+    if (!found.length) list.append(el("div", { className: "palette-empty", text: "No matching nodes" }));
     for (const entry of found) list.append(item(entry, true));
   }
 
@@ -182,9 +192,8 @@ export function initPalette({ graph, canvas, fitView }) {
     addNode(type, canvas.convertEventToCanvasOffset(e));
   });
 
-  const toggle = el("button", "", "Nodes");
-  toggle.id = "palette-button";
-  toggle.title = "Show or hide the node palette";
+  const toggle = el("button", { id: "palette-button", title: "Show or hide the node palette", text: "Nodes" });
+  /** @param {boolean} open */
   const setOpen = (open) => {
     panel.hidden = !open;
     document.body.classList.toggle("palette-open", open);
@@ -192,7 +201,7 @@ export function initPalette({ graph, canvas, fitView }) {
     window.dispatchEvent(new Event("resize"));
   };
   toggle.addEventListener("click", () => {
-    setOpen(panel.hidden);
+    setOpen(Boolean(panel.hidden));
     fitView();
     if (!panel.hidden) search.focus();
   });

@@ -1,6 +1,7 @@
 // @ts-check
 // The side panel of the server's queue and history: running and pending prompts (cancel, interrupt)
 // and finished ones with their output thumbnails (open large, delete, clear history).
+import { el } from "./dom.js";
 import { openLightbox } from "./lightbox.js";
 import { renderGallery } from "./gallery.js";
 
@@ -9,23 +10,25 @@ const HISTORY_ITEMS = 50;
 const REFRESH_ON = ["status", "execution_start", "execution_success", "execution_error",
   "execution_interrupted", "execution_cached"];
 
-/** @param {string} tag @param {string} [className] @param {string} [text] */
-function el(tag, className = "", text = "") {
-  const node = document.createElement(tag);
-  if (className) node.className = className;
-  if (text) node.textContent = text;
-  return node;
+const shortId = (id) => String(id).slice(0, 8);
+
+/**
+ * A list entry of prompt `id`: its state, "#number id" and one button; `className` adds to "qp-item".
+ * @param {string} className @param {string} id @param {string} state @param {string} number
+ * @param {HTMLButtonElement} action
+ */
+function entryItem(className, id, state, number, action) {
+  return el("li", { className: `qp-item ${className}`, dataset: { promptId: id } }, [
+    el("span", { className: "qp-state", text: state }),
+    el("span", { className: "qp-id", text: `#${number} ${shortId(id)}` }),
+    action,
+  ]);
 }
 
 /** @param {string} label @param {string} title @param {() => void} onClick */
 function button(label, title, onClick) {
-  const b = /** @type {HTMLButtonElement} */ (el("button", "", label));
-  b.title = title;
-  b.addEventListener("click", (e) => { e.stopPropagation(); onClick(); });
-  return b;
+  return el("button", { title, text: label, on: { click: (e) => { e.stopPropagation(); onClick(); } } });
 }
-
-const shortId = (id) => String(id).slice(0, 8);
 
 /** Output images of a history entry, as /view URLs in node order. */
 function imagesOf(api, entry) {
@@ -59,33 +62,33 @@ export class QueuePanel {
     /** @type {Map<string, string>} */ this.where = new Map();
     /** @type {boolean | undefined} */ this.cluster = undefined; // known after the first refresh
     /** @type {number | undefined} */ this.timer = undefined;
-    this.root = el("aside");
-    this.root.id = "queue-panel";
-    this.root.hidden = true;
-    const head = el("div", "qp-head");
-    head.append(el("strong", "", "Jobs"),
-      button("Clear history", "Delete every finished entry", () => this.clearHistory()),
-      button("×", "Close the panel", () => this.toggle(false)));
-    this.queueList = el("ul", "qp-list qp-queue");
-    this.historyList = el("ul", "qp-list qp-history");
-    this.gallery = el("div", "qp-gallery");
-    this.root.append(head, el("h3", "", "Running and pending"), this.queueList,
-      el("h3", "", "History"), this.historyList, el("h3", "", "Gallery"), this.gallery);
+    this.queueList = el("ul", { className: "qp-list qp-queue" });
+    this.historyList = el("ul", { className: "qp-list qp-history" });
+    this.gallery = el("div", { className: "qp-gallery" });
+    this.root = el("aside", { id: "queue-panel", hidden: true }, [
+      el("div", { className: "qp-head" }, [
+        el("strong", { text: "Jobs" }),
+        button("Clear history", "Delete every finished entry", () => this.clearHistory()),
+        button("×", "Close the panel", () => this.toggle(false)),
+      ]),
+      el("h3", { text: "Running and pending" }), this.queueList,
+      el("h3", { text: "History" }), this.historyList,
+      el("h3", { text: "Gallery" }), this.gallery,
+    ]);
     document.body.append(this.root);
     this.toggleButton = button("Jobs ▸", "Show the queue and history panel", () => this.toggle());
     this.toggleButton.id = "queue-panel-button";
     const toolbar = document.getElementById("toolbar");
     toolbar?.insertBefore(this.toggleButton, document.getElementById("progress"));
     for (const type of REFRESH_ON) api.addEventListener(type, () => this.refreshSoon());
-    api.addEventListener("executing", (e) => {
-      const detail = /** @type {CustomEvent} */ (e).detail || {};
-      if (detail.prompt_id && !this.progress.has(detail.prompt_id)) {
+    api.on("executing", (detail) => {
+      if (detail?.prompt_id && !this.progress.has(detail.prompt_id)) {
         this.progress.set(detail.prompt_id, 0);
         this.refreshSoon();
       }
     });
-    api.addEventListener("progress", (e) => {
-      const { value, max, prompt_id: id } = /** @type {CustomEvent} */ (e).detail || {};
+    api.on("progress", (detail) => {
+      const { value, max, prompt_id: id } = detail || {};
       this.progress.set(String(id ?? ""), max ? value / max : 0);
       this.showProgress();
     });
@@ -121,7 +124,8 @@ export class QueuePanel {
       this.renderQueue(queue);
       this.renderHistory(history);
     } catch (error) {
-      this.queueList.replaceChildren(el("li", "qp-empty qp-error", `could not read the queue: ${error.message}`));
+      this.queueList.replaceChildren(
+        el("li", { className: "qp-empty qp-error", text: `could not read the queue: ${error.message}` }));
     }
   }
 
@@ -156,25 +160,17 @@ export class QueuePanel {
     }
     for (const [number, id] of running) {
       if (!this.progress.has(id)) this.progress.set(id, 0);
-      const li = el("li", "qp-item running");
-      li.dataset.promptId = id;
-      li.append(el("span", "qp-state", "running"), el("span", "qp-id", `#${number} ${shortId(id)}`),
-        button("Stop", "Interrupt this prompt", () => this.interrupt(id)));
+      const li = entryItem("running", id, "running", number, button("Stop", "Interrupt this prompt", () => this.interrupt(id)));
       const where = this.where.get(id);
-      if (where) li.append(el("div", "qp-where", `on ${where}`));
-      const bar = el("div", "qp-progress");
-      bar.append(el("div", "qp-progress-bar"));
-      li.append(bar);
+      if (where) li.append(el("div", { className: "qp-where", text: `on ${where}` }));
+      li.append(el("div", { className: "qp-progress" }, [el("div", { className: "qp-progress-bar" })]));
       items.push(li);
     }
     for (const [number, id] of pending) {
-      const li = el("li", "qp-item pending");
-      li.dataset.promptId = id;
-      li.append(el("span", "qp-state", "pending"), el("span", "qp-id", `#${number} ${shortId(id)}`),
-        button("Cancel", "Remove this prompt from the queue", () => this.cancel(id)));
-      items.push(li);
+      items.push(entryItem("pending", id, "pending", number,
+        button("Cancel", "Remove this prompt from the queue", () => this.cancel(id))));
     }
-    if (!items.length) items.push(el("li", "qp-empty", "Nothing queued."));
+    if (!items.length) items.push(el("li", { className: "qp-empty", text: "Nothing queued." }));
     this.queueList.replaceChildren(...items);
     this.showProgress();
   }
@@ -191,30 +187,23 @@ export class QueuePanel {
     const items = [], gallery = [];
     for (const [id, entry] of Object.entries(history || {}).reverse()) {
       const { label, error } = outcome(entry);
-      const li = el("li", `qp-item history ${label}`);
-      li.dataset.promptId = id;
-      const number = entry.prompt?.[0];
-      li.append(el("span", "qp-state", label), el("span", "qp-id", `#${number ?? "?"} ${shortId(id)}`),
+      const li = entryItem(`history ${label}`, id, label, entry.prompt?.[0] ?? "?",
         button("Delete", "Delete this history entry", () => this.deleteHistory(id)));
-      if (error) li.append(el("div", "qp-message", error));
+      if (error) li.append(el("div", { className: "qp-message", text: error }));
       const urls = imagesOf(this.api, entry);
       gallery.push(...urls);
       if (urls.length) {
-        const thumbs = el("div", "qp-thumbs");
-        for (const url of urls) {
-          const img = /** @type {HTMLImageElement} */ (el("img", "qp-thumb"));
-          img.src = url;
-          img.loading = "lazy";
-          img.title = "Click to view large";
-          img.alt = new URLSearchParams(url.split("?")[1]).get("filename") || "output image";
-          img.addEventListener("click", () => openLightbox(url, img.alt));
-          thumbs.append(img);
-        }
-        li.append(thumbs);
+        li.append(el("div", { className: "qp-thumbs" }, urls.map((url) => {
+          const alt = new URLSearchParams(url.split("?")[1]).get("filename") || "output image";
+          return el("img", {
+            className: "qp-thumb", src: url, loading: "lazy", title: "Click to view large", alt,
+            on: { click: () => openLightbox(url, alt) },
+          });
+        })));
       }
       items.push(li);
     }
-    if (!items.length) items.push(el("li", "qp-empty", "No history yet."));
+    if (!items.length) items.push(el("li", { className: "qp-empty", text: "No history yet." }));
     this.historyList.replaceChildren(...items);
     renderGallery(this.gallery, gallery);
   }

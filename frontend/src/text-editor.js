@@ -1,12 +1,17 @@
 // @ts-check
 // Multiline STRING widgets (prompts) are edited in a <textarea> laid over the widget:
-// blur or Ctrl+Enter commits, Esc cancels.
+// blur or Ctrl+Enter commits, Esc cancels (canvas-keys.js lists these for the help).
+import { el } from "./dom.js";
+
+/** @typedef {import("litegraph").LGraphCanvas} LGraphCanvas */
+/** @typedef {import("litegraph").LGraphNode} LGraphNode */
 
 const MIN_HEIGHT = 120;
 
 /** @type {HTMLTextAreaElement | null} */
 let open = null;
 
+/** @param {HTMLTextAreaElement} textarea @param {LGraphCanvas} canvas @param {LGraphNode} node @param {any} widget */
 function place(textarea, canvas, node, widget) {
   const rect = canvas.canvas.getBoundingClientRect();
   const margin = 15;
@@ -23,14 +28,15 @@ function place(textarea, canvas, node, widget) {
   });
 }
 
-/** Open the editor for `widget` of `node`; only one is open at a time. */
+/**
+ * Open the editor for `widget` of `node`; only one is open at a time.
+ * @param {LGraphCanvas} canvas @param {LGraphNode} node @param {any} widget
+ */
 export function openTextEditor(canvas, node, widget) {
   open?.blur();
-  const textarea = document.createElement("textarea");
-  textarea.className = "loom-text-editor";
-  textarea.value = String(widget.value ?? "");
-  textarea.spellcheck = false;
-  textarea.setAttribute("aria-label", widget.name);
+  const textarea = el("textarea", {
+    className: "loom-text-editor", value: String(widget.value ?? ""), spellcheck: false, "aria-label": widget.name,
+  });
   place(textarea, canvas, node, widget);
   let done = false;
   const close = (commit) => {
