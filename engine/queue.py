@@ -116,7 +116,7 @@ class QueueItem:
 
 def crash_status(prompt_id: str, timestamp_ms: int) -> dict[str, Any]:
     """The history ``status`` of a prompt that was running when the process died."""
-    error = {
+    error: dict[str, Any] = {
         "prompt_id": prompt_id,
         "exception_message": CRASH_MESSAGE,
         "exception_type": CRASH_EXCEPTION_TYPE,

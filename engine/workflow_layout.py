@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from engine.errors import UnknownNode, ValidationFailed
+from engine.errors import GraphError, UnknownNode, ValidationFailed
 from engine.node import Input, Node
 from engine.registry import NodeRegistry
 from engine.workflow import is_link, parse_api_prompt
@@ -36,7 +36,7 @@ def api_to_ui(prompt: Mapping[str, Any], registry: NodeRegistry) -> dict[str, An
     entries: list[dict[str, Any]] = []
     for order, (node_id, node) in enumerate(nodes.items()):
         cls = classes[node_id]
-        inputs = []
+        inputs: list[dict[str, Any]] = []
         for spec in _slot_inputs(cls, node["inputs"]):
             value = node["inputs"].get(spec.name)
             link_id = None
@@ -69,7 +69,7 @@ def api_to_ui(prompt: Mapping[str, Any], registry: NodeRegistry) -> dict[str, An
 
 def _classes(nodes: Mapping[str, Mapping[str, Any]], registry: NodeRegistry) -> dict[str, type[Node]]:
     classes: dict[str, type[Node]] = {}
-    errors = []
+    errors: list[GraphError] = []
     for node_id, node in nodes.items():
         cls = registry.get(node["class_type"])
         if cls is None:

@@ -125,8 +125,8 @@ class SpatialTransformer(nn.Module):
         super().__init__()
         inner = heads * dim_head
         self.norm = nn.GroupNorm(32, channels, eps=1e-6)
-        self.proj_in: nn.Module
-        self.proj_out: nn.Module
+        self.proj_in: nn.Linear | nn.Conv2d
+        self.proj_out: nn.Linear | nn.Conv2d
         if use_linear:
             self.proj_in = nn.Linear(channels, inner)
             self.proj_out = nn.Linear(inner, channels)
@@ -168,7 +168,7 @@ def load_weights(
     Raises ``KeyError`` for a name the module does not have, ``ValueError`` for a shape mismatch, and
     ``ValueError`` listing every parameter still on the meta device at the end (a missing key).
     """
-    expected = dict(module.named_parameters())
+    expected: dict[str, Tensor] = dict(module.named_parameters())
     expected.update(module.named_buffers())
     seen: set[str] = set()
     for name, tensor in tensors:

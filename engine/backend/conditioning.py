@@ -136,8 +136,8 @@ class UNetApply:
             if self.concat is not None:
                 chunk = torch.cat([chunk, self.concat.to(chunk)], dim=1)
             if area is not None:
-                h, w, y, x0 = area
-                chunk = chunk[..., y:y + h, x0:x0 + w]
+                h, w, y0, x0 = area
+                chunk = chunk[..., y0:y0 + h, x0:x0 + w]
             xs.append(chunk)
             ts.append(steps[index])
             batch = chunk.shape[0]

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -158,7 +158,7 @@ class ControlNet(nn.Module):
         hint block whose last conv is zero, and zero ``zero_convs`` / ``middle_block_out``, so its
         residuals are zero until trained. Placed on the UNet's device and dtype, ``requires_grad``
         on every parameter, in train mode."""
-        reference = unet.time_embed[0].weight
+        reference = cast(nn.Linear, unet.time_embed[0]).weight
         device = reference.device if reference.device.type != "meta" else torch.device("cpu")
         model = cls(ControlNetConfig(unet.config, hint_channels)).to(device=device, dtype=reference.dtype)
         copied = ["time_embed", "input_blocks", "middle_block"]
@@ -177,7 +177,7 @@ class ControlNet(nn.Module):
     def encode_hint(self, hint: Tensor) -> Tensor:
         """The hint block's features of hint images ``[B, hint_channels, 8h, 8w]`` (0..1): they depend on
         the hint alone, so a sampler computes them once and passes them to every step (``hint_features``)."""
-        return self.input_hint_block(hint.to(self.time_embed[0].weight.dtype))
+        return self.input_hint_block(hint.to(cast(nn.Linear, self.time_embed[0]).weight.dtype))
 
     def forward(
         self, x: Tensor, hint: Tensor | None, timesteps: Tensor, context: Tensor | None, y: Tensor | None = None,
@@ -189,7 +189,7 @@ class ControlNet(nn.Module):
         ``hint_features`` (:meth:`encode_hint` of the hint, batch ``B``) replaces ``hint``.
         """
         c = self.config.unet
-        dtype = self.time_embed[0].weight.dtype
+        dtype = cast(nn.Linear, self.time_embed[0]).weight.dtype
         emb = embed_timesteps(self.time_embed, getattr(self, "label_emb", None), c.model_channels, timesteps, y)
         if context is not None:
             context = context.to(dtype)

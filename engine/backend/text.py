@@ -44,6 +44,7 @@ import logging
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import nn
@@ -410,11 +411,12 @@ class ClipTower(nn.Module):
     def _forward(
         self, chunks: list[list[int]], vectors: Mapping[tuple[int, int], torch.Tensor], layer_idx: int | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        weight = self.text_model.embeddings.token_embedding.weight
-        input_ids = torch.tensor(chunks, dtype=torch.long, device=weight.device)
+        # transformers is untyped: name the submodule's type
+        token_embedding = cast(nn.Embedding, self.text_model.get_submodule("embeddings.token_embedding"))
+        input_ids = torch.tensor(chunks, dtype=torch.long, device=token_embedding.weight.device)
         hook = None
         if vectors:
-            hook = self.text_model.embeddings.token_embedding.register_forward_hook(_replace_rows(vectors))
+            hook = token_embedding.register_forward_hook(_replace_rows(vectors))
         try:
             with torch.no_grad():
                 outputs = self.model(input_ids=input_ids, output_hidden_states=True)
@@ -431,7 +433,7 @@ class ClipTower(nn.Module):
             return outputs.last_hidden_state  # type: ignore[attr-defined]
         hidden = outputs.hidden_states[index]  # type: ignore[attr-defined]
         if self.spec.layer_norm_hidden:
-            hidden = self.text_model.final_layer_norm(hidden)
+            hidden = self.text_model.get_submodule("final_layer_norm")(hidden)
         return hidden
 
     def _pool(self, last_hidden: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:

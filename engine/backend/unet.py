@@ -39,7 +39,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import torch
 import torch.nn.functional as F
@@ -544,7 +544,7 @@ class UNetModel(nn.Module):
         deepest skip, the last ``"input"`` entry with the first input block); None entries are
         skipped, and the lists are not modified.
         """
-        dtype = self.time_embed[0].weight.dtype
+        dtype = cast(nn.Linear, self.time_embed[0]).weight.dtype
         label_emb = self.label_emb if self.config.adm_in_channels is not None else None
         emb = embed_timesteps(self.time_embed, label_emb, self.config.model_channels, timesteps, y)
         if context is not None:

@@ -112,7 +112,7 @@ _MAX_HEADER_BYTES = 100 * 1024 * 1024
 class CheckpointFile:
     """Lazy, read-only access to the tensors of a .safetensors, .ckpt or .pt file."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._safe: _SafetensorsReader | None = None
         self._pickled: dict[str, torch.Tensor] | None = None

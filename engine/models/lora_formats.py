@@ -165,7 +165,7 @@ class LoRAAdapter(Adapter):
         if rows is None or (out is not None and out_rows is None):
             return super().added(weight, strength, out)
         up, down = _f32(self.up, weight.device).flatten(1), self._down(weight.device)
-        if out_rows is None:
+        if out is None or out_rows is None:  # out_rows is None exactly when out is None here
             return torch.addmm(rows, up, down, alpha=strength * self.scale).view(weight.shape)
         torch.addmm(rows, up, down, alpha=strength * self.scale, out=out_rows)
         return out

@@ -27,10 +27,11 @@ For making LoRAs (the demo model's is trained by tools/): :func:`kohya_unet_key`
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import cast
 
 from torch import nn
 
-from engine.backend.text import TextEncoder
+from engine.backend.text import ClipTower, TextEncoder
 from engine.backend.unet import UNetConfig
 from engine.models.convert_diffusers import UNetLayout, clip_layer_modules, unet_names
 
@@ -108,10 +109,11 @@ def text_key_map(encoder: TextEncoder) -> dict[str, str]:
     paths = {id(module): name for name, module in encoder.named_modules()}
     towers = list(encoder.towers.keys())
     key_map: dict[str, str] = {}
-    for key, tower in encoder.towers.items():
-        base = paths[id(tower.text_model)]  # type: ignore[union-attr]
+    for key, tower_module in encoder.towers.items():
+        tower = cast(ClipTower, tower_module)  # nn.ModuleDict is untyped; TextEncoder holds ClipTowers
+        base = paths[id(tower.text_model)]
         kohya, diffusers = _tower_prefixes(towers, key)
-        for module in clip_layer_modules(tower.num_layers):  # type: ignore[union-attr]
+        for module in clip_layer_modules(tower.num_layers):
             for prefix in kohya:
                 key_map[f"{prefix}text_model_{_underscored(module)}"] = f"{base}.{module}"
             for prefix in diffusers:

@@ -96,7 +96,7 @@ class ModelManager:
         self.max_loaded = max_loaded
         self.budget = DeviceBudget(self.device, vram_budget)
         self.ram_budget = ram_budget
-        self.residency = Residency()
+        self.residency: Residency[_Key] = Residency()
         self._placement = Placement(self.device)
         self._streamer = BlockStreamer(self.device)
         self._loaded: OrderedDict[_Key, nn.Module] = OrderedDict()

@@ -23,6 +23,7 @@ import sys
 from collections import OrderedDict
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 import torch
 
@@ -90,34 +91,37 @@ def working_memory_bytes(latent_shape: tuple[int, ...], dtype: torch.dtype, *, c
     return int(features + attention)
 
 
-class Residency:
+_K = TypeVar("_K", bound=Hashable)
+
+
+class Residency(Generic[_K]):
     """Which parts are on the compute device and how large they are, least recently used first."""
 
     def __init__(self) -> None:
-        self._resident: OrderedDict[Hashable, int] = OrderedDict()
+        self._resident: OrderedDict[_K, int] = OrderedDict()
 
     def __contains__(self, key: object) -> bool:
         return key in self._resident
 
-    def add(self, key: Hashable, nbytes: int) -> None:
+    def add(self, key: _K, nbytes: int) -> None:
         self._resident[key] = nbytes
         self._resident.move_to_end(key)
 
-    def touch(self, key: Hashable) -> None:
+    def touch(self, key: _K) -> None:
         if key in self._resident:
             self._resident.move_to_end(key)
 
-    def remove(self, key: Hashable) -> None:
+    def remove(self, key: _K) -> None:
         self._resident.pop(key, None)
 
-    def keys(self) -> list[Hashable]:
+    def keys(self) -> list[_K]:
         return list(self._resident)
 
     @property
     def resident_bytes(self) -> int:
         return sum(self._resident.values())
 
-    def victims(self, needed: int, capacity: int, keep: Iterable[Hashable] = ()) -> list[Hashable]:
+    def victims(self, needed: int, capacity: int, keep: Iterable[_K] = ()) -> list[_K]:
         """Resident parts to offload, oldest first, so that ``needed`` more bytes fit in ``capacity``.
 
         Parts in ``keep`` are never chosen; when even offloading everything else is not enough, all
@@ -125,7 +129,7 @@ class Residency:
         """
         kept = set(keep)
         total = self.resident_bytes
-        chosen: list[Hashable] = []
+        chosen: list[_K] = []
         for key, nbytes in self._resident.items():
             if total + needed <= capacity:
                 break

@@ -63,7 +63,8 @@ def _churn_noise(
     if s_churn <= 0:
         return None
     sampler = _noise_sampler(x, seed, noise_sampler)
-    return lambda: sampler(None, None)
+    # churn draws without sigmas: SeededNoiseSampler ignores them; a custom sampler must accept None
+    return lambda: sampler(None, None)  # type: ignore[arg-type]
 
 
 def _churn(

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import torch
 from torch import Tensor
 
@@ -139,7 +140,7 @@ def sample_dpm_2(
 _GL_NODES, _GL_WEIGHTS = np.polynomial.legendre.leggauss(4)
 
 
-def linear_multistep_coeff(order: int, t: Sequence[float], i: int, j: int) -> float:
+def linear_multistep_coeff(order: int, t: Sequence[float] | npt.NDArray[np.float64], i: int, j: int) -> float:
     """Integral over [t_i, t_{i+1}] of the Lagrange basis polynomial through t_i, ..., t_{i-order+1}
     that is 1 at t_{i-j}: the weight of derivative i-j in an Adams-Bashforth step on a non-uniform grid."""
     if order - 1 > i:
