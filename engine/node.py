@@ -160,8 +160,13 @@ class Node:
         """
         return None
 
-    def run(self, ctx: RunContext, **inputs: Any) -> tuple[Any, ...] | NodeOutput:
-        raise NotImplementedError(f"{type(self).__name__} does not implement run()")
+    if TYPE_CHECKING:
+        #: ``run(ctx, **inputs)``: each node names its own inputs as parameters, which a method
+        #: signature here could not allow (mypy would call every override incompatible).
+        run: Callable[..., tuple[Any, ...] | NodeOutput]
+    else:
+        def run(self, ctx: RunContext, **inputs: Any) -> tuple[Any, ...] | NodeOutput:
+            raise NotImplementedError(f"{type(self).__name__} does not implement run()")
 
     @classmethod
     def input_named(cls, name: str) -> Input | None:

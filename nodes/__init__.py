@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from engine.sdk import NodeRegistry
+from engine.sdk import Node, NodeRegistry
 
 
 def register_builtin_nodes(registry: NodeRegistry) -> None:
@@ -21,12 +21,9 @@ def register_builtin_nodes(registry: NodeRegistry) -> None:
     from nodes.sampling import SAMPLING_NODES
     from nodes.vae import VAE_NODES
 
-    for cls in (*MODEL_LOADER_NODES, *CONDITIONING_NODES, *SAMPLING_NODES, *VAE_NODES, *IMAGE_IO_NODES,
-                *IMAGE_OPS_NODES, *LATENT_NODES, *LATENT_IO_NODES):
-        registry.register(cls)
-    for cls in (*INPAINT_NODES, *MASK_NODES):
-        registry.register(cls)
-    for cls in (*CONTROLNET_NODES, *PREPROCESS_NODES):
-        registry.register(cls)
-    for cls in LORA_NODES:
-        registry.register(cls)
+    groups: tuple[tuple[type[Node], ...], ...] = (
+        MODEL_LOADER_NODES, CONDITIONING_NODES, SAMPLING_NODES, VAE_NODES, IMAGE_IO_NODES, IMAGE_OPS_NODES,
+        LATENT_NODES, LATENT_IO_NODES, INPAINT_NODES, MASK_NODES, CONTROLNET_NODES, PREPROCESS_NODES, LORA_NODES)
+    for group in groups:
+        for cls in group:
+            registry.register(cls)

@@ -91,10 +91,7 @@ class CLIPTextEncodeSDXL(Node):
         if not clip.family.is_sdxl:
             raise ValueError(f"CLIPTextEncodeSDXL needs an SDXL checkpoint; this CLIP is {clip.family.label}: "
                              "use CLIPTextEncode")
-        encoder = ctx.models.text_encoder(clip)
-        lookup = ops.embedding_lookup(ctx.folders)
-        tokens = {key: tower.tokenize(text_l if key == "clip_l" else text_g, embedding_lookup=lookup)
-                  for key, tower in encoder.towers.items()}
+        tokens = ops.tokenize_per_tower(ctx, clip, lambda key: text_l if key == "clip_l" else text_g)
         [[cond, extras]] = ops.encode_text(ctx, clip, tokens)
         extras.update(width=width, height=height, crop_w=crop_w, crop_h=crop_h,
                       target_width=target_width, target_height=target_height)

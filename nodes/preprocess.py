@@ -74,11 +74,3 @@ class ControlNetHintResize(Node):
 
 PREPROCESS_NODES: tuple[type[Node], ...] = (Canny, ImageThreshold, ControlNetHintResize)
 
-
-def __getattr__(name: str) -> Any:
-    """``canny`` for callers that still import it from here (moved to ``engine.sdk.imaging``)."""
-    if name == "canny":
-        from engine.sdk import imaging
-
-        return imaging.canny
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

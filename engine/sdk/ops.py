@@ -7,6 +7,7 @@ its edges and leaves the tensor work to engine/backend and the ModelProvider.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -17,7 +18,7 @@ from engine.backend.pipeline import Latent, ModelTraits, SamplingRequest
 from engine.backend.pipeline import sample as run_pipeline
 from engine.backend.preview import preview_jpeg
 from engine.backend.prompt_weights import TokenizedPrompt
-from engine.backend.text import TextEncoder
+from engine.backend.text import ClipTower, TextEncoder
 from engine.backend.vae import AutoencoderKL, decode_tiled, encode_tiled
 from engine.context import RunContext
 from engine.models.embeddings import embedding_lookup, embeddings_fingerprint
@@ -27,7 +28,7 @@ from engine.models.handles import ClipHandle, ModelHandle, VaeHandle
 __all__ = [
     "Latent", "ModelTraits", "SamplingRequest", "TextEncoder", "TokenizedPrompt", "concat_tokens", "decode",
     "decode_tiled_latent", "embedding_lookup", "embeddings_fingerprint", "encode", "encode_text", "encode_tiled_image",
-    "from_pixels", "model_traits", "sample", "to_pixels", "zeroed",
+    "from_pixels", "model_traits", "sample", "to_pixels", "tokenize_per_tower", "zeroed",
 ]
 
 
@@ -62,6 +63,20 @@ def encode_text(ctx: RunContext, clip: ClipHandle, tokens: dict[str, TokenizedPr
     return [[cond.float().cpu(), {"pooled_output": pooled.float().cpu()}]]
 
 
+def tokenize_per_tower(ctx: RunContext, clip: ClipHandle, text_for: Callable[[str], str]
+                       ) -> dict[str, TokenizedPrompt]:
+    """Each text tower's tokens of its own text (``text_for(tower key)``: SDXL's text_l and text_g)."""
+    encoder = ctx.models.text_encoder(clip)
+    lookup = embedding_lookup(ctx.folders)
+    return {key: _tower(encoder, key).tokenize(text_for(key), embedding_lookup=lookup) for key in encoder.towers}
+
+
+def _tower(encoder: TextEncoder, key: str) -> ClipTower:
+    tower = encoder.towers[key]
+    assert isinstance(tower, ClipTower), f"text tower {key} is a {type(tower).__name__}"
+    return tower
+
+
 def _pad_chunks(encoder: TextEncoder, tokens: dict[str, TokenizedPrompt]) -> dict[str, TokenizedPrompt]:
     """Give every tower the same number of 77-token chunks (the shorter ones get empty chunks)."""
     longest = max(len(t.ids) for t in tokens.values())
@@ -69,7 +84,7 @@ def _pad_chunks(encoder: TextEncoder, tokens: dict[str, TokenizedPrompt]) -> dic
     for key, prompt in tokens.items():
         missing = longest - len(prompt.ids)
         if missing:
-            empty = encoder.towers[key].tokenizer.empty_chunk()
+            empty = _tower(encoder, key).tokenizer.empty_chunk()
             prompt = TokenizedPrompt(ids=[*prompt.ids, *[empty] * missing],
                                      weights=[*prompt.weights, *[[1.0] * len(empty)] * missing],
                                      embeddings=prompt.embeddings)

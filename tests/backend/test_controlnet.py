@@ -18,13 +18,13 @@ from engine.backend.controlnet import ControlNet, ControlNetConfig
 from engine.backend.guidance import CFGDenoiser, ParameterizedModel
 from engine.backend.ksampler import ksample
 from engine.backend.model_sampling import ModelSampling
+from engine.backend.preprocess import canny
 from engine.backend.schedules import sigmas_for
 from engine.backend.unet import UNetConfig, UNetModel
 from engine.models.controlnet_convert import controlnet_state_to_ldm
 from engine.models.handles import ControlNetHandle, FileRef
 from engine.models.loaders import UnsupportedModel
 from engine.models.manager import ModelManager
-from nodes.preprocess import canny
 from tests.backend.conftest import randomize_norms, relative_error
 
 diffusers = pytest.importorskip("diffusers")
