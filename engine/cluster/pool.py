@@ -94,7 +94,7 @@ class WorkerPool:
         config = self.make_config(worker_id)
         if gpus:
             config = config.on_device("cuda")
-        actor = self._remote.options(
+        actor: Any = self._remote.options(  # Ray's ActorHandle types methods without their .remote
             num_cpus=0 if gpus else self.options.worker_cpus, num_gpus=gpus, max_restarts=0,
             max_concurrency=self.options.max_concurrency, name=f"loom-{worker_id}-{id(self):x}",
         ).remote(config)
