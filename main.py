@@ -155,7 +155,6 @@ def serve(settings: Settings, registry: NodeRegistry) -> None:
                         max_history=settings.max_history)
     hub = Hub()
     worker: PromptRunner
-    cache: OutputCache | None = None
     models: DeferredModels | None = None  # built beside the listening server (torch loads there)
     if settings.cluster:  # prompts run on Ray actors, each with its own executor, models and cache
         try:
@@ -167,12 +166,12 @@ def serve(settings: Settings, registry: NodeRegistry) -> None:
             raise LoomError("--cluster needs Ray: install it with .venv/bin/pip install -e '.[cluster]'") from exc
         worker = build_cluster_runner(settings, registry, queue, hub.sink_for)
     else:
-        cache = OutputCache(settings.cache_bytes, settings.cache_entries)
         models = DeferredModels(lambda: build_model_manager(settings), warm_up=load_node_backends)
+        cache = OutputCache(settings.cache_bytes, settings.cache_entries)
         executor = Executor(registry, folders, cache, models,
                             previews=settings.preview_method != "none")
         worker = PromptWorker(queue, executor, hub.sink_for)  # POST /free unloads executor.models
-    app = create_app(settings, registry, queue, worker, hub, cache=cache)
+    app = create_app(settings, registry, queue, worker, hub)
 
     async def main() -> None:
         runner = await start_server(app, settings)

@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import LoomError, QueueFull
+from engine.jsonutil import dumps_compact
 
 logger = logging.getLogger(__name__)
 
@@ -138,10 +139,6 @@ def history_entry_for(
     return {"prompt": item.as_list(), "outputs": outputs, "status": status, "meta": meta or {}}
 
 
-def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-
-
 def _item_from_row(row: tuple[Any, ...]) -> QueueItem:
     number, prompt_id, prompt, extra_data, outputs = row
     return QueueItem(float(number), prompt_id, json.loads(prompt), json.loads(extra_data), json.loads(outputs))
@@ -213,7 +210,7 @@ class PromptQueue:
                 item = _item_from_row(row)
                 logger.warning("prompt %s was running when Loom stopped; recorded as failed", item.prompt_id)
                 entry = history_entry_for(item, {}, crash_status(item.prompt_id, timestamp), None)
-                self._move_to_history(item.prompt_id, _dumps(entry))
+                self._move_to_history(item.prompt_id, dumps_compact(entry, default=None))
             self._trim_history()
 
     @contextmanager
@@ -287,7 +284,7 @@ class PromptQueue:
         """
         if number is not None and not math.isfinite(number):
             raise ValueError(f"the priority number must be a finite number, got {number!r}")
-        texts = (_dumps(prompt), _dumps(extra_data), _dumps(list(outputs)))
+        texts = tuple(dumps_compact(value, default=None) for value in (prompt, extra_data, list(outputs)))
         with self._cond:
             self._check_open()
             with self._transaction():
@@ -397,7 +394,7 @@ class PromptQueue:
                 if row is None:
                     raise ValueError(f"prompt {prompt_id!r} is not running, so it cannot be finished")
                 entry = history_entry_for(_item_from_row(row), outputs, status, meta)
-                self._move_to_history(prompt_id, _dumps(entry))
+                self._move_to_history(prompt_id, dumps_compact(entry, default=None))
                 self._trim_history()
         self._notify()
 

@@ -7,11 +7,10 @@ reached through :mod:`engine.sdk.files`.
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from typing import Any
 
-from engine.sdk import COMBO, LATENT, STRING, Folders, Input, Node, NodeOutput, Output, RunContext
+from engine.sdk import COMBO, LATENT, STRING, Folders, Input, Node, NodeOutput, Output, RunContext, dumps_compact
 
 LATENT_EXTENSION = ".latent"
 
@@ -41,7 +40,7 @@ class SaveLatent(Node):
         directory.mkdir(parents=True, exist_ok=True)
         filename = f"{stem or 'Loom'}_{_next_counter(directory, stem or 'Loom'):05}_{LATENT_EXTENSION}"
         path = ctx.folders.file_path("output", filename, subfolder)
-        files.write_latent_file(path, samples["samples"], {"prompt": _json(ctx.prompt)})
+        files.write_latent_file(path, samples["samples"], {"prompt": dumps_compact(ctx.prompt)})
         return NodeOutput(ui={"latents": [{"filename": filename, "subfolder": subfolder, "type": "output"}]})
 
 
@@ -63,10 +62,6 @@ class LoadLatent(Node):
         if not path.is_file():
             raise FileNotFoundError(f"latent file {latent!r} not found in the input folder {ctx.folders.input_dir}")
         return ({"samples": files.read_latent_file(path, latent)},)
-
-
-def _json(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), default=str)
 
 
 LATENT_IO_NODES = (SaveLatent, LoadLatent)

@@ -14,7 +14,6 @@ from engine.folders import Folders
 if TYPE_CHECKING:
     from engine.api.hub import Hub
     from engine.api.operation import Operation
-    from engine.cache import OutputCache
     from engine.queue import PromptQueue
     from engine.registry import NodeRegistry
     from engine.settings import Settings
@@ -32,7 +31,6 @@ class ApiContext:
     queue: PromptQueue
     worker: PromptRunner
     hub: Hub
-    cache: OutputCache | None = None
     operations: tuple[Operation, ...] = ()
     port: int | None = None
     folders: Folders = field(init=False)

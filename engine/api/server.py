@@ -22,7 +22,6 @@ from engine.api.security import security_headers, security_middlewares
 from engine.settings import Settings
 
 if TYPE_CHECKING:
-    from engine.cache import OutputCache
     from engine.queue import PromptQueue
     from engine.registry import NodeRegistry
     from engine.worker import PromptRunner
@@ -45,11 +44,9 @@ def create_app(
     queue: PromptQueue,
     worker: PromptRunner,
     hub: Hub,
-    *,
-    cache: OutputCache | None = None,
 ) -> web.Application:
     """The aiohttp application serving every declared route at ``/x`` and ``/api/x``."""
-    ctx = ApiContext(settings, registry, queue, worker, hub, cache, operations())
+    ctx = ApiContext(settings, registry, queue, worker, hub, operations())
     chain = [error_middleware(), *security_middlewares(settings)]  # outermost first
     app = web.Application(middlewares=chain, client_max_size=settings.max_upload_bytes + FORM_OVERHEAD)
     app[CONTEXT_KEY] = ctx

@@ -99,8 +99,8 @@ def cuda_devices() -> list[dict[str, Any]]:
     return devices
 
 
-def system_stats(settings: Settings, cache: Any = None, models: Any = None) -> dict[str, Any]:
-    """ComfyUI's /system_stats, plus Loom's own figures (cache, loaded models) under ``loom``."""
+def system_stats(settings: Settings) -> dict[str, Any]:
+    """ComfyUI's /system_stats without Loom's ``loom`` figures (the route adds the runner's)."""
     ram_total, ram_free = memory()
     stats: dict[str, Any] = {
         "system": {
@@ -113,11 +113,4 @@ def system_stats(settings: Settings, cache: Any = None, models: Any = None) -> d
         },
         "devices": cuda_devices() or [cpu_device(ram_total, ram_free)],
     }
-    loom: dict[str, Any] = {}
-    if cache is not None:
-        loom.update(cache_entries=len(cache), cache_bytes=cache.nbytes)
-    if models is not None and hasattr(models, "stats"):
-        loom["models"] = models.stats()
-    if loom:
-        stats["loom"] = loom
     return stats

@@ -24,6 +24,7 @@ from engine.backend.prompt_grammar import EMBEDDING_PREFIX
 from engine.context import RunContext
 from engine.errors import Interrupted, LoomError, ModelError, PathOutsideRoot
 from engine.folders import Folders, split_annotation
+from engine.jsonutil import dumps_compact
 from engine.models.families import ModelFamily
 from engine.models.handles import ClipHandle, ControlNetHandle, FileRef, ModelHandle, VaeHandle, WeightPatch
 from engine.node import SEED_MAX, Input, Node, NodeOutput, Output
@@ -51,5 +52,5 @@ __all__ = [
     "LATENT", "MASK", "MODEL", "SAMPLER_NAMES", "SCHEDULER_NAMES", "SEED_MAX", "STRING", "VAE",
     "ClipHandle", "ControlNetHandle", "FileRef", "Folders", "Input", "Interrupted", "LoomError", "ModelError",
     "ModelFamily", "ModelHandle", "ModelProvider", "Node", "NodeOutput", "NodeRegistry", "NoModels", "Output",
-    "PathOutsideRoot", "RunContext", "VaeHandle", "WeightPatch", "split_annotation",
+    "PathOutsideRoot", "RunContext", "VaeHandle", "WeightPatch", "dumps_compact", "split_annotation",
 ]

@@ -195,7 +195,7 @@ def start_live_server(root: Path, *, hub_options: dict[str, Any] | None = None,
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, name="loom-test-server", daemon=True)
     thread.start()
-    app = create_app(settings, registry, queue, worker, hub, cache=cache)
+    app = create_app(settings, registry, queue, worker, hub)
     runner = asyncio.run_coroutine_threadsafe(start_server(app, settings), loop).result(TIMEOUT)
     worker.start()
     return LiveServer(settings, registry, queue, worker, hub, cache, controls, bound_port(runner), loop,

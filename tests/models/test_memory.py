@@ -292,21 +292,20 @@ def test_free_unloads_models_and_clears_outputs_and_stats_report_them(model_root
     manager = ModelManager("cpu", vram_budget=1 << 40)
     executor = make_executor(model_root, tmp_path, manager)
     run_latents(executor, txt2img(lora=False))
-    settings = Settings(data_dir=tmp_path)
-    stats = system_stats(settings, executor.cache, manager)
-    assert {"system", "devices"} <= set(stats)
-    parts = {m["part"] for m in stats["loom"]["models"]["models"]}
-    assert parts == {"unet", "clip", "vae:first_stage_model."}
-    assert all(m["device"] == "cpu" for m in stats["loom"]["models"]["models"])
-    assert stats["loom"]["cache_entries"] == len(executor.cache) > 0
+    assert {"system", "devices"} <= set(system_stats(Settings(data_dir=tmp_path)))
     queue = PromptQueue(tmp_path / "queue.sqlite3")
     try:
         worker = PromptWorker(queue, executor, lambda _client: ListSink())
+        stats = worker.stats()  # what /system_stats reports under "loom"
+        parts = {m["part"] for m in stats["models"]["models"]}
+        assert parts == {"unet", "clip", "vae:first_stage_model."}
+        assert all(m["device"] == "cpu" for m in stats["models"]["models"])
+        assert stats["cache_entries"] == len(executor.cache) > 0
         worker.request_free(unload_models=True, free_memory=True)
+        assert manager.loaded() == [] and len(executor.cache) == 0
+        assert worker.stats()["models"]["loaded_bytes"] == 0
     finally:
         queue.close()
-    assert manager.loaded() == [] and len(executor.cache) == 0
-    assert system_stats(settings, executor.cache, manager)["loom"]["models"]["loaded_bytes"] == 0
 
 
 def test_streaming_hooks_survive_a_failed_forward(model_root: Path) -> None:
