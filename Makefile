@@ -5,7 +5,7 @@
 # The editor's browser tests drive Debian's chromium (/usr/bin/chromium): make test installs it with apt-get
 # when it can (root or passwordless sudo) and the tests skip, saying so, where it cannot.
 # TORCH: the torch requirement. The CPU build of 2.13.0 is the default; on a GPU machine install
-# your CUDA build of torch into .venv first, or pass e.g. TORCH="torch==2.13.0" explicitly.
+# your CUDA build of torch into .venv first, or pass e.g. TORCH="torch==2.13.0 --index-url URL" (pip words).
 # CONSTRAINTS: every pip install here takes the exact versions the test suite passed with from this file
 # (torch left out, so a CUDA build installed first is kept). `make lock` refreshes it; CONSTRAINTS= installs
 # the newest releases pyproject.toml allows instead (e.g. for a torch other than 2.13.0 whose pins clash).
@@ -33,7 +33,7 @@ $(FRONTEND_STAMP): frontend/package.json frontend/package-lock.json
 	else echo "npm not found: the graph editor (frontend/) is not installed"; fi
 
 setup: $(BIN)/python $(FRONTEND_STAMP)
-	$(BIN)/python -c "import torch" 2>/dev/null || $(PIP_INSTALL) "$(TORCH)"
+	$(BIN)/python -c "import torch" 2>/dev/null || $(PIP_INSTALL) $(TORCH)
 	$(PIP_INSTALL) -e .
 
 setup-test: setup chromium
@@ -46,7 +46,7 @@ lock:
 	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
 	$(PYTHON) -m venv "$$tmp/venv" && \
 	"$$tmp/venv/bin/python" -m pip install -q --upgrade pip && \
-	"$$tmp/venv/bin/python" -m pip install -q "$(TORCH)" && \
+	"$$tmp/venv/bin/python" -m pip install -q $(TORCH) && \
 	"$$tmp/venv/bin/python" -m pip install -q -e '.[test,cluster]' && \
 	{ grep '^#' constraints.txt; "$$tmp/venv/bin/python" -m pip freeze --all --exclude-editable | \
 	  grep -v -i -E '^(torch|setuptools|wheel)(==| @)'; } > "$$tmp/constraints.txt" && \
