@@ -11,7 +11,7 @@ The tensor work nodes hand over lives behind torch-backed SDK modules that a nod
 
 * :mod:`engine.sdk.ops`: sampling, VAE, text encoding, conditioning and previews;
 * :mod:`engine.sdk.imaging`: image, mask and latent arithmetic;
-* :mod:`engine.sdk.loading`: reading checkpoints, LoRAs, ControlNets, embeddings and latent files.
+* :mod:`engine.sdk.files`: checking and reading checkpoints, LoRAs and ControlNets, image and latent files.
 
 ``import-linter`` (pyproject.toml) enforces that nodes import the engine only through this package
 and that this module stays torch-free.
