@@ -73,7 +73,7 @@ lint: setup-test
 	$(BIN)/python -m ruff check .
 	$(BIN)/lint-imports
 	$(BIN)/python -m mypy
-	@if [ -x frontend/node_modules/.bin/tsc ]; then npm run --silent --prefix frontend typecheck; \
+	@if [ -x frontend/node_modules/.bin/tsc ]; then npm run --silent --prefix frontend typecheck && echo "editor type check (tsc --noEmit): no errors"; \
 	else echo "typescript not installed (needs npm): the editor's type check is skipped"; fi
 
 test: lint
