@@ -81,11 +81,11 @@ class ControlNetApply(Node):
 
     def run(self, ctx: RunContext, conditioning: Conditioning, control_net: ControlNetHandle, image: Tensor,
             strength: float) -> tuple[Conditioning]:
-        from engine.sdk import files
+        from engine.sdk import ops
 
         if strength == 0:
             return (conditioning,)
-        return (files.attach_control(conditioning, control_net, image, strength, 0.0, 1.0, True, {}),)
+        return (ops.attach_control(conditioning, control_net, image, strength, 0.0, 1.0, True, {}),)
 
 
 class ControlNetApplyAdvanced(Node):
@@ -111,14 +111,14 @@ class ControlNetApplyAdvanced(Node):
     def run(self, ctx: RunContext, positive: Conditioning, negative: Conditioning, control_net: ControlNetHandle,
             image: Tensor, strength: float, start_percent: float, end_percent: float,
             vae: Any = None) -> tuple[Conditioning, Conditioning]:
-        from engine.sdk import files
+        from engine.sdk import ops
 
         if strength == 0:
             return positive, negative
         _check_window(ctx, start_percent, end_percent)
         shared: dict[int, Any] = {}  # one new spec per previous spec, across positive and negative
-        return (files.attach_control(positive, control_net, image, strength, start_percent, end_percent, False, shared),
-                files.attach_control(negative, control_net, image, strength, start_percent, end_percent, False, shared))
+        return (ops.attach_control(positive, control_net, image, strength, start_percent, end_percent, False, shared),
+                ops.attach_control(negative, control_net, image, strength, start_percent, end_percent, False, shared))
 
 
 CONTROLNET_NODES: tuple[type[Node], ...] = (ControlNetLoader, ControlNetApply, ControlNetApplyAdvanced)

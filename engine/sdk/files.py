@@ -6,8 +6,7 @@ nodes need from engine/models, engine/backend and the engine's image and file mo
 
 * model files: checkpoint inspection (:class:`CheckpointFile`, :func:`detect_family`,
   :func:`checkpoint_family`, :data:`VAE_PREFIX`, :func:`vae_prefix`), LoRA files (:func:`split_key`,
-  :func:`check_lora_file`), ControlNet files (:func:`read_controlnet`, :func:`describe_controlnet`) and
-  attaching a ControlNet to conditioning (:func:`attach_control`);
+  :func:`check_lora_file`), ControlNet files (:func:`read_controlnet`, :func:`describe_controlnet`);
 * image files: decoding to IMAGE / MASK (:func:`load_image_file`, :func:`load_mask_file`), one IMAGE
   item as PNG bytes with the workflow text chunks (:func:`png_bytes`), and writing a new counted file
   through the FileStore (:func:`save_counted`);
@@ -24,7 +23,6 @@ from typing import Any
 from torch import Tensor
 
 from engine import images
-from engine.backend.control_attach import attach_control
 from engine.backend.image_arrays import channel_mask, frames_to_tensors, image_to_array
 from engine.backend.latent_files import read_latent_file, write_latent_file
 from engine.files import FileStore, counted_names
@@ -37,7 +35,7 @@ from engine.models.lora_formats import split_key
 
 __all__ = [
     "MAX_LOAD_PIXELS", "VAE_PREFIX", "CheckpointFile", "ImageError", "ImageTooLarge", "LoadedImage",
-    "UnsupportedModel", "attach_control", "check_lora_file", "checkpoint_family", "describe_controlnet",
+    "UnsupportedModel", "check_lora_file", "checkpoint_family", "describe_controlnet",
     "detect_family", "load_image_file", "load_mask_file", "png_bytes", "read_controlnet", "read_latent_file",
     "save_counted", "split_key", "vae_prefix", "write_latent_file",
 ]

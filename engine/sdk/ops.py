@@ -1,4 +1,4 @@
-"""Torch-backed SDK operations: sampling, VAE, text encoding and previews.
+"""Torch-backed SDK operations: sampling, VAE, text encoding, conditioning (ControlNets) and previews.
 
 A node imports this module inside ``run`` (``from engine.sdk import ops``), never at module level, so
 registering nodes does not load torch. Each function takes the node's RunContext and the values on
@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from engine.backend.conditioning import concat_tokens, zeroed
+from engine.backend.control_attach import attach_control
 from engine.backend.pipeline import Latent, ModelTraits, SamplingRequest
 from engine.backend.pipeline import sample as run_pipeline
 from engine.backend.preview import preview_jpeg
@@ -26,9 +27,10 @@ from engine.models.families import ModelFamily
 from engine.models.handles import ClipHandle, ModelHandle, VaeHandle
 
 __all__ = [
-    "Latent", "ModelTraits", "SamplingRequest", "TextEncoder", "TokenizedPrompt", "concat_tokens", "decode",
-    "decode_tiled_latent", "embedding_lookup", "embeddings_fingerprint", "encode", "encode_text", "encode_tiled_image",
-    "from_pixels", "model_traits", "sample", "to_pixels", "tokenize_per_tower", "zeroed",
+    "Latent", "ModelTraits", "SamplingRequest", "TextEncoder", "TokenizedPrompt", "attach_control",
+    "concat_tokens", "decode", "decode_tiled_latent", "embedding_lookup", "embeddings_fingerprint", "encode",
+    "encode_text", "encode_tiled_image", "from_pixels", "model_traits", "sample", "to_pixels",
+    "tokenize_per_tower", "zeroed",
 ]
 
 
