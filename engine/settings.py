@@ -6,11 +6,12 @@ import ipaddress
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from engine.folders import Folders
 
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+MIN_TOKEN_LENGTH = 16
 
 
 def is_loopback(host: str) -> bool:
@@ -24,14 +25,26 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def check_token_strength(token: str) -> None:
+    """Refuse an auth token a guess or a copy-paste slip could produce (the message never repeats it)."""
+    if len(token) < MIN_TOKEN_LENGTH:
+        raise ValueError(f"the auth token is too short ({len(token)} characters); use at least "
+                         f"{MIN_TOKEN_LENGTH} characters, e.g. the output of: python -c 'import secrets; "
+                         "print(secrets.token_urlsafe(32))'")
+    if any(ch.isspace() for ch in token):
+        raise ValueError("the auth token contains whitespace (a quoting slip?); use a token without spaces, "
+                         "tabs or newlines")
+
+
 class Settings(BaseModel):
     """Everything configurable about one Loom instance. No module-level defaults leak elsewhere."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, hide_input_in_errors=True)  # a refused auth token is never echoed
 
     host: str = Field("127.0.0.1", description="Address to listen on; non-loopback needs auth_token.")
     port: int = Field(8188, ge=0, le=65535, description="TCP port (0 picks a free one).")
-    auth_token: str | None = Field(None, description="Bearer token every request must carry.")
+    auth_token: str | None = Field(None, description="Bearer token every request must carry "
+                                   f"(at least {MIN_TOKEN_LENGTH} characters, no whitespace).")
     models_dirs: tuple[Path, ...] = Field((Path("models"),), description="Model roots, searched in order.")
     input_dir: Path = Path("input")
     output_dir: Path = Path("output")
@@ -63,6 +76,13 @@ class Settings(BaseModel):
                                         "or per worker_cpus CPUs on a cluster without GPUs).")
     worker_cpus: float = Field(1.0, gt=0, description="CPUs each worker takes on a cluster without GPUs.")
     extra_nodes: tuple[str, ...] = Field((), description="Modules whose register(registry) adds nodes.")
+
+    @field_validator("auth_token")
+    @classmethod
+    def _strong_token(cls, token: str | None) -> str | None:
+        if token is not None:
+            check_token_strength(token)
+        return token
 
     @model_validator(mode="after")
     def _remote_needs_token(self) -> Settings:

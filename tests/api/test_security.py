@@ -6,11 +6,19 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+import hmac
+
 import pytest
 import websocket
+from pydantic import ValidationError
 
+import main as loom_main
+from engine.api import security
+from engine.settings import Settings
 from tests.api.conftest import TIMEOUT, LiveServer, chain_prompt, png_bytes, recv_json
 from tests.api.test_routes import assert_error_schema
+
+TOKEN = "s3cret-token-0123456789"
 
 
 @pytest.fixture(scope="module")
@@ -189,7 +197,7 @@ def test_allowed_origins_get_cors(make_server: Callable[..., LiveServer]) -> Non
 
 
 def test_auth_token_enforced(make_server: Callable[..., LiveServer]) -> None:
-    live = make_server(auth_token="s3cret-token")
+    live = make_server(auth_token=TOKEN)
     for path in ("/prompt", "/api/object_info", "/queue", "/openapi.json", "/view?filename=x.png"):
         reply = live.get(path, auth=False)
         assert reply.status == 401, path
@@ -200,26 +208,62 @@ def test_auth_token_enforced(make_server: Callable[..., LiveServer]) -> None:
     assert live.get("/prompt", auth=False, headers={"Authorization": "Basic czNjcmV0LXRva2Vu"}).status == 401
     assert live.get("/prompt").status == 200
     assert live.post("/prompt", {"prompt": chain_prompt(1)}, auth=False).status == 401
-    assert live.post("/prompt?token=s3cret-token", {"prompt": chain_prompt(1)}, auth=False).status == 401
+    assert live.post(f"/prompt?token={TOKEN}", {"prompt": chain_prompt(1)}, auth=False).status == 401
     assert live.post("/prompt", {"prompt": chain_prompt(1)}).status == 200
     (live.settings.output_dir / "x.png").write_bytes(png_bytes())
-    assert live.get("/view?filename=x.png&token=s3cret-token", auth=False).status == 200
+    assert live.get(f"/view?filename=x.png&token={TOKEN}", auth=False).status == 200
     assert live.get("/", auth=False).status == 200  # the editor loads without the token
     assert live.get("/frontend/missing.js", auth=False).status == 404
     assert live.upload("/upload/image", png_bytes(), "a.png", auth=False).status == 401
 
 
+def test_tokens_are_compared_in_constant_time(make_server: Callable[..., LiveServer],
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    compared: list[tuple[bytes, bytes]] = []
+    constant_time = hmac.compare_digest
+
+    def recording_compare(a: bytes, b: bytes) -> bool:
+        compared.append((a, b))
+        return constant_time(a, b)
+
+    monkeypatch.setattr(security.hmac, "compare_digest", recording_compare)
+    live = make_server(auth_token=TOKEN)
+    assert live.get("/prompt").status == 200
+    assert live.get("/prompt", auth=False, headers={"Authorization": "Bearer wrong"}).status == 401
+    assert compared == [(TOKEN.encode(), TOKEN.encode()), (b"wrong", TOKEN.encode())]
+
+
+@pytest.mark.parametrize("token", [" ", "", "short-token", "s3cret token 0123456789", "s3cret-token-0123456789\n"])
+def test_weak_auth_tokens_are_refused(token: str) -> None:
+    with pytest.raises(ValidationError) as refused:
+        Settings(host="0.0.0.0", auth_token=token)
+    message = str(refused.value)
+    assert "auth token" in message and ("16 characters" in message or "whitespace" in message)
+    if token.strip():
+        assert token.strip() not in message  # the refusal never echoes the token
+
+
+def test_whitespace_token_does_not_start_a_network_server(monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    served: list[Settings] = []
+    monkeypatch.setattr(loom_main, "serve", lambda settings, registry: served.append(settings))
+    monkeypatch.delenv("LOOM_AUTH_TOKEN", raising=False)
+    assert loom_main.main(["--listen", "0.0.0.0", "--auth-token", " "]) == 2
+    assert served == []
+    assert "auth token is too short" in capsys.readouterr().err
+
+
 def test_auth_token_on_websocket(make_server: Callable[..., LiveServer]) -> None:
-    live = make_server(auth_token="s3cret-token")
+    live = make_server(auth_token=TOKEN)
     base = f"ws://127.0.0.1:{live.port}/ws?clientId=auth"
     for url in (base, base + "&token=wrong"):
         with pytest.raises(websocket.WebSocketBadStatusException) as refused:
             websocket.create_connection(url, timeout=TIMEOUT)
         assert refused.value.status_code == 401
-    ws = websocket.create_connection(base + "&token=s3cret-token", timeout=TIMEOUT)
+    ws = websocket.create_connection(base + f"&token={TOKEN}", timeout=TIMEOUT)
     assert recv_json(ws)["data"]["sid"] == "auth"
     ws.close()
-    ws = websocket.create_connection(base, header=["Authorization: Bearer s3cret-token"], timeout=TIMEOUT)
+    ws = websocket.create_connection(base, header=[f"Authorization: Bearer {TOKEN}"], timeout=TIMEOUT)
     assert recv_json(ws)["type"] == "status"
     ws.close()
 
