@@ -5,9 +5,10 @@ from __future__ import annotations
 import io
 import json
 
+import pytest
 from PIL import Image
 
-from tests.api.conftest import LiveServer, png_bytes
+from tests.api.conftest import LiveServer, multipart, png_bytes
 from tests.api.test_routes import assert_error_schema
 
 
@@ -92,3 +93,38 @@ def test_upload_mask_scaled_and_missing_original(server: LiveServer) -> None:
     reply = server.upload("/upload/mask", small_mask, "m.png", fields={"original_ref": missing})
     assert reply.status == 404
     assert_error_schema(reply.json(), "not_found")
+
+
+# --------------------------------------------------------------------------- malformed multipart (issue 15, F5)
+
+
+def _malformed_bodies() -> dict[str, tuple[bytes, str]]:
+    """Multipart bodies aiohttp cannot parse, each with its Content-Type."""
+    body, ctype = multipart({}, {"image": ("a.png", png_bytes(), "image/png")})
+    boundary = ctype.split("boundary=", 1)[1]
+    nul_body, nul_ctype = multipart({}, {"image": ("a\x00b.png", png_bytes(), "image/png")})
+    return {
+        "no boundary": (b"x", "multipart/form-data"),
+        "empty boundary": (body, "multipart/form-data; boundary="),
+        "wrong boundary": (body, "multipart/form-data; boundary=not-the-one"),
+        "no closing delimiter": (body[: body.rindex(f"--{boundary}--".encode())], ctype),
+        "cut in the headers": (body[:60], ctype),
+        "NUL in the filename": (nul_body, nul_ctype),
+        "garbage part header": (b"--abc\r\nnot a header\r\n\r\nx\r\n--abc--\r\n", "multipart/form-data; boundary=abc"),
+    }
+
+
+@pytest.mark.parametrize("path", ["/upload/image", "/upload/mask"])
+@pytest.mark.parametrize("case", list(_malformed_bodies()))
+def test_malformed_multipart_is_400_in_the_error_schema(server: LiveServer, path: str, case: str) -> None:
+    body, ctype = _malformed_bodies()[case]
+    reply = server.request("POST", path, body=body, headers={"Content-Type": ctype})
+    assert reply.status == 400, reply.body[:300]
+    assert_error_schema(reply.json())
+
+
+def test_data_binary_without_multipart_is_400(server: LiveServer) -> None:
+    reply = server.request("POST", "/upload/image", body=b"x",
+                           headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert reply.status == 400
+    assert_error_schema(reply.json(), "invalid_request")

@@ -14,6 +14,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 from PIL import Image
 from pydantic import ValidationError
 
@@ -123,19 +124,12 @@ class FileRoutes:
         if request.content_length is not None and request.content_length > limit + FORM_OVERHEAD:
             raise ApiError(413, "payload_too_large", "Upload too large",
                            f"the request is {request.content_length} bytes; the limit is {limit}")
-        image: bytes | None = None
-        filename = ""
-        fields: dict[str, str] = {}
-        async for part in await request.multipart():
-            if not isinstance(part, BodyPartReader):
-                raise ApiError(400, "invalid_request", "Nested multipart is not supported")
-            if part.name == "image":
-                if image is not None:
-                    raise ApiError(400, "invalid_request", "More than one image field")
-                filename = part.filename or ""
-                image = await _read_part(part, limit, "the image")
-            elif part.name:
-                fields[part.name] = (await _read_part(part, _FIELD_LIMIT, part.name)).decode("utf-8", "replace")
+        try:
+            image, filename, fields = await _read_form(request, limit)
+        except (ValueError, HttpProcessingError) as exc:
+            raise ApiError(400, "invalid_multipart", "Malformed multipart body",
+                           f"the multipart/form-data body could not be read ({_reason(exc)}); send one part per "
+                           "field between boundary lines, ending with the closing boundary") from exc
         if image is None or not filename:
             raise ApiError(400, "no_image", "No image uploaded",
                            "send the file as the multipart field 'image', with a file name")
@@ -205,6 +199,35 @@ def plain_file_name(name: str) -> str:
         raise ApiError(400, "invalid_filename", "Invalid file name",
                        f"the uploaded file's name {name!r} contains escape or control characters")
     return base
+
+
+async def _read_form(request: web.Request, limit: int) -> tuple[bytes | None, str, dict[str, str]]:
+    """(the ``image`` part's bytes or None, its file name, the other fields) of a multipart body.
+
+    A malformed body (no or wrong boundary, no closing delimiter, a bad part header) raises
+    ValueError or aiohttp's HttpProcessingError; the caller answers 400.
+    """
+    image: bytes | None = None
+    filename = ""
+    fields: dict[str, str] = {}
+    async for part in await request.multipart():
+        if not isinstance(part, BodyPartReader):
+            raise ApiError(400, "invalid_request", "Nested multipart is not supported")
+        if part.name == "image":
+            if image is not None:
+                raise ApiError(400, "invalid_request", "More than one image field")
+            filename = part.filename or ""
+            image = await _read_part(part, limit, "the image")
+        elif part.name:
+            fields[part.name] = (await _read_part(part, _FIELD_LIMIT, part.name)).decode("utf-8", "replace")
+    return image, filename, fields
+
+
+def _reason(exc: Exception) -> str:
+    """A one-line reason from a multipart parsing error (aiohttp's messages span lines)."""
+    if isinstance(exc, HttpProcessingError):
+        return " ".join(exc.message.split())[:200] or type(exc).__name__
+    return " ".join(str(exc).split())[:200] or type(exc).__name__
 
 
 async def _read_part(part: BodyPartReader, limit: int, what: str) -> bytes:
