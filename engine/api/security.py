@@ -13,6 +13,9 @@
    ``?token=``. Exempt: ``GET /`` and ``GET /frontend/...``, the editor's static files, so the
    editor can load and then ask for the token. Comparison uses :func:`hmac.compare_digest`.
 
+The access log (:class:`RedactingAccessLogger`) writes ``?token=`` and other credential query values
+as ``REDACTED`` and never logs request headers such as ``Authorization``.
+
 Also: ``X-Content-Type-Options: nosniff``, ``X-Frame-Options: SAMEORIGIN`` and
 ``Referrer-Policy: no-referrer`` on every response.
 """
@@ -21,9 +24,10 @@ from __future__ import annotations
 
 import hmac
 import logging
-from urllib.parse import urlsplit
+from urllib.parse import unquote_plus, urlsplit
 
 from aiohttp import hdrs, web
+from aiohttp.abc import AbstractAccessLogger
 from aiohttp.typedefs import Handler, Middleware
 
 from engine.api.errors import error_response
@@ -35,6 +39,8 @@ _DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 _QUERY_TOKEN_PATHS = frozenset({"/ws", "/api/ws", "/view", "/api/view"})
 _CORS_METHODS = "GET, POST, PUT, PATCH, DELETE, OPTIONS"
 _CORS_HEADERS = "Authorization, Content-Type"
+#: Query parameters whose values are credentials: the access log shows them as ``REDACTED``.
+SECRET_QUERY_KEYS = frozenset({"token", "auth_token", "access_token", "api_key", "apikey", "key", "password"})
 
 
 def is_editor_static(request: web.Request) -> bool:
@@ -200,3 +206,41 @@ async def security_headers(request: web.Request, response: web.StreamResponse) -
 def security_middlewares(settings: Settings) -> list[Middleware]:
     """Host check, origin check and auth, in order (outermost first)."""
     return [host_middleware(settings), origin_middleware(settings), auth_middleware(settings)]
+
+
+# --------------------------------------------------------------------------- access log
+
+
+def redact_query_secrets(target: str) -> str:
+    """A request target (``/view?filename=a.png&token=...``) with every credential value replaced."""
+    path, sep, rest = target.partition("?")
+    if not sep:
+        return target
+    query, hash_sep, fragment = rest.partition("#")
+    pairs = [_redacted_pair(pair) for pair in query.split("&")]
+    return f"{path}?{'&'.join(pairs)}{hash_sep}{fragment}"
+
+
+def _redacted_pair(pair: str) -> str:
+    key, eq, _ = pair.partition("=")
+    if eq and unquote_plus(key).strip().lower() in SECRET_QUERY_KEYS:
+        return f"{key}=REDACTED"
+    return pair
+
+
+class RedactingAccessLogger(AbstractAccessLogger):
+    """aiohttp's access log line (client, request line, status, size, referer, user agent, seconds)
+    with credential query values redacted: the editor passes the token as ``?token=`` on ``/view``."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        version = request.version
+        self.logger.info(
+            '%s "%s %s HTTP/%d.%d" %d %d "%s" "%s" %.3fs',
+            request.remote or "-", request.method, redact_query_secrets(request.raw_path),
+            version.major, version.minor, response.status, response.body_length,
+            redact_query_secrets(request.headers.get(hdrs.REFERER, "-")),
+            request.headers.get(hdrs.USER_AGENT, "-"), time)
+
+    @property
+    def enabled(self) -> bool:
+        return self.logger.isEnabledFor(logging.INFO)

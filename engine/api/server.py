@@ -18,7 +18,7 @@ from engine.api.hub import Hub
 from engine.api.operation import bound, served_paths
 from engine.api.routes import ROUTE_CLASSES, operations
 from engine.api.routes.files import FORM_OVERHEAD
-from engine.api.security import security_headers, security_middlewares
+from engine.api.security import RedactingAccessLogger, security_headers, security_middlewares
 from engine.settings import Settings
 
 if TYPE_CHECKING:
@@ -78,7 +78,7 @@ async def start_server(app: web.Application, settings: Settings) -> web.AppRunne
     The bound port is logged as ``Loom listening on http://HOST:PORT`` and available from
     :func:`bound_port` and ``app[CONTEXT_KEY].port``.
     """
-    runner = web.AppRunner(app, shutdown_timeout=5.0)
+    runner = web.AppRunner(app, shutdown_timeout=5.0, access_log_class=RedactingAccessLogger)
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port)
     try:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import hmac
+import logging
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
-
-import hmac
 
 import pytest
 import websocket
@@ -251,6 +252,33 @@ def test_whitespace_token_does_not_start_a_network_server(monkeypatch: pytest.Mo
     assert loom_main.main(["--listen", "0.0.0.0", "--auth-token", " "]) == 2
     assert served == []
     assert "auth token is too short" in capsys.readouterr().err
+
+
+def _access_lines(caplog: pytest.LogCaptureFixture, count: int) -> list[str]:
+    """The access log lines of a live server (written after each response, on the server's thread)."""
+    deadline = time.monotonic() + TIMEOUT
+    while time.monotonic() < deadline:
+        lines = [r.getMessage() for r in caplog.records if r.name == "aiohttp.access"]
+        if len(lines) >= count:
+            return lines
+        time.sleep(0.02)
+    raise AssertionError(f"fewer than {count} access log lines: {caplog.records}")
+
+
+def test_access_log_never_contains_the_token(make_server: Callable[..., LiveServer],
+                                             caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="aiohttp.access")
+    live = make_server(auth_token=TOKEN)
+    (live.settings.output_dir / "x.png").write_bytes(png_bytes())
+    assert live.get(f"/view?filename=x.png&token={TOKEN}&type=output", auth=False).status == 200
+    assert live.get(f"/api/view?%74oken={TOKEN}&filename=x.png", auth=False).status == 200
+    assert live.get("/prompt", headers={"Referer": f"http://127.0.0.1/?token={TOKEN}"}).status == 200
+    assert live.get("/prompt?token=wrong-guess", auth=False).status == 401
+    lines = _access_lines(caplog, 4)
+    assert all(TOKEN not in line and "wrong-guess" not in line for line in lines), lines
+    assert any('"GET /view?filename=x.png&token=REDACTED&type=output HTTP/1.1" 200' in line for line in lines), lines
+    assert any("/api/view?%74oken=REDACTED&filename=x.png" in line for line in lines), lines
+    assert any('"GET /prompt?token=REDACTED HTTP/1.1" 401' in line for line in lines), lines
 
 
 def test_auth_token_on_websocket(make_server: Callable[..., LiveServer]) -> None:
