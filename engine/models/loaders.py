@@ -185,10 +185,12 @@ def _load_pickled(path: Path) -> dict[str, torch.Tensor]:
     try:
         data = _torch_load(path)
     except Exception as exc:  # noqa: BLE001 - the unpickler raises many kinds; all mean "refused"
+        reason = _first_reason(exc)
+        # ``from None``: torch's own text (kept out of tracebacks too) suggests weights_only=False.
         raise UnsupportedModel(
-            f"{path.name} could not be read safely ({type(exc).__name__}: {_first_reason(exc)}); pickled files "
-            "are read with weights_only=True only, so files that need arbitrary code are refused: use a "
-            ".safetensors version of this model") from exc
+            f"{path.name} could not be read safely and was refused as unsafe ({type(exc).__name__}: {reason}); "
+            "pickled files are read with weights_only=True only, so files that need arbitrary code are "
+            "refused: convert it to .safetensors, or use a .safetensors version of this model") from None
     if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
         data = data["state_dict"]
     if not isinstance(data, dict):
@@ -196,14 +198,25 @@ def _load_pickled(path: Path) -> dict[str, torch.Tensor]:
     return {str(k): v for k, v in data.items() if isinstance(v, torch.Tensor)}
 
 
+#: Where torch's unpickling errors start advising to load the file less safely; cut there, never passed on.
+_UNSAFE_ADVICE = re.compile(
+    r"(Please use|Please file|Re-running|In PyTorch 2\.6|This file can still|you have two options|"
+    r"Do it only|do those steps|Alternatively|Check the documentation|weights_only)", re.IGNORECASE)
+
+
 def _first_reason(exc: Exception) -> str:
-    """The line of torch's unpickling error that says what was refused, without colour codes or advice."""
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    for line in lines:
+    """What torch's unpickler refused (e.g. ``Unsupported global: GLOBAL trainer.Config``), without colour
+    codes or torch's advice to re-run with ``weights_only=False`` or to allow-list globals."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).replace("WeightsUnpickler error:", "\n")
+    for line in (line.strip() for line in text.splitlines()):
         if "Unsupported global" in line or "Unsupported operand" in line:
-            return line
-    return lines[0][:300] if lines else type(exc).__name__
+            return _without_advice(line)
+    reasons = [kept for line in text.splitlines() if (kept := _without_advice(line))]
+    return reasons[0][:300] if reasons else type(exc).__name__
+
+
+def _without_advice(line: str) -> str:
+    return " ".join(_UNSAFE_ADVICE.split(line, maxsplit=1)[0].split()).strip(" .;:,")
 
 
 def _torch_load(path: Path) -> object:

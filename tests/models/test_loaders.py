@@ -12,6 +12,7 @@ import re
 import resource
 import struct
 import time
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 
@@ -353,6 +354,23 @@ def test_pickle_with_class_instance_is_refused(tmp_path: Path) -> None:
     torch.save({"state_dict": {"w": torch.zeros(2)}, "config": _TrainerConfig()}, str(path))
     with pytest.raises(UnsupportedModel, match="trainer.ckpt could not be read safely"):
         CheckpointFile(path)
+
+
+@pytest.mark.parametrize("content", ["class_instance", "code_payload"])
+def test_pickle_refusal_never_suggests_weights_only_false(tmp_path: Path, content: str) -> None:
+    """torch's own error says re-running with weights_only=False "will likely succeed": Loom never passes that on,
+    neither in the message nor in the traceback a client sees (the chained torch error)."""
+    path = tmp_path / "trainer.ckpt"
+    extra = _TrainerConfig() if content == "class_instance" else _Payload()
+    torch.save({"state_dict": {"w": torch.zeros(2)}, "extra": extra}, str(path))
+    with pytest.raises(UnsupportedModel) as info:
+        CheckpointFile(path)
+    message = str(info.value)
+    assert "trainer.ckpt" in message and "refused as unsafe" in message and "convert it to .safetensors" in message
+    assert "Unsupported global" in message  # what was refused
+    shown = "".join(traceback.format_exception(info.value))
+    for advice in ("weights_only=False", "will likely succeed", "set to `False`", "add_safe_globals", "trusted source"):
+        assert advice not in shown, advice
 
 
 def _legacy_pickle_with_payload(path: Path) -> Path:
