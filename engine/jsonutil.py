@@ -1,16 +1,104 @@
-"""The one compact JSON encoder: websocket frames, HTTP bodies and stored queue rows use it.
+"""The one compact JSON encoder, and the strict decoder every JSON request body goes through.
 
-Compact separators (no spaces: bytes per node matter on the websocket), UTF-8 kept as is, and
-values JSON does not know (paths, enums) written as their ``str``.
+Encoder: compact separators (no spaces: bytes per node matter on the websocket), UTF-8 kept as is,
+values JSON does not know (paths, enums) written as their ``str``, and never ``NaN``/``Infinity``
+(not JSON; a browser's ``JSON.parse`` rejects the whole body): a non-finite float an engine value
+carries is written as ``null``, as JavaScript's ``JSON.stringify`` does.
+
+Decoder: standard JSON only. ``NaN``, ``Infinity``, numbers that overflow a float (``1e400``) and
+lone UTF-16 surrogates (``"\\ud800"``, which cannot be encoded as UTF-8 and so could never be
+stored or sent back) raise :class:`StrictJsonError` naming where they are.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import re
 from collections.abc import Callable
 from typing import Any
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+class StrictJsonError(ValueError):
+    """Input that is not strict JSON; ``path`` locates it (``$.prompt.1.class_type``) when known."""
+
+    def __init__(self, message: str, path: str | None = None) -> None:
+        super().__init__(f"{path}: {message}" if path else message)
+        self.message = message
+        self.path = path
+
 
 def dumps_compact(value: Any, *, default: Callable[[Any], Any] | None = str) -> str:
-    """``value`` as compact JSON; ``default=None`` raises TypeError on unknown types instead."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=default)
+    """``value`` as compact JSON; ``default=None`` raises TypeError on unknown types instead.
+
+    Non-finite floats become ``null``, so the text is always valid JSON.
+    """
+    try:
+        return _dumps(value, default)
+    except ValueError as exc:
+        if "Out of range float values" not in str(exc):
+            raise
+    return _dumps(_finite(value), default)
+
+
+def _dumps(value: Any, default: Callable[[Any], Any] | None) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=default)
+
+
+def _finite(value: Any) -> Any:
+    """A copy of ``value`` with non-finite floats replaced by None (only called when one exists)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    return value
+
+
+def loads_strict(raw: bytes | str) -> Any:
+    """Parse standard JSON; StrictJsonError for NaN/Infinity, overflowing numbers or lone surrogates.
+
+    Malformed JSON raises ``json.JSONDecodeError`` (a ValueError) as ``json.loads`` does.
+    """
+    value = json.loads(raw, parse_constant=_NotFinite, parse_float=_finite_float)
+    _check(value)
+    return value
+
+
+class _NotFinite:
+    """Stands in for NaN/Infinity while parsing, so the walk can say where it was."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+
+def _finite_float(text: str) -> float | _NotFinite:
+    number = float(text)
+    return number if math.isfinite(number) else _NotFinite(text[:40])
+
+
+def _check(value: Any) -> None:
+    """Raise StrictJsonError at the first bad number, string or key (iterative: no recursion limit)."""
+    stack: list[tuple[Any, str]] = [(value, "$")]
+    while stack:
+        item, path = stack.pop()
+        if isinstance(item, _NotFinite):
+            raise StrictJsonError(f"{item.text} is not a finite number (JSON has no NaN or Infinity); "
+                                  "send a finite number or null", path)
+        if isinstance(item, str):
+            if _SURROGATE.search(item):
+                raise StrictJsonError(_SURROGATE_MESSAGE, path)
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                if _SURROGATE.search(key):
+                    raise StrictJsonError(f"a key {_SURROGATE_MESSAGE}", path)
+                stack.append((child, f"{path}.{key}"))
+        elif isinstance(item, list):
+            stack.extend((child, f"{path}[{index}]") for index, child in enumerate(item))
+
+
+_SURROGATE_MESSAGE = ("holds a lone UTF-16 surrogate (\\ud800-\\udfff), which is not valid Unicode; "
+                      "send valid UTF-8 text")

@@ -30,11 +30,13 @@ from engine.errors import (
     ValueTooSmall,
 )
 from engine.folders import Folders
-from engine.node import Input, Node
+from engine.node import SEED_MAX, Input, Node
 from engine.registry import NodeRegistry
 from engine.types import BOOLEAN, COMBO, FLOAT, INT, STRING, can_link
-from engine.workflow import is_link, parse_api_prompt
+from engine.workflow import describe_node, is_link, node_title, parse_api_prompt
 
+#: The widest INT a literal may hold: signed 64-bit below, ComfyUI's unsigned seed range above.
+INT_MIN = -(2**63)
 _TRUE = frozenset({"true", "1", "yes", "on"})
 _FALSE = frozenset({"false", "0", "no", "off"})
 
@@ -88,6 +90,20 @@ def coerce_value(spec: Input, value: Any, choices: list[str] | None) -> Any:
 
 
 def _to_int(value: Any) -> int:
+    number = _parse_int(value)
+    if not INT_MIN <= number <= SEED_MAX:
+        raise ValueError(f"is out of range: {_short(value)} does not fit in 64 bits; send a whole number "
+                         f"from {INT_MIN} to {SEED_MAX}")
+    return number
+
+
+def _short(value: Any) -> str:
+    """A value for a message, cut to a readable length (a 400-digit number stays recognisable)."""
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:20]}...{text[-10:]} ({len(text)} characters)"
+
+
+def _parse_int(value: Any) -> int:
     if isinstance(value, bool):
         raise ValueError("expects a whole number, got a boolean")
     if isinstance(value, int):
@@ -102,19 +118,23 @@ def _to_int(value: Any) -> int:
             number = float(text) if _is_number(text) else math.nan
             if math.isfinite(number) and number.is_integer():
                 return int(number)
-    raise ValueError(f"expects a whole number, got {value!r}")
+    raise ValueError(f"expects a whole number, got {_short(value)}")
 
 
 def _to_float(value: Any) -> float:
     if isinstance(value, bool):
         raise ValueError("expects a number, got a boolean")
     number = math.nan
-    if isinstance(value, int | float):
-        number = float(value)
-    elif isinstance(value, str) and _is_number(value.strip()):
-        number = float(value.strip())
+    try:
+        if isinstance(value, int | float):
+            number = float(value)
+        elif isinstance(value, str) and _is_number(value.strip()):
+            number = float(value.strip())
+    except OverflowError as exc:
+        raise ValueError(f"is out of range: {_short(value)} is too large for a float; send a finite "
+                         "number") from exc
     if not math.isfinite(number):
-        raise ValueError(f"expects a finite number, got {value!r}")
+        raise ValueError(f"expects a finite number, got {_short(value)}")
     return number
 
 
@@ -193,8 +213,9 @@ class _Validator:
         kind = raw["class_type"]
         cls = self.registry.get(kind)
         if cls is None:
-            self.errors.append(UnknownNode(node_id, f"node {node_id} has unknown type {kind!r}; check the "
-                                           "spelling or install the node that provides it", class_type=kind))
+            self.errors.append(UnknownNode(
+                node_id, f"{describe_node(node_id, raw)} has unknown type {kind[:100]!r}; check the spelling "
+                "or install the node that provides it", class_type=kind, extra_info={"title": node_title(raw)}))
             return False
         ok = True
         literals: dict[str, Any] = {}
@@ -310,13 +331,13 @@ def validate_prompt(
     checker = _Validator(parse_api_prompt(prompt), registry, folders)
     outputs = checker.output_ids(targets)
     if not outputs:
+        _check_unknown_classes(checker)  # an unknown class may well be the missing output: name it first
+        if checker.errors:
+            raise ValidationFailed([_unknown_summary(checker.errors), *checker.errors])
         raise ValidationFailed([NoOutputs(None, "the prompt has no output node (SaveImage, PreviewImage, "
                                           "...); add one so there is something to compute")])
     good = [out for out in outputs if checker.validate_from(out)]
-    # Unknown classes are found even where no output reaches them, so a typo never goes unnoticed.
-    for node_id, raw in checker.prompt.items():
-        if node_id not in checker.valid and registry.get(raw["class_type"]) is None:
-            checker.valid[node_id] = checker._check_node(node_id)
+    _check_unknown_classes(checker)
     failed = ValidationFailed(checker.errors, _dependents(checker, outputs)) if checker.errors else None
     if not good:
         assert failed is not None
@@ -326,6 +347,20 @@ def validate_prompt(
         needed |= checker.ancestors(out)
     nodes = {nid: checker.nodes[nid] for nid in needed}
     return ValidatedPrompt(nodes=nodes, outputs=good, node_errors=failed.node_errors() if failed else {})
+
+
+def _check_unknown_classes(checker: _Validator) -> None:
+    """Unknown classes are found even where no output reaches them, so a typo never goes unnoticed."""
+    for node_id, raw in checker.prompt.items():
+        if node_id not in checker.valid and checker.registry.get(raw["class_type"]) is None:
+            checker.valid[node_id] = checker._check_node(node_id)
+
+
+def _unknown_summary(unknown: list[GraphError]) -> GraphError:
+    """The top-level error of a prompt with no known output node but unknown classes."""
+    listed = "; ".join(e.message for e in unknown[:10]) + (" ..." if len(unknown) > 10 else "")
+    return UnknownNode(None, f"the prompt has no known output node, and {len(unknown)} node(s) have an unknown "
+                       f"type (perhaps the output): {listed}")
 
 
 def _dependents(checker: _Validator, outputs: list[str]) -> dict[str, list[str]]:

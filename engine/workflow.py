@@ -63,6 +63,9 @@ def parse_api_prompt(obj: Any) -> dict[str, dict[str, Any]]:
             errors.append(MalformedNode(node_id, f"node {node_id} must be an object with class_type "
                                         "and inputs"))
             continue
+        if not isinstance(raw.get("class_type"), str) or not raw["class_type"]:
+            errors.append(_missing_class(node_id, raw))
+            continue
         try:
             node = ApiNode.model_validate(raw)
         except ValueError as exc:
@@ -77,6 +80,36 @@ def parse_api_prompt(obj: Any) -> dict[str, dict[str, Any]]:
     if errors:
         raise ValidationFailed(errors)
     return out
+
+
+def node_title(raw: Mapping[str, Any]) -> str | None:
+    """The editor title a client sent in ``_meta.title``, if any."""
+    meta = raw.get("_meta")
+    title = meta.get("title") if isinstance(meta, Mapping) else None
+    return title if isinstance(title, str) and title else None
+
+
+def describe_node(node_id: str, raw: Mapping[str, Any]) -> str:
+    """``node 5 ('My sampler')``: the id and, when the client sent one, the title."""
+    title = node_title(raw)
+    return f"node {node_id}" if title is None else f"node {node_id} ({title[:100]!r})"
+
+
+def _missing_class(node_id: str, raw: Mapping[str, Any]) -> GraphError:
+    """A node without a class_type: ComfyUI's editor sends null for a node type it does not know."""
+    value = raw.get("class_type")
+    got = "is missing" if value is None and "class_type" not in raw else f"is {_json_name(value)}"
+    return MalformedNode(node_id, f"{describe_node(node_id, raw)} has no node type: its class_type {got}. "
+                         "The editor sends null for a node type it does not know: install the node pack "
+                         "that provides it, or remove the node", extra_info={"title": node_title(raw)})
+
+
+def _json_name(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, str):
+        return "an empty string"
+    return f"a {type(value).__name__}, not a string"
 
 
 def is_ui_workflow(obj: Any) -> bool:
@@ -100,10 +133,23 @@ class _LinkTable:
                 link_id, origin, slot = link.get("id"), link.get("origin_id"), link.get("origin_slot")
             else:
                 raise ValidationFailed([MalformedNode(None, f"malformed link {link!r} in the workflow")])
-            self._by_id[int(link_id)] = (str(origin), int(slot))
+            where = f"link {link!r:.200}"
+            self._by_id[_whole(link_id, "link id", where)] = (str(origin), _whole(slot, "origin slot", where))
 
     def origin(self, link_id: int) -> tuple[str, int] | None:
-        return self._by_id.get(int(link_id))
+        return self._by_id.get(link_id)
+
+
+def _whole(value: Any, what: str, where: str) -> int:
+    """An id or slot number of the editor format: an int (or its text), else a MalformedNode error."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and value.strip().lstrip("-").isdecimal() and len(value) <= 30:
+        return int(value)
+    raise ValidationFailed([MalformedNode(None, f"the {what} {str(value)[:40]!r} of {where} is not a "
+                                          "whole number; fix or remove it in the workflow")])
 
 
 class _UiConverter:
@@ -153,7 +199,8 @@ class _UiConverter:
         for slot in node.get("inputs") or []:
             if not isinstance(slot, Mapping) or slot.get("link") is None:
                 continue
-            resolved = self._resolve(int(slot["link"]), node_id, str(slot.get("name")))
+            link_id = _whole(slot["link"], "input link", f"node {node_id}")
+            resolved = self._resolve(link_id, node_id, str(slot.get("name")))
             if resolved is not None:
                 inputs[str(slot.get("name"))] = resolved
         return inputs
@@ -197,9 +244,9 @@ def _passthrough_link(node: Mapping[str, Any], out_slot: int) -> int | None:
     if str(node.get("type")) != "Reroute" and out_type is not None:
         typed = [s for s in candidates if s.get("type") == out_type]
         if out_slot < len(slots) and slots[out_slot] in typed:
-            return int(slots[out_slot]["link"])
+            return _whole(slots[out_slot]["link"], "input link", f"node {node.get('id')}")
         candidates = typed
-    return int(candidates[0]["link"]) if candidates else None
+    return _whole(candidates[0]["link"], "input link", f"node {node.get('id')}") if candidates else None
 
 
 def _wrap_list(value: Any) -> Any:

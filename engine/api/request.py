@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any, TypeVar
 
 from aiohttp import web
@@ -10,7 +9,7 @@ from pydantic import BaseModel, ValidationError
 
 from engine.api.errors import ApiError
 from engine.folders import FILE_KINDS, path_problem
-from engine.jsonutil import dumps_compact
+from engine.jsonutil import StrictJsonError, dumps_compact, loads_strict
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -21,16 +20,19 @@ def json_ok(data: Any, status: int = 200) -> web.Response:
 
 
 async def read_json(request: web.Request, *, required: bool) -> Any:
-    """The JSON body; an empty body is ``{}`` unless required."""
+    """The JSON body, parsed strictly (no NaN/Infinity, no lone surrogates); ``{}`` when empty unless required."""
     raw = await request.read()
     if not raw.strip():
         if required:
             raise ApiError(400, "invalid_json", "Request body is empty", "send a JSON object as the request body")
         return {}
     try:
-        return json.loads(raw)
+        return loads_strict(raw)
+    except StrictJsonError as exc:
+        raise ApiError(400, "invalid_json", "Request body is not valid JSON", str(exc)[:500],
+                       {"path": exc.path[:200]} if exc.path else None) from exc
     except (ValueError, RecursionError) as exc:
-        raise ApiError(400, "invalid_json", "Request body is not valid JSON", str(exc)[:500]) from exc
+        raise ApiError(400, "invalid_json", "Request body is not valid JSON", ascii(str(exc))[1:-1][:500]) from exc
 
 
 def parse_model(model: type[M], body: Any) -> M:

@@ -120,7 +120,8 @@ def test_nan_priority_number_refused(server: LiveServer) -> None:
            b'"2": {"class_type": "StubInt", "inputs": {"value": 1}}}, "number": NaN}'
     reply = server.request("POST", "/prompt", body=body, headers={"Content-Type": "application/json"})
     assert reply.status == 400
-    assert_error_schema(reply.json(), "invalid_request")
+    assert_error_schema(reply.json(), "invalid_json")  # NaN is not JSON: refused while parsing
+    assert reply.json()["error"]["extra_info"]["path"] == "$.number"
 
 
 @pytest.mark.parametrize("key", ["prompt", "workflow"])
