@@ -54,7 +54,7 @@ class PromptRoutes:
                 self._prepare, graph, body.workflow, body.partial_execution_targets)
         except ValidationFailed as exc:
             return json_ok(exc.to_response(), status=400)
-        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
             raise ApiError(400, "invalid_prompt", "Invalid prompt",
                            f"the prompt could not be read: {type(exc).__name__}: {exc}") from exc
         prompt_id = body.prompt_id or str(uuid.uuid4())
