@@ -234,6 +234,8 @@ def multipart_upload(rng: random.Random, path: str) -> Request:
     for name in ("overwrite", "subfolder", "type"):
         if rng.random() < 0.4:
             fields.append((name, None, str(weird_scalar(rng)).encode("utf-8", "surrogatepass")))
+    form = {name: value[:80].decode("utf-8", "replace") + ("..." if len(value) > 80 else "")
+            for name, fname, value in fields[1:] if fname is None}
     out = io.BytesIO()
     for name, fname, value in fields:
         disposition = f'form-data; name="{name}"'
@@ -251,7 +253,7 @@ def multipart_upload(rng: random.Random, path: str) -> Request:
         ctype = rng.choice(["multipart/form-data", "multipart/form-data; boundary=", "application/json",
                             "multipart/form-data; boundary=other"])
     return Request("POST", path, out.getvalue(), {"Content-Type": ctype},
-                   f"multipart {fields[0][0]}={filename!r} ({len(data)} bytes)")
+                   f"multipart {fields[0][0]}={filename[:80]!r} ({len(data)} bytes), fields {form}")
 
 
 def json_request(rng: random.Random, path: str, value: Any, summary: str) -> Request:
@@ -350,10 +352,11 @@ def record(tally: Tally, request: Request, status: int, body: bytes) -> None:
 def worker(port: int, rng: random.Random, count: int, deadline: float, tally: Tally, extra: list[Request]) -> None:
     conn: http.client.HTTPConnection | None = None
     pending = list(extra)
-    for _ in range(count):
+    for i in range(count):
         if time.monotonic() > deadline:
             return
-        request = pending.pop() if pending and rng.random() < 0.01 else next_request(rng)
+        late = count - i <= len(pending)
+        request = pending.pop() if pending and (late or rng.random() < 0.01) else next_request(rng)
         try:
             status, body, conn = send(port, request, conn)
         except TimeoutError:
@@ -372,13 +375,6 @@ def worker(port: int, rng: random.Random, count: int, deadline: float, tally: Ta
                                                 "body": request.summary, "error": repr(exc)})
             continue
         record(tally, request, status, body)
-    for request in pending:  # the large bodies a short run did not reach
-        try:
-            status, body, conn = send(port, request, conn)
-            record(tally, request, status, body)
-        except (OSError, http.client.HTTPException):
-            conn = None
-            record(tally, request, 413, b"connection closed on a large body")
 
 
 def alive(port: int, proc: subprocess.Popen[bytes]) -> bool:
@@ -406,8 +402,8 @@ def run(seed: int, requests: int, workers: int, time_limit: float) -> dict[str, 
             per_worker = [requests // workers + (1 if i < requests % workers else 0) for i in range(workers)]
             for i in range(workers):
                 extra = large[i::workers]
-                threads.append(threading.Thread(target=worker, args=(port, random.Random(seed + i), per_worker[i]
-                                                                     - len(extra), start + time_limit, tally, extra)))
+                threads.append(threading.Thread(target=worker, args=(port, random.Random(seed + i), per_worker[i],
+                                                                     start + time_limit, tally, extra)))
             for thread in threads:
                 thread.start()
             for thread in threads:
@@ -426,8 +422,22 @@ def run(seed: int, requests: int, workers: int, time_limit: float) -> dict[str, 
     }
     if tally.server_errors or tally.timeouts or tally.connection_errors or not is_alive:
         report["reproducers"] = (tally.server_errors + tally.timeouts + tally.connection_errors)[:30]
-        report["server_log_tail"] = log_text[-8000:]
+        report["server_tracebacks"] = tracebacks(log_text)
     return report
+
+
+def tracebacks(log_text: str, limit: int = 10) -> list[str]:
+    """The server's logged errors with their tracebacks, one per distinct final line."""
+    blocks: list[list[str]] = []
+    for line in log_text.splitlines():
+        if " ERROR " in line or " CRITICAL " in line:
+            blocks.append([line])
+        elif blocks and not line[:4].isdigit():
+            blocks[-1].append(line[:300])
+    seen: dict[str, str] = {}
+    for block in blocks:
+        seen.setdefault(block[-1][:200], "\n".join(block[:1] + block[-12:]))
+    return list(seen.values())[:limit]
 
 
 def main(argv: list[str] | None = None) -> int:
