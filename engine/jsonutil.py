@@ -19,6 +19,11 @@ from collections.abc import Callable
 from typing import Any
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
+#: Numbers that may parse to an infinite float (1e400, 400 digits): the walk then checks the numbers.
+_HUGE_EXPONENT = re.compile(r"[eE]\+?\d{3}")
+_HUGE_MANTISSA = re.compile(r"\d{309}")
+#: A ``\\uD800``-``\\uDFFF`` escape: how a surrogate reaches a string through a strict decode.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 class StrictJsonError(ValueError):
@@ -61,10 +66,22 @@ def _finite(value: Any) -> Any:
 def loads_strict(raw: bytes | str) -> Any:
     """Parse standard JSON; StrictJsonError for NaN/Infinity, overflowing numbers or lone surrogates.
 
-    Malformed JSON raises ``json.JSONDecodeError`` (a ValueError) as ``json.loads`` does.
+    Malformed JSON raises ``json.JSONDecodeError`` and bytes that are not UTF-8/16/32 (surrogates
+    encoded as UTF-8 included, which ``json.loads`` would let through) ``UnicodeDecodeError``: both
+    ValueErrors.
     """
-    value = json.loads(raw, parse_constant=_NotFinite, parse_float=_finite_float)
-    _check(value)
+    text = raw.decode(json.detect_encoding(raw)) if isinstance(raw, bytes) else raw  # strict: no surrogates
+    found: list[_NotFinite] = []
+
+    def constant(name: str) -> _NotFinite:
+        found.append(_NotFinite(name))
+        return found[-1]
+
+    value = json.loads(text, parse_constant=constant)
+    # The walk costs more than the parse: only when it can find something.
+    if (found or _SURROGATE_ESCAPE.search(text) or _HUGE_EXPONENT.search(text) or _HUGE_MANTISSA.search(text)
+            or (not isinstance(raw, bytes) and _SURROGATE.search(text))):
+        _check(value)
     return value
 
 
@@ -75,11 +92,6 @@ class _NotFinite:
         self.text = text
 
 
-def _finite_float(text: str) -> float | _NotFinite:
-    number = float(text)
-    return number if math.isfinite(number) else _NotFinite(text[:40])
-
-
 def _check(value: Any) -> None:
     """Raise StrictJsonError at the first bad number, string or key (iterative: no recursion limit)."""
     stack: list[tuple[Any, str]] = [(value, "$")]
@@ -88,6 +100,8 @@ def _check(value: Any) -> None:
         if isinstance(item, _NotFinite):
             raise StrictJsonError(f"{item.text} is not a finite number (JSON has no NaN or Infinity); "
                                   "send a finite number or null", path)
+        if isinstance(item, float) and not math.isfinite(item):
+            raise StrictJsonError("a number is too large for a float; send a finite number", path)
         if isinstance(item, str):
             if _SURROGATE.search(item):
                 raise StrictJsonError(_SURROGATE_MESSAGE, path)

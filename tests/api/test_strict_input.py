@@ -55,6 +55,16 @@ def test_lone_surrogate_in_a_key_and_on_other_routes(server: LiveServer) -> None
     post_raw(server, r'{"delete":["\ud800"]}', "/queue")
 
 
+@pytest.mark.parametrize("body", [b'{"prompt":{"1":{"class_type":"\xed\xa0\x80","inputs":{}}}}',
+                                  '{"prompt":{"1":{"class_type":"\\ud800","inputs":{}}}}'.encode("utf-16"),
+                                  '{"prompt":{"\\uDBFF":{}}}'.encode("utf-32-le")])
+def test_surrogates_in_raw_bytes_or_other_encodings_are_refused(server: LiveServer, body: bytes) -> None:
+    reply = server.request("POST", "/prompt", body=body, headers=JSON)
+    assert reply.status == 400, reply.body
+    assert_error_schema(loads_strict(reply.body), "invalid_json")
+    assert server.get("/prompt").status == 200
+
+
 def test_surrogate_pair_escape_is_valid_text(server: LiveServer) -> None:
     prompt = {"1": {"class_type": "StubInt", "inputs": {"value": 5}},
               "2": {"class_type": "StubShow", "inputs": {"value": ["1", 0]}}}
@@ -87,7 +97,7 @@ def test_nan_and_infinity_are_refused_and_history_stays_json(server: LiveServer)
     loads_strict(server.get("/history").body)
 
 
-@pytest.mark.parametrize("number", ["-Infinity", "1e400", "-1e999"])
+@pytest.mark.parametrize("number", ["-Infinity", "1e400", "-1E+999", "9" * 400 + ".5"])
 def test_non_finite_numbers_are_refused(server: LiveServer, number: str) -> None:
     body = post_raw(server, '{"prompt":{"1":{"class_type":"StubInt","inputs":{"value":' + number + "}}}}")
     assert body["error"]["extra_info"]["path"] == "$.prompt.1.inputs.value"
@@ -123,6 +133,10 @@ def test_loads_strict_names_the_path() -> None:
     assert caught.value.path == "$.a[1].b"
     with pytest.raises(json.JSONDecodeError):
         loads_strict("{nope")
+    with pytest.raises(StrictJsonError) as caught:
+        loads_strict('{"k":["ok","\ud800"]}')  # a str holding the surrogate itself, not an escape
+    assert caught.value.path == "$.k[1]"
+    assert loads_strict('{"a":1e300,"b":"\\\\ud800 is text"}') == {"a": 1e300, "b": "\\ud800 is text"}
 
 
 # --------------------------------------------------------------------------- F3: numbers out of range
