@@ -7,6 +7,7 @@ import pytest
 from engine import errors
 from engine.folders import Folders
 from engine.validate import validate_prompt
+from engine.workflow import ui_to_api
 from tests.support.stub_nodes import StubWorld, chain
 
 
@@ -181,3 +182,60 @@ def test_partial_targets(world: StubWorld, folders: Folders) -> None:
 def test_deep_chain_does_not_hit_recursion_limit(world: StubWorld, folders: Folders) -> None:
     result = validate_prompt(chain(5000), world.registry, folders)
     assert len(result.nodes) == 5002
+
+
+# ---------------------------------------------------------------- issue 15: ranges, unknown classes, link ids
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("ratio", 10**400), ("ratio", "9" * 400), ("ratio", -(10**400)),  # float() would raise OverflowError
+    ("extra", 10**400), ("extra", 2**64), ("extra", -(2**63) - 1), ("extra", str(10**30)),
+], ids=["float-huge", "float-huge-text", "float-huge-negative", "int-huge", "int-2**64", "int-below-int64",
+        "int-huge-text"])
+def test_numbers_out_of_range_name_node_and_input(world: StubWorld, folders: Folders, name: str,
+                                                  value: Any) -> None:
+    [err] = _errors(world, folders, _options(**{name: value}))
+    assert isinstance(err, errors.BadValue) and err.node_id == "1" and err.input_name == name
+    assert f"node 1 (StubOptions) input '{name}'" in err.message and len(err.message) < 300
+
+
+def test_ints_at_the_64_bit_edges_are_kept(world: StubWorld, folders: Folders) -> None:
+    result = validate_prompt(_options(extra=-(2**63), seed=2**64 - 1), world.registry, folders)
+    assert result.nodes["1"].literals["extra"] == -(2**63)
+    assert result.nodes["1"].literals["seed"] == 2**64 - 1
+
+
+def test_unknown_output_class_is_reported_before_no_outputs(world: StubWorld, folders: Folders) -> None:
+    prompt = {"1": {"class_type": "StubInt", "inputs": {"value": 1}},
+              "2": {"class_type": "NoSuchSave", "inputs": {"value": ["1", 0]}, "_meta": {"title": "Saver"}}}
+    top, err = _errors(world, folders, prompt)
+    assert isinstance(top, errors.UnknownNode) and top.node_id is None
+    assert isinstance(err, errors.UnknownNode) and err.node_id == "2"
+    assert "node 2 ('Saver')" in err.message and "NoSuchSave" in err.message
+    assert err.message in top.message and err.extra_info["title"] == "Saver"
+
+
+def test_null_class_type_names_node_and_title(world: StubWorld, folders: Folders) -> None:
+    prompt = {"1": {"class_type": "StubInt", "inputs": {"value": 1}},
+              "2": {"class_type": None, "inputs": {}, "_meta": {"title": "Mystery node"}}}
+    [err] = _errors(world, folders, prompt)
+    assert isinstance(err, errors.MalformedNode) and err.node_id == "2"
+    assert "node 2 ('Mystery node')" in err.message and "class_type is null" in err.message
+
+
+@pytest.mark.parametrize("link_id", [float("inf"), float("nan"), True, "x", 1.5, [1]])
+def test_editor_link_id_that_is_not_a_whole_number_is_malformed(world: StubWorld, link_id: Any) -> None:
+    workflow = {"nodes": [{"id": 1, "type": "StubInt", "widgets_values": [1]},
+                          {"id": 2, "type": "StubShow", "inputs": [{"name": "value", "link": 1}]}],
+                "links": [[link_id, 1, 0, 2, 0, "INT"]]}
+    with pytest.raises(errors.ValidationFailed) as caught:
+        ui_to_api(workflow, world.registry)
+    [err] = caught.value.errors
+    assert isinstance(err, errors.MalformedNode) and "link id" in err.message
+
+
+def test_editor_link_ids_as_numbers_or_digit_strings_convert(world: StubWorld) -> None:
+    workflow = {"nodes": [{"id": 1, "type": "StubInt", "widgets_values": [1]},
+                          {"id": 2, "type": "StubShow", "inputs": [{"name": "value", "link": "7"}]}],
+                "links": [[7.0, 1, 0, 2, 0, "INT"]]}
+    assert ui_to_api(workflow, world.registry)["2"]["inputs"] == {"value": ["1", 0]}
