@@ -171,9 +171,11 @@ class _UiConverter:
                 continue
             cls = self.registry.get(kind)
             if cls is None:
-                self.errors.append(UnknownNode(node_id, f"node {node_id} has unknown type {kind!r}; "
-                                               "install the node or remove it from the workflow",
-                                               class_type=kind))
+                title = node.get("title")
+                named = f"node {node_id} ({title[:100]!r})" if isinstance(title, str) and title else f"node {node_id}"
+                self.errors.append(UnknownNode(node_id, f"{named} has unknown type {kind[:100]!r}; install "
+                                               "the node or remove it from the workflow", class_type=kind,
+                                               extra_info={"title": title}))
                 continue
             entry: dict[str, Any] = {"class_type": cls.type_name, "inputs": self._inputs(node_id, node)}
             title = node.get("title")

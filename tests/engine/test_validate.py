@@ -239,3 +239,13 @@ def test_editor_link_ids_as_numbers_or_digit_strings_convert(world: StubWorld) -
                           {"id": 2, "type": "StubShow", "inputs": [{"name": "value", "link": "7"}]}],
                 "links": [[7.0, 1, 0, 2, 0, "INT"]]}
     assert ui_to_api(workflow, world.registry)["2"]["inputs"] == {"value": ["1", 0]}
+
+
+def test_editor_unknown_node_names_id_and_title(world: StubWorld) -> None:
+    workflow = {"nodes": [{"id": 4, "type": "FancySave", "title": "Final output", "widgets_values": []}],
+                "links": []}
+    with pytest.raises(errors.ValidationFailed) as caught:
+        ui_to_api(workflow, world.registry)
+    [err] = caught.value.errors
+    assert isinstance(err, errors.UnknownNode) and err.node_id == "4"
+    assert "node 4 ('Final output')" in err.message and "FancySave" in err.message
