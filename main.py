@@ -63,7 +63,7 @@ def build_model_manager(settings: Settings) -> ModelProvider:
 def _setting(parser: argparse.ArgumentParser, flag: str, field: str, *, note: str = "", **options: Any) -> None:
     """An option for one Settings field: its default and help come from the field (``note`` adds to the help)."""
     info = Settings.model_fields[field]
-    options.setdefault("default", info.default)
+    options.setdefault("default", info.get_default(call_default_factory=True))
     shown = " (default: %(default)s)" if options["default"] is not None and options.get("action") != "append" else ""
     options["help"] = " ".join(filter(None, [info.description, note])) + shown or None
     parser.add_argument(flag, **options)

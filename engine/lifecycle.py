@@ -8,6 +8,7 @@ history entry, then ``executing`` with ``node=None``, which tells clients it is 
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import traceback
@@ -15,6 +16,7 @@ from dataclasses import asdict
 
 from engine.events import EventSink, Executing, ExecutionError, ExecutionInterrupted
 from engine.executor import ExecutionOutcome, Executor
+from engine.memory_trim import return_free_memory
 from engine.queue import PromptQueue, QueueItem
 
 log = logging.getLogger(__name__)
@@ -64,8 +66,12 @@ def end_unrun(queue: PromptQueue, sink: EventSink, prompt_id: str, event: Ending
 
 
 def free_memory(executor: Executor, unload_models: bool, clear_cache: bool) -> None:
-    """POST /free on one executor, between prompts: drop cached outputs and/or unload every model."""
+    """POST /free on one executor, between prompts: drop cached outputs and/or unload every model, then
+    give the freed memory back to the OS (else the process keeps its peak RSS)."""
     if clear_cache:
         executor.cache.clear()
     if unload_models:
         executor.models.unload_all()
+    if clear_cache or unload_models:
+        gc.collect()
+        return_free_memory()

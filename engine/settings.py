@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -12,6 +13,7 @@ from engine.folders import Folders
 
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 MIN_TOKEN_LENGTH = 16
+MAX_DEFAULT_CACHE_BYTES = 2 * 1024**3
 
 
 def is_loopback(host: str) -> bool:
@@ -36,6 +38,16 @@ def check_token_strength(token: str) -> None:
                          "tabs or newlines")
 
 
+def default_cache_bytes(total_ram: int | None = None) -> int:
+    """The output cache's default budget: an eighth of the machine's RAM, at most 2 GiB."""
+    if total_ram is None:
+        try:
+            total_ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (AttributeError, ValueError, OSError):  # no sysconf (Windows): today's budget
+            return MAX_DEFAULT_CACHE_BYTES
+    return min(MAX_DEFAULT_CACHE_BYTES, total_ram // 8)
+
+
 class Settings(BaseModel):
     """Everything configurable about one Loom instance. No module-level defaults leak elsewhere."""
 
@@ -54,7 +66,8 @@ class Settings(BaseModel):
     default_workflow: Path = Field(
         default_factory=lambda: Path(__file__).resolve().parents[1] / "workflows" / "txt2img.json",
         description="Editor workflow the editor opens on first visit (GET /loom/default-workflow).")
-    cache_bytes: int = Field(2 * 1024**3, ge=0, description="Output cache budget in bytes.")
+    cache_bytes: int = Field(default_factory=default_cache_bytes, ge=0,
+                             description="Output cache budget in bytes (default: RAM/8, at most 2 GiB).")
     cache_entries: int = Field(10_000, ge=0, description="Output cache budget in entries.")
     max_upload_bytes: int = Field(100 * 1024**2, gt=0)
     max_image_pixels: int = Field(64 * 1024 * 1024, gt=0, description="Largest image accepted, in pixels.")
