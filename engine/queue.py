@@ -33,6 +33,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import sqlite3
 import threading
 import time
@@ -54,6 +55,11 @@ SENSITIVE_FRAGMENTS = ("token", "api_key")
 
 CRASH_MESSAGE = "Loom stopped while this prompt was running (the process exited or crashed); it was not run again."
 CRASH_EXCEPTION_TYPE = "loom.Crashed"
+
+#: SQLite integers are signed 64-bit; a larger LIMIT/OFFSET would overflow the driver.
+SQLITE_INT_MAX = 2**63 - 1
+#: A history entry written before numbers were reported as integers starts ``{"prompt":[6.0,``.
+_FLOAT_NUMBER_PREFIX = re.compile(r'^\{"prompt":\[(-?\d+)\.0,')
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS items (
@@ -112,7 +118,32 @@ class QueueItem:
 
     def as_list(self) -> list[Any]:
         """ComfyUI's 5-tuple ``[number, prompt_id, prompt, extra_data, outputs]``, secrets removed."""
-        return [self.number, self.prompt_id, self.prompt, scrub_extra_data(self.extra_data), self.outputs]
+        return [report_number(self.number), self.prompt_id, self.prompt, scrub_extra_data(self.extra_data),
+                self.outputs]
+
+
+def report_number(number: float) -> int | float:
+    """A priority number as ComfyUI reports it: an integer when it is whole (6, not 6.0)."""
+    return int(number) if number.is_integer() else number
+
+
+def sql_int(value: int) -> int:
+    """``value`` clamped to SQLite's integer range (a larger LIMIT or OFFSET means 'all' anyway)."""
+    return max(-SQLITE_INT_MAX, min(value, SQLITE_INT_MAX))
+
+
+def entry_text(stored: str) -> str:
+    """A stored history entry's JSON text, its priority number made an integer when whole."""
+    return _FLOAT_NUMBER_PREFIX.sub(r'{"prompt":[\1,', stored, count=1)
+
+
+@dataclass(frozen=True)
+class HistoryPage:
+    """A ``GET /history`` reply as UTF-8 JSON (``{prompt_id: entry}``), built from the stored text."""
+
+    body: bytes
+    entries: int
+    truncated: bool  # entries were left out to keep ``body`` within the byte budget
 
 
 def crash_status(prompt_id: str, timestamp_ms: int) -> dict[str, Any]:
@@ -467,27 +498,58 @@ class PromptQueue:
         Skips ``offset`` oldest entries and returns at most ``max_items``. A negative offset with
         ``max_items`` returns the newest ``max_items``; a negative offset alone returns everything.
         """
-        limit = -1 if max_items is None else max(max_items, 0)
         with self._cond:
             self._check_open()
-            if offset < 0 and max_items is not None:
-                rows = self._db.execute(
-                    "SELECT prompt_id, entry FROM history ORDER BY seq DESC LIMIT ?", (limit,)
-                ).fetchall()
-                rows.reverse()
-            else:
-                rows = self._db.execute(
-                    "SELECT prompt_id, entry FROM history ORDER BY seq LIMIT ? OFFSET ?",
-                    (limit, max(offset, 0)),
-                ).fetchall()
-        return {prompt_id: json.loads(entry) for prompt_id, entry in rows}
+            rows = self._history_cursor(max_items, offset).fetchall()
+        if offset < 0 and max_items is not None:
+            rows.reverse()
+        return {prompt_id: json.loads(entry_text(entry)) for prompt_id, entry in rows}
+
+    def history_page(self, max_items: int | None = None, offset: int = 0, *,
+                     max_bytes: int | None = None) -> HistoryPage:
+        """:meth:`history` as JSON bytes of at most ``max_bytes``, made from the stored text (no decoding).
+
+        Entries that would pass the budget are left out: the oldest when the newest are asked for
+        (a negative offset), the newest otherwise (page on with ``offset``). The rows are read one by
+        one, so a large history is never held in memory beyond the budget.
+        """
+        newest_first = offset < 0
+        parts: list[bytes] = []
+        size, truncated = 2, False
+        with self._cond:
+            self._check_open()
+            for prompt_id, entry in self._history_cursor(max_items, offset, newest_first=newest_first):
+                part = f"{dumps_compact(prompt_id)}:{entry_text(entry)}".encode()
+                if max_bytes is not None and size + len(part) + 1 > max_bytes:
+                    truncated = True
+                    break
+                parts.append(part)
+                size += len(part) + 1
+        if newest_first:
+            parts.reverse()
+        return HistoryPage(b"{" + b",".join(parts) + b"}", len(parts), truncated)
+
+    def _history_cursor(self, max_items: int | None, offset: int, *, newest_first: bool | None = None
+                        ) -> sqlite3.Cursor:
+        """Rows ``(prompt_id, entry)`` of a history query (see :meth:`history`). Caller holds the lock.
+
+        ``newest_first`` (default: a negative offset with ``max_items``) reads from the newest entry.
+        Out-of-range numbers are clamped, so no request can overflow SQLite's integers.
+        """
+        limit = -1 if max_items is None else sql_int(max(max_items, 0))
+        if newest_first is None:
+            newest_first = offset < 0 and max_items is not None
+        if newest_first:
+            return self._db.execute("SELECT prompt_id, entry FROM history ORDER BY seq DESC LIMIT ?", (limit,))
+        return self._db.execute("SELECT prompt_id, entry FROM history ORDER BY seq LIMIT ? OFFSET ?",
+                                (limit, sql_int(max(offset, 0))))
 
     def history_entry(self, prompt_id: str) -> dict[str, Any] | None:
         """One prompt's history entry, or None when it has none."""
         with self._cond:
             self._check_open()
             row = self._db.execute("SELECT entry FROM history WHERE prompt_id = ?", (prompt_id,)).fetchone()
-        return None if row is None else json.loads(row[0])
+        return None if row is None else json.loads(entry_text(row[0]))
 
     def delete_history(self, prompt_ids: Iterable[str]) -> int:
         """Forget these prompts' history entries; return how many were there."""

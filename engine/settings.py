@@ -73,6 +73,10 @@ class Settings(BaseModel):
     max_image_pixels: int = Field(64 * 1024 * 1024, gt=0, description="Largest image accepted, in pixels.")
     max_queue: int = Field(1000, gt=0, description="Most pending prompts before POST /prompt is refused.")
     max_history: int = Field(10_000, gt=0, description="History entries kept (oldest dropped first).")
+    max_extra_data_bytes: int = Field(2 * 1024**2, gt=0, description="Largest extra_data POST /prompt accepts, "
+                                      "in bytes of compact JSON; larger is refused with 413, not stored.")
+    max_history_reply_bytes: int = Field(32 * 1024**2, gt=0, description="Most bytes of one GET /history "
+                                         "reply; entries beyond it are left out (X-Loom-History-Truncated).")
     allowed_origins: tuple[str, ...] = Field((), description="Extra browser origins allowed (CORS).")
     device: str = Field("auto", description="Compute device: auto, cpu, cuda, cuda:N, mps.")
     preview_method: str = Field("none", description="Latent previews: none or latent2rgb.")

@@ -16,6 +16,8 @@ from aiohttp import web
 from pydantic import BaseModel
 
 API_PREFIXES: tuple[str, ...] = ("", "/api")
+#: Room for multipart headers and form fields beside an upload of ``max_upload_bytes``.
+FORM_OVERHEAD = 64 * 1024
 _MARK = "__loom_operation__"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -36,7 +38,9 @@ class Operation:
     """One route: method, path (without the /api prefix) and what it takes and gives.
 
     ``response`` is a pydantic model, a JSON schema, or None for an empty body. ``response_types``
-    are the content types the body may have (a schema applies to JSON ones only).
+    are the content types the body may have (a schema applies to JSON ones only). ``limits`` name the
+    :class:`engine.settings.Settings` fields that bound this route besides the request body (which
+    :func:`max_body_bytes` bounds for every route); the OpenAPI document states their values.
     """
 
     method: str
@@ -54,7 +58,13 @@ class Operation:
     errors: tuple[int, ...] = ()
     status: int = 200
     prefixed: bool = True  # also served under /api
+    limits: tuple[str, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def max_body_bytes(max_upload_bytes: int) -> int:
+    """The largest request body of any route (aiohttp's ``client_max_size``; beyond it, 413)."""
+    return max_upload_bytes + FORM_OVERHEAD
 
 
 def route(method: str, path: str, summary: str, tag: str, **details: Any) -> Callable[[F], F]:

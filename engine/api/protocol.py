@@ -58,9 +58,12 @@ class PromptRequest(_Lenient):
     client_id: str | None = Field(None, description="Websocket clientId that receives this prompt's events.")
     prompt_id: str | None = Field(None, min_length=1, max_length=256,
                                   description="Client-chosen id; a uuid4 is made when absent.")
-    extra_data: dict[str, Any] | None = Field(None, description="extra_pnginfo and other client data.")
+    extra_data: dict[str, Any] | None = Field(
+        None, description="extra_pnginfo and other client data, stored in history: at most max_extra_data_bytes "
+        "of compact JSON (413 beyond).")
     front: bool | None = Field(None, description="Queue before everything pending.")
-    number: float | None = Field(None, description="Explicit priority number (lowest runs first).")
+    number: float | None = Field(None, description="Explicit priority number (lowest runs first); "
+                                 "reported back as an integer when it is whole.")
     partial_execution_targets: list[str] | None = Field(
         None, description="Only run these output node ids.")
 
@@ -116,7 +119,8 @@ class FileRef(BaseModel):
 
 class PromptResponse(BaseModel):
     prompt_id: str
-    number: float
+    number: int | float = Field(description="Priority number: an integer (as ComfyUI's) unless a fractional "
+                                "number was sent.")
     node_errors: dict[str, NodeError] = Field(default_factory=dict)
 
 
@@ -131,7 +135,8 @@ class PromptStatus(BaseModel):
 
 
 class QueueResponse(BaseModel):
-    """``GET /queue``: items are ``[number, prompt_id, prompt, extra_data, outputs_to_execute]``."""
+    """``GET /queue``: items are ``[number, prompt_id, prompt, extra_data, outputs_to_execute]``; ``number``
+    is an integer unless a fractional one was sent."""
 
     queue_running: list[list[Any]]
     queue_pending: list[list[Any]]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 import time
@@ -452,3 +453,61 @@ def test_bad_limits_refused(db_path: Path) -> None:
     with pytest.raises(ValueError, match="max_pending must be at least 1"):
         PromptQueue(db_path, max_pending=0)
     assert not db_path.exists()
+
+
+# --------------------------------------------------------------------------- issue 15: limits and integer numbers
+
+SQLITE_OVERFLOW = 10**20  # past SQLite's signed 64-bit integers
+
+
+def test_history_offset_and_max_items_past_sqlite_integers_are_clamped(queue: PromptQueue) -> None:
+    fill_history(queue, 3)
+    assert list(queue.history(max_items=SQLITE_OVERFLOW)) == ["h0", "h1", "h2"]
+    assert queue.history(offset=SQLITE_OVERFLOW) == {}
+    assert list(queue.history(max_items=SQLITE_OVERFLOW, offset=-SQLITE_OVERFLOW)) == ["h0", "h1", "h2"]
+    assert queue.history(max_items=-SQLITE_OVERFLOW) == {}
+    page = queue.history_page(SQLITE_OVERFLOW, -SQLITE_OVERFLOW)
+    assert list(json.loads(page.body)) == ["h0", "h1", "h2"] and page.entries == 3 and not page.truncated
+
+
+def test_numbers_are_reported_as_integers_when_whole(queue: PromptQueue) -> None:
+    put(queue, "whole", number=6.0)
+    put(queue, "fraction", number=2.5)
+    put(queue, "auto")
+    reported = {item.prompt_id: item.as_list()[0] for item in queue.pending()}
+    assert reported == {"fraction": 2.5, "whole": 6, "auto": 1}
+    assert all(type(reported[key]) is int for key in ("whole", "auto"))
+    while queue.remaining():
+        run_one(queue)
+    assert type(queue.history()["whole"]["prompt"][0]) is int
+    assert type(json.loads(queue.history_page().body)["auto"]["prompt"][0]) is int
+
+
+def test_history_written_with_float_numbers_reads_back_as_integers(db_path: Path) -> None:
+    with PromptQueue(db_path) as q:
+        fill_history(q, 2)
+    db = sqlite3.connect(db_path)
+    db.execute("""UPDATE history SET entry = replace(entry, '{"prompt":[1,', '{"prompt":[1.0,')""")
+    db.commit()
+    assert db.execute("SELECT entry FROM history WHERE prompt_id = 'h0'").fetchone()[0].startswith(
+        '{"prompt":[1.0,')
+    db.close()
+    with PromptQueue(db_path) as q:
+        for entry in (q.history()["h0"], q.history_entry("h0"), json.loads(q.history_page().body)["h0"]):
+            assert entry is not None and type(entry["prompt"][0]) is int and entry["prompt"][0] == 1
+
+
+def test_history_page_stays_within_its_byte_budget(queue: PromptQueue) -> None:
+    for n in range(10):
+        queue.put(f"b{n}", PROMPT, {"blob": "x" * 1000}, ["9"])
+        run_one(queue)
+    whole = queue.history_page()
+    assert list(json.loads(whole.body)) == [f"b{n}" for n in range(10)] and not whole.truncated
+    assert json.loads(whole.body) == queue.history()
+    newest = queue.history_page(offset=-1, max_bytes=len(whole.body) // 2)
+    kept = list(json.loads(newest.body))
+    assert newest.truncated and len(newest.body) <= len(whole.body) // 2
+    assert kept == [f"b{n}" for n in range(10 - len(kept), 10)] and newest.entries == len(kept) > 0
+    oldest = queue.history_page(offset=0, max_bytes=len(whole.body) // 2)
+    assert oldest.truncated and list(json.loads(oldest.body)) == [f"b{n}" for n in range(oldest.entries)]
+    assert queue.history_page(offset=0, max_bytes=10).body == b"{}"

@@ -22,7 +22,7 @@ from engine import images
 from engine.api import protocol as p
 from engine.api.context import ApiContext, blocking
 from engine.api.errors import ApiError
-from engine.api.operation import Param, route
+from engine.api.operation import FORM_OVERHEAD, Param, max_body_bytes, route  # noqa: F401 (server.py imports it here)
 from engine.api.request import check_relative, file_kind, json_ok
 from engine.errors import PathOutsideRoot
 from engine.files import NoFreeName
@@ -35,7 +35,6 @@ SAFE_VIEW_TYPES = frozenset({
     "video/mp4", "video/webm", "audio/mpeg", "audio/wav", "audio/x-wav", "audio/flac", "audio/ogg",
     "application/json", "text/plain",
 })
-FORM_OVERHEAD = 64 * 1024
 _FIELD_LIMIT = 64 * 1024
 _STR = {"type": "string"}
 _VIEW_TYPES = ("image/png", "image/webp", "image/jpeg", "application/octet-stream")
@@ -103,14 +102,14 @@ class FileRoutes:
 
     @route("POST", "/upload/image", "Upload an image into input/output/temp.", "files", request=p.UploadForm,
            request_type="multipart/form-data", request_required=True, response=p.UploadResponse,
-           errors=(400, 403, 409, 413))
+           errors=(400, 403, 409, 413), limits=("max_upload_bytes", "max_image_pixels"))
     async def upload_image(self, request: web.Request) -> web.Response:
         data, filename, fields = await self._read_upload(request)
         return json_ok(await blocking(self._save_image, data, filename, fields))
 
     @route("POST", "/upload/mask", "Upload a mask: its alpha is written into the original image (original_ref).",
            "files", request=p.UploadForm, request_type="multipart/form-data", request_required=True,
-           response=p.UploadResponse, errors=(400, 403, 404, 409, 413))
+           response=p.UploadResponse, errors=(400, 403, 404, 409, 413), limits=("max_upload_bytes", "max_image_pixels"))
     async def upload_mask(self, request: web.Request) -> web.Response:
         data, filename, fields = await self._read_upload(request)
         return json_ok(await blocking(self._save_mask, data, filename, fields))
@@ -121,7 +120,7 @@ class FileRoutes:
         if not request.content_type.startswith("multipart/"):
             raise ApiError(400, "invalid_request", "Expected multipart/form-data",
                            "send the image as a multipart form field named 'image'")
-        if request.content_length is not None and request.content_length > limit + FORM_OVERHEAD:
+        if request.content_length is not None and request.content_length > max_body_bytes(limit):
             raise ApiError(413, "payload_too_large", "Upload too large",
                            f"the request is {request.content_length} bytes; the limit is {limit}")
         try:

@@ -6,6 +6,7 @@ graph runs in the thread pool.
 
 from __future__ import annotations
 
+import functools
 import math
 import uuid
 from collections.abc import Mapping
@@ -19,11 +20,14 @@ from engine.api.errors import ApiError
 from engine.api.operation import Param, route
 from engine.api.request import int_query, json_ok, parse_model, read_json
 from engine.errors import QueueFull, ValidationFailed
+from engine.jsonutil import dumps_compact
 from engine.validate import ValidatedPrompt, validate_prompt
 from engine.workflow import is_ui_workflow, ui_to_api
 
 _INT = {"type": "integer"}
 _STR = {"type": "string"}
+#: Header of a GET /history reply that left entries out to stay within max_history_reply_bytes.
+TRUNCATED_HEADER = "X-Loom-History-Truncated"
 
 
 def _number(value: float) -> float | int:
@@ -41,9 +45,11 @@ class PromptRoutes:
         return json_ok({"exec_info": {"queue_remaining": self.ctx.queue.remaining()}})
 
     @route("POST", "/prompt", "Queue a prompt (API format, or an editor workflow as 'prompt' or 'workflow').",
-           "queue", request=p.PromptRequest, request_required=True, response=p.PromptResponse, errors=(400, 503))
+           "queue", request=p.PromptRequest, request_required=True, response=p.PromptResponse,
+           errors=(400, 413, 503), limits=("max_extra_data_bytes",))
     async def post_prompt(self, request: web.Request) -> web.Response:
         body = parse_model(p.PromptRequest, await read_json(request, required=True))
+        check_extra_data_size(body.extra_data, self.ctx.settings.max_extra_data_bytes)
         graph = body.prompt if body.prompt is not None else body.workflow
         if graph is None:
             raise ApiError(400, "no_prompt", "No prompt provided", "No prompt provided")
@@ -98,7 +104,10 @@ class PromptRoutes:
             self.ctx.queue.delete(op.delete)
         return web.Response(status=200)
 
-    @route("GET", "/history", "Finished prompts, oldest first.", "history", response=p.HISTORY, errors=(400,),
+    @route("GET", "/history", "Finished prompts, oldest first. A reply holds at most max_history_reply_bytes: "
+           "entries beyond it are left out (the oldest, or with offset >= 0 the newest) and the reply carries "
+           f"{TRUNCATED_HEADER}: true.", "history", response=p.HISTORY, errors=(400,),
+           limits=("max_history", "max_history_reply_bytes"),
            params=(Param("max_items", "query", _INT, "Return at most this many."),
                    Param("offset", "query", _INT, "Skip this many oldest; negative with max_items: the newest "
                          "max_items.")))
@@ -106,7 +115,11 @@ class PromptRoutes:
         max_items = int_query(request, "max_items")
         offset = int_query(request, "offset")
         # ComfyUI defaults offset to -1: with max_items alone, the newest entries.
-        return json_ok(self.ctx.queue.history(max_items=max_items, offset=-1 if offset is None else offset))
+        page = await blocking(functools.partial(self.ctx.queue.history_page, max_items,
+                                                -1 if offset is None else offset,
+                                                max_bytes=self.ctx.settings.max_history_reply_bytes))
+        headers = {TRUNCATED_HEADER: "true"} if page.truncated else None
+        return web.Response(body=page.body, content_type="application/json", headers=headers)
 
     @route("POST", "/history", "Clear or delete history entries.", "history", request=p.HistoryOperation,
            errors=(400,))
@@ -147,6 +160,18 @@ class PromptRoutes:
                    Param("previews", "query", _STR, "'1': binary preview frames when enabled.")))
     async def websocket(self, request: web.Request) -> web.StreamResponse:
         return await self.ctx.hub.handle(request)
+
+
+def check_extra_data_size(extra_data: Mapping[str, Any] | None, limit: int) -> None:
+    """Refuse (413) an ``extra_data`` larger than ``limit`` bytes of compact JSON: it would be stored in history."""
+    if not extra_data:
+        return
+    size = len(dumps_compact(extra_data).encode())
+    if size > limit:
+        raise ApiError(413, "extra_data_too_large", "extra_data too large",
+                       f"extra_data is {size} bytes of JSON; the limit is {limit} (max_extra_data_bytes). Send "
+                       "large data another way (e.g. upload files and pass their names)",
+                       {"size": size, "limit": limit})
 
 
 def _extra_data(body: p.PromptRequest, ui_workflow: Mapping[str, Any] | None) -> dict[str, Any]:

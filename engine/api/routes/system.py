@@ -84,5 +84,5 @@ class SystemRoutes:
     @route("GET", "/openapi.json", "This document.", "system", response={"type": "object"})
     async def openapi(self, request: web.Request) -> web.Response:
         if self._openapi is None:
-            self._openapi = dumps_compact(build_document(LOOM_VERSION, self.ctx.operations))
+            self._openapi = dumps_compact(build_document(LOOM_VERSION, self.ctx.operations, self.ctx.settings))
         return web.Response(text=self._openapi, content_type="application/json")
