@@ -3,7 +3,7 @@
 Encoder: compact separators (no spaces: bytes per node matter on the websocket), UTF-8 kept as is,
 values JSON does not know (paths, enums) written as their ``str``, and never ``NaN``/``Infinity``
 (not JSON; a browser's ``JSON.parse`` rejects the whole body): a non-finite float an engine value
-carries is written as ``null``, as JavaScript's ``JSON.stringify`` does.
+carries is written as ``null``, as JavaScript's ``JSON.stringify`` does, and a lone surrogate as U+FFFD.
 
 Decoder: standard JSON only. ``NaN``, ``Infinity``, numbers that overflow a float (``1e400``) and
 lone UTF-16 surrogates (``"\\ud800"``, which cannot be encoded as UTF-8 and so could never be
@@ -38,14 +38,17 @@ class StrictJsonError(ValueError):
 def dumps_compact(value: Any, *, default: Callable[[Any], Any] | None = str) -> str:
     """``value`` as compact JSON; ``default=None`` raises TypeError on unknown types instead.
 
-    Non-finite floats become ``null``, so the text is always valid JSON.
+    Non-finite floats become ``null`` and lone surrogates (a file name read with surrogateescape)
+    U+FFFD, so the text is always valid JSON that encodes as UTF-8.
     """
     try:
-        return _dumps(value, default)
+        text = _dumps(value, default)
     except ValueError as exc:
         if "Out of range float values" not in str(exc):
             raise
-    return _dumps(_finite(value), default)
+        text = _dumps(_finite(value), default)
+    # JSON's own syntax is ASCII, so a surrogate can only sit inside a string: replacing it in the text is safe.
+    return _SURROGATE.sub("\ufffd", text) if _SURROGATE.search(text) else text
 
 
 def _dumps(value: Any, default: Callable[[Any], Any] | None) -> str:

@@ -110,6 +110,12 @@ def test_dumps_compact_writes_non_finite_floats_as_null() -> None:
     assert loads_strict(text) == {"a": [None, 1.5, [None, None]], "b": {"c": None}, "d": "x"}
 
 
+def test_dumps_compact_writes_lone_surrogates_as_replacement_characters() -> None:
+    text = dumps_compact({"name": "a\udcff.png", "\ud800": ["ok \U0001f600"]})
+    assert text == '{"name":"a\ufffd.png","\ufffd":["ok \U0001f600"]}'
+    text.encode("utf-8")  # would raise UnicodeEncodeError with the surrogates kept
+
+
 def test_history_with_a_nan_output_is_stored_as_valid_json(tmp_path: Path) -> None:
     path = tmp_path / "queue.sqlite3"
     queue = PromptQueue(path)
