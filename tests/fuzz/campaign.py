@@ -263,7 +263,24 @@ def json_request(rng: random.Random, path: str, value: Any, summary: str) -> Req
                    f"{summary}: {body[:160]!r}{'...' if len(body) > 160 else ''} ({len(body)} bytes)")
 
 
+HOSTILE_HEADERS = [{"Origin": "http://evil.example"}, {"Origin": "null"}, {"Host": "evil.example"},
+                   {"Host": "127.0.0.1:1"}, {"Authorization": "Bearer x"}, {"Authorization": "Basic \u00ff"},
+                   {"Sec-Fetch-Site": "cross-site"}, {"Content-Encoding": "gzip"}, {"Transfer-Encoding": "chunked"},
+                   {"Accept": "*/*;q=NaN"}, {"X-Forwarded-For": "1.2.3.4"}, {"Cookie": "a=" + "b" * 3000}]
+
+
 def next_request(rng: random.Random) -> Request:
+    request = _next_request(rng)
+    if rng.random() < 0.05:
+        extra = rng.choice(HOSTILE_HEADERS)
+        if "Transfer-Encoding" in extra and request.body is None:
+            extra = {"Origin": "http://evil.example"}
+        request.headers = {**request.headers, **extra}
+        request.summary += f" headers {extra!r}"[:200]
+    return request
+
+
+def _next_request(rng: random.Random) -> Request:
     roll = rng.random()
     if roll < 0.25:
         path = rng.choice(GET_PATHS)
@@ -326,10 +343,21 @@ def large_requests() -> list[Request]:
 
 def send(port: int, request: Request, conn: http.client.HTTPConnection | None
          ) -> tuple[int, bytes, http.client.HTTPConnection]:
-    if conn is None:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=REQUEST_TIMEOUT)
+    """Send on a kept-alive connection; a connection the server closed while idle is retried once, fresh."""
+    if conn is not None:
+        try:
+            return _send_on(conn, port, request)
+        except (ConnectionResetError, BrokenPipeError, http.client.RemoteDisconnected):
+            pass
+    return _send_on(http.client.HTTPConnection("127.0.0.1", port, timeout=REQUEST_TIMEOUT), port, request)
+
+
+def _send_on(conn: http.client.HTTPConnection, port: int, request: Request
+             ) -> tuple[int, bytes, http.client.HTTPConnection]:
+    chunked = request.headers.get("Transfer-Encoding") == "chunked"
     try:
-        conn.request(request.method, request.path, body=request.body, headers=request.headers)
+        conn.request(request.method, request.path, body=request.body, headers=request.headers,
+                     encode_chunked=chunked)
         response = conn.getresponse()
         body = response.read()
     except (OSError, http.client.HTTPException):
