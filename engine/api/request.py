@@ -21,7 +21,12 @@ def json_ok(data: Any, status: int = 200) -> web.Response:
 
 async def read_json(request: web.Request, *, required: bool) -> Any:
     """The JSON body, parsed strictly (no NaN/Infinity, no lone surrogates); ``{}`` when empty unless required."""
-    raw = await request.read()
+    try:
+        raw = await request.read()
+    except web.RequestPayloadError as exc:  # e.g. Content-Encoding: gzip on a body that is not gzip
+        raise ApiError(400, "invalid_body", "Request body could not be read",
+                       f"{ascii(str(exc))[1:-1][:300]}; send the body as its Content-Encoding says, or without one"
+                       ) from exc
     if not raw.strip():
         if required:
             raise ApiError(400, "invalid_json", "Request body is empty", "send a JSON object as the request body")

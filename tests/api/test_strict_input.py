@@ -4,6 +4,7 @@ sends back is invalid JSON (issue 15: F1, F2, F3, F6, C2)."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import math
 import sqlite3
@@ -73,6 +74,21 @@ def test_surrogate_pair_escape_is_valid_text(server: LiveServer) -> None:
     assert reply.status == 200, reply.body
     entry = server.wait_history(reply.json()["prompt_id"])
     assert entry["prompt"][3]["client_id"] == "\U0001f600"
+
+
+@pytest.mark.parametrize("path", ["/prompt", "/history", "/interrupt"])
+def test_body_that_is_not_its_content_encoding_is_400(server: LiveServer, path: str) -> None:
+    reply = server.request("POST", path, body=b'{"max_items": true}',
+                           headers={**JSON, "Content-Encoding": "gzip"})
+    assert reply.status == 400, reply.body
+    assert_error_schema(reply.json(), "invalid_body")
+    assert server.get("/prompt").status == 200
+
+
+def test_gzip_body_is_read(server: LiveServer) -> None:
+    body = gzip.compress(json.dumps({"prompt": {"1": {"class_type": "StubInt", "inputs": {"value": 1}}}}).encode())
+    reply = server.request("POST", "/prompt", body=body, headers={**JSON, "Content-Encoding": "gzip"})
+    assert reply.status == 400 and reply.json()["error"]["type"] == "prompt_no_outputs", reply.body
 
 
 # --------------------------------------------------------------------------- F2, F6: NaN and Infinity
