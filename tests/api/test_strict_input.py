@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from engine.jsonutil import StrictJsonError, dumps_compact, loads_strict
 from engine.queue import PromptQueue
@@ -147,6 +149,28 @@ def test_history_with_a_nan_output_is_stored_as_valid_json(tmp_path: Path) -> No
         [(text,)] = db.execute("SELECT entry FROM history").fetchall()
     assert loads_strict(text)["outputs"] == {"1": {"score": [None, 0.5]}}
     assert entry is not None and entry["outputs"] == {"1": {"score": [None, 0.5]}}
+
+
+_JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+                     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+                     max_leaves=20)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_JSON)
+def test_what_dumps_compact_writes_loads_strict_reads(value: Any) -> None:
+    """Any value, NaN and surrogates included, is written as text that is strict JSON and UTF-8."""
+    text = dumps_compact(value)
+    loads_strict(text.encode("utf-8"))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=64) | st.text(max_size=64).map(lambda t: t.encode("utf-8", "surrogatepass")))
+def test_loads_strict_fails_only_with_value_error(raw: bytes) -> None:
+    try:
+        loads_strict(raw)
+    except ValueError:
+        pass
 
 
 def test_loads_strict_names_the_path() -> None:
