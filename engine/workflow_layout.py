@@ -40,7 +40,7 @@ def api_to_ui(prompt: Mapping[str, Any], registry: NodeRegistry) -> dict[str, An
         for spec in _slot_inputs(cls, node["inputs"]):
             value = node["inputs"].get(spec.name)
             link_id = None
-            if is_link(value) and str(value[0]) in nodes and value[1] < len(classes[str(value[0])].outputs):
+            if is_link(value) and str(value[0]) in nodes and 0 <= value[1] < len(classes[str(value[0])].outputs):
                 source, slot = str(value[0]), value[1]
                 link_id = len(links) + 1
                 links.append([link_id, ids[source], slot, ids[node_id], len(inputs),

@@ -15,9 +15,8 @@ from aiohttp import web
 from engine.api.context import ApiContext
 from engine.api.errors import error_middleware
 from engine.api.hub import Hub
-from engine.api.operation import bound, served_paths
+from engine.api.operation import FORM_OVERHEAD, bound, served_paths
 from engine.api.routes import ROUTE_CLASSES, operations
-from engine.api.routes.files import FORM_OVERHEAD
 from engine.api.security import RedactingAccessLogger, security_headers, security_middlewares
 from engine.settings import Settings
 

@@ -128,3 +128,20 @@ def test_data_binary_without_multipart_is_400(server: LiveServer) -> None:
                            headers={"Content-Type": "application/x-www-form-urlencoded"})
     assert reply.status == 400
     assert_error_schema(reply.json(), "invalid_request")
+
+
+def test_deeply_nested_original_ref_is_400(server: LiveServer) -> None:
+    """json.loads raised RecursionError (a 500) on a deeply nested original_ref, issue 15."""
+    ref = "[" * 20_000 + "]" * 20_000  # under the field limit, far past the parser's recursion limit
+    reply = server.upload("/upload/mask", png_bytes(), "deep-mask.png", fields={"original_ref": ref})
+    assert reply.status == 400, reply.body
+    assert_error_schema(reply.json(), "invalid_request")
+
+
+def test_upload_whose_content_encoding_lies_is_400(server: LiveServer) -> None:
+    """A body that is not the gzip its Content-Encoding says raised RequestPayloadError (a 500), issue 15."""
+    body, ctype = multipart({}, {"image": ("x.png", png_bytes(), "image/png")})
+    reply = server.request("POST", "/upload/image", body=body,
+                           headers={"Content-Type": ctype, "Content-Encoding": "gzip"})
+    assert reply.status == 400, reply.body
+    assert_error_schema(reply.json(), "invalid_multipart")

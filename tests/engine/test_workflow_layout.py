@@ -77,3 +77,12 @@ def test_unknown_class_and_cycles(registry: NodeRegistry) -> None:
              "2": {"class_type": "VAEEncode", "inputs": {"pixels": ["1", 0], "vae": ["1", 0]}}}
     editor = api_to_ui(cycle, registry)  # an invalid graph still opens, for the user to fix
     assert len(editor["nodes"]) == 2
+
+
+def test_a_negative_output_slot_is_left_unlinked(registry: NodeRegistry) -> None:
+    """A link to slot -1 named an output from the end (IndexError: a 500 on /loom/workflow/editor), issue 15."""
+    api = {"1": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+           "2": {"class_type": "SaveLatent", "inputs": {"samples": ["1", -5], "filename_prefix": "x"}}}
+    editor = api_to_ui(api, registry)
+    assert editor["links"] == []
+    assert {n["type"] for n in editor["nodes"]} == {"EmptyLatentImage", "SaveLatent"}

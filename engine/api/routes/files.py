@@ -8,7 +8,6 @@ while they are read and in pixels before they are decoded.
 
 from __future__ import annotations
 
-import json
 import mimetypes
 from pathlib import Path
 from urllib.parse import quote
@@ -22,11 +21,12 @@ from engine import images
 from engine.api import protocol as p
 from engine.api.context import ApiContext, blocking
 from engine.api.errors import ApiError
-from engine.api.operation import FORM_OVERHEAD, Param, max_body_bytes, route  # noqa: F401 (server.py imports it here)
+from engine.api.operation import Param, max_body_bytes, route
 from engine.api.request import check_relative, file_kind, json_ok
 from engine.errors import PathOutsideRoot
 from engine.files import NoFreeName
 from engine.folders import path_problem, split_annotation
+from engine.jsonutil import loads_strict
 
 #: Content types /view may label a file with; anything else is served as application/octet-stream
 #: so that a stored .html/.js/.svg can never run in the server's origin.
@@ -125,7 +125,7 @@ class FileRoutes:
                            f"the request is {request.content_length} bytes; the limit is {limit}")
         try:
             image, filename, fields = await _read_form(request, limit)
-        except (ValueError, HttpProcessingError) as exc:
+        except (ValueError, HttpProcessingError, web.RequestPayloadError) as exc:  # payload: a bad Content-Encoding
             raise ApiError(400, "invalid_multipart", "Malformed multipart body",
                            f"the multipart/form-data body could not be read ({_reason(exc)}); send one part per "
                            "field between boundary lines, ending with the closing boundary") from exc
@@ -166,10 +166,10 @@ def _original_ref(raw: str | None) -> p.FileRef:
     bad = ApiError(400, "invalid_request", "Missing or invalid original_ref",
                    'send original_ref as JSON {"filename", "subfolder", "type"}')
     try:
-        ref = json.loads(raw) if raw else None
+        ref = loads_strict(raw) if raw else None
         if isinstance(ref, dict):
             return p.FileRef.model_validate(ref)
-    except (ValueError, ValidationError) as exc:
+    except (ValueError, ValidationError, RecursionError) as exc:  # RecursionError: deep nesting
         raise bad from exc
     raise bad
 
