@@ -87,6 +87,10 @@ INSERT OR IGNORE INTO counter (id, next) VALUES (0, 1);
 _ITEM_COLUMNS = "number, prompt_id, prompt, extra_data, outputs"
 
 
+class DuplicatePromptId(LoomError, ValueError):
+    """POST /prompt named a prompt_id that is already queued, running or in the history."""
+
+
 class QueueClosed(LoomError):
     """The prompt queue was closed; nothing more can be queued or recorded in it."""
 
@@ -342,7 +346,7 @@ class PromptQueue:
     def _check_new_id(self, prompt_id: str) -> None:
         where = self._where_is(prompt_id)
         if where is not None:
-            raise ValueError(
+            raise DuplicatePromptId(
                 f"prompt_id {prompt_id!r} is already used by a prompt that is {where}; send another "
                 "prompt_id, or none and the server makes a new one"
             )

@@ -350,7 +350,7 @@ class Hub:
         conn.greeted = True
         try:
             message = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested past the parser's limit: ignored
             return
         if not isinstance(message, dict) or message.get("type") != "feature_flags":
             return

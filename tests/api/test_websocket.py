@@ -195,6 +195,19 @@ def test_feature_flags_answer(server: LiveServer) -> None:
         ws.close()
 
 
+def test_a_deeply_nested_first_message_is_ignored(server: LiveServer) -> None:
+    """json.loads raised RecursionError in the websocket handler, which dropped the client (issue 15)."""
+    ws = server.ws("deep-nesting")
+    try:
+        recv_json(ws)  # status
+        ws.send("[" * 20_000 + "]" * 20_000)
+        prompt_id = server.queue_prompt(chain_prompt(901), client_id="deep-nesting")
+        seen = collect_until_done(ws, prompt_id)
+        assert seen[-1]["type"] == "executing" and seen[-1]["data"]["node"] is None
+    finally:
+        ws.close()
+
+
 def _frames_until_done(ws: websocket.WebSocket, prompt_id: str) -> tuple[list[bytes], list[str]]:
     binary: list[bytes] = []
     texts: list[str] = []

@@ -21,6 +21,7 @@ from engine.api.operation import Param, route
 from engine.api.request import int_query, json_ok, parse_model, read_json
 from engine.errors import QueueFull, ValidationFailed
 from engine.jsonutil import dumps_compact
+from engine.queue import DuplicatePromptId
 from engine.validate import ValidatedPrompt, validate_prompt
 from engine.workflow import is_ui_workflow, ui_to_api
 
@@ -69,8 +70,10 @@ class PromptRoutes:
                                         number=body.number, front=bool(body.front))
         except QueueFull as exc:
             raise ApiError(503, "queue_full", "The queue is full", str(exc)) from exc
-        except ValueError as exc:
+        except DuplicatePromptId as exc:
             raise ApiError(400, "duplicate_prompt_id", "prompt_id already used", str(exc)) from exc
+        except ValueError as exc:  # e.g. a priority number the queue cannot order by
+            raise ApiError(400, "invalid_request", "Prompt could not be queued", str(exc)[:500]) from exc
         return json_ok({"prompt_id": prompt_id, "number": _number(number), "node_errors": validated.node_errors})
 
     def _prepare(self, graph: dict[str, Any], workflow: dict[str, Any] | None, targets: list[str] | None
