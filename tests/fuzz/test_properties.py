@@ -10,7 +10,6 @@ import zlib
 from pathlib import Path
 from typing import Any
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -117,9 +116,6 @@ typed_prompts = st.dictionaries(st.sampled_from(["1", "2", "3"]),
                                 st.sampled_from(CLASS_NAMES[:7]).flatmap(_typed_node), min_size=1, max_size=3)
 
 
-# Deselected by default until api_to_ui refuses a link to a negative output slot (["1", -2] -> IndexError, a 500
-# from POST /loom/workflow/editor); `pytest -m fuzz` runs it.
-@pytest.mark.fuzz
 @FAST
 @given(api_prompts | typed_prompts)
 def test_api_to_ui_fails_only_with_validation_failed(prompt: Any) -> None:
