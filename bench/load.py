@@ -7,10 +7,12 @@ LatentMultiply -> SaveLatent), so none is answered from the cache. While the que
 times ``GET /queue``. Reports:
 
 - seconds to drain and prompts per second;
-- p50/p99/max milliseconds of ``GET /queue`` under that load;
+- p50/p99/max milliseconds of ``GET /queue`` under that load, and p50/p99 of the idle server (the reference);
 - the server's RSS (/proc/PID/status VmRSS) before the load and after it;
 - delivery: every client must see ``execution_success`` and the final ``executing`` (node null) of each of
   its own prompts, and no message of another client's prompt.
+
+The clients run in this process, on the same machine as the server: their CPU use is part of the load.
 
     python bench/load.py [--clients N] [--prompts N]
 """
@@ -158,9 +160,10 @@ class LoadClient:
                 "foreign_messages": sum(self.prompt_messages[p] for p in foreign)}
 
 
-def poll_queue(port: int, stop: threading.Event, latencies: list[float]) -> None:
+def poll_queue(port: int, stop: threading.Event, latencies: list[float], limit: int = 10**9) -> None:
+    """Time GET /queue (ms) every 10 ms until ``stop`` is set or ``limit`` samples are taken."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-    while not stop.is_set():
+    while not stop.is_set() and len(latencies) < limit:
         start = time.perf_counter()
         conn.request("GET", "/queue")
         conn.getresponse().read()
@@ -185,6 +188,8 @@ def run(clients_n: int, prompts_n: int) -> dict[str, Any]:
                     raise RuntimeError("the warm-up prompt did not finish")
                 time.sleep(0.05)
             rss_before = rss_mb(proc.pid)
+            idle: list[float] = []
+            poll_queue(port, threading.Event(), idle, limit=200)
             clients = [LoadClient(port) for _ in range(clients_n)]
             for client in clients:
                 client.ws.recv()  # the initial status message
@@ -228,7 +233,8 @@ def run(clients_n: int, prompts_n: int) -> dict[str, Any]:
         "prompts_per_s": round(prompts_n / drained_s, 1),
         "get_queue_ms": {"samples": len(latencies), "p50": percentile(latencies, 0.5),
                          "p99": percentile(latencies, 0.99), "max": round(max(latencies), 2),
-                         "mean": round(statistics.fmean(latencies), 2)},
+                         "mean": round(statistics.fmean(latencies), 2),
+                         "idle_p50": percentile(idle, 0.5), "idle_p99": percentile(idle, 0.99)},
         "rss_mb": {"before": rss_before, "after": rss_after, "growth": round(rss_after - rss_before, 1)},
         "delivery": delivery,
     }
