@@ -8,6 +8,7 @@ while they are read and in pixels before they are decoded.
 
 from __future__ import annotations
 
+import errno
 import mimetypes
 from pathlib import Path
 from urllib.parse import quote
@@ -144,6 +145,13 @@ class FileRoutes:
             saved = self.ctx.store.save(kind, name, data, subfolder=subfolder, overwrite=overwrite)
         except NoFreeName as exc:
             raise ApiError(409, "name_exhausted", "No free file name", str(exc)) from exc
+        except OSError as exc:
+            if exc.errno not in _BAD_NAME_ERRNOS:
+                raise
+            raise ApiError(400, "invalid_path", "The file cannot be written there",
+                           f"{kind}/{subfolder}/{name}"[:300] + f": {exc.strerror}; a part of the subfolder is "
+                           "a file, or a name is too long for the file system: pick another subfolder or name"
+                           ) from exc
         return {"name": saved, "subfolder": subfolder, "type": kind}
 
     def _save_image(self, data: bytes, filename: str, fields: dict[str, str]) -> dict[str, str]:
@@ -159,6 +167,11 @@ class FileRoutes:
         mask = self._decode(data, "mask")
         original = self._decode(original_path.read_bytes(), "original image")
         return self._store(images.with_mask_alpha(original, mask), filename, fields)
+
+
+#: Errors of a write that come from the requested name, not from the server: a subfolder part that is a
+#: file (EEXIST, ENOTDIR), a directory where the file goes (EISDIR), a name too long (ENAMETOOLONG).
+_BAD_NAME_ERRNOS = frozenset({errno.EEXIST, errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG})
 
 
 def _original_ref(raw: str | None) -> p.FileRef:
