@@ -3,8 +3,9 @@
 Starts ``main.py`` (with the stub nodes) as a subprocess on a free loopback port with fresh folders, then
 sends ``--requests`` requests (20,000 by default) from ``--workers`` threads: malformed and random JSON
 (NaN, Infinity, lone surrogates, huge numbers, deep nesting, truncated text), API- and editor-format prompts,
-random query strings, multipart uploads with odd names and bodies, wrong methods, and a few large bodies
-(10 MB and 105 MB). Each worker draws from its own ``random.Random(seed + worker)``, so a seed names the
+random query strings, multipart uploads with odd names and bodies, wrong methods, hostile headers, websocket
+sessions with odd client ids and frames (counted under status 101 when the handshake succeeds), and a few
+large bodies (10 MB and 105 MB). Each worker draws from its own ``random.Random(seed + worker)``, so a seed names the
 same requests every time (their interleaving varies).
 
 Prints one JSON object: the request count, the count of each status, 5xx (a 503 ``queue_full`` is the
@@ -34,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import websocket
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -269,8 +271,20 @@ HOSTILE_HEADERS = [{"Origin": "http://evil.example"}, {"Origin": "null"}, {"Host
                    {"Accept": "*/*;q=NaN"}, {"X-Forwarded-For": "1.2.3.4"}, {"Cookie": "a=" + "b" * 3000}]
 
 
+def websocket_session(rng: random.Random) -> Request:
+    """A websocket connection (method ``WS``) with an odd client id and odd first frames."""
+    client_id = rng.choice([uuid.uuid4().hex, "", "x" * 400, "%00", "../x", "😀", "a b"])
+    query = f"?clientId={client_id}" + rng.choice(["", "&previews=1", "&token=x", "&clientId=two"])
+    frames = [json_text(rng, rng.choice([{"type": "feature_flags", "data": random_json(rng)}, random_json(rng)]))
+              for _ in range(rng.randint(0, 3))]
+    if rng.random() < 0.3:
+        frames.append(rng.randbytes(rng.randint(0, 64)))
+    return Request("WS", rng.choice(["/ws", "/api/ws"]) + query, b"\x00".join(frames),
+                   summary=f"websocket {query[:80]!r}, frames {[f[:60] for f in frames]!r}"[:300])
+
+
 def next_request(rng: random.Random) -> Request:
-    request = _next_request(rng)
+    request = websocket_session(rng) if rng.random() < 0.005 else _next_request(rng)
     if rng.random() < 0.05:
         extra = rng.choice(HOSTILE_HEADERS)
         if "Transfer-Encoding" in extra and request.body is None:
@@ -341,9 +355,35 @@ def large_requests() -> list[Request]:
 # --------------------------------------------------------------------------- sending
 
 
+def send_websocket(port: int, request: Request) -> int:
+    """Open the websocket, send its frames, read the greeting; the handshake's status (101 when accepted)."""
+    path = "".join(c if c.isascii() and c.isprintable() and c != " " else f"%{ord(c) & 0xFF:02x}"
+                   for c in request.path)
+    try:
+        ws = websocket.create_connection(f"ws://127.0.0.1:{port}{path}", timeout=REQUEST_TIMEOUT)
+    except websocket.WebSocketBadStatusException as exc:
+        return int(exc.status_code)
+    try:
+        ws.recv()  # the status greeting
+        for frame in (request.body or b"").split(b"\x00"):
+            if frame.startswith((b"{", b"[", b'"')):
+                ws.send(frame.decode("utf-8", "replace"))
+            else:
+                ws.send_binary(frame)
+        ws.ping()
+    except websocket.WebSocketConnectionClosedException:
+        pass  # the server may close a socket that sent something it does not accept
+    finally:
+        ws.close()
+    return 101
+
+
 def send(port: int, request: Request, conn: http.client.HTTPConnection | None
          ) -> tuple[int, bytes, http.client.HTTPConnection]:
     """Send on a kept-alive connection; a connection the server closed while idle is retried once, fresh."""
+    if request.method == "WS":
+        status = send_websocket(port, request)
+        return status, b"", conn or http.client.HTTPConnection("127.0.0.1", port, timeout=REQUEST_TIMEOUT)
     if conn is not None:
         try:
             return _send_on(conn, port, request)
@@ -387,12 +427,12 @@ def worker(port: int, rng: random.Random, count: int, deadline: float, tally: Ta
         request = pending.pop() if pending and (late or rng.random() < 0.01) else next_request(rng)
         try:
             status, body, conn = send(port, request, conn)
-        except TimeoutError:
+        except (TimeoutError, websocket.WebSocketTimeoutException):
             conn = None
             with tally.lock:
                 tally.timeouts.append({"method": request.method, "path": request.path, "body": request.summary})
             continue
-        except (OSError, http.client.HTTPException) as exc:
+        except (OSError, http.client.HTTPException, websocket.WebSocketException) as exc:
             conn = None
             # A server may close the connection of a request it refused before reading its body (413).
             if request.body is not None and len(request.body) > MB:
