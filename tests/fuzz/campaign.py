@@ -70,9 +70,11 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_server(tmp: Path, port: int, log_path: Path) -> subprocess.Popen[bytes]:
+def start_server(tmp: Path, port: int, log_path: Path, token: str | None = None) -> subprocess.Popen[bytes]:
     args = [sys.executable, str(ROOT / "main.py"), "--port", str(port), "--extra-nodes", "tests.support.stub_nodes",
             "--log-level", "WARNING", "--models-dir", str(ROOT / "models")]
+    if token is not None:
+        args += ["--auth-token", token]
     for name in ("input", "output", "temp", "data"):
         args += [f"--{name}-dir", str(tmp / name)]
     log = log_path.open("wb")
@@ -83,13 +85,34 @@ def start_server(tmp: Path, port: int, log_path: Path) -> subprocess.Popen[bytes
             raise RuntimeError(f"the server exited during start; see {log_path}")
         try:
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            conn.request("GET", "/system_stats")
+            conn.request("GET", "/system_stats", headers=_auth(token))
             if conn.getresponse().status == 200:
                 return proc
         except OSError:
             time.sleep(0.1)
     proc.kill()
     raise RuntimeError("the server did not answer within 60 s")
+
+
+def _auth(token: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def with_credentials(rng: random.Random, request: Request, token: str | None) -> Request:
+    """With an auth token: most requests carry it (header, or query on websockets), some a wrong one, some none."""
+    if token is None or "Authorization" in request.headers:
+        return request
+    roll = rng.random()
+    given = token if roll < 0.85 else (token[:-1] + "x" if roll < 0.93 else None)
+    if given is None:
+        request.summary += " (no token)"
+    elif request.method == "WS":
+        request.path += f"&token={given}" if "?" in request.path else f"?token={given}"
+    else:
+        request.headers = {**request.headers, "Authorization": f"Bearer {given}"}
+    if given not in (None, token):
+        request.summary += " (wrong token)"
+    return request
 
 
 # --------------------------------------------------------------------------- request generators
@@ -417,7 +440,8 @@ def record(tally: Tally, request: Request, status: int, body: bytes) -> None:
                                         "status": status, "answer": body[:400].decode("utf-8", "replace")})
 
 
-def worker(port: int, rng: random.Random, count: int, deadline: float, tally: Tally, extra: list[Request]) -> None:
+def worker(port: int, rng: random.Random, count: int, deadline: float, tally: Tally, extra: list[Request],
+           token: str | None = None) -> None:
     conn: http.client.HTTPConnection | None = None
     pending = list(extra)
     for i in range(count):
@@ -425,6 +449,7 @@ def worker(port: int, rng: random.Random, count: int, deadline: float, tally: Ta
             return
         late = count - i <= len(pending)
         request = pending.pop() if pending and (late or rng.random() < 0.01) else next_request(rng)
+        request = with_credentials(rng, request, token)
         try:
             status, body, conn = send(port, request, conn)
         except (TimeoutError, websocket.WebSocketTimeoutException):
@@ -445,23 +470,24 @@ def worker(port: int, rng: random.Random, count: int, deadline: float, tally: Ta
         record(tally, request, status, body)
 
 
-def alive(port: int, proc: subprocess.Popen[bytes]) -> bool:
+def alive(port: int, proc: subprocess.Popen[bytes], token: str | None = None) -> bool:
     if proc.poll() is not None:
         return False
     try:
-        status, _, conn = send(port, Request("GET", "/system_stats"), None)
+        status, _, conn = send(port, Request("GET", "/system_stats", headers=_auth(token)), None)
         conn.close()
     except (OSError, http.client.HTTPException):
         return False
     return status == 200
 
 
-def run(seed: int, requests: int, workers: int, time_limit: float) -> dict[str, Any]:
+def run(seed: int, requests: int, workers: int, time_limit: float, token: str | None = None) -> dict[str, Any]:
+    """The campaign; with ``token`` the server requires it (``--auth-token``) and most requests carry it."""
     with tempfile.TemporaryDirectory(prefix="loom-fuzz-") as tmp_name:
         tmp = Path(tmp_name)
         port = free_port()
         log_path = tmp / "server.log"
-        proc = start_server(tmp, port, log_path)
+        proc = start_server(tmp, port, log_path, token)
         tally = Tally()
         start = time.monotonic()
         try:
@@ -471,20 +497,20 @@ def run(seed: int, requests: int, workers: int, time_limit: float) -> dict[str, 
             for i in range(workers):
                 extra = large[i::workers]
                 threads.append(threading.Thread(target=worker, args=(port, random.Random(seed + i), per_worker[i],
-                                                                     start + time_limit, tally, extra)))
+                                                                     start + time_limit, tally, extra, token)))
             for thread in threads:
                 thread.start()
             for thread in threads:
                 thread.join()
             elapsed = time.monotonic() - start
-            is_alive = alive(port, proc)
+            is_alive = alive(port, proc, token)
         finally:
             proc.kill()
             proc.wait(10)
         log_text = log_path.read_text(errors="replace")
     total = sum(tally.status.values()) + len(tally.timeouts) + len(tally.connection_errors)
     report: dict[str, Any] = {
-        "seed": seed, "requests": total, "seconds": round(elapsed, 1),
+        "seed": seed, "auth_token": token is not None, "requests": total, "seconds": round(elapsed, 1),
         "status": dict(sorted(tally.status.items())), "5xx": len(tally.server_errors),
         "timeouts": len(tally.timeouts), "connection_errors": len(tally.connection_errors), "alive": is_alive,
     }
@@ -514,8 +540,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=20_000)
     parser.add_argument("--workers", type=int, default=8)
     parser.add_argument("--time-limit", type=float, default=600.0, help="seconds; the campaign stops then")
+    parser.add_argument("--auth", action="store_true",
+                        help="serve with an auth token; most requests carry it, some a wrong one or none")
     args = parser.parse_args(argv)
-    report = run(args.seed, args.requests, args.workers, args.time_limit)
+    token = f"fuzz-{uuid.uuid4().hex}" if args.auth else None
+    report = run(args.seed, args.requests, args.workers, args.time_limit, token)
     sys.stdout.write(json.dumps(report, indent=1) + "\n")
     ok = report["5xx"] == 0 and report["timeouts"] == 0 and report["connection_errors"] == 0 and report["alive"]
     return 0 if ok else 1

@@ -28,6 +28,12 @@ def test_a_short_seeded_campaign_finds_no_server_error() -> None:
     _assert_clean(run(seed=7, requests=3000, workers=1, time_limit=60.0), 3000)
 
 
+def test_a_short_seeded_campaign_against_a_server_with_a_token_finds_no_server_error() -> None:
+    report = run(seed=11, requests=2000, workers=1, time_limit=60.0, token="fuzz-token-0123456789abcdef")
+    _assert_clean(report, 2000)
+    assert report["status"].get("401", 0) > 100, report["status"]  # the requests with a wrong token or none
+
+
 @pytest.mark.fuzz
 def test_the_parallel_campaign_of_make_fuzz_finds_no_server_error() -> None:
     _assert_clean(run(seed=20261207, requests=20_000, workers=8, time_limit=300.0), 20_000)
