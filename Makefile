@@ -85,11 +85,13 @@ test-all: setup-test
 bench: setup-test
 	$(BIN)/python bench/executor.py
 
-# A seeded fuzzing campaign (tests/fuzz/campaign.py): >= 20,000 requests against a real server on loopback;
-# prints the status counts as JSON and fails on any 5xx, timeout or dead server. ARGS="--seed N --requests N".
+# A seeded fuzzing campaign (tests/fuzz/campaign.py): 20,000 requests against a real server on loopback, then
+# 20,000 against one with an auth token; prints the status counts as JSON and fails on any 5xx, timeout or dead
+# server. ARGS="--seed N --requests N".
 .PHONY: fuzz
 fuzz: setup-test
 	$(BIN)/python -m tests.fuzz.campaign $(ARGS)
+	$(BIN)/python -m tests.fuzz.campaign --auth $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
