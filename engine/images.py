@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -42,19 +43,26 @@ def _check_pixels(image: Image.Image, max_pixels: int, what: str) -> None:
         raise ImageTooLarge(f"the {what} is {width}x{height} = {width * height} pixels; the limit is {max_pixels}")
 
 
-def decode_image(data: bytes, max_pixels: int, what: str = "image") -> Image.Image:
-    """Fully decode an image (its first frame) from bytes; ImageTooLarge before decoding a big one."""
+@contextmanager
+def _decoding(what: str, verb: str) -> Iterator[None]:
+    """PIL's errors while reading ``what`` as ImageTooLarge (a decompression bomb) or ImageError."""
     try:
-        image = Image.open(io.BytesIO(data))
-        _check_pixels(image, max_pixels, what)
-        image.load()
-        return image
+        yield
     except Image.DecompressionBombError as exc:
         raise ImageTooLarge(f"the {what} is too large: {exc}") from exc
     except ImageTooLarge:
         raise
     except _DECODE_ERRORS as exc:
-        raise ImageError(f"the {what} could not be decoded as an image: {exc}") from exc
+        raise ImageError(f"the {what} could not be {verb} as an image: {exc}") from exc
+
+
+def decode_image(data: bytes, max_pixels: int, what: str = "image") -> Image.Image:
+    """Fully decode an image (its first frame) from bytes; ImageTooLarge before decoding a big one."""
+    with _decoding(what, "decoded"):
+        image = Image.open(io.BytesIO(data))
+        _check_pixels(image, max_pixels, what)
+        image.load()
+        return image
 
 
 def _frames(image: Image.Image) -> Iterator[Image.Image]:
@@ -86,7 +94,7 @@ def read_frames(source: Path | bytes, max_pixels: int, what: str = "image"
     """Every frame of the first frame's size as ``(rgb, alpha)`` arrays (frames of another size are
     left out, as ComfyUI does); ImageTooLarge when the frames together pass ``max_pixels``."""
     frames: list[tuple[np.ndarray, np.ndarray | None]] = []
-    try:
+    with _decoding(what, "read"):
         with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
             _check_pixels(image, max_pixels, what)
             for frame in _frames(image):
@@ -97,12 +105,6 @@ def read_frames(source: Path | bytes, max_pixels: int, what: str = "image"
                     raise ImageTooLarge(f"the {what} has more than {max_pixels} pixels over its frames; "
                                         "use a shorter or smaller animation")
                 frames.append((rgb, alpha))
-    except Image.DecompressionBombError as exc:
-        raise ImageTooLarge(f"the {what} is too large: {exc}") from exc
-    except ImageTooLarge:
-        raise
-    except _DECODE_ERRORS as exc:
-        raise ImageError(f"the {what} could not be read as an image: {exc}") from exc
     if not frames:
         raise ImageError(f"the {what} has no frames")
     return frames

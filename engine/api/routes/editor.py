@@ -4,6 +4,8 @@ conversions between the editor and API formats. Served without the ``/api`` pref
 from __future__ import annotations
 
 import mimetypes
+from collections.abc import Callable
+from typing import Any
 
 from aiohttp import web
 
@@ -13,6 +15,7 @@ from engine.api.operation import Param, route
 from engine.api.request import json_ok, read_json
 from engine.errors import PathOutsideRoot, ValidationFailed
 from engine.folders import resolve_inside
+from engine.registry import NodeRegistry
 from engine.workflow import ui_to_api
 from engine.workflow_layout import api_to_ui
 
@@ -74,22 +77,22 @@ class EditorRoutes:
     @route("POST", "/loom/workflow/api", "An editor workflow (the body) converted to the API format, as POST "
            "/prompt would queue it.", "frontend", response=_OBJECT, errors=(400,), prefixed=False)
     async def workflow_to_api(self, request: web.Request) -> web.Response:
-        workflow = await read_json(request, required=True)
+        return await self._convert(request, ui_to_api)
+
+    @route("POST", "/loom/workflow/editor", "An API-format prompt (the body) laid out as an editor workflow, for "
+           "opening API files in the editor.", "frontend", response=_OBJECT, errors=(400,), prefixed=False)
+    async def workflow_to_editor(self, request: web.Request) -> web.Response:
+        return await self._convert(request, api_to_ui)
+
+    async def _convert(self, request: web.Request, convert: Callable[[Any, NodeRegistry], dict[str, Any]]
+                       ) -> web.Response:
+        """The JSON body converted between the editor and API formats; a 400 naming what was wrong."""
+        body = await read_json(request, required=True)
         try:
-            api_prompt = await blocking(ui_to_api, workflow, self.ctx.registry)
+            converted = await blocking(convert, body, self.ctx.registry)
         except ValidationFailed as exc:
             return json_ok(exc.to_response(), status=400)
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
             raise ApiError(400, "invalid_workflow", "Invalid workflow",
                            f"the workflow could not be read: {type(exc).__name__}: {exc}") from exc
-        return json_ok(api_prompt)
-
-    @route("POST", "/loom/workflow/editor", "An API-format prompt (the body) laid out as an editor workflow, for "
-           "opening API files in the editor.", "frontend", response=_OBJECT, errors=(400,), prefixed=False)
-    async def workflow_to_editor(self, request: web.Request) -> web.Response:
-        prompt = await read_json(request, required=True)
-        try:
-            workflow = await blocking(api_to_ui, prompt, self.ctx.registry)
-        except ValidationFailed as exc:
-            return json_ok(exc.to_response(), status=400)
-        return json_ok(workflow)
+        return json_ok(converted)
