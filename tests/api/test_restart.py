@@ -44,6 +44,18 @@ def _start(tmp: Path, port: int) -> subprocess.Popen[bytes]:
     raise AssertionError("server did not start listening within 30 s")
 
 
+def _wait_drained(port: int, entries: int, timeout: float) -> dict[str, Any]:
+    """The history once it holds ``entries`` prompts and the queue is empty (or whatever it holds at ``timeout``)."""
+    deadline = time.monotonic() + timeout
+    history: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        history = _call(port, "/history")
+        if len(history) >= entries and _call(port, "/queue") == {"queue_running": [], "queue_pending": []}:
+            break
+        time.sleep(0.1)
+    return history
+
+
 def _call(port: int, path: str, body: Any = None) -> Any:
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data,
@@ -83,13 +95,7 @@ def test_kill_9_and_restart_accounts_for_every_prompt(tmp_path: Path) -> None:
 
     proc = _start(tmp_path, port)
     try:
-        deadline = time.monotonic() + 30
-        history: dict[str, Any] = {}
-        while time.monotonic() < deadline:
-            history = _call(port, "/history")
-            if len(history) == 6 and _call(port, "/queue") == {"queue_running": [], "queue_pending": []}:
-                break
-            time.sleep(0.1)
+        history = _wait_drained(port, 6, timeout=30)
         assert set(history) == {blocking, *pending}
         crashed = history[blocking]["status"]
         assert crashed["status_str"] == "error" and crashed["completed"] is False
@@ -180,13 +186,7 @@ def test_kill_9_in_each_phase_of_a_real_prompt_loses_nothing_and_runs_nothing_tw
 
     proc = _start(tmp_path, port)
     try:
-        deadline = time.monotonic() + 120
-        history: dict[str, Any] = {}
-        while time.monotonic() < deadline:
-            history = _call(port, "/history")
-            if len(history) >= QUEUED and _call(port, "/queue") == {"queue_running": [], "queue_pending": []}:
-                break
-            time.sleep(0.2)
+        history = _wait_drained(port, QUEUED, timeout=120)
         assert set(history) == set(ids), "a prompt was lost or invented"
         crashed = [pid for pid in ids if history[pid]["status"]["status_str"] != "success"]
         # The one running at the kill is the only failure: the target, or (a kill on save that raced the
