@@ -128,7 +128,7 @@ class QueueItem:
 
 def report_number(number: float) -> int | float:
     """A priority number as ComfyUI reports it: an integer when it is whole (6, not 6.0)."""
-    return int(number) if number.is_integer() else number
+    return int(number) if float(number).is_integer() else number
 
 
 def sql_int(value: int) -> int:

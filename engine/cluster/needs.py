@@ -16,8 +16,6 @@ from engine.backend.prompt_grammar import EmbeddingSegment, parse_prompt
 from engine.folders import EMBEDDING_SUFFIXES, split_annotation
 from engine.registry import NodeRegistry
 
-FILE_KINDS = ("input", "output", "temp")
-
 
 @dataclass(frozen=True)
 class PromptNeeds:

@@ -21,7 +21,7 @@ from engine.api.operation import Param, route
 from engine.api.request import int_query, json_ok, parse_model, read_json
 from engine.errors import QueueFull, ValidationFailed
 from engine.jsonutil import dumps_compact
-from engine.queue import DuplicatePromptId
+from engine.queue import DuplicatePromptId, report_number
 from engine.validate import ValidatedPrompt, validate_prompt
 from engine.workflow import is_ui_workflow, ui_to_api
 
@@ -29,10 +29,6 @@ _INT = {"type": "integer"}
 _STR = {"type": "string"}
 #: Header of a GET /history reply that left entries out to stay within max_history_reply_bytes.
 TRUNCATED_HEADER = "X-Loom-History-Truncated"
-
-
-def _number(value: float) -> float | int:
-    return int(value) if float(value).is_integer() else value
 
 
 class PromptRoutes:
@@ -74,7 +70,7 @@ class PromptRoutes:
             raise ApiError(400, "duplicate_prompt_id", "prompt_id already used", str(exc)) from exc
         except ValueError as exc:  # e.g. a priority number the queue cannot order by
             raise ApiError(400, "invalid_request", "Prompt could not be queued", str(exc)[:500]) from exc
-        return json_ok({"prompt_id": prompt_id, "number": _number(number), "node_errors": validated.node_errors})
+        return json_ok({"prompt_id": prompt_id, "number": report_number(number), "node_errors": validated.node_errors})
 
     def _prepare(self, graph: dict[str, Any], workflow: dict[str, Any] | None, targets: list[str] | None
                  ) -> tuple[dict[str, Any], Mapping[str, Any] | None, ValidatedPrompt]:
