@@ -86,6 +86,8 @@ def test_priority_numbers_are_integers_in_replies_queue_and_history(server: Live
     assert all(is_int(numbers[body["prompt_id"]]) for body in (auto, explicit, front))
     assert numbers[fraction["prompt_id"]] == 2.5
     server.controls.gate.set()
+    for body in (auto, front, fraction):  # lowest number first: auto, with the highest, runs last
+        server.wait_history(body["prompt_id"])
     entry = server.wait_history(explicit["prompt_id"])
     assert is_int(entry["prompt"][0]) and entry["prompt"][0] == 6
     history = server.get("/history").json()
