@@ -10,6 +10,7 @@ from typing import Any
 
 from engine.errors import Interrupted
 from engine.events import EventSink, PreviewImage, Progress
+from engine.expansion import GraphBuilder, expansion_prefix
 from engine.folders import Folders
 from engine.providers import ModelProvider, NoModels
 
@@ -31,6 +32,15 @@ class RunContext:
     models: ModelProvider = field(default_factory=NoModels)
     previews: bool = False
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("loom.node"))
+    #: Which run of the node this is when it runs once per list item (0 otherwise).
+    call_index: int = 0
+    _graphs: int = 0
+
+    def graph_builder(self) -> GraphBuilder:
+        """A builder for a fragment this node expands into, with ComfyUI's id prefix for it."""
+        builder = GraphBuilder(expansion_prefix(self.node_id, self.call_index, self._graphs))
+        self._graphs += 1
+        return builder
 
     def check_interrupted(self) -> None:
         """Raise Interrupted if the prompt was interrupted; call it between steps."""

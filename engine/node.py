@@ -18,6 +18,21 @@ Everything else derives from that declaration: validation and coercion of inputs
 per output, or a :class:`NodeOutput` when it also shows something in the UI (saved images).
 Impure nodes (they read files) override :meth:`Node.fingerprint` so that the cache notices when the
 file changes; nodes that must run every time set ``always_run = True``.
+
+ComfyUI's graph semantics, declared the same way:
+
+* Lists. An output declared ``Output(..., is_list=True)`` gives a list of items; a node reading it
+  runs once per item (shorter inputs repeat their last item) and its outputs collect one item per
+  run. A node with ``input_is_list = True`` instead runs once and gets every input as a list.
+* Lazy inputs. ``Input(..., lazy=True)`` is not computed before the node runs. The executor calls
+  :meth:`Node.check_lazy_status` with the values it has (None for lazy inputs not yet computed); it
+  returns the names it needs, which are then computed, and it is asked again until it needs nothing.
+* Custom validation. :meth:`Node.validate_inputs` sees the node's literal inputs before anything
+  runs and returns an error message or None; inputs named in ``validated_inputs`` skip the built-in
+  choice and range checks (so LoadImage can accept ``"name.png [output]"``).
+* Expansion. ``run`` may return ``NodeOutput(values, expand=graph)``: ``graph`` is an API-format
+  fragment (build it with :class:`engine.expansion.GraphBuilder`) that runs in the node's place, and
+  ``values`` may hold links ``[node_id, index]`` into it.
 """
 
 from __future__ import annotations
@@ -62,6 +77,8 @@ class Input:
     tooltip: str = ""
     control_after_generate: bool = False
     image_upload: bool = False
+    #: Computed only when the node asks for it (:meth:`Node.check_lazy_status`).
+    lazy: bool = False
     #: The value names a file in this folder: a model folder ("checkpoints", "loras", "vae",
     #: "controlnet") or "input". A cluster front reads it to route prompts and ship input files.
     file_folder: str = ""
@@ -103,6 +120,8 @@ class Input:
             opts["control_after_generate"] = True
         if self.image_upload:
             opts["image_upload"] = True
+        if self.lazy:
+            opts["lazy"] = True
         opts.update(self.extra)
         return opts
 
@@ -135,6 +154,8 @@ class NodeOutput:
 
     values: tuple[Any, ...] = ()
     ui: Mapping[str, Any] | None = None
+    #: An API-format graph fragment that runs in the node's place; ``values`` may link into it.
+    expand: Mapping[str, Any] | None = None
 
 
 class Node:
@@ -151,6 +172,23 @@ class Node:
     aliases: ClassVar[tuple[str, ...]] = ()
     always_run: ClassVar[bool] = False
     python_module: ClassVar[str] = "nodes"
+    #: Run once with every input as a list (ComfyUI's INPUT_IS_LIST) instead of once per item.
+    input_is_list: ClassVar[bool] = False
+    #: Inputs whose built-in checks (choices, min, max) :meth:`validate_inputs` replaces.
+    validated_inputs: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def validate_inputs(cls, folders: Folders, inputs: Mapping[str, Any]) -> str | None:
+        """Check the node's literal inputs before the prompt runs; an error message, or None if fine.
+
+        Linked inputs are absent from ``inputs``. Inputs in ``validated_inputs`` arrive unchecked
+        (coerced to their type only).
+        """
+        return None
+
+    def check_lazy_status(self, ctx: RunContext, **inputs: Any) -> Sequence[str]:
+        """The names of lazy inputs this node still needs, given what it has (None = not computed)."""
+        return ()
 
     @classmethod
     def fingerprint(cls, folders: Folders, inputs: Mapping[str, Any]) -> str | None:

@@ -23,6 +23,7 @@ from engine.backend.names import SAMPLER_NAMES, SCHEDULER_NAMES
 from engine.backend.prompt_grammar import EMBEDDING_PREFIX
 from engine.context import RunContext
 from engine.errors import Interrupted, LoomError, ModelError, PathOutsideRoot
+from engine.expansion import GraphBuilder
 from engine.folders import Folders, split_annotation
 from engine.jsonutil import dumps_compact
 from engine.models.families import ModelFamily
@@ -50,7 +51,7 @@ from engine.types import (
 __all__ = [
     "ANY", "BOOLEAN", "CLIP", "COMBO", "CONDITIONING", "CONTROL_NET", "EMBEDDING_PREFIX", "FLOAT", "IMAGE", "INT",
     "LATENT", "MASK", "MODEL", "SAMPLER_NAMES", "SCHEDULER_NAMES", "SEED_MAX", "STRING", "VAE",
-    "ClipHandle", "ControlNetHandle", "FileRef", "Folders", "Input", "Interrupted", "LoomError", "ModelError",
-    "ModelFamily", "ModelHandle", "ModelProvider", "Node", "NodeOutput", "NodeRegistry", "NoModels", "Output",
-    "PathOutsideRoot", "RunContext", "VaeHandle", "WeightPatch", "dumps_compact", "split_annotation",
+    "ClipHandle", "ControlNetHandle", "FileRef", "Folders", "GraphBuilder", "Input", "Interrupted", "LoomError",
+    "ModelError", "ModelFamily", "ModelHandle", "ModelProvider", "Node", "NodeOutput", "NodeRegistry", "NoModels",
+    "Output", "PathOutsideRoot", "RunContext", "VaeHandle", "WeightPatch", "dumps_compact", "split_annotation",
 ]
