@@ -229,8 +229,22 @@ class _Validator:
             elif result is not _ABSENT:
                 literals[spec.name] = result
         if ok:
+            ok = self._node_check(node_id, cls, literals)
+        if ok:
             self.nodes[node_id] = GraphNode(node_id, cls, literals, links)
         return ok
+
+    def _node_check(self, node_id: str, cls: type[Node], literals: dict[str, Any]) -> bool:
+        """The node's own ``validate_inputs`` hook (ComfyUI's VALIDATE_INPUTS)."""
+        try:
+            message = cls.validate_inputs(self.folders, dict(literals))
+        except Exception as exc:  # noqa: BLE001 - a failing hook is the node's validation error
+            message = f"{type(exc).__name__}: {exc}"
+        if message is None:
+            return True
+        self.errors.append(BadValue(node_id, f"node {node_id} ({cls.type_name}): {message}",
+                                    class_type=cls.type_name))
+        return False
 
     def _check_input(self, node_id: str, cls: type[Node], spec: Input, inputs: Mapping[str, Any]) -> Any:
         where = f"node {node_id} ({cls.type_name}) input '{spec.name}'"
@@ -270,6 +284,12 @@ class _Validator:
         return (source, index)
 
     def _check_literal(self, node_id: str, cls: type[Node], spec: Input, value: Any, where: str) -> Any:
+        if spec.name in cls.validated_inputs:  # the node's validate_inputs checks it instead
+            try:
+                return coerce_value(spec, value, None)
+            except ValueError as exc:
+                return self._fail(BadValue(node_id, f"{where} {exc}", input_name=spec.name,
+                                           class_type=cls.type_name))
         choices = self._choice_list(cls, spec) if spec.type == COMBO else None
         info = {"input_config": spec.spec(self.folders) if choices is None else [choices, spec.options()],
                 "received_value": value}

@@ -7,23 +7,33 @@ from engine.sdk import Node, NodeRegistry
 
 def register_builtin_nodes(registry: NodeRegistry) -> None:
     """Register every built-in node class into ``registry``."""
+    from nodes.compositing import COMPOSITING_NODES
     from nodes.conditioning import CONDITIONING_NODES
     from nodes.controlnet import CONTROLNET_NODES
+    from nodes.image_filters import IMAGE_FILTER_NODES
     from nodes.image_io import IMAGE_IO_NODES
     from nodes.image_ops import IMAGE_OPS_NODES
+    from nodes.image_outputs import IMAGE_OUTPUT_NODES
+    from nodes.image_transform import IMAGE_TRANSFORM_NODES
     from nodes.inpaint import INPAINT_NODES
     from nodes.latent_io import LATENT_IO_NODES
+    from nodes.latent_operations import LATENT_OPERATION_NODES
     from nodes.latent_ops import LATENT_NODES
+    from nodes.latent_transform import LATENT_TRANSFORM_NODES
     from nodes.lora import LORA_NODES
     from nodes.masks import MASK_NODES
     from nodes.model_loaders import MODEL_LOADER_NODES
     from nodes.preprocess import PREPROCESS_NODES
+    from nodes.primitives import PRIMITIVE_NODES
     from nodes.sampling import SAMPLING_NODES
+    from nodes.strings import STRING_NODES
     from nodes.vae import VAE_NODES
 
     groups: tuple[tuple[type[Node], ...], ...] = (
         MODEL_LOADER_NODES, CONDITIONING_NODES, SAMPLING_NODES, VAE_NODES, IMAGE_IO_NODES, IMAGE_OPS_NODES,
-        LATENT_NODES, LATENT_IO_NODES, INPAINT_NODES, MASK_NODES, CONTROLNET_NODES, PREPROCESS_NODES, LORA_NODES)
+        LATENT_NODES, LATENT_IO_NODES, INPAINT_NODES, MASK_NODES, CONTROLNET_NODES, PREPROCESS_NODES, LORA_NODES,
+        PRIMITIVE_NODES, STRING_NODES, IMAGE_TRANSFORM_NODES, IMAGE_FILTER_NODES, COMPOSITING_NODES,
+        IMAGE_OUTPUT_NODES, LATENT_TRANSFORM_NODES, LATENT_OPERATION_NODES)
     for group in groups:
         for cls in group:
             registry.register(cls)
