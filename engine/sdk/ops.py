@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from engine.backend.conditioning import concat_tokens, zeroed
+from engine.backend.conditioning import average, concat_tokens, zeroed
 from engine.backend.control_attach import attach_control
 from engine.backend.pipeline import Latent, ModelTraits, SamplingRequest
 from engine.backend.pipeline import sample as run_pipeline
@@ -27,7 +27,7 @@ from engine.models.families import ModelFamily
 from engine.models.handles import ClipHandle, ModelHandle, VaeHandle
 
 __all__ = [
-    "Latent", "ModelTraits", "SamplingRequest", "TextEncoder", "TokenizedPrompt", "attach_control",
+    "Latent", "ModelTraits", "SamplingRequest", "TextEncoder", "TokenizedPrompt", "attach_control", "average",
     "concat_tokens", "decode", "decode_tiled_latent", "embedding_lookup", "embeddings_fingerprint", "encode",
     "encode_text", "encode_tiled_image", "from_pixels", "model_traits", "sample", "to_pixels",
     "tokenize_per_tower", "zeroed",
