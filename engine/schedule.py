@@ -25,6 +25,7 @@ class Schedule:
 
     ``order``: the nodes that will run, in priority (topological) order.
     ``inputs``: node -> the nodes whose values it reads; those that do not run are ``available``.
+    ``add`` and ``wait`` grow the plan while it runs (lazy inputs, node expansion).
     """
 
     def __init__(
@@ -53,6 +54,26 @@ class Schedule:
                 ready.append((self.rank[node], node))
         heapq.heapify(ready)
         self._ready = ready
+
+    def add(self, node: str, sources: Collection[str], available: Collection[str]) -> None:
+        """Add a node to run (a lazily requested input, an expanded node), after all present ones."""
+        self.rank[node] = len(self.rank)
+        self.done_nodes.discard(node)
+        self._inputs[node] = []
+        self.wait(node, sources, available)
+
+    def wait(self, node: str, sources: Collection[str], available: Collection[str]) -> None:
+        """``node`` (popped, not done) runs again once ``sources`` not ``available`` are done."""
+        known = self._inputs[node]
+        for source in dict.fromkeys(sources):
+            if source not in known:
+                known.append(source)
+                self.consumers[source] = self.consumers.get(source, 0) + 1
+                self.dependents.setdefault(source, []).append(node)
+        pending = {s for s in sources if s not in available}
+        self.waiting[node] = pending
+        if not pending:
+            heapq.heappush(self._ready, (self.rank[node], node))
 
     def has_ready(self) -> bool:
         return bool(self._ready)
