@@ -18,6 +18,7 @@ from engine.folders import Folders
 from engine.registry import NodeRegistry
 from engine.sdk import NodeOutput
 from engine.validate import validate_prompt
+from engine.workflow import ui_to_api
 from nodes import register_builtin_nodes
 from nodes.primitives import (
     UNPRINTABLE,
@@ -106,3 +107,26 @@ def test_primitive_int_refuses_values_past_comfyui_s_bounds(
               "2": {"class_type": "PreviewAny", "inputs": {"source": ["1", 0]}}}
     with pytest.raises(errors.ValidationFailed, match="above its maximum|below its minimum"):
         validate_prompt(prompt, registry, folders)
+
+
+def _editor_node(node_id: int, class_type: str, widgets: list[Any], inputs: list[dict[str, Any]] | None = None,
+                 links: list[int] | None = None) -> dict[str, Any]:
+    outputs = [{"name": "out", "type": "*", "links": links or []}]
+    return {"id": node_id, "type": class_type, "mode": 0, "inputs": inputs or [], "outputs": outputs,
+            "widgets_values": widgets}
+
+
+def test_editor_workflow_reads_primitive_int_past_its_control_widget(registry: NodeRegistry) -> None:
+    """ComfyUI's editor saves PrimitiveInt as [value, "increment"]; the control slot is not an input."""
+    nodes = [
+        _editor_node(1, "PrimitiveInt", [42, "increment"], links=[1]),
+        _editor_node(2, "PreviewAny", [], inputs=[{"name": "source", "type": "*", "link": 1}]),
+        _editor_node(3, "RegexReplace", ["a b", "b", "c", False, True, False, 2]),
+    ]
+    workflow = {"last_node_id": 3, "last_link_id": 1, "nodes": nodes, "links": [[1, 1, 0, 2, 0, "INT"]],
+                "groups": [], "config": {}, "extra": {}, "version": 0.4}
+    api = ui_to_api(workflow, registry)
+    assert api["1"]["inputs"] == {"value": 42}
+    assert api["2"]["inputs"] == {"source": ["1", 0]}
+    assert api["3"]["inputs"] == {"string": "a b", "regex_pattern": "b", "replace": "c", "case_insensitive": False,
+                                  "multiline": True, "dotall": False, "count": 2}
