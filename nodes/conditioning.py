@@ -1,8 +1,11 @@
 """Text conditioning nodes: CLIPTextEncode, CLIPTextEncodeSDXL, CLIPSetLastLayer, and the
-ConditioningCombine / Concat / SetArea / ZeroOut operations on ComfyUI's CONDITIONING lists.
+ConditioningCombine / Average / Concat / SetArea(Percentage, Strength) / SetMask / SetTimestepRange /
+ZeroOut operations on ComfyUI's CONDITIONING lists.
 
 CONDITIONING is a list of ``[embedding [1, T, D], extras]``; extras hold ``pooled_output`` and
-optional ``area``, ``strength`` and SDXL size fields. Nodes never mutate what they receive.
+optional ``area``, ``strength``, ``mask`` (+ ``mask_strength``, ``set_area_to_bounds``),
+``start_percent`` / ``end_percent`` and SDXL size fields, with ComfyUI's names and meanings; the
+sampler resolves them (engine/backend/conditioning.py). Nodes never mutate what they receive.
 """
 
 from __future__ import annotations
@@ -12,10 +15,12 @@ from typing import Any
 
 from engine.sdk import (
     CLIP,
+    COMBO,
     CONDITIONING,
     EMBEDDING_PREFIX,
     FLOAT,
     INT,
+    MASK,
     STRING,
     ClipHandle,
     Folders,
@@ -27,6 +32,13 @@ from engine.sdk import (
 
 Conditioning = list[list[Any]]
 MAX_RESOLUTION = 16384
+#: ConditioningSetMask's set_cond_area choices: the whole image, or the mask's bounding box.
+SET_COND_AREA = ("default", "mask bounds")
+
+
+def with_values(conditioning: Conditioning, **values: Any) -> Conditioning:
+    """A copy of ``conditioning`` with ``values`` set in every entry's extras (the input is untouched)."""
+    return [[cond, {**extras, **values}] for cond, extras in conditioning]
 
 
 def text_fingerprint(folders: Folders, texts: list[Any]) -> str | None:
@@ -122,6 +134,28 @@ class ConditioningCombine(Node):
         return ([*conditioning_1, *conditioning_2],)
 
 
+class ConditioningAverage(Node):
+    """Blend every entry of conditioning_to with conditioning_from: to * strength + from * (1 - strength)."""
+
+    category = "conditioning"
+    inputs = (
+        Input("conditioning_to", CONDITIONING),
+        Input("conditioning_from", CONDITIONING),
+        Input("conditioning_to_strength", FLOAT, default=1.0, min=0.0, max=1.0, step=0.01),
+    )
+    outputs = (Output(CONDITIONING),)
+
+    def run(self, ctx: RunContext, conditioning_to: Conditioning, conditioning_from: Conditioning,
+            conditioning_to_strength: float) -> tuple[Conditioning]:
+        if not conditioning_from:
+            raise ValueError("ConditioningAverage: input 'conditioning_from' is empty; connect a text encoder")
+        if len(conditioning_from) > 1:
+            ctx.log.warning("ConditioningAverage uses only the first entry of conditioning_from")
+        from engine.sdk import ops
+
+        return (ops.average(conditioning_to, conditioning_from[0], conditioning_to_strength),)
+
+
 class ConditioningConcat(Node):
     """Append conditioning_from's tokens to every entry of conditioning_to (one longer prompt)."""
 
@@ -157,7 +191,80 @@ class ConditioningSetArea(Node):
     def run(self, ctx: RunContext, conditioning: Conditioning, width: int, height: int, x: int, y: int,
             strength: float) -> tuple[Conditioning]:
         area = (height // 8, width // 8, y // 8, x // 8)
-        return ([[cond, {**extras, "area": area, "strength": strength}] for cond, extras in conditioning],)
+        return (with_values(conditioning, area=area, strength=strength, set_area_to_bounds=False),)
+
+
+class ConditioningSetAreaPercentage(Node):
+    """Restrict conditioning to a rectangle given as fractions of the image, with a strength."""
+
+    display_name = "Conditioning (Set Area with Percentage)"
+    category = "conditioning"
+    inputs = (
+        Input("conditioning", CONDITIONING),
+        Input("width", FLOAT, default=1.0, min=0, max=1.0, step=0.01),
+        Input("height", FLOAT, default=1.0, min=0, max=1.0, step=0.01),
+        Input("x", FLOAT, default=0, min=0, max=1.0, step=0.01),
+        Input("y", FLOAT, default=0, min=0, max=1.0, step=0.01),
+        Input("strength", FLOAT, default=1.0, min=0.0, max=10.0, step=0.01),
+    )
+    outputs = (Output(CONDITIONING),)
+
+    def run(self, ctx: RunContext, conditioning: Conditioning, width: float, height: float, x: float, y: float,
+            strength: float) -> tuple[Conditioning]:
+        area = ("percentage", height, width, y, x)  # resolved against the latent's size when sampling
+        return (with_values(conditioning, area=area, strength=strength, set_area_to_bounds=False),)
+
+
+class ConditioningSetAreaStrength(Node):
+    """Set the weight of the conditioning against the others it is combined with."""
+
+    category = "conditioning"
+    inputs = (Input("conditioning", CONDITIONING),
+              Input("strength", FLOAT, default=1.0, min=0.0, max=10.0, step=0.01))
+    outputs = (Output(CONDITIONING),)
+
+    def run(self, ctx: RunContext, conditioning: Conditioning, strength: float) -> tuple[Conditioning]:
+        return (with_values(conditioning, strength=strength),)
+
+
+class ConditioningSetMask(Node):
+    """Restrict conditioning to a mask (weighted by its values times strength); "mask bounds" also runs
+    it on the mask's bounding box only."""
+
+    display_name = "Conditioning (Set Mask)"
+    category = "conditioning"
+    inputs = (
+        Input("conditioning", CONDITIONING),
+        Input("mask", MASK),
+        Input("strength", FLOAT, default=1.0, min=0.0, max=10.0, step=0.01),
+        Input("set_cond_area", COMBO, choices=list(SET_COND_AREA)),
+    )
+    outputs = (Output(CONDITIONING),)
+
+    def run(self, ctx: RunContext, conditioning: Conditioning, mask: Any, strength: float,
+            set_cond_area: str) -> tuple[Conditioning]:
+        if mask.ndim == 2:
+            mask = mask.unsqueeze(0)
+        if mask.ndim != 3:
+            raise ValueError(f"ConditioningSetMask: input 'mask' has shape {tuple(mask.shape)}; a MASK is "
+                             "[B, H, W] (connect a mask output, e.g. LoadImageMask or SolidMask)")
+        return (with_values(conditioning, mask=mask, set_area_to_bounds=set_cond_area != "default",
+                            mask_strength=strength),)
+
+
+class ConditioningSetTimestepRange(Node):
+    """Use the conditioning only between two points of the sampling run (0 = start, 1 = end)."""
+
+    category = "advanced/conditioning"
+    inputs = (
+        Input("conditioning", CONDITIONING),
+        Input("start", FLOAT, default=0.0, min=0.0, max=1.0, step=0.001),
+        Input("end", FLOAT, default=1.0, min=0.0, max=1.0, step=0.001),
+    )
+    outputs = (Output(CONDITIONING),)
+
+    def run(self, ctx: RunContext, conditioning: Conditioning, start: float, end: float) -> tuple[Conditioning]:
+        return (with_values(conditioning, start_percent=start, end_percent=end),)
 
 
 class ConditioningZeroOut(Node):
@@ -174,4 +281,6 @@ class ConditioningZeroOut(Node):
 
 
 CONDITIONING_NODES = (CLIPTextEncode, CLIPTextEncodeSDXL, CLIPSetLastLayer, ConditioningCombine,
-                      ConditioningConcat, ConditioningSetArea, ConditioningZeroOut)
+                      ConditioningAverage, ConditioningConcat, ConditioningSetArea, ConditioningSetAreaPercentage,
+                      ConditioningSetAreaStrength, ConditioningSetMask, ConditioningSetTimestepRange,
+                      ConditioningZeroOut)

@@ -20,7 +20,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from engine.backend import conditioning, control_apply
-from engine.backend.guidance import CFGDenoiser, ParameterizedModel, prepare_mask, repeat_to_batch
+from engine.backend.guidance import (
+    CFGDenoiser,
+    OperationSpec,
+    ParameterizedModel,
+    operation_hooks,
+    prepare_mask,
+    repeat_to_batch,
+)
 from engine.backend.ksampler import ksample
 from engine.backend.model_sampling import ModelSampling
 from engine.backend.noise import prepare_noise
@@ -50,6 +57,7 @@ class ModelTraits:
     adm: Literal["sdxl", "sdxl_refiner"] | None  # how conditioning extras become the adm vector y
     inpaint: bool  # a 9-channel inpainting UNet
     preview_format: str  # latent2rgb factors: "sd1" or "sdxl"
+    pre_cfg: tuple[OperationSpec, ...] = ()  # operations on each step's guidance before CFG (in order)
 
 
 @dataclass(frozen=True)
@@ -114,9 +122,12 @@ def _denoiser(request: SamplingRequest, traits: ModelTraits, unet: UNetModel, ms
               dtype: torch.dtype) -> tuple[CFGDenoiser, Tensor | None]:
     """The CFG denoiser over the prepared conditioning, and the inpaint noise mask (if any)."""
     adm = adm_builder(traits.adm)
-    pos = conditioning.prepare(request.positive, latent.shape, device=device, dtype=dtype, adm=adm)
+    pos = conditioning.prepare(request.positive, latent.shape, device=device, dtype=dtype, adm=adm,
+                               percent_to_sigma=ms.percent_to_sigma)
     negative = control_apply.share_with_uncond(request.positive, request.negative)  # legacy ControlNetApply
-    neg = conditioning.prepare(negative, latent.shape, device=device, dtype=dtype, adm=adm)
+    neg = conditioning.prepare(negative, latent.shape, device=device, dtype=dtype, adm=adm,
+                               percent_to_sigma=ms.percent_to_sigma)
+    pos, neg = conditioning.pair_areas(pos, neg)  # every area gets an opposite one (ComfyUI's process_conds)
     mask = request.latent.get("noise_mask")
     denoise_mask = None if mask is None else prepare_mask(mask, latent.shape, device)
     concat = None
@@ -125,7 +136,9 @@ def _denoiser(request: SamplingRequest, traits: ModelTraits, unet: UNetModel, ms
         concat = inpaint_concat(sources, latent * traits.latent_scale, denoise_mask, traits.latent_scale).to(device)
     control_fn = control_apply.control_function([pos, neg], ms, load_controlnet, unet.config)
     apply = conditioning.UNetApply(unet, control_fn, concat=concat)
-    return CFGDenoiser(ParameterizedModel(apply, ms), pos, neg, request.cfg), denoise_mask
+    denoiser = CFGDenoiser(conditioning.ScheduledModel(ParameterizedModel(apply, ms)), pos, neg, request.cfg,
+                           pre_cfg=operation_hooks(traits.pre_cfg, ms))
+    return denoiser, denoise_mask
 
 
 def adm_builder(kind: str | None) -> conditioning.AdmFn | None:
