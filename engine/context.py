@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.errors import Interrupted
-from engine.events import EventSink, PreviewImage, Progress
+from engine.events import EventSink, PreviewImage, Progress, WebsocketImage
 from engine.expansion import GraphBuilder, expansion_prefix
 from engine.folders import Folders
 from engine.providers import ModelProvider, NoModels
@@ -59,3 +59,9 @@ class RunContext:
         """
         self.sink.emit(PreviewImage(prompt_id=self.prompt_id, node=self.node_id,
                                     image_format=image_format, data=data))
+
+    def send_image(self, image_format: str, data: bytes) -> None:
+        """Send an encoded image (PNG or JPEG) to the prompt's client as a binary websocket frame, always
+        (not only to clients that asked for previews): SaveImageWebsocket's output."""
+        self.sink.emit(WebsocketImage(prompt_id=self.prompt_id, node=self.node_id,
+                                      image_format=image_format, data=data))

@@ -108,6 +108,22 @@ class PreviewImage(Event):
     data: bytes
 
 
+@dataclass(frozen=True)
+class WebsocketImage(Event):
+    """An image a node sends to the prompt's client as a binary frame (SaveImageWebsocket).
+
+    Unlike :class:`PreviewImage` it is always delivered: it is the node's output, not a preview the
+    client may decline. Frames use ComfyUI's preview layouts (type 1, or type 4 with metadata for
+    clients that negotiated ``supports_preview_metadata``).
+    """
+
+    type: ClassVar[str] = "websocket_image"
+    prompt_id: str
+    node: str
+    image_format: str
+    data: bytes
+
+
 #: Events that go into a history entry's ``status.messages``, as ComfyUI records them.
 STATUS_EVENTS = frozenset(
     {"execution_start", "execution_cached", "execution_success", "execution_error", "execution_interrupted"}

@@ -9,7 +9,7 @@ them into tensors. PNGs are written with the workflow text chunks of :mod:`engin
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps, ImageSequence, PngImagePlugin, UnidentifiedImageError
 
-from engine.pngmeta import png_text_info
+from engine.pngmeta import animated_png_info, png_text_info, webp_exif_entries
 
 #: Re-encodings /view offers (``preview=webp;90``), with their content types.
 PREVIEW_FORMATS: dict[str, str] = {"webp": "image/webp", "jpeg": "image/jpeg"}
@@ -136,6 +136,29 @@ def encode_png(image: Image.Image, *, prompt: Mapping[str, Any] | None = None,
         info.add_text(key, value)
     out = io.BytesIO()
     image.save(out, format="PNG", pnginfo=info, compress_level=compress_level)
+    return out.getvalue()
+
+
+def encode_animated_png(frames: Sequence[Image.Image], duration_ms: int, *,
+                        prompt: Mapping[str, Any] | None = None, extra_pnginfo: Mapping[str, Any] | None = None,
+                        compress_level: int = 4) -> bytes:
+    """An APNG of ``frames``, each shown ``duration_ms``, with ComfyUI's ``comf`` metadata chunks."""
+    out = io.BytesIO()
+    frames[0].save(out, format="PNG", save_all=True, append_images=list(frames[1:]), duration=duration_ms,
+                   pnginfo=animated_png_info(prompt, extra_pnginfo), compress_level=compress_level)
+    return out.getvalue()
+
+
+def encode_animated_webp(frames: Sequence[Image.Image], duration_ms: int, *,
+                         prompt: Mapping[str, Any] | None = None, extra_pnginfo: Mapping[str, Any] | None = None,
+                         lossless: bool = True, quality: int = 80, method: int = 4) -> bytes:
+    """An animated WebP of ``frames``, each shown ``duration_ms``, with ComfyUI's EXIF workflow metadata."""
+    exif = frames[0].getexif()
+    for tag, text in webp_exif_entries(prompt, extra_pnginfo).items():
+        exif[tag] = text
+    out = io.BytesIO()
+    frames[0].save(out, format="WEBP", save_all=True, append_images=list(frames[1:]), duration=duration_ms,
+                   exif=exif, lossless=lossless, quality=quality, method=method)
     return out.getvalue()
 
 

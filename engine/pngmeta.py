@@ -46,6 +46,41 @@ def png_text_info(prompt: Mapping[str, Any] | None, extra_pnginfo: Mapping[str, 
     return info
 
 
+def workflow_texts(prompt: Mapping[str, Any] | None, extra_pnginfo: Mapping[str, Any] | None
+                   ) -> list[tuple[str, str]]:
+    """``(key, JSON)`` pairs of a file's workflow metadata: ``prompt`` first, then each extra_pnginfo key
+    (keys that are not 1-79 Latin-1 characters are left out, with a warning)."""
+    pairs: list[tuple[str, str]] = []
+    if prompt is not None:
+        pairs.append(("prompt", json.dumps(prompt)))
+    for key, value in (extra_pnginfo or {}).items():
+        if not _valid_keyword(key):
+            log.warning("not embedding workflow metadata %r: keys must be 1-79 Latin-1 characters", key)
+            continue
+        pairs.append((key, json.dumps(value)))
+    return pairs
+
+
+def animated_png_info(prompt: Mapping[str, Any] | None, extra_pnginfo: Mapping[str, Any] | None) -> PngInfo:
+    """ComfyUI's APNG metadata: one private ``comf`` chunk per key (``key\\0JSON``), after the image data."""
+    info = PngInfo()
+    for key, text in workflow_texts(prompt, extra_pnginfo):
+        info.add(b"comf", key.encode("latin-1") + b"\x00" + text.encode("latin-1"), after_idat=True)
+    return info
+
+
+def webp_exif_entries(prompt: Mapping[str, Any] | None, extra_pnginfo: Mapping[str, Any] | None
+                      ) -> dict[int, str]:
+    """ComfyUI's WebP metadata as EXIF tags: 0x0110 (Model) = ``prompt:JSON``; the extra_pnginfo keys
+    count down from 0x010F (Make), each ``key:JSON``."""
+    entries: dict[int, str] = {}
+    if prompt is not None:
+        entries[0x0110] = f"prompt:{json.dumps(prompt)}"
+    for offset, (key, text) in enumerate(workflow_texts(None, extra_pnginfo)):
+        entries[0x010F - offset] = f"{key}:{text}"
+    return entries
+
+
 def read_png_metadata(data: bytes, *, max_text_bytes: int = MAX_TEXT_BYTES) -> dict[str, Any]:
     """The parsed JSON of the ``prompt`` and ``workflow`` text chunks a PNG holds.
 

@@ -24,9 +24,13 @@ STRING: Final = "STRING"
 BOOLEAN: Final = "BOOLEAN"
 COMBO: Final = "COMBO"
 ANY: Final = "*"
+#: The editor's webcam widget (WebcamCapture): its value is the name of the uploaded capture, a string.
+WEBCAM: Final = "WEBCAM"
 
 #: Types whose inputs are edited as widgets (they may also be fed by a link).
-WIDGET_TYPES: Final = frozenset({INT, FLOAT, STRING, BOOLEAN, COMBO})
+WIDGET_TYPES: Final = frozenset({INT, FLOAT, STRING, BOOLEAN, COMBO, WEBCAM})
+#: Widget types whose literal value is text.
+TEXT_TYPES: Final = frozenset({STRING, WEBCAM})
 
 
 def _members(type_name: str) -> set[str]:

@@ -186,6 +186,19 @@ def _output_dir(ctx: RunContext, kind: str, prefix: str, filename_prefix: str) -
     return directory, "" if rel_dir == "." else rel_dir
 
 
+def save_target(ctx: RunContext, kind: str, filename_prefix: str, width: int, height: int
+                ) -> tuple[str, str, int]:
+    """Where a prefix saves: ``(subfolder relative to the kind folder, file name stem, first free counter)``.
+
+    The prefix is expanded (%width%, %date parts%), may name subfolders (created) and must stay inside
+    the ``kind`` folder (PathOutsideRoot naming ``filename_prefix`` otherwise).
+    """
+    prefix = expand_prefix(filename_prefix, width, height).replace("\\", "/")
+    directory, rel_dir = _output_dir(ctx, kind, prefix, filename_prefix)
+    name = prefix.rpartition("/")[2]
+    return rel_dir, name, next_counter(directory, name)
+
+
 def save_images(
     ctx: RunContext,
     images: Tensor,
@@ -200,10 +213,7 @@ def save_images(
     """
     from engine.sdk import files
 
-    prefix = expand_prefix(filename_prefix, images.shape[2], images.shape[1]).replace("\\", "/")
-    directory, rel_dir = _output_dir(ctx, kind, prefix, filename_prefix)
-    name = prefix.rpartition("/")[2]
-    counter = next_counter(directory, name)
+    rel_dir, name, counter = save_target(ctx, kind, filename_prefix, images.shape[2], images.shape[1])
     results: list[dict[str, str]] = []
     for batch_number, image in enumerate(images):
         ctx.check_interrupted()

@@ -10,6 +10,8 @@ client when the prompt has none; ``execution_interrupted`` and queue ``status`` 
 everyone. Text frames are compact JSON. Preview images are binary frames, sent only when the
 server has previews enabled and the client opted in (``supports_preview_metadata`` in its
 ``feature_flags`` message: type-4 frames; ``?previews=1`` or ``previews: true``: type-1 frames).
+Images a node sends to its client (SaveImageWebsocket) use the same frames but always go out:
+type 4 to clients that negotiated preview metadata, type 1 to every other.
 
 A client that reconnects with the same ``clientId`` replaces its old socket (the old socket is left
 open but receives nothing more, so two tabs that share an id do not fight in a reconnect loop), and
@@ -28,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from engine.events import Event, Executing, ExecutionStart, PreviewImage, to_message
+from engine.events import Event, Executing, ExecutionStart, PreviewImage, WebsocketImage, to_message
 from engine.jsonutil import dumps_compact
 from engine.queue import QueueClosed
 
@@ -269,6 +271,9 @@ class Hub:
         if isinstance(event, PreviewImage):
             self._deliver_preview(event, client_id)
             return
+        if isinstance(event, WebsocketImage):
+            self._deliver_image(event, client_id)
+            return
         if client_id is None or event.type == "execution_interrupted":
             if self._clients:
                 self._broadcast(dumps(to_message(event)))
@@ -289,25 +294,35 @@ class Hub:
             else:
                 self._running.setdefault(event.prompt_id, [client_id, None])[1] = event.node
 
+    def _targets(self, client_id: str | None) -> list[_Connection]:
+        """The prompt's client, or every client when the prompt has none."""
+        if client_id is None:
+            return list(self._clients.values())
+        conn = self._clients.get(client_id)
+        return [conn] if conn is not None else []
+
     def _deliver_preview(self, event: PreviewImage, client_id: str | None) -> None:
-        if not self._previews_enabled:
-            return
+        if self._previews_enabled:
+            self._send_image(event, self._targets(client_id), always=False)
+
+    def _deliver_image(self, event: WebsocketImage, client_id: str | None) -> None:
+        """A node's image for its client: sent whether or not the client asked for previews."""
+        self._send_image(event, self._targets(client_id), always=True)
+
+    def _send_image(self, event: PreviewImage | WebsocketImage, targets: list[_Connection], *, always: bool) -> None:
+        """Type-4 frames to clients that negotiated preview metadata, type-1 frames to the others
+        (to those that asked for previews, or to all when ``always``)."""
         image_type = _IMAGE_TYPES.get(event.image_format.lower())
         if image_type is None:
-            log.debug("preview in unsupported format %r dropped", event.image_format)
+            log.debug("%s in unsupported format %r dropped", event.type, event.image_format)
             return
-        if client_id is None:
-            targets = list(self._clients.values())
-        else:
-            conn = self._clients.get(client_id)
-            targets = [conn] if conn is not None else []
         plain: bytes | None = None
         with_meta: bytes | None = None
         for conn in targets:
             if conn.preview_metadata:
                 with_meta = with_meta or _preview_with_metadata(event, image_type)
                 conn.send(with_meta)
-            elif conn.previews:
+            elif always or conn.previews:
                 plain = plain or struct.pack(">II", PREVIEW_IMAGE, image_type) + event.data
                 conn.send(plain)
 
@@ -361,7 +376,7 @@ class Hub:
         conn.send(dumps({"type": "feature_flags", "data": self.feature_flags}))
 
 
-def _preview_with_metadata(event: PreviewImage, image_type: int) -> bytes:
+def _preview_with_metadata(event: PreviewImage | WebsocketImage, image_type: int) -> bytes:
     meta = dumps({
         "node_id": event.node, "prompt_id": event.prompt_id, "display_node_id": event.node,
         "parent_node_id": None, "real_node_id": event.node,

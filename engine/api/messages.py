@@ -14,10 +14,10 @@ from typing import Any
 from pydantic import TypeAdapter
 
 from engine.api import protocol as p
-from engine.events import Event, PreviewImage
+from engine.events import Event, PreviewImage, WebsocketImage
 
 #: Events sent as binary frames (their schema is the frame layout, documented in prose).
-BINARY_EVENTS: frozenset[type[Event]] = frozenset({PreviewImage})
+BINARY_EVENTS: frozenset[type[Event]] = frozenset({PreviewImage, WebsocketImage})
 
 #: Text messages the hub makes itself: message type -> data model.
 HUB_MESSAGES: dict[str, str] = {"status": p.StatusData.__name__, "feature_flags": p.FeatureFlags.__name__}
@@ -66,9 +66,9 @@ def message_components() -> dict[str, dict[str, Any]]:
         mapping[message_type] = p.REF.format(model=name)
     components["WsMessage"] = {
         "description": "A websocket text frame: compact JSON {type, data}. Binary frames (previews, only when the "
-                       "server has them enabled and the client asked) are a big-endian uint32 event type (1 = "
-                       "preview image: uint32 image type 1 JPEG / 2 PNG, then the bytes; 4 = preview with "
-                       "metadata: uint32 length, metadata JSON, image bytes).",
+                       "server has them enabled and the client asked; SaveImageWebsocket's images, always) are "
+                       "a big-endian uint32 event type (1 = preview image: uint32 image type 1 JPEG / 2 PNG, "
+                       "then the bytes; 4 = preview with metadata: uint32 length, metadata JSON, image bytes).",
         "oneOf": [{"$ref": target} for target in mapping.values()],
         "discriminator": {"propertyName": "type", "mapping": mapping},
     }

@@ -8,7 +8,8 @@ nodes need from engine/models, engine/backend and the engine's image and file mo
   :func:`checkpoint_family`, :data:`VAE_PREFIX`, :func:`vae_prefix`), LoRA files (:func:`split_key`,
   :func:`check_lora_file`), ControlNet files (:func:`read_controlnet`, :func:`describe_controlnet`);
 * image files: decoding to IMAGE / MASK (:func:`load_image_file`, :func:`load_mask_file`), one IMAGE
-  item as PNG bytes with the workflow text chunks (:func:`png_bytes`), and writing a new counted file
+  item as PNG bytes with the workflow text chunks (:func:`png_bytes`), an IMAGE batch as an animated
+  WebP or APNG (:func:`animated_webp_bytes`, :func:`animated_png_bytes`), and writing a new counted file
   through the FileStore (:func:`save_counted`);
 * ``.latent`` files: :func:`read_latent_file`, :func:`write_latent_file`.
 """
@@ -23,6 +24,7 @@ from typing import Any
 from torch import Tensor
 
 from engine import images
+from engine.backend.animation import frame_arrays, frame_duration_ms
 from engine.backend.image_arrays import channel_mask, frames_to_tensors, image_to_array
 from engine.backend.latent_files import read_latent_file, write_latent_file
 from engine.files import FileStore, counted_names
@@ -35,9 +37,9 @@ from engine.models.lora_formats import split_key
 
 __all__ = [
     "MAX_LOAD_PIXELS", "VAE_PREFIX", "CheckpointFile", "ImageError", "ImageTooLarge", "LoadedImage",
-    "UnsupportedModel", "check_lora_file", "checkpoint_family", "describe_controlnet",
-    "detect_family", "load_image_file", "load_mask_file", "png_bytes", "read_controlnet", "read_latent_file",
-    "save_counted", "split_key", "vae_prefix", "write_latent_file",
+    "UnsupportedModel", "animated_png_bytes", "animated_webp_bytes", "check_lora_file", "checkpoint_family",
+    "describe_controlnet", "detect_family", "load_image_file", "load_mask_file", "png_bytes", "read_controlnet",
+    "read_latent_file", "save_counted", "split_key", "vae_prefix", "write_latent_file",
 ]
 
 #: Most pixels (summed over frames) one LoadImage decodes; bounds the memory of animated files.
@@ -68,6 +70,22 @@ def png_bytes(image: Tensor, prompt: Mapping[str, Any] | None, extra_pnginfo: Ma
     """One IMAGE item ``[H, W, C]`` as 8-bit PNG bytes carrying ``prompt`` and ``extra_pnginfo`` as text chunks."""
     picture = images.array_to_image(image_to_array(image))
     return images.encode_png(picture, prompt=prompt, extra_pnginfo=extra_pnginfo, compress_level=compress_level)
+
+
+def animated_png_bytes(batch: Tensor, fps: float, compress_level: int, prompt: Mapping[str, Any] | None,
+                       extra_pnginfo: Mapping[str, Any] | None) -> bytes:
+    """An IMAGE batch as one APNG (a frame per item, 8-bit, rounded) with ComfyUI's ``comf`` metadata chunks."""
+    frames = [images.array_to_image(array) for array in frame_arrays(batch)]
+    return images.encode_animated_png(frames, frame_duration_ms(fps), prompt=prompt,
+                                      extra_pnginfo=extra_pnginfo, compress_level=compress_level)
+
+
+def animated_webp_bytes(batch: Tensor, fps: float, *, lossless: bool, quality: int, method: int,
+                        prompt: Mapping[str, Any] | None, extra_pnginfo: Mapping[str, Any] | None) -> bytes:
+    """An IMAGE batch as one animated WebP (``method`` 0 fastest .. 6 slowest) with ComfyUI's EXIF metadata."""
+    frames = [images.array_to_image(array) for array in frame_arrays(batch)]
+    return images.encode_animated_webp(frames, frame_duration_ms(fps), prompt=prompt, extra_pnginfo=extra_pnginfo,
+                                       lossless=lossless, quality=quality, method=method)
 
 
 def save_counted(folders: Folders, kind: str, filename: str, data: bytes, subfolder: str = "") -> str:
