@@ -9,8 +9,10 @@ model (LoraLoader, CLIPSetLastLayer, ...) return a new handle with one more opti
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from engine.models.families import ModelFamily
 
@@ -43,15 +45,37 @@ class WeightPatch:
 
 
 @dataclass(frozen=True)
+class PreCfgOperation:
+    """A LATENT_OPERATION applied at each sampling step to the guidance (cond - uncond) before CFG
+    combines it (ComfyUI's LatentApplyOperationCFG), between two fractions of the schedule (0 = start).
+
+    ``operation`` is called as ``operation(latent=tensor)``; Loom's operations are frozen dataclasses,
+    so the handle stays hashable and picklable.
+    """
+
+    operation: Callable[..., Any]
+    start_percent: float = 0.0
+    end_percent: float = 1.0
+
+
+@dataclass(frozen=True)
 class ModelHandle:
-    """MODEL: the diffusion UNet of a checkpoint, its family and the patches to apply."""
+    """MODEL: the diffusion UNet of a checkpoint, its family, the patches to apply and the sampling
+    hooks (``pre_cfg``: operations on each step's guidance, applied in order)."""
 
     checkpoint: FileRef
     family: ModelFamily
     patches: tuple[WeightPatch, ...] = ()
+    pre_cfg: tuple[PreCfgOperation, ...] = ()
 
     def with_patch(self, patch: WeightPatch) -> ModelHandle:
         return dataclasses.replace(self, patches=(*self.patches, patch))
+
+    def with_pre_cfg(self, operation: Callable[..., Any], start_percent: float = 0.0,
+                     end_percent: float = 1.0) -> ModelHandle:
+        """This model with one more pre-CFG operation, after the ones it has."""
+        added = PreCfgOperation(operation, start_percent, end_percent)
+        return dataclasses.replace(self, pre_cfg=(*self.pre_cfg, added))
 
     def with_family(self, family: ModelFamily) -> ModelHandle:
         return dataclasses.replace(self, family=family)
