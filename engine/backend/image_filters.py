@@ -80,14 +80,14 @@ def gaussian_kernel_1d(size: int, sigma: float, dtype: torch.dtype = torch.float
 def mirror_pad(x: Tensor, pad: int) -> Tensor:
     """Pad the last two dims of ``[N, C, H, W]`` by ``pad`` reflecting about the edge pixels
     (torch "reflect", scipy "mirror"); pads wider than the image keep reflecting."""
-    left = pad
-    while left > 0:
-        size = min(x.shape[-2], x.shape[-1])
-        if size < 2:
-            return F.pad(x, (left, left, left, left), mode="replicate")
-        step = min(left, size - 1)
-        x = F.pad(x, (step, step, step, step), mode="reflect")
-        left -= step
+    for dim in (-1, -2):
+        left = pad
+        while left > 0:
+            size = x.shape[dim]
+            step = left if size < 2 else min(left, size - 1)
+            pads = (step, step, 0, 0) if dim == -1 else (0, 0, step, step)
+            x = F.pad(x, pads, mode="replicate" if size < 2 else "reflect")
+            left -= step
     return x
 
 

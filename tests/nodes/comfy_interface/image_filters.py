@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-IMAGE_IN = ("image", "IMAGE", {})
+IMAGE_IN: tuple[str, str, dict[str, Any]] = ("image", "IMAGE", {})
 
 EXPECTED: dict[str, dict[str, Any]] = {
     "ImageBlend": {

@@ -7,7 +7,7 @@ from typing import Any
 
 MAX_RESOLUTION = 16384
 UPSCALE = ["nearest-exact", "bilinear", "area", "bicubic", "lanczos"]
-IMAGE_IN = ("image", "IMAGE", {})
+IMAGE_IN: tuple[str, str, dict[str, Any]] = ("image", "IMAGE", {})
 
 
 def _size(name: str, default: int, low: int) -> tuple[str, str, dict[str, Any]]:
