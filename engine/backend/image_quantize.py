@@ -56,7 +56,10 @@ def _quantize_one(pixels: np.ndarray, colors: int, dither: str) -> np.ndarray:
 
 
 def quantize_image(image: Tensor, colors: int, dither: str) -> Tensor:
-    """Reduce each RGB image of the batch to at most ``colors`` colours (see the module docstring)."""
+    """Reduce each image of the batch to at most ``colors`` RGB colours (see the module docstring).
+
+    The result has three channels; an alpha channel is dropped (ComfyUI accepts RGB only).
+    """
     rgb = (image[..., :3].detach().clamp(0, 1) * 255).to(device="cpu", dtype=torch.uint8).numpy()
     out = np.stack([_quantize_one(rgb[index], colors, dither) for index in range(rgb.shape[0])])
     return (torch.from_numpy(out).to(torch.float32) / 255).to(device=image.device, dtype=image.dtype)
