@@ -10,7 +10,8 @@ The layers, outermost first, as a KSampler run stacks them::
         CFGDenoiser(                       # cond + uncond in one batch, uncond + (cond - uncond) * cfg
             model_fn=ParameterizedModel(   # sigma -> timestep, input / output scalings of eps or v models
                 apply_model, model_sampling),
-            cond=..., uncond=..., cfg_scale=...))
+            cond=..., uncond=..., cfg_scale=...,
+            pre_cfg=(GuidanceOperation(...), ...)))  # hooks on the two predictions before they combine
 
 ``cond`` and ``uncond`` are opaque to this module: they travel to ``model_fn`` untouched, so the
 UNet wrapper decides what they hold (context tensors, pooled ``y``, ControlNet residual providers,
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
@@ -33,6 +35,11 @@ ModelFn = Callable[..., Tensor]
 
 #: ``apply_model(x_in, timestep, conds, **kwargs) -> raw network output`` (eps or v), chunked as ``ModelFn``.
 ApplyModel = Callable[..., Tensor]
+
+#: ``hook(cond_out, uncond_out, sigma) -> (cond_out, uncond_out)``: ComfyUI's ``sampler_pre_cfg_function``.
+#: It sees the two denoised predictions of a step before CFG combines them; ``uncond_out`` is None when
+#: cfg 1 skipped the uncond pass. ``sigma`` is the step's sigma, shape [B].
+PreCfgHook = Callable[[Tensor, Tensor | None, Tensor], tuple[Tensor, Tensor | None]]
 
 
 class Parameterization(Protocol):
@@ -81,7 +88,8 @@ class CFGDenoiser:
     ``model_fn`` on a batch of twice the size, uncond chunk first, cond chunk second (the order
     ComfyUI batches them in). When ``cfg_scale`` is 1 (``math.isclose``) the uncond pass is skipped
     and ``model_fn`` sees only the cond chunk. ``batched=False`` runs the two chunks as two calls
-    (less peak memory, same result up to float rounding).
+    (less peak memory, same result up to float rounding). ``pre_cfg`` hooks run in order on the two
+    predictions before they combine (see :data:`PreCfgHook`).
     """
 
     def __init__(
@@ -92,12 +100,14 @@ class CFGDenoiser:
         cfg_scale: float,
         *,
         batched: bool = True,
+        pre_cfg: Sequence[PreCfgHook] = (),
     ) -> None:
         self.model_fn = model_fn
         self.cond = cond
         self.uncond = uncond
         self.cfg_scale = float(cfg_scale)
         self.batched = batched
+        self.pre_cfg = tuple(pre_cfg)
 
     @property
     def skips_uncond(self) -> bool:
@@ -105,19 +115,83 @@ class CFGDenoiser:
 
     def __call__(self, x: Tensor, sigma: Tensor, **kwargs: Any) -> Tensor:
         if self.skips_uncond:
-            return self.model_fn(x, sigma, [self.cond], **kwargs)
+            cond_out, _ = self._before_cfg(self.model_fn(x, sigma, [self.cond], **kwargs), None, sigma)
+            return cond_out
         if self.batched:
             out = self.model_fn(torch.cat([x, x]), torch.cat([sigma, sigma]), [self.uncond, self.cond], **kwargs)
             uncond_out, cond_out = out.chunk(2)
         else:
             uncond_out = self.model_fn(x, sigma, [self.uncond], **kwargs)
             cond_out = self.model_fn(x, sigma, [self.cond], **kwargs)
-        return cfg_combine(cond_out, uncond_out, self.cfg_scale)
+        cond_out, hooked_uncond = self._before_cfg(cond_out, uncond_out, sigma)
+        return cfg_combine(cond_out, uncond_out if hooked_uncond is None else hooked_uncond, self.cfg_scale)
+
+    def _before_cfg(self, cond_out: Tensor, uncond_out: Tensor | None, sigma: Tensor) -> tuple[Tensor, Tensor | None]:
+        for hook in self.pre_cfg:
+            cond_out, uncond_out = hook(cond_out, uncond_out, sigma)
+        return cond_out, uncond_out
 
 
 def cfg_combine(cond_out: Tensor, uncond_out: Tensor, cfg_scale: float) -> Tensor:
     """``uncond + (cond - uncond) * cfg_scale``."""
     return uncond_out + (cond_out - uncond_out) * cfg_scale
+
+
+class OperationSpec(Protocol):
+    """A latent operation to apply before CFG within a part of the schedule (a MODEL handle's entry)."""
+
+    @property
+    def operation(self) -> Callable[..., Tensor]: ...
+
+    @property
+    def start_percent(self) -> float: ...
+
+    @property
+    def end_percent(self) -> float: ...
+
+
+class PercentToSigma(Protocol):
+    """What :func:`operation_hooks` needs of a model sampling."""
+
+    def percent_to_sigma(self, percent: float) -> float: ...
+
+
+#: ``percent_to_sigma(0)``: a sigma above every schedule's first step.
+ALWAYS_SIGMA = 999999999.9
+
+
+@dataclass(frozen=True)
+class GuidanceOperation:
+    """A LATENT_OPERATION on the guidance of each step (ComfyUI's LatentApplyOperationCFG).
+
+    The operation transforms ``cond - uncond``, the difference of the two *denoised* predictions in
+    the model's latent space, and the uncond prediction is added back, so CFG then gives
+    ``uncond + operation(cond - uncond) * cfg``. Without an uncond pass (cfg 1) it transforms the cond
+    prediction itself. It acts only on steps whose sigma lies in ``[sigma_end, sigma_start]``.
+    """
+
+    operation: Callable[..., Tensor]
+    sigma_start: float
+    sigma_end: float
+
+    def active(self, sigma: Tensor) -> bool:
+        if self.sigma_end <= 0.0 and self.sigma_start >= ALWAYS_SIGMA:
+            return True  # the whole schedule: no need to read sigma back from the device
+        current = float(sigma.reshape(-1)[0])
+        return self.sigma_end <= current <= self.sigma_start
+
+    def __call__(self, cond_out: Tensor, uncond_out: Tensor | None, sigma: Tensor) -> tuple[Tensor, Tensor | None]:
+        if not self.active(sigma):
+            return cond_out, uncond_out
+        if uncond_out is None:
+            return self.operation(latent=cond_out), None
+        return self.operation(latent=cond_out - uncond_out) + uncond_out, uncond_out
+
+
+def operation_hooks(specs: Sequence[OperationSpec], model_sampling: PercentToSigma) -> tuple[GuidanceOperation, ...]:
+    """Pre-CFG hooks for a MODEL's operations, their percent windows turned into sigmas."""
+    return tuple(GuidanceOperation(spec.operation, model_sampling.percent_to_sigma(spec.start_percent),
+                                   model_sampling.percent_to_sigma(spec.end_percent)) for spec in specs)
 
 
 def default_noise_scaling(sigma: Tensor, noise: Tensor, latent: Tensor) -> Tensor:

@@ -24,7 +24,7 @@ from engine.backend.vae import AutoencoderKL, decode_tiled, encode_tiled
 from engine.context import RunContext
 from engine.models.embeddings import embedding_lookup, embeddings_fingerprint
 from engine.models.families import ModelFamily
-from engine.models.handles import ClipHandle, ModelHandle, VaeHandle
+from engine.models.handles import ClipHandle, ModelHandle, PreCfgOperation, VaeHandle
 
 __all__ = [
     "Latent", "ModelTraits", "SamplingRequest", "TextEncoder", "TokenizedPrompt", "attach_control", "average",
@@ -34,19 +34,20 @@ __all__ = [
 ]
 
 
-def model_traits(family: ModelFamily) -> ModelTraits:
-    """What the sampling pipeline needs to know of a checkpoint's family."""
+def model_traits(family: ModelFamily, pre_cfg: tuple[PreCfgOperation, ...] = ()) -> ModelTraits:
+    """What the sampling pipeline needs to know of a checkpoint's family (and of a MODEL's pre-CFG operations)."""
     adm = family.name if family.name in ("sdxl", "sdxl_refiner") else None
     return ModelTraits(label=family.label, prediction="v" if family.prediction == "v" else "eps",
                        latent_channels=family.latent_channels, latent_scale=family.latent_scale_factor,
                        adm=adm,  # type: ignore[arg-type]  # checked against the two names above
-                       inpaint=family.is_inpaint, preview_format="sdxl" if family.is_sdxl else "sd1")
+                       inpaint=family.is_inpaint, preview_format="sdxl" if family.is_sdxl else "sd1",
+                       pre_cfg=pre_cfg)
 
 
 def sample(ctx: RunContext, model: ModelHandle, request: SamplingRequest) -> Latent:
     """One sampling run of ``model``: progress every step, previews for clients that asked for them."""
     models = ctx.models
-    traits = model_traits(model.family)
+    traits = model_traits(model.family, model.pre_cfg)
 
     def on_step(step: int, total: int, denoised: Tensor | None) -> None:
         if ctx.previews and denoised is not None:
