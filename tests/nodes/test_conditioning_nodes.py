@@ -5,6 +5,7 @@ SetTimestepRange write, resolved the way the sampler reads them."""
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import pytest
 import torch
@@ -23,9 +24,9 @@ from nodes.conditioning import (
 CPU = torch.device("cpu")
 
 
-def _entry(tokens: int, seed: int, pooled: bool = True) -> list[object]:
+def _entry(tokens: int, seed: int, pooled: bool = True) -> list[Any]:
     generator = torch.Generator().manual_seed(seed)
-    extras: dict[str, object] = {"area": (2, 2, 0, 0)}
+    extras: dict[str, Any] = {"area": (2, 2, 0, 0)}
     if pooled:
         extras["pooled_output"] = torch.randn(1, 6, generator=generator)
     return [torch.randn(1, tokens, 6, generator=generator), extras]
