@@ -72,8 +72,7 @@ class LoadImageOutput(Node):
     """Load an image from the output folder (values ``"NAME [output]"``); MASK is 1 where transparent."""
 
     display_name = "Load Image (from Outputs)"
-    description = ("Load an image from the output folder. When the refresh button is clicked, the node will "
-                   "update the image list and automatically select the first image, allowing for easy iteration.")
+    description = "Load an image from the output folder; the list starts with the newest, for quick iteration."
     category = "image"
     inputs = (
         Input("image", COMBO, choices=output_image_choices, image_upload=True, file_folder="input",

@@ -11,7 +11,8 @@ The tensor work nodes hand over lives behind torch-backed SDK modules that a nod
 
 * :mod:`engine.sdk.ops`: sampling, VAE, text encoding, conditioning and previews;
 * :mod:`engine.sdk.imaging`: image, mask and latent arithmetic;
-* :mod:`engine.sdk.files`: checking and reading checkpoints, LoRAs and ControlNets, image and latent files.
+* :mod:`engine.sdk.files`: checking and reading checkpoints, LoRAs and ControlNets, image and latent files;
+* :mod:`engine.sdk.compositing`: Porter-Duff compositing, alpha split/join and mask editing.
 
 ``import-linter`` (pyproject.toml) enforces that nodes import the engine only through this package
 and that this module stays torch-free.
