@@ -32,7 +32,7 @@ from engine.errors import (
 from engine.folders import Folders
 from engine.node import SEED_MAX, Input, Node
 from engine.registry import NodeRegistry
-from engine.types import BOOLEAN, COMBO, FLOAT, INT, TEXT_TYPES, can_link
+from engine.types import ANY, BOOLEAN, COMBO, FLOAT, INT, TEXT_TYPES, can_link
 from engine.workflow import describe_node, is_link, node_title, parse_api_prompt
 
 #: The widest INT a literal may hold: signed 64-bit below, ComfyUI's unsigned seed range above.
@@ -76,6 +76,8 @@ def coerce_value(spec: Input, value: Any, choices: list[str] | None) -> Any:
         return _to_float(value)
     if kind == BOOLEAN:
         return _to_bool(value)
+    if kind == ANY:  # "*" takes any JSON value as is (ComfyUI's any type)
+        return value
     if kind in TEXT_TYPES:
         if isinstance(value, str):
             return value

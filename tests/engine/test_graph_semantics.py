@@ -380,3 +380,14 @@ def folders(tmp_path: Path) -> Folders:
     made = Folders(tmp_path / "input", tmp_path / "output", tmp_path / "temp", ())
     made.ensure()
     return made
+
+
+def test_any_type_input_takes_a_literal_or_any_link(executor: Executor) -> None:
+    prompt = {"1": {"class_type": "Show", "inputs": {"value": "plain text"}},
+              "2": {"class_type": "Show", "inputs": {"value": {"__value__": [1, 2]}}},
+              "3": {"class_type": "Pick", "inputs": {"name": "a.png"}},
+              "4": {"class_type": "Show", "inputs": {"value": ["3", 0]}}}
+    outcome, _ = run(executor, prompt)
+    assert texts(outcome, "1") == ["plain text"]
+    assert texts(outcome, "2") == ["[1, 2]"]
+    assert texts(outcome, "4") == ["a.png"]
