@@ -12,7 +12,9 @@ The tensor work nodes hand over lives behind torch-backed SDK modules that a nod
 * :mod:`engine.sdk.ops`: sampling, VAE, text encoding, conditioning and previews;
 * :mod:`engine.sdk.imaging`: image, mask and latent arithmetic;
 * :mod:`engine.sdk.files`: checking and reading checkpoints, LoRAs and ControlNets, image and latent files;
-* :mod:`engine.sdk.compositing`: Porter-Duff compositing, alpha split/join and mask editing.
+* :mod:`engine.sdk.compositing`: Porter-Duff compositing, alpha split/join and mask editing;
+* :mod:`engine.sdk.image_edit`: image transforms and filters (crop, rotate, stitch, blur, blend, ...);
+* :mod:`engine.sdk.latent_edit`: latent transforms, rebatching and latent operations.
 
 ``import-linter`` (pyproject.toml) enforces that nodes import the engine only through this package
 and that this module stays torch-free.
