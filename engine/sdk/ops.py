@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from engine.backend.conditioning import average, concat_tokens, zeroed
+from engine.backend.conditioning_edit import average, concat_tokens, zeroed
 from engine.backend.control_attach import attach_control
 from engine.backend.pipeline import Latent, ModelTraits, SamplingRequest
 from engine.backend.pipeline import sample as run_pipeline
