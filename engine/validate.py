@@ -3,7 +3,9 @@
 Checks, for every node an output needs: known class, every required input present, links that
 point at an existing node and output index of a compatible type, literal values of the right type
 (coerced where that is unambiguous: ``"1.5"`` -> 1.5, ``"false"`` -> False, never ``bool("false")``),
-within min/max and among the choices, and no cycles. A node that is invalid only because something
+within min/max and among the choices, and no cycles. A required widget input the prompt leaves out takes
+its declared default and is listed in ``warnings`` (prompts older than the input still run); a socket
+input, or a widget without a default, is an error. A node that is invalid only because something
 upstream is invalid is not reported itself. Outputs whose graph is valid are kept; the prompt fails
 only when no output survives (ComfyUI's behaviour), and the errors of dropped outputs are returned.
 """
@@ -58,6 +60,9 @@ class ValidatedPrompt:
     nodes: dict[str, GraphNode]
     outputs: list[str]
     node_errors: dict[str, Any] = field(default_factory=dict)
+    #: Inputs the prompt left out that took their declared default: ``{node_id, class_type, input_name,
+    #: message}`` each (prompts written before an input was added, e.g. VAEEncodeForInpaint's grow_mask_by).
+    warnings: list[dict[str, Any]] = field(default_factory=list)
 
 
 def node_sort_key(node_id: str) -> tuple[int, int, str]:
@@ -164,6 +169,7 @@ class _Validator:
         self.registry = registry
         self.folders = folders
         self.errors: list[GraphError] = []
+        self.warnings: list[dict[str, Any]] = []
         self.valid: dict[str, bool] = {}
         self.nodes: dict[str, GraphNode] = {}
         self._choices: dict[tuple[str, str], list[str]] = {}
@@ -201,8 +207,7 @@ class _Validator:
 
     def _link_sources(self, node_id: str) -> list[str]:
         inputs = self.prompt[node_id]["inputs"]
-        return [str(v[0]) for v in reversed(list(inputs.values()))
-                if (is_link(v) or _is_int_id_link(v, self.prompt)) and str(v[0]) in self.prompt]
+        return [v[0] for v in reversed(list(inputs.values())) if is_link(v) and v[0] in self.prompt]
 
     def _report_cycle(self, node_id: str, source: str) -> None:
         kind = self.prompt[node_id]["class_type"]
@@ -253,16 +258,27 @@ class _Validator:
         if spec.name not in inputs:
             if spec.optional:
                 return _ABSENT
+            if spec.is_widget and spec.default is not None:
+                return self._default(node_id, cls, spec, where)
             fix = "set a value" if spec.is_widget else f"link a {spec.type} output to it"
             return self._fail(MissingInput(node_id, f"{where} is required: {fix}",
                                            input_name=spec.name, class_type=cls.type_name))
         value = inputs[spec.name]
-        if is_link(value) or _is_int_id_link(value, self.prompt):
+        if is_link(value):
             return self._check_link(node_id, cls, spec, value, where)
         if isinstance(value, list) and not spec.is_widget:
             return self._fail(BadLink(node_id, f"{where} must be a link [node_id, output_index], got {value!r}",
                                       input_name=spec.name, class_type=cls.type_name))
         return self._check_literal(node_id, cls, spec, value, where)
+
+    def _default(self, node_id: str, cls: type[Node], spec: Input, where: str) -> Any:
+        """A required widget the prompt left out takes its declared default, with a warning (ComfyUI's
+        prompts from before the input existed still run)."""
+        value = self._check_literal(node_id, cls, spec, spec.default, where)
+        if value is not _INVALID:
+            self.warnings.append({"node_id": node_id, "class_type": cls.type_name, "input_name": spec.name,
+                                  "message": f"{where} is missing; it takes its default {spec.default!r}"})
+        return value
 
     def _check_link(self, node_id: str, cls: type[Node], spec: Input, value: list[Any], where: str) -> Any:
         source, index = str(value[0]), value[1]
@@ -337,12 +353,6 @@ _INVALID = object()
 _ABSENT = object()
 
 
-def _is_int_id_link(value: Any, prompt: Mapping[str, Any]) -> bool:
-    """``[5, 0]``: a link written with a numeric node id, as some clients send it."""
-    return (isinstance(value, list) and len(value) == 2 and isinstance(value[0], int)
-            and not isinstance(value[0], bool) and str(value[0]) in prompt)
-
-
 def validate_prompt(
     prompt: Any,
     registry: NodeRegistry,
@@ -368,7 +378,9 @@ def validate_prompt(
     for out in good:
         needed |= checker.ancestors(out)
     nodes = {nid: checker.nodes[nid] for nid in needed}
-    return ValidatedPrompt(nodes=nodes, outputs=good, node_errors=failed.node_errors() if failed else {})
+    warnings = [w for w in checker.warnings if w["node_id"] in nodes]
+    return ValidatedPrompt(nodes=nodes, outputs=good, node_errors=failed.node_errors() if failed else {},
+                           warnings=warnings)
 
 
 def _check_unknown_classes(checker: _Validator) -> None:

@@ -9,7 +9,10 @@ order of the node's widget inputs (an input with ``control_after_generate`` take
 for the control mode), and ``links`` as ``[id, origin_id, origin_slot, target_id, target_slot,
 type]`` lists or objects. :func:`ui_to_api` converts it the way the editor itself does: virtual
 nodes (Note, Reroute, PrimitiveNode) disappear, muted nodes are dropped, bypassed nodes are passed
-through, links through reroutes are followed and primitive nodes become literal values.
+through, links through reroutes are followed and primitive nodes become literal values. A widget with no
+saved value (ComfyUI's default workflow saves SaveImage without ``widgets_values``) takes its declared
+default. Subgraphs (``definitions.subgraphs``) and legacy group nodes (``extra.groupNodes``) are expanded
+first (:mod:`engine.subgraphs`): their nodes run under ComfyUI's execution ids, e.g. ``"74:10"``.
 """
 
 from __future__ import annotations
@@ -20,11 +23,15 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from engine.errors import BadLink, GraphError, MalformedNode, UnknownNode, ValidationFailed
+from engine.node import Node
 from engine.registry import NodeRegistry
+from engine.subgraphs import CONTEXT, MODE_ALWAYS, MODE_BYPASS, MODE_NEVER, OVERRIDES, LinkTable, flatten, whole
+
+__all__ = ["MODE_ALWAYS", "MODE_BYPASS", "MODE_NEVER", "VIRTUAL_NODES", "ApiNode", "describe_node", "is_link",
+           "is_ui_workflow", "node_title", "parse_api_prompt", "ui_to_api"]
 
 #: Editor-only nodes that never reach the executor.
 VIRTUAL_NODES = frozenset({"Note", "MarkdownNote", "Reroute", "PrimitiveNode"})
-MODE_ALWAYS, MODE_NEVER, MODE_BYPASS = 0, 2, 4
 
 
 def is_link(value: Any) -> bool:
@@ -79,7 +86,17 @@ def parse_api_prompt(obj: Any) -> dict[str, dict[str, Any]]:
         out[node_id] = entry
     if errors:
         raise ValidationFailed(errors)
+    for entry in out.values():
+        entry["inputs"] = {name: _id_as_text(value, out) for name, value in entry["inputs"].items()}
     return out
+
+
+def _id_as_text(value: Any, prompt: Mapping[str, Any]) -> Any:
+    """``[5, 0]`` (a link written with a numeric node id, as some clients send it) as ``["5", 0]``."""
+    if (isinstance(value, list) and len(value) == 2 and isinstance(value[0], int) and not isinstance(value[0], bool)
+            and isinstance(value[1], int) and not isinstance(value[1], bool) and str(value[0]) in prompt):
+        return [str(value[0]), value[1]]
+    return value
 
 
 def node_title(raw: Mapping[str, Any]) -> str | None:
@@ -121,47 +138,14 @@ def _first_line(exc: Exception) -> str:
     return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
-class _LinkTable:
-    """Links of an editor workflow by id: (origin_id, origin_slot)."""
-
-    def __init__(self, links: Any) -> None:
-        self._by_id: dict[int, tuple[str, int]] = {}
-        for link in links or []:
-            if isinstance(link, list) and len(link) >= 5:
-                link_id, origin, slot = link[0], link[1], link[2]
-            elif isinstance(link, Mapping):
-                link_id, origin, slot = link.get("id"), link.get("origin_id"), link.get("origin_slot")
-            else:
-                raise ValidationFailed([MalformedNode(None, f"malformed link {link!r} in the workflow")])
-            where = f"link {link!r:.200}"
-            self._by_id[_whole(link_id, "link id", where)] = (str(origin), _whole(slot, "origin slot", where))
-
-    def origin(self, link_id: int) -> tuple[str, int] | None:
-        return self._by_id.get(link_id)
-
-
-def _whole(value: Any, what: str, where: str) -> int:
-    """An id or slot number of the editor format: an int (or its text), else a MalformedNode error."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, str) and value.strip().lstrip("-").isdecimal() and len(value) <= 30:
-        return int(value)
-    raise ValidationFailed([MalformedNode(None, f"the {what} {str(value)[:40]!r} of {where} is not a "
-                                          "whole number; fix or remove it in the workflow")])
-
-
 class _UiConverter:
-    def __init__(self, workflow: Mapping[str, Any], registry: NodeRegistry) -> None:
+    """Converts a flat editor graph (:func:`engine.subgraphs.flatten`'s) node by node."""
+
+    def __init__(self, flat: Mapping[str, Any], registry: NodeRegistry, errors: list[GraphError]) -> None:
         self.registry = registry
-        self.links = _LinkTable(workflow.get("links"))
-        self.nodes: dict[str, Mapping[str, Any]] = {}
-        for node in workflow.get("nodes", []):
-            if not isinstance(node, Mapping) or "id" not in node or "type" not in node:
-                raise ValidationFailed([MalformedNode(None, f"malformed node in the workflow: {node!r:.200}")])
-            self.nodes[str(node["id"])] = node
-        self.errors: list[GraphError] = []
+        self.links = LinkTable(flat["links"])
+        self.nodes: dict[str, Mapping[str, Any]] = {str(node["id"]): node for node in flat["nodes"]}
+        self.errors = errors
 
     def convert(self) -> dict[str, dict[str, Any]]:
         prompt: dict[str, dict[str, Any]] = {}
@@ -173,9 +157,9 @@ class _UiConverter:
             if cls is None:
                 title = node.get("title")
                 named = f"node {node_id} ({title[:100]!r})" if isinstance(title, str) and title else f"node {node_id}"
-                self.errors.append(UnknownNode(node_id, f"{named} has unknown type {kind[:100]!r}; install "
-                                               "the node or remove it from the workflow", class_type=kind,
-                                               extra_info={"title": title}))
+                self.errors.append(UnknownNode(node_id, f"{named}{node.get(CONTEXT, '')} has unknown type "
+                                               f"{kind[:100]!r}; install the node or remove it from the workflow",
+                                               class_type=kind, extra_info={"title": title}))
                 continue
             entry: dict[str, Any] = {"class_type": cls.type_name, "inputs": self._inputs(node_id, node)}
             title = node.get("title")
@@ -188,20 +172,11 @@ class _UiConverter:
     def _inputs(self, node_id: str, node: Mapping[str, Any]) -> dict[str, Any]:
         cls = self.registry.get(str(node["type"]))
         assert cls is not None
-        inputs: dict[str, Any] = {}
-        values = node.get("widgets_values")
-        position = 0
-        for spec in cls.widget_inputs():
-            if isinstance(values, Mapping):
-                if spec.name in values:
-                    inputs[spec.name] = _wrap_list(values[spec.name])
-            elif isinstance(values, list) and position < len(values):
-                inputs[spec.name] = _wrap_list(values[position])
-            position += 2 if spec.control_after_generate else 1
+        inputs = _widget_values(cls, node)
         for slot in node.get("inputs") or []:
             if not isinstance(slot, Mapping) or slot.get("link") is None:
                 continue
-            link_id = _whole(slot["link"], "input link", f"node {node_id}")
+            link_id = whole(slot["link"], "input link", f"node {node_id}")
             resolved = self._resolve(link_id, node_id, str(slot.get("name")))
             if resolved is not None:
                 inputs[str(slot.get("name"))] = resolved
@@ -216,23 +191,22 @@ class _UiConverter:
                                            input_name=input_name))
                 return None
             seen.add(link_id)
-            origin = self.links.origin(link_id)
-            if origin is None or origin[0] not in self.nodes:
+            link = self.links.get(link_id)
+            if link is None or link.origin not in self.nodes:
                 return None  # a link to a removed node is dropped, as the editor does
-            source = self.nodes[origin[0]]
+            source = self.nodes[link.origin]
             kind = str(source["type"])
             if kind == "PrimitiveNode":
-                values = source.get("widgets_values") or [None]
-                return _wrap_list(values[0])
+                return _wrap_list(_primitive_value(source))
             if kind == "Reroute" or source.get("mode") == MODE_BYPASS:
-                next_link = _passthrough_link(source, origin[1])
+                next_link = _passthrough_link(source, link.origin_slot)
                 if next_link is None:
                     return None
                 link_id = next_link
                 continue
             if source.get("mode") == MODE_NEVER:
                 return None
-            return [origin[0], origin[1]]
+            return [link.origin, link.origin_slot]
 
 
 def _passthrough_link(node: Mapping[str, Any], out_slot: int) -> int | None:
@@ -246,9 +220,40 @@ def _passthrough_link(node: Mapping[str, Any], out_slot: int) -> int | None:
     if str(node.get("type")) != "Reroute" and out_type is not None:
         typed = [s for s in candidates if s.get("type") == out_type]
         if out_slot < len(slots) and slots[out_slot] in typed:
-            return _whole(slots[out_slot]["link"], "input link", f"node {node.get('id')}")
+            return whole(slots[out_slot]["link"], "input link", f"node {node.get('id')}")
         candidates = typed
-    return _whole(candidates[0]["link"], "input link", f"node {node.get('id')}") if candidates else None
+    return whole(candidates[0]["link"], "input link", f"node {node.get('id')}") if candidates else None
+
+
+def _widget_values(cls: type[Node], node: Mapping[str, Any]) -> dict[str, Any]:
+    """The node's widget inputs: its saved ``widgets_values`` (in widget order, a control_after_generate
+    widget taking one extra slot; or by name), values set from outside (promoted widgets, group nodes), and
+    the declared default for a widget saved without a value, as the editor shows a new widget."""
+    values = node.get("widgets_values")
+    overrides = node.get(OVERRIDES)
+    inputs: dict[str, Any] = {}
+    position = 0
+    for spec in cls.widget_inputs():
+        if isinstance(overrides, Mapping) and spec.name in overrides:
+            inputs[spec.name] = _wrap_list(overrides[spec.name])
+        elif isinstance(values, Mapping) and spec.name in values:
+            inputs[spec.name] = _wrap_list(values[spec.name])
+        elif isinstance(values, list) and position < len(values):
+            inputs[spec.name] = _wrap_list(values[position])
+        elif spec.default is not None:
+            inputs[spec.name] = _wrap_list(spec.default)
+        elif isinstance(spec.choices, list | tuple) and spec.choices:
+            inputs[spec.name] = spec.choices[0]  # the editor's combo starts at its first choice
+        position += 2 if spec.control_after_generate else 1
+    return inputs
+
+
+def _primitive_value(node: Mapping[str, Any]) -> Any:
+    overrides = node.get(OVERRIDES)
+    if isinstance(overrides, Mapping) and "value" in overrides:
+        return overrides["value"]
+    values = node.get("widgets_values")
+    return values[0] if isinstance(values, list) and values else None
 
 
 def _wrap_list(value: Any) -> Any:
@@ -260,4 +265,5 @@ def ui_to_api(workflow: Mapping[str, Any], registry: NodeRegistry) -> dict[str, 
     """Convert an editor-format workflow into an API-format prompt, by the registry's widget order."""
     if not is_ui_workflow(workflow):
         raise ValidationFailed([MalformedNode(None, "not an editor workflow: it needs 'nodes' and 'links'")])
-    return _UiConverter(workflow, registry).convert()
+    flat, errors = flatten(workflow, registry)
+    return _UiConverter(flat, registry, errors).convert()

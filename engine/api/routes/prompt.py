@@ -70,7 +70,11 @@ class PromptRoutes:
             raise ApiError(400, "duplicate_prompt_id", "prompt_id already used", str(exc)) from exc
         except ValueError as exc:  # e.g. a priority number the queue cannot order by
             raise ApiError(400, "invalid_request", "Prompt could not be queued", str(exc)[:500]) from exc
-        return json_ok({"prompt_id": prompt_id, "number": report_number(number), "node_errors": validated.node_errors})
+        reply: dict[str, Any] = {"prompt_id": prompt_id, "number": report_number(number),
+                                 "node_errors": validated.node_errors}
+        if validated.warnings:  # inputs the prompt left out that took their default (not in ComfyUI's reply)
+            reply["warnings"] = validated.warnings
+        return json_ok(reply)
 
     def _prepare(self, graph: dict[str, Any], workflow: dict[str, Any] | None, targets: list[str] | None
                  ) -> tuple[dict[str, Any], Mapping[str, Any] | None, ValidatedPrompt]:
