@@ -102,6 +102,8 @@ class Executor:
             validated = validate_prompt(prompt, self.registry, self.folders, targets)
         except ValidationFailed as exc:
             return _validation_outcome(exc, prompt_id, recorder)
+        for warning in validated.warnings:
+            log.warning("prompt %s: %s", prompt_id, warning["message"])
         outcome = ExecutionOutcome("success", True)
         run = PromptRun(self, validated, prompt, prompt_id, recorder, extra_data or {},
                         interrupt or threading.Event(), outcome)

@@ -117,11 +117,23 @@ class FileRef(BaseModel):
 # --------------------------------------------------------------------------- responses
 
 
+class PromptWarning(BaseModel):
+    """An input the prompt left out that took its declared default."""
+
+    node_id: str
+    class_type: str
+    input_name: str
+    message: str
+
+
 class PromptResponse(BaseModel):
     prompt_id: str
     number: int | float = Field(description="Priority number: an integer (as ComfyUI's) unless a fractional "
                                 "number was sent.")
     node_errors: dict[str, NodeError] = Field(default_factory=dict)
+    warnings: list[PromptWarning] | None = Field(
+        default=None, description="Beyond ComfyUI: inputs the prompt left out that took their declared "
+        "default (an older prompt missing an input added later). Present only when there is one.")
 
 
 class ExecInfo(BaseModel):
