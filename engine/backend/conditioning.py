@@ -284,11 +284,13 @@ class UNetApply:
     """``apply_model(x, timestep, conds)`` for a UNet, batching every entry that shares an area."""
 
     def __init__(self, unet: UNetModel, control_fn: Callable[..., Any] | None = None,
-                 concat: Tensor | None = None) -> None:
-        """``concat`` [B, k, H, W] is appended to the latent channels (inpainting models: mask + image)."""
+                 concat: Tensor | None = None, patches: Mapping[str, Sequence[Any]] | None = None) -> None:
+        """``concat`` [B, k, H, W] is appended to the latent channels (inpainting models: mask + image);
+        ``patches`` are the UNet patches of the MODEL (``GuidanceHooks.unet_patches``), by hook point."""
         self.unet = unet
         self.control_fn = control_fn
         self.concat = concat
+        self.patches = dict(patches or {})
 
     def __call__(self, x: Tensor, timestep: Tensor, conds: Sequence[Sequence[CondSpec]], **_: Any) -> Tensor:
         chunks, steps = x.chunk(len(conds)), timestep.chunk(len(conds))

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
@@ -40,6 +40,82 @@ ApplyModel = Callable[..., Tensor]
 #: It sees the two denoised predictions of a step before CFG combines them; ``uncond_out`` is None when
 #: cfg 1 skipped the uncond pass. ``sigma`` is the step's sigma, shape [B].
 PreCfgHook = Callable[[Tensor, Tensor | None, Tensor], tuple[Tensor, Tensor | None]]
+
+
+@dataclass
+class GuidanceStep:
+    """One step's guidance as the hooks see it (ComfyUI's ``args`` of its cfg / post-cfg functions).
+
+    Predictions are *denoised* estimates in the model's latent space. ``uncond_denoised`` is None when
+    cfg 1 skipped the uncond pass (and no hook asked for it). ``extra_denoised`` holds the predictions
+    for the extra conditionings hooks asked for (:class:`GuidanceHooks`), in order. ``model_fn`` with
+    ``cond`` / ``uncond`` runs the model again (self-attention / perturbed-attention guidance).
+    """
+
+    x: Tensor
+    sigma: Tensor
+    cfg_scale: float
+    cond_denoised: Tensor
+    uncond_denoised: Tensor | None
+    extra_denoised: tuple[Tensor, ...]
+    model_fn: ModelFn
+    cond: Any
+    uncond: Any
+    kwargs: dict[str, Any]
+
+
+#: ``cfg_function(step) -> denoised``: replaces ``uncond + (cond - uncond) * cfg`` (ComfyUI's sampler_cfg_function).
+CfgFunction = Callable[[GuidanceStep], Tensor]
+#: ``hook(step, denoised) -> denoised``: after CFG, in order (ComfyUI's sampler_post_cfg_function).
+PostCfgHook = Callable[[GuidanceStep, Tensor], Tensor]
+#: ``observer(step, denoised)``: sees every guided step (cfg++ samplers read ``uncond_denoised`` here).
+#: A sampler passes it to the denoiser as the keyword argument ``on_guidance``.
+GuidanceObserver = Callable[[GuidanceStep, Tensor], None]
+
+
+@dataclass
+class GuidanceHooks:
+    """What a MODEL's sampling patches install for one sampling run, gathered before it starts.
+
+    Each patch on a MODEL handle (``ModelHandle.sampling_patches``) is an object with
+    ``install(hooks, model_sampling)`` that appends to these lists (see :class:`SamplingPatch`); the
+    pipeline then builds the :class:`CFGDenoiser` and the UNet call from them. ``extra_conditioning``
+    holds raw CONDITIONING values whose predictions the hooks need (PerpNeg's empty prompt, Safe
+    Latent Diffusion's safety concept); they run in the same batch as cond and uncond.
+    ``unet_patches`` maps a hook point of the UNet forward to its patches, in order (see
+    :mod:`engine.backend.unet`). ``denoise_mask_fn(mask, sigma) -> mask`` reshapes an inpaint mask per
+    step (DifferentialDiffusion).
+    """
+
+    pre_cfg: list[PreCfgHook] = field(default_factory=list)
+    cfg_function: CfgFunction | None = None
+    post_cfg: list[PostCfgHook] = field(default_factory=list)
+    extra_conditioning: list[Any] = field(default_factory=list)
+    needs_uncond: bool = False
+    unet_patches: dict[str, list[Any]] = field(default_factory=dict)
+    denoise_mask_fn: Callable[[Tensor, Tensor], Tensor] | None = None
+
+    def add_extra_conditioning(self, conditioning: Any) -> int:
+        """Ask for the prediction of one more conditioning; returns its index in ``extra_denoised``."""
+        self.extra_conditioning.append(conditioning)
+        return len(self.extra_conditioning) - 1
+
+    def add_unet_patch(self, point: str, patch: Any) -> None:
+        self.unet_patches.setdefault(point, []).append(patch)
+
+
+class SamplingPatch(Protocol):
+    """A patch a MODEL handle carries (torch-side object, frozen and picklable where it can be)."""
+
+    def install(self, hooks: GuidanceHooks, model_sampling: Any) -> None: ...
+
+
+def gather_hooks(patches: Sequence[SamplingPatch], model_sampling: Any) -> GuidanceHooks:
+    """The hooks of a MODEL's sampling patches, installed in order."""
+    hooks = GuidanceHooks()
+    for patch in patches:
+        patch.install(hooks, model_sampling)
+    return hooks
 
 
 class Parameterization(Protocol):
@@ -84,12 +160,15 @@ class ParameterizedModel:
 class CFGDenoiser:
     """Classifier-free guidance (Ho & Salimans 2022, "Classifier-Free Diffusion Guidance").
 
-    ``denoised = uncond + (cond - uncond) * cfg_scale``. Both predictions come from ONE call of
-    ``model_fn`` on a batch of twice the size, uncond chunk first, cond chunk second (the order
-    ComfyUI batches them in). When ``cfg_scale`` is 1 (``math.isclose``) the uncond pass is skipped
-    and ``model_fn`` sees only the cond chunk. ``batched=False`` runs the two chunks as two calls
-    (less peak memory, same result up to float rounding). ``pre_cfg`` hooks run in order on the two
-    predictions before they combine (see :data:`PreCfgHook`).
+    ``denoised = uncond + (cond - uncond) * cfg_scale``. All predictions come from ONE call of
+    ``model_fn`` on a batch of the chunks, uncond chunk first, cond chunk second (the order ComfyUI
+    batches them in), then the ``extra`` conditionings hooks asked for. When ``cfg_scale`` is 1
+    (``math.isclose``) and nothing needs it, the uncond pass is skipped. ``batched=False`` runs the
+    chunks as separate calls (less peak memory, same result up to float rounding).
+
+    Hooks (:class:`GuidanceHooks`): ``pre_cfg`` run in order on the two predictions before they
+    combine (see :data:`PreCfgHook`); ``cfg_function`` replaces the combination; ``post_cfg`` run in
+    order on the result. A caller may pass ``on_guidance=observer`` to see each step (cfg++ samplers).
     """
 
     def __init__(
@@ -101,6 +180,10 @@ class CFGDenoiser:
         *,
         batched: bool = True,
         pre_cfg: Sequence[PreCfgHook] = (),
+        cfg_function: CfgFunction | None = None,
+        post_cfg: Sequence[PostCfgHook] = (),
+        extra: Sequence[Any] = (),
+        needs_uncond: bool = False,
     ) -> None:
         self.model_fn = model_fn
         self.cond = cond
@@ -108,23 +191,42 @@ class CFGDenoiser:
         self.cfg_scale = float(cfg_scale)
         self.batched = batched
         self.pre_cfg = tuple(pre_cfg)
+        self.cfg_function = cfg_function
+        self.post_cfg = tuple(post_cfg)
+        self.extra = tuple(extra)
+        self.needs_uncond = needs_uncond
 
     @property
     def skips_uncond(self) -> bool:
-        return math.isclose(self.cfg_scale, 1.0)
+        return math.isclose(self.cfg_scale, 1.0) and not self.needs_uncond
 
     def __call__(self, x: Tensor, sigma: Tensor, **kwargs: Any) -> Tensor:
-        if self.skips_uncond:
-            cond_out, _ = self._before_cfg(self.model_fn(x, sigma, [self.cond], **kwargs), None, sigma)
-            return cond_out
-        if self.batched:
-            out = self.model_fn(torch.cat([x, x]), torch.cat([sigma, sigma]), [self.uncond, self.cond], **kwargs)
-            uncond_out, cond_out = out.chunk(2)
+        observer: GuidanceObserver | None = kwargs.pop("on_guidance", None)
+        chunks = ([] if self.skips_uncond else [self.uncond]) + [self.cond, *self.extra]
+        outs = self._predict(x, sigma, chunks, kwargs)
+        uncond_out = None if self.skips_uncond else outs.pop(0)
+        cond_out, extra_out = outs[0], tuple(outs[1:])
+        cond_out, uncond_out = self._before_cfg(cond_out, uncond_out, sigma)
+        step = GuidanceStep(x, sigma, self.cfg_scale, cond_out, uncond_out, extra_out, self.model_fn,
+                            self.cond, self.uncond, kwargs)
+        if self.cfg_function is not None:
+            denoised = self.cfg_function(step)
+        elif uncond_out is None:
+            denoised = cond_out
         else:
-            uncond_out = self.model_fn(x, sigma, [self.uncond], **kwargs)
-            cond_out = self.model_fn(x, sigma, [self.cond], **kwargs)
-        cond_out, hooked_uncond = self._before_cfg(cond_out, uncond_out, sigma)
-        return cfg_combine(cond_out, uncond_out if hooked_uncond is None else hooked_uncond, self.cfg_scale)
+            denoised = cfg_combine(cond_out, uncond_out, self.cfg_scale)
+        for hook in self.post_cfg:
+            denoised = hook(step, denoised)
+        if observer is not None:
+            observer(step, denoised)
+        return denoised
+
+    def _predict(self, x: Tensor, sigma: Tensor, chunks: list[Any], kwargs: dict[str, Any]) -> list[Tensor]:
+        if len(chunks) == 1 or not self.batched:
+            return [self.model_fn(x, sigma, [chunk], **kwargs) for chunk in chunks]
+        n = len(chunks)
+        out = self.model_fn(torch.cat([x] * n), torch.cat([sigma] * n), chunks, **kwargs)
+        return list(out.chunk(n))
 
     def _before_cfg(self, cond_out: Tensor, uncond_out: Tensor | None, sigma: Tensor) -> tuple[Tensor, Tensor | None]:
         for hook in self.pre_cfg:
@@ -203,7 +305,8 @@ class InpaintDenoiser:
     """Keeps the unmasked part of ``latent_image`` at every step (ComfyUI's ``KSamplerX0Inpaint``).
 
     ``denoise_mask`` is 1 where the image is regenerated and 0 where it is kept, already shaped like
-    the latent (see :func:`prepare_mask`). Before the inner call the kept region of ``x`` is replaced
+    the latent (see :func:`prepare_mask`); ``mask_fn(mask, sigma)`` may reshape it per step
+    (DifferentialDiffusion). Before the inner call the kept region of ``x`` is replaced
     by ``latent_image`` noised to the current sigma with ``noise``; after it the kept region of the
     prediction is replaced by ``latent_image``::
 
@@ -218,18 +321,21 @@ class InpaintDenoiser:
         denoise_mask: Tensor,
         noise: Tensor,
         noise_scaling: Callable[[Tensor, Tensor, Tensor], Tensor] = default_noise_scaling,
+        mask_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
     ) -> None:
         self.denoiser = denoiser
         self.latent_image = latent_image
         self.mask = denoise_mask
         self.noise = noise
         self.noise_scaling = noise_scaling
+        self.mask_fn = mask_fn
 
     def __call__(self, x: Tensor, sigma: Tensor, **kwargs: Any) -> Tensor:
-        keep = 1.0 - self.mask
-        x = x * self.mask + self.noise_scaling(sigma, self.noise, self.latent_image) * keep
+        mask = self.mask if self.mask_fn is None else self.mask_fn(self.mask, sigma)
+        keep = 1.0 - mask
+        x = x * mask + self.noise_scaling(sigma, self.noise, self.latent_image) * keep
         denoised = self.denoiser(x, sigma, **kwargs)
-        return denoised * self.mask + self.latent_image * keep
+        return denoised * mask + self.latent_image * keep
 
 
 def repeat_to_batch(tensor: Tensor, batch_size: int) -> Tensor:

@@ -4,6 +4,7 @@ together as ComfyUI's KSampler does."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from torch import Tensor
@@ -30,6 +31,7 @@ def ksample(
     extra_args: dict[str, Any] | None = None,
     sampler_options: dict[str, Any] | None = None,
     device_rng: bool = False,
+    denoise_mask_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
 ) -> Tensor:
     """One KSampler run as ComfyUI performs it, on model-space latents.
 
@@ -62,6 +64,7 @@ def ksample(
             denoise_mask,
             mask_noise,
             noise_scaling=lambda sigma, n, latent: model_sampling.noise_scaling(sigma, n, latent),
+            mask_fn=denoise_mask_fn,
         )
     x = model_sampling.noise_scaling(sigmas[0], noise, latent_image, is_max_denoise(model_sampling, sigmas))
     sampler = get_sampler(sampler_name)

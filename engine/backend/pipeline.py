@@ -22,8 +22,11 @@ from torch import Tensor
 from engine.backend import conditioning, control_apply
 from engine.backend.guidance import (
     CFGDenoiser,
+    GuidanceHooks,
     OperationSpec,
     ParameterizedModel,
+    SamplingPatch,
+    gather_hooks,
     operation_hooks,
     prepare_mask,
     repeat_to_batch,
@@ -58,6 +61,7 @@ class ModelTraits:
     inpaint: bool  # a 9-channel inpainting UNet
     preview_format: str  # latent2rgb factors: "sd1" or "sdxl"
     pre_cfg: tuple[OperationSpec, ...] = ()  # operations on each step's guidance before CFG (in order)
+    patches: tuple[SamplingPatch, ...] = ()  # the MODEL's guidance and UNet patches (in order)
 
 
 @dataclass(frozen=True)
@@ -94,7 +98,8 @@ def sample(request: SamplingRequest, traits: ModelTraits, unet_session: UNetSess
         noise = (prepare_noise(latent, request.seed, request.latent.get("batch_index")) if request.add_noise
                  else torch.zeros_like(latent))
         scale = traits.latent_scale
-        denoiser, denoise_mask = _denoiser(request, traits, unet, ms, load_controlnet, latent, device, dtype)
+        denoiser, denoise_mask, hooks = _denoiser(request, traits, unet, ms, load_controlnet, latent, device,
+                                                  dtype)
         total = max(len(sigmas) - 1, 1)
 
         def callback(info: dict[str, Any]) -> None:
@@ -102,7 +107,8 @@ def sample(request: SamplingRequest, traits: ModelTraits, unet_session: UNetSess
 
         with torch.inference_mode():
             out = ksample(denoiser, ms, request.sampler_name, sigmas, noise.to(device), (latent * scale).to(device),
-                          seed=request.seed, denoise_mask=denoise_mask, callback=callback)
+                          seed=request.seed, denoise_mask=denoise_mask, callback=callback,
+                          denoise_mask_fn=hooks.denoise_mask_fn)
     return {**request.latent, "samples": (out.float() / scale).cpu()}
 
 
@@ -119,8 +125,8 @@ def _model_latent(latent: Tensor, traits: ModelTraits) -> Tensor:
 
 def _denoiser(request: SamplingRequest, traits: ModelTraits, unet: UNetModel, ms: ModelSampling,
               load_controlnet: control_apply.Resolve, latent: Tensor, device: torch.device,
-              dtype: torch.dtype) -> tuple[CFGDenoiser, Tensor | None]:
-    """The CFG denoiser over the prepared conditioning, and the inpaint noise mask (if any)."""
+              dtype: torch.dtype) -> tuple[CFGDenoiser, Tensor | None, GuidanceHooks]:
+    """The CFG denoiser over the prepared conditioning, the inpaint noise mask (if any) and the MODEL's hooks."""
     adm = adm_builder(traits.adm)
     pos = conditioning.prepare(request.positive, latent.shape, device=device, dtype=dtype, adm=adm,
                                percent_to_sigma=ms.percent_to_sigma)
@@ -134,11 +140,16 @@ def _denoiser(request: SamplingRequest, traits: ModelTraits, unet: UNetModel, ms
     if traits.inpaint:
         sources = inpaint_sources(request.latent, request.positive)
         concat = inpaint_concat(sources, latent * traits.latent_scale, denoise_mask, traits.latent_scale).to(device)
-    control_fn = control_apply.control_function([pos, neg], ms, load_controlnet, unet.config)
-    apply = conditioning.UNetApply(unet, control_fn, concat=concat)
+    hooks = gather_hooks(traits.patches, ms)
+    extra = [conditioning.prepare(c, latent.shape, device=device, dtype=dtype, adm=adm,
+                                  percent_to_sigma=ms.percent_to_sigma) for c in hooks.extra_conditioning]
+    control_fn = control_apply.control_function([pos, neg, *extra], ms, load_controlnet, unet.config)
+    apply = conditioning.UNetApply(unet, control_fn, concat=concat, patches=hooks.unet_patches)
     denoiser = CFGDenoiser(conditioning.ScheduledModel(ParameterizedModel(apply, ms)), pos, neg, request.cfg,
-                           pre_cfg=operation_hooks(traits.pre_cfg, ms))
-    return denoiser, denoise_mask
+                           pre_cfg=(*operation_hooks(traits.pre_cfg, ms), *hooks.pre_cfg),
+                           cfg_function=hooks.cfg_function, post_cfg=hooks.post_cfg, extra=extra,
+                           needs_uncond=hooks.needs_uncond)
+    return denoiser, denoise_mask, hooks
 
 
 def adm_builder(kind: str | None) -> conditioning.AdmFn | None:

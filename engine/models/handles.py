@@ -67,6 +67,10 @@ class ModelHandle:
     family: ModelFamily
     patches: tuple[WeightPatch, ...] = ()
     pre_cfg: tuple[PreCfgOperation, ...] = ()
+    #: Guidance and UNet patches (RescaleCFG, FreeU, ...): torch-side objects with
+    #: ``install(hooks, model_sampling)`` (engine.backend.guidance.SamplingPatch), applied in order.
+    #: They never touch weights, so removing one restores the model exactly.
+    sampling_patches: tuple[Any, ...] = ()
 
     def with_patch(self, patch: WeightPatch) -> ModelHandle:
         return dataclasses.replace(self, patches=(*self.patches, patch))
@@ -76,6 +80,10 @@ class ModelHandle:
         """This model with one more pre-CFG operation, after the ones it has."""
         added = PreCfgOperation(operation, start_percent, end_percent)
         return dataclasses.replace(self, pre_cfg=(*self.pre_cfg, added))
+
+    def with_sampling_patch(self, patch: Any) -> ModelHandle:
+        """This model with one more sampling patch, after the ones it has."""
+        return dataclasses.replace(self, sampling_patches=(*self.sampling_patches, patch))
 
     def with_family(self, family: ModelFamily) -> ModelHandle:
         return dataclasses.replace(self, family=family)
