@@ -10,6 +10,8 @@ def register_builtin_nodes(registry: NodeRegistry) -> None:
     from nodes.compositing import COMPOSITING_NODES
     from nodes.conditioning import CONDITIONING_NODES
     from nodes.controlnet import CONTROLNET_NODES
+    from nodes.custom_sampling import CUSTOM_SAMPLING_NODES
+    from nodes.guidance import GUIDANCE_NODES
     from nodes.image_filters import IMAGE_FILTER_NODES
     from nodes.image_io import IMAGE_IO_NODES
     from nodes.image_ops import IMAGE_OPS_NODES
@@ -25,15 +27,19 @@ def register_builtin_nodes(registry: NodeRegistry) -> None:
     from nodes.model_loaders import MODEL_LOADER_NODES
     from nodes.preprocess import PREPROCESS_NODES
     from nodes.primitives import PRIMITIVE_NODES
+    from nodes.safety import SAFETY_NODES
     from nodes.sampling import SAMPLING_NODES
+    from nodes.schedulers import SCHEDULER_NODES
     from nodes.strings import STRING_NODES
+    from nodes.unet_patches import UNET_PATCH_NODES
     from nodes.vae import VAE_NODES
 
     groups: tuple[tuple[type[Node], ...], ...] = (
         MODEL_LOADER_NODES, CONDITIONING_NODES, SAMPLING_NODES, VAE_NODES, IMAGE_IO_NODES, IMAGE_OPS_NODES,
         LATENT_NODES, LATENT_IO_NODES, INPAINT_NODES, MASK_NODES, CONTROLNET_NODES, PREPROCESS_NODES, LORA_NODES,
         PRIMITIVE_NODES, STRING_NODES, IMAGE_TRANSFORM_NODES, IMAGE_FILTER_NODES, COMPOSITING_NODES,
-        IMAGE_OUTPUT_NODES, LATENT_TRANSFORM_NODES, LATENT_OPERATION_NODES)
+        IMAGE_OUTPUT_NODES, LATENT_TRANSFORM_NODES, LATENT_OPERATION_NODES, SCHEDULER_NODES, CUSTOM_SAMPLING_NODES,
+        GUIDANCE_NODES, UNET_PATCH_NODES, SAFETY_NODES)
     for group in groups:
         for cls in group:
             registry.register(cls)
