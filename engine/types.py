@@ -24,6 +24,12 @@ STRING: Final = "STRING"
 BOOLEAN: Final = "BOOLEAN"
 COMBO: Final = "COMBO"
 ANY: Final = "*"
+#: Custom sampling (SamplerCustom and friends): a sampler (name + options), a sigma schedule (1-D tensor),
+#: a noise source (seeded or disabled) and a guider (model + conditionings + guidance kind).
+SAMPLER: Final = "SAMPLER"
+SIGMAS: Final = "SIGMAS"
+NOISE: Final = "NOISE"
+GUIDER: Final = "GUIDER"
 #: The editor's webcam widget (WebcamCapture): its value is the name of the uploaded capture, a string.
 WEBCAM: Final = "WEBCAM"
 
