@@ -97,9 +97,17 @@ class ClipHandle:
     family: ModelFamily
     layer_idx: int | None = None
     patches: tuple[WeightPatch, ...] = ()
+    #: CLIPAttentionMultiply's (q, k, v, out) multipliers of every self-attention projection (weights and
+    #: biases), applied at encode time without touching the stored weights; (1, 1, 1, 1): none.
+    attention_scale: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0)
 
     def with_layer(self, layer_idx: int) -> ClipHandle:
         return dataclasses.replace(self, layer_idx=layer_idx)
+
+    def with_attention_scale(self, q: float, k: float, v: float, out: float) -> ClipHandle:
+        """This CLIP with its attention projections multiplied once more (multipliers compose by product)."""
+        a = self.attention_scale
+        return dataclasses.replace(self, attention_scale=(a[0] * q, a[1] * k, a[2] * v, a[3] * out))
 
     def with_patch(self, patch: WeightPatch) -> ClipHandle:
         return dataclasses.replace(self, patches=(*self.patches, patch))
