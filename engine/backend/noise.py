@@ -7,7 +7,8 @@ Three sources of randomness feed a sampling run:
 * the per-step noise of the ancestral samplers (:class:`SeededNoiseSampler`): a second CPU generator
   seeded with seed + 1 (ComfyUI's choice on the CPU), one ``randn`` of ``x``'s shape per call;
 * the Brownian increments of the SDE samplers (:class:`BrownianTreeNoiseSampler`): a
-  ``torchsde.BrownianTree`` over [sigma_min, sigma_max] on the CPU, seeded with the seed.
+  ``torchsde.BrownianTree`` over [sigma_min, sigma_max] on the CPU, seeded with the seed (on the
+  sampling device for the ``*_gpu`` samplers, as ComfyUI does: then the values depend on the device).
 
 Every generator is a private ``torch.Generator``; the global torch RNG is never reseeded or advanced
 (ComfyUI reseeds it with ``torch.manual_seed``; the values drawn are the same either way).
@@ -109,7 +110,7 @@ class SeededNoiseSampler:
 
 
 class BrownianTreeNoiseSampler:
-    """Brownian increments for the SDE samplers, as ComfyUI's ``BrownianTreeNoiseSampler(cpu=True)``.
+    """Brownian increments for the SDE samplers, as ComfyUI's ``BrownianTreeNoiseSampler``.
 
     A ``torchsde.BrownianTree`` (Li et al. 2020, "Scalable Gradients for Stochastic Differential
     Equations"; the Brownian Interval of Kidger et al. 2021) of ``x``'s shape is built on the CPU over
@@ -117,6 +118,12 @@ class BrownianTreeNoiseSampler:
     returns ``(W(sigma_next) - W(sigma)) / sqrt(|sigma_next - sigma|)``: unit-variance noise that is
     correlated consistently between steps, so the result barely depends on the step count.
     ``transform`` maps sigma to the tree's time variable (identity for the samplers here).
+
+    ``cpu=True`` (dpmpp_sde, dpmpp_2m_sde, ...): the tree lives on the CPU, so a seed gives the same
+    noise on every device. ``cpu=False`` (the ``*_gpu`` samplers): the tree lives on ``x``'s device and
+    draws with that device's RNG, as ComfyUI's ``cpu=False`` tree; on a CPU-only run this is the same
+    tree as ``cpu=True`` (bit for bit), on a GPU the noise differs from the CPU tree's and may differ
+    between GPU models and torch versions.
     """
 
     def __init__(
@@ -126,10 +133,13 @@ class BrownianTreeNoiseSampler:
         sigma_max: Tensor | float,
         seed: int | None,
         transform: Callable[[Tensor], Tensor] | None = None,
+        *,
+        cpu: bool = True,
     ) -> None:
         import torchsde  # optional dependency, only the SDE samplers need it
 
         self.transform = transform if transform is not None else (lambda t: t)
+        self.tree_device = torch.device("cpu") if cpu else x.device
         t0 = self._time(sigma_min)
         t1 = self._time(sigma_max)
         self.sign = 1.0
@@ -137,13 +147,13 @@ class BrownianTreeNoiseSampler:
             t0, t1, self.sign = t1, t0, -1.0
         if seed is None:
             seed = int(torch.randint(0, 2**63 - 1, ()).item())
-        w0 = torch.zeros(tuple(x.shape), dtype=x.dtype, device="cpu")
+        w0 = torch.zeros(tuple(x.shape), dtype=x.dtype, device=self.tree_device)
         self.tree = torchsde.BrownianTree(t0, w0, t1, entropy=check_seed(seed))
         self.device = x.device
         self.dtype = x.dtype
 
     def _time(self, sigma: Tensor | float) -> Tensor:
-        return self.transform(torch.as_tensor(sigma)).detach().cpu().float()
+        return self.transform(torch.as_tensor(sigma)).detach().to(self.tree_device).float()
 
     def __call__(self, sigma: Tensor | float, sigma_next: Tensor | float) -> Tensor:
         t0 = self._time(sigma)

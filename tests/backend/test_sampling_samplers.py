@@ -52,7 +52,8 @@ STOCHASTIC = [
 ]
 
 
-def denoiser(x: Tensor, sigma: Tensor) -> Tensor:
+def denoiser(x: Tensor, sigma: Tensor, **_: object) -> Tensor:
+    # (**_: the cfg++ samplers pass on_guidance, which a plain denoiser ignores)
     s = sigma.reshape(-1, 1, 1, 1)
     return (x * SD**2 + MU * s**2) / (SD**2 + s**2)
 
@@ -208,7 +209,7 @@ def test_no_sigmas_or_one_sigma_returns_x(ms: ModelSampling, name: str) -> None:
     x = torch.randn(1, 4, 4, 4, generator=torch.Generator().manual_seed(0))
     calls: list[int] = []
 
-    def counting(x: Tensor, sigma: Tensor) -> Tensor:
+    def counting(x: Tensor, sigma: Tensor, **_: object) -> Tensor:
         calls.append(1)
         return denoiser(x, sigma)
 
@@ -223,7 +224,7 @@ def test_unknown_sampler_is_an_error() -> None:
 
 
 def test_sampler_names_follow_comfyui() -> None:
-    assert SAMPLER_NAMES[:3] == ["euler", "euler_ancestral", "heun"]
+    assert SAMPLER_NAMES[:4] == ["euler", "euler_cfg_pp", "euler_ancestral", "euler_ancestral_cfg_pp"]
     assert SAMPLER_NAMES[-3:] == ["ddim", "uni_pc", "uni_pc_bh2"]
     assert DISCARD_PENULTIMATE_SIGMA_SAMPLERS <= set(SAMPLER_NAMES)
 
@@ -256,7 +257,7 @@ def test_raising_from_the_callback_interrupts(ms: ModelSampling, name: str) -> N
     class Stop(Exception):
         pass
 
-    def counting(x: Tensor, sigma: Tensor) -> Tensor:
+    def counting(x: Tensor, sigma: Tensor, **_: object) -> Tensor:
         calls.append(1)
         return denoiser(x, sigma)
 

@@ -145,3 +145,37 @@ def sample_lcm(
         if sigmas[i + 1] > 0:
             x = x + noise_sampler(sigmas[i], sigmas[i + 1]) * sigmas[i + 1]
     return x
+
+
+@torch.no_grad()
+def sample_ddpm(
+    model: Denoiser,
+    x: Tensor,
+    sigmas: Tensor,
+    *,
+    extra_args: dict[str, Any] | None = None,
+    callback: Callback | None = None,
+    noise_sampler: NoiseSampler | None = None,
+    seed: int | None = None,
+) -> Tensor:
+    """DDPM ancestral sampling (Ho et al. 2020, Algorithm 2) on the sigmas: in VP form
+    ``x_vp = x / sqrt(1 + sigma^2)``, alpha_bar = 1 / (1 + sigma^2), the posterior mean
+    ``(x_vp - (1 - a) eps / sqrt(1 - alpha_bar)) / sqrt(a)`` with a = alpha_bar / alpha_bar_next, plus
+    noise of the posterior variance ``(1 - a)(1 - alpha_bar_next) / (1 - alpha_bar)``."""
+    extra_args = {} if extra_args is None else extra_args
+    noise_sampler = _noise_sampler(x, seed, noise_sampler)
+    s_in = x.new_ones([x.shape[0]])
+    for i in range(len(sigmas) - 1):
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        denoised = model(x, sigma * s_in, **extra_args)
+        _report(callback, i, x, sigma, sigma, denoised)
+        eps = (x - denoised) / sigma
+        alpha_bar = 1 / (sigma * sigma + 1)
+        alpha_bar_next = 1 / (sigma_next * sigma_next + 1)
+        a = alpha_bar / alpha_bar_next
+        x = (1.0 / a).sqrt() * (x / (1.0 + sigma**2).sqrt() - (1 - a) * eps / (1 - alpha_bar).sqrt())
+        if sigma_next > 0:
+            var = (1 - a) * (1.0 - alpha_bar_next) / (1.0 - alpha_bar)
+            x = x + var.sqrt() * noise_sampler(sigma, sigma_next)
+            x = x * (1.0 + sigma_next**2).sqrt()
+    return x

@@ -50,10 +50,39 @@ def _noise_sampler(x: Tensor, seed: int | None, noise_sampler: NoiseSampler | No
     return noise_sampler if noise_sampler is not None else SeededNoiseSampler(x, seed)
 
 
-def _brownian_sampler(x: Tensor, sigmas: Tensor, seed: int | None, noise_sampler: NoiseSampler | None) -> NoiseSampler:
+def _brownian_sampler(
+    x: Tensor, sigmas: Tensor, seed: int | None, noise_sampler: NoiseSampler | None, *, cpu: bool = True
+) -> NoiseSampler:
     if noise_sampler is not None:
         return noise_sampler
-    return BrownianTreeNoiseSampler(x, sigmas[sigmas > 0].min(), sigmas.max(), seed)
+    return BrownianTreeNoiseSampler(x, sigmas[sigmas > 0].min(), sigmas.max(), seed, cpu=cpu)
+
+
+class UncondTracker:
+    """Keeps the latest uncond denoised prediction for the cfg++ samplers (Chung et al. 2024, "CFG++").
+
+    :meth:`extra_args` adds ``on_guidance=self`` to the model's keyword arguments; the guided denoiser
+    (:class:`engine.backend.guidance.CFGDenoiser`) calls it with each step's ``GuidanceStep``.
+    :meth:`latest` is that step's ``uncond_denoised``; when there is none (the uncond pass was skipped
+    at cfg 1, or the model is not a guided denoiser) it is the guided ``denoised`` itself, i.e. the
+    unguided update. ComfyUI always runs the uncond pass for these samplers (it disables its cfg-1
+    shortcut), so a pipeline matches it by building the denoiser with ``needs_uncond=True`` (see
+    :func:`engine.backend.samplers.needs_uncond`).
+    """
+
+    def __init__(self) -> None:
+        self.uncond: Tensor | None = None
+
+    def __call__(self, step: Any, denoised: Tensor) -> None:
+        self.uncond = getattr(step, "uncond_denoised", None)
+
+    def extra_args(self, extra_args: dict[str, Any] | None) -> dict[str, Any]:
+        return {**(extra_args or {}), "on_guidance": self}
+
+    def latest(self, denoised: Tensor) -> Tensor:
+        """The last uncond prediction seen (then forgotten), or ``denoised`` when none came."""
+        uncond, self.uncond = self.uncond, None
+        return denoised if uncond is None else uncond
 
 
 def _churn_noise(

@@ -215,3 +215,50 @@ def sample_dpmpp_2m(
             x = (_sigma_fn(t_next) / _sigma_fn(t)) * x - (-h).expm1() * denoised_d
         old_denoised = denoised
     return x
+
+
+@torch.no_grad()
+def sample_heunpp2(
+    model: Denoiser,
+    x: Tensor,
+    sigmas: Tensor,
+    *,
+    extra_args: dict[str, Any] | None = None,
+    callback: Callback | None = None,
+    s_churn: float = 0.0,
+    s_tmin: float = 0.0,
+    s_tmax: float = float("inf"),
+    s_noise: float = 1.0,
+    noise_sampler: NoiseSampler | None = None,
+    seed: int | None = None,
+) -> Tensor:
+    """Heun++ (ComfyUI's heunpp2, after sd-webui-samplers-scheduler): an Euler predictor over the next
+    two sigmas and a slope mixing the three derivatives with weights sigma_{i+1} / (3 sigma_0) and
+    sigma_{i+2} / (3 sigma_0); Heun with weight sigma_{i+1} / (2 sigma_0) on the last step but one,
+    Euler on the last. Optional churn as :func:`sample_heun`."""
+    extra_args = {} if extra_args is None else extra_args
+    s_in = x.new_ones([x.shape[0]])
+    draw = _churn_noise(x, seed, noise_sampler, s_churn)
+    steps = len(sigmas) - 1
+    s_end = sigmas[-1]
+    for i in range(steps):
+        x, sigma_hat = _churn(x, sigmas[i], steps, s_churn, s_tmin, s_tmax, s_noise, draw)
+        denoised = model(x, sigma_hat * s_in, **extra_args)
+        d = to_d(x, sigma_hat, denoised)
+        _report(callback, i, x, sigmas[i], sigma_hat, denoised)
+        dt = sigmas[i + 1] - sigma_hat
+        if sigmas[i + 1] == s_end:
+            x = x + d * dt
+            continue
+        x_2 = x + d * dt
+        d_2 = to_d(x_2, sigmas[i + 1], model(x_2, sigmas[i + 1] * s_in, **extra_args))
+        if sigmas[i + 2] == s_end:
+            w2 = sigmas[i + 1] / (2 * sigmas[0])
+            x = x + (d * (1 - w2) + d_2 * w2) * dt
+            continue
+        x_3 = x_2 + d_2 * (sigmas[i + 2] - sigmas[i + 1])
+        d_3 = to_d(x_3, sigmas[i + 2], model(x_3, sigmas[i + 2] * s_in, **extra_args))
+        w2 = sigmas[i + 1] / (3 * sigmas[0])
+        w3 = sigmas[i + 2] / (3 * sigmas[0])
+        x = x + ((1 - w2 - w3) * d + w2 * d_2 + w3 * d_3) * dt
+    return x

@@ -1,8 +1,9 @@
 """DPM-Solver++ SDE samplers with Brownian-tree noise: dpmpp_sde, dpmpp_2m_sde (midpoint / heun) and
-dpmpp_3m_sde."""
+dpmpp_3m_sde, and their ``*_gpu`` forms (Brownian tree on the sampling device)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -181,3 +182,37 @@ def sample_dpmpp_3m_sde(
         denoised_1, denoised_2 = denoised, denoised_1
         h_1, h_2 = h, h_1
     return x
+
+
+def _on_device(fn: Callable[..., Tensor], name: str) -> Callable[..., Tensor]:
+    """The ``*_gpu`` form of an SDE sampler: the same math with the Brownian tree on ``x``'s device."""
+
+    @torch.no_grad()
+    def sample(
+        model: Denoiser,
+        x: Tensor,
+        sigmas: Tensor,
+        *,
+        noise_sampler: NoiseSampler | None = None,
+        seed: int | None = None,
+        **kwargs: Any,
+    ) -> Tensor:
+        if len(sigmas) <= 1:
+            return x
+        noise_sampler = _brownian_sampler(x, sigmas, seed, noise_sampler, cpu=False)
+        return fn(model, x, sigmas, noise_sampler=noise_sampler, **kwargs)
+
+    sample.__name__ = name
+    sample.__doc__ = (
+        f":func:`{fn.__name__}` with its Brownian tree built on the sampling device and drawn with that "
+        "device's RNG, as ComfyUI's ``_gpu`` samplers. On the CPU it equals the CPU variant bit for bit; "
+        "on a GPU the noise (so the image) differs from the CPU variant's and can differ between GPU "
+        "models, drivers and torch versions."
+    )
+    return sample
+
+
+sample_dpmpp_sde_gpu = _on_device(sample_dpmpp_sde, "sample_dpmpp_sde_gpu")
+sample_dpmpp_2m_sde_gpu = _on_device(sample_dpmpp_2m_sde, "sample_dpmpp_2m_sde_gpu")
+sample_dpmpp_2m_sde_heun_gpu = _on_device(sample_dpmpp_2m_sde_heun, "sample_dpmpp_2m_sde_heun_gpu")
+sample_dpmpp_3m_sde_gpu = _on_device(sample_dpmpp_3m_sde, "sample_dpmpp_3m_sde_gpu")
