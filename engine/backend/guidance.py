@@ -20,6 +20,7 @@ area / strength entries).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -40,6 +41,9 @@ ApplyModel = Callable[..., Tensor]
 #: It sees the two denoised predictions of a step before CFG combines them; ``uncond_out`` is None when
 #: cfg 1 skipped the uncond pass. ``sigma`` is the step's sigma, shape [B].
 PreCfgHook = Callable[[Tensor, Tensor | None, Tensor], tuple[Tensor, Tensor | None]]
+#: ``mask_fn(mask, sigma, sigmas) -> mask``: the inpaint mask for the step at ``sigma`` of the run's schedule
+#: ``sigmas`` (ComfyUI's denoise_mask_function; DifferentialDiffusion).
+MaskFn = Callable[[Tensor, Tensor, Tensor], Tensor]
 
 
 @dataclass
@@ -64,6 +68,19 @@ class GuidanceStep:
     kwargs: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class StepPreCfg:
+    """A pre-CFG hook that sees the whole step, as ComfyUI's pre-cfg functions see their ``args``.
+
+    ``fn(step) -> (cond_out, uncond_out)`` gets a :class:`GuidanceStep` whose ``cond_denoised`` /
+    ``uncond_denoised`` are the predictions as the earlier pre-CFG hooks left them; it may read the
+    step's input ``x``, ``cfg_scale`` and ``extra_denoised`` (APG, TCFG). It goes in the same
+    ``pre_cfg`` list as plain hooks, so the hooks of all patches keep their install order.
+    """
+
+    fn: Callable[[GuidanceStep], tuple[Tensor, Tensor | None]]
+
+
 #: ``cfg_function(step) -> denoised``: replaces ``uncond + (cond - uncond) * cfg`` (ComfyUI's sampler_cfg_function).
 CfgFunction = Callable[[GuidanceStep], Tensor]
 #: ``hook(step, denoised) -> denoised``: after CFG, in order (ComfyUI's sampler_post_cfg_function).
@@ -83,8 +100,8 @@ class GuidanceHooks:
     holds raw CONDITIONING values whose predictions the hooks need (PerpNeg's empty prompt, Safe
     Latent Diffusion's safety concept); they run in the same batch as cond and uncond.
     ``unet_patches`` maps a hook point of the UNet forward to its patches, in order (see
-    :mod:`engine.backend.unet`). ``denoise_mask_fn(mask, sigma) -> mask`` reshapes an inpaint mask per
-    step (DifferentialDiffusion).
+    :mod:`engine.backend.unet`). ``denoise_mask_fn(mask, sigma, sigmas) -> mask`` reshapes an inpaint mask
+    per step (DifferentialDiffusion); ``sigmas`` is the run's schedule.
     """
 
     pre_cfg: list[PreCfgHook] = field(default_factory=list)
@@ -93,7 +110,7 @@ class GuidanceHooks:
     extra_conditioning: list[Any] = field(default_factory=list)
     needs_uncond: bool = False
     unet_patches: dict[str, list[Any]] = field(default_factory=dict)
-    denoise_mask_fn: Callable[[Tensor, Tensor], Tensor] | None = None
+    denoise_mask_fn: MaskFn | None = None
 
     def add_extra_conditioning(self, conditioning: Any) -> int:
         """Ask for the prediction of one more conditioning; returns its index in ``extra_denoised``."""
@@ -179,7 +196,7 @@ class CFGDenoiser:
         cfg_scale: float,
         *,
         batched: bool = True,
-        pre_cfg: Sequence[PreCfgHook] = (),
+        pre_cfg: Sequence[PreCfgHook | StepPreCfg] = (),
         cfg_function: CfgFunction | None = None,
         post_cfg: Sequence[PostCfgHook] = (),
         extra: Sequence[Any] = (),
@@ -206,9 +223,10 @@ class CFGDenoiser:
         outs = self._predict(x, sigma, chunks, kwargs)
         uncond_out = None if self.skips_uncond else outs.pop(0)
         cond_out, extra_out = outs[0], tuple(outs[1:])
-        cond_out, uncond_out = self._before_cfg(cond_out, uncond_out, sigma)
         step = GuidanceStep(x, sigma, self.cfg_scale, cond_out, uncond_out, extra_out, self.model_fn,
                             self.cond, self.uncond, kwargs)
+        cond_out, uncond_out = self._before_cfg(step)
+        step = dataclasses.replace(step, cond_denoised=cond_out, uncond_denoised=uncond_out)
         if self.cfg_function is not None:
             denoised = self.cfg_function(step)
         elif uncond_out is None:
@@ -228,9 +246,14 @@ class CFGDenoiser:
         out = self.model_fn(torch.cat([x] * n), torch.cat([sigma] * n), chunks, **kwargs)
         return list(out.chunk(n))
 
-    def _before_cfg(self, cond_out: Tensor, uncond_out: Tensor | None, sigma: Tensor) -> tuple[Tensor, Tensor | None]:
+    def _before_cfg(self, step: GuidanceStep) -> tuple[Tensor, Tensor | None]:
+        cond_out, uncond_out = step.cond_denoised, step.uncond_denoised
         for hook in self.pre_cfg:
-            cond_out, uncond_out = hook(cond_out, uncond_out, sigma)
+            if isinstance(hook, StepPreCfg):
+                seen = dataclasses.replace(step, cond_denoised=cond_out, uncond_denoised=uncond_out)
+                cond_out, uncond_out = hook.fn(seen)
+            else:
+                cond_out, uncond_out = hook(cond_out, uncond_out, step.sigma)
         return cond_out, uncond_out
 
 
@@ -305,10 +328,10 @@ class InpaintDenoiser:
     """Keeps the unmasked part of ``latent_image`` at every step (ComfyUI's ``KSamplerX0Inpaint``).
 
     ``denoise_mask`` is 1 where the image is regenerated and 0 where it is kept, already shaped like
-    the latent (see :func:`prepare_mask`); ``mask_fn(mask, sigma)`` may reshape it per step
-    (DifferentialDiffusion). Before the inner call the kept region of ``x`` is replaced
-    by ``latent_image`` noised to the current sigma with ``noise``; after it the kept region of the
-    prediction is replaced by ``latent_image``::
+    the latent (see :func:`prepare_mask`); ``mask_fn(mask, sigma, sigmas)`` may reshape it per step
+    (DifferentialDiffusion), ``sigmas`` being the run's schedule (required with ``mask_fn``). Before the
+    inner call the kept region of ``x`` is replaced by ``latent_image`` noised to the current sigma with
+    ``noise``; after it the kept region of the prediction is replaced by ``latent_image``::
 
         x        = x * mask + noise_scaling(sigma, noise, latent_image) * (1 - mask)
         denoised = denoised * mask + latent_image * (1 - mask)
@@ -321,7 +344,8 @@ class InpaintDenoiser:
         denoise_mask: Tensor,
         noise: Tensor,
         noise_scaling: Callable[[Tensor, Tensor, Tensor], Tensor] = default_noise_scaling,
-        mask_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
+        mask_fn: MaskFn | None = None,
+        sigmas: Tensor | None = None,
     ) -> None:
         self.denoiser = denoiser
         self.latent_image = latent_image
@@ -329,9 +353,14 @@ class InpaintDenoiser:
         self.noise = noise
         self.noise_scaling = noise_scaling
         self.mask_fn = mask_fn
+        self.sigmas = sigmas
+        if mask_fn is not None and sigmas is None:
+            raise ValueError("InpaintDenoiser: a mask_fn needs the run's sigmas (pass sigmas=)")
 
     def __call__(self, x: Tensor, sigma: Tensor, **kwargs: Any) -> Tensor:
-        mask = self.mask if self.mask_fn is None else self.mask_fn(self.mask, sigma)
+        mask = self.mask
+        if self.mask_fn is not None and self.sigmas is not None:
+            mask = self.mask_fn(mask, sigma, self.sigmas)
         keep = 1.0 - mask
         x = x * mask + self.noise_scaling(sigma, self.noise, self.latent_image) * keep
         denoised = self.denoiser(x, sigma, **kwargs)

@@ -13,7 +13,7 @@ from engine.backend import noise as noise_mod
 from engine.backend.guidance import InpaintDenoiser
 from engine.backend.model_sampling import ModelSampling, is_max_denoise
 from engine.backend.noise import SeededNoiseSampler
-from engine.backend.samplers import _SAMPLERS, RANDOM_INPAINT_NOISE_SAMPLERS, get_sampler
+from engine.backend.samplers import _SAMPLERS, RANDOM_INPAINT_NOISE_SAMPLERS, Sampler, get_sampler
 from engine.backend.samplers.common import Callback, Denoiser
 
 
@@ -31,7 +31,8 @@ def ksample(
     extra_args: dict[str, Any] | None = None,
     sampler_options: dict[str, Any] | None = None,
     device_rng: bool = False,
-    denoise_mask_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
+    denoise_mask_fn: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None,
+    sampler: Sampler | None = None,
 ) -> Tensor:
     """One KSampler run as ComfyUI performs it, on model-space latents.
 
@@ -48,7 +49,8 @@ def ksample(
     4. the sampler runs with per-step noise seeded by ``seed``; inverse_noise_scaling is applied.
 
     ``device_rng=True`` draws the ancestral samplers' per-step noise on the sampling device as ComfyUI
-    does (GPU parity with ComfyUI, device-dependent); the default draws it on the CPU.
+    does (GPU parity with ComfyUI, device-dependent); the default draws it on the CPU. ``sampler`` is the
+    sampler function when the caller resolved it already (``sampler_name`` then only names it).
     """
     if sigmas.numel() == 0:
         return latent_image
@@ -65,11 +67,14 @@ def ksample(
             mask_noise,
             noise_scaling=lambda sigma, n, latent: model_sampling.noise_scaling(sigma, n, latent),
             mask_fn=denoise_mask_fn,
+            sigmas=sigmas,
         )
     x = model_sampling.noise_scaling(sigmas[0], noise, latent_image, is_max_denoise(model_sampling, sigmas))
-    sampler = get_sampler(sampler_name)
+    if sampler is None:
+        sampler = get_sampler(sampler_name)
     noise_sampler = None
-    if device_rng and _SAMPLERS[sampler_name].noise == "seeded":
+    entry = _SAMPLERS.get(sampler_name)
+    if device_rng and entry is not None and entry.noise == "seeded":
         noise_sampler = SeededNoiseSampler(x, seed, device_rng=True)
     samples = sampler(
         model,
