@@ -104,7 +104,7 @@ class GuidanceHooks:
     per step (DifferentialDiffusion); ``sigmas`` is the run's schedule.
     """
 
-    pre_cfg: list[PreCfgHook] = field(default_factory=list)
+    pre_cfg: list[PreCfgHook | StepPreCfg] = field(default_factory=list)
     cfg_function: CfgFunction | None = None
     post_cfg: list[PostCfgHook] = field(default_factory=list)
     extra_conditioning: list[Any] = field(default_factory=list)
