@@ -1,4 +1,6 @@
-"""Nodes that pick model files: CheckpointLoaderSimple, VAELoader, ModelSamplingDiscrete.
+"""Nodes that pick model files (CheckpointLoaderSimple, VAELoader) and say how a MODEL samples
+(ModelSamplingDiscrete, ModelSamplingContinuousEDM, ModelSamplingContinuousV, ModelComputeDtype,
+Epsilon Scaling).
 
 They return light handles (engine/models/handles.py), never weights: the ModelManager loads a part
 when a node needs it, so changing a prompt never reloads a checkpoint and the output cache holds
@@ -11,8 +13,10 @@ import dataclasses
 from typing import Any
 
 from engine.sdk import (
+    BOOLEAN,
     CLIP,
     COMBO,
+    FLOAT,
     MODEL,
     VAE,
     ClipHandle,
@@ -25,6 +29,10 @@ from engine.sdk import (
     RunContext,
     VaeHandle,
 )
+
+#: ModelSamplingDiscrete's and ModelSamplingContinuousEDM's sampling choices, in ComfyUI's order.
+DISCRETE_SAMPLINGS = ("eps", "v_prediction", "lcm", "x0", "img_to_img")
+EDM_SAMPLINGS = ("v_prediction", "edm", "edm_playground_v2.5", "eps", "cosmos_rflow")
 
 
 def _checkpoints(folders: Folders) -> list[str]:
@@ -86,15 +94,94 @@ class VAELoader(Node):
 
 
 class ModelSamplingDiscrete(Node):
-    """Override how the model's output is read: eps (noise) or v-prediction (e.g. for SD2 768-v)."""
+    """Read the model on SD's discrete noise levels as eps, v-prediction, LCM (50 distilled levels with
+    the consistency boundary condition), x0 or img_to_img; zsnr rescales them to zero terminal SNR."""
 
     category = "advanced/model"
-    inputs = (Input("model", MODEL), Input("sampling", COMBO, choices=("eps", "v_prediction")))
+    inputs = (Input("model", MODEL), Input("sampling", COMBO, choices=DISCRETE_SAMPLINGS),
+              Input("zsnr", BOOLEAN, default=False))
     outputs = (Output(MODEL),)
 
-    def run(self, ctx: RunContext, model: ModelHandle, sampling: str) -> tuple[ModelHandle]:
-        prediction = "v" if sampling == "v_prediction" else "eps"
-        return (model.with_family(dataclasses.replace(model.family, prediction=prediction)),)
+    def run(self, ctx: RunContext, model: ModelHandle, sampling: str, zsnr: bool) -> tuple[ModelHandle]:
+        from engine.sdk import sigmas
+
+        if sampling in ("eps", "v_prediction"):  # the family's own reading, for code that reads it
+            prediction = "v" if sampling == "v_prediction" else "eps"
+            model = model.with_family(dataclasses.replace(model.family, prediction=prediction))
+        return (model.with_sampling(sigmas.discrete_spec(sampling, zsnr)),)
 
 
-MODEL_LOADER_NODES = (CheckpointLoaderSimple, VAELoader, ModelSamplingDiscrete)
+def _sigma_input(name: str, default: float) -> Input:
+    return Input(name, FLOAT, default=default, min=0.0, max=1000.0, step=0.001, extra={"round": False})
+
+
+class ModelSamplingContinuousEDM(Node):
+    """Sample on continuous noise levels in [sigma_min, sigma_max] (EDM's log(sigma) / 4 timestep):
+    for EDM-trained SDXL models such as Playground v2.5 (edm_playground_v2.5) and EDM-style fine-tunes."""
+
+    category = "advanced/model"
+    inputs = (Input("model", MODEL), Input("sampling", COMBO, choices=EDM_SAMPLINGS),
+              _sigma_input("sigma_max", 120.0), _sigma_input("sigma_min", 0.002))
+    outputs = (Output(MODEL),)
+
+    def run(self, ctx: RunContext, model: ModelHandle, sampling: str, sigma_max: float,
+            sigma_min: float) -> tuple[ModelHandle]:
+        from engine.sdk import sigmas
+
+        try:
+            spec = sigmas.continuous_edm_spec(sampling, sigma_max, sigma_min)
+        except ValueError as exc:
+            raise ValueError(f"ModelSamplingContinuousEDM: {exc}") from None
+        return (model.with_sampling(spec),)
+
+
+class ModelSamplingContinuousV(Node):
+    """Sample a v-prediction model on continuous noise levels with the timestep atan(sigma) * 2 / pi."""
+
+    category = "advanced/model"
+    inputs = (Input("model", MODEL), Input("sampling", COMBO, choices=("v_prediction",)),
+              _sigma_input("sigma_max", 500.0), _sigma_input("sigma_min", 0.03))
+    outputs = (Output(MODEL),)
+
+    def run(self, ctx: RunContext, model: ModelHandle, sampling: str, sigma_max: float,
+            sigma_min: float) -> tuple[ModelHandle]:
+        from engine.sdk import sigmas
+
+        try:
+            spec = sigmas.continuous_v_spec(sigma_max, sigma_min)
+        except ValueError as exc:
+            raise ValueError(f"ModelSamplingContinuousV: {exc}") from None
+        return (model.with_sampling(spec),)
+
+
+class ModelComputeDtype(Node):
+    """Ask for the dtype the model computes in (default: the model manager's choice for the device).
+    On a CPU only fp32 is practical; the model manager may keep fp32 there and log it."""
+
+    category = "advanced/debug/model"
+    inputs = (Input("model", MODEL), Input("dtype", COMBO, choices=("default", "fp32", "fp16", "bf16")))
+    outputs = (Output(MODEL),)
+
+    def run(self, ctx: RunContext, model: ModelHandle, dtype: str) -> tuple[ModelHandle]:
+        return (model.with_compute_dtype(None if dtype == "default" else dtype),)
+
+
+class EpsilonScaling(Node):
+    """Epsilon Scaling (Ning et al. 2024): divide each step's guided noise prediction by scaling_factor
+    to reduce exposure bias."""
+
+    type_name = "Epsilon Scaling"
+    category = "model_patches/unet"
+    inputs = (Input("model", MODEL),
+              Input("scaling_factor", FLOAT, default=1.005, min=0.5, max=1.5, step=0.001,
+                    extra={"display": "number", "advanced": True}),)
+    outputs = (Output(MODEL),)
+
+    def run(self, ctx: RunContext, model: ModelHandle, scaling_factor: float) -> tuple[ModelHandle]:
+        from engine.sdk import sigmas
+
+        return (model.with_sampling_patch(sigmas.EpsilonScaling(scaling_factor)),)
+
+
+MODEL_LOADER_NODES = (CheckpointLoaderSimple, VAELoader, ModelSamplingDiscrete, ModelSamplingContinuousEDM,
+                      ModelSamplingContinuousV, ModelComputeDtype, EpsilonScaling)

@@ -1,10 +1,10 @@
-"""Model sampling: the discrete-time noise levels of an SD model and its parameterization, with
-ComfyUI's names and semantics.
+"""Model sampling: the noise levels of an SD model and its parameterization, with ComfyUI's names
+and semantics.
 
 The first of three parts that meet only through tensors (the split of Karras et al. 2022):
 
-* the *model sampling* (:class:`ModelSampling`): the discrete noise levels of an SD model and the
-  eps / v-prediction scalings;
+* the *model sampling* (:class:`ModelSampling`): the noise levels of an SD model (discrete, LCM's
+  distilled 50, or continuous EDM / V) and the eps / v / EDM / x0 / LCM scalings;
 * the *schedule* (:mod:`engine.backend.schedules`);
 * the *sampler* (:mod:`engine.backend.samplers`).
 
@@ -13,16 +13,31 @@ The first of three parts that meet only through tensors (the split of Karras et 
 
 from __future__ import annotations
 
+import copy
 import math
 from enum import StrEnum
+from typing import Protocol
 
 import torch
 from torch import Tensor
 
 
 class Prediction(StrEnum):
+    """What the network predicts, hence how its output becomes the denoised estimate."""
+
     EPS = "eps"
     V_PREDICTION = "v_prediction"
+    EDM = "edm"  # Karras et al. 2022's F_theta preconditioning (Table 1), e.g. Playground v2.5
+    X0 = "x0"  # the output is the denoised latent
+    LCM = "lcm"  # eps, then the consistency model's boundary-condition skip / out scalings
+    IMG_TO_IMG = "img_to_img"  # x0 output and an unscaled input (Lotus-style image-to-image models)
+
+
+#: LCM's boundary-condition constants (Luo et al. 2023; diffusers' LCMScheduler: sigma_data 0.5, timestep_scaling 10).
+LCM_SIGMA_DATA = 0.5
+LCM_TIMESTEP_SCALING = 10.0
+#: The discrete timesteps LCM distillation kept (skipping T // 50 at a time).
+LCM_ORIGINAL_STEPS = 50
 
 
 def _expand(sigma: Tensor | float, like: Tensor) -> Tensor:
@@ -88,12 +103,10 @@ class ModelSampling:
         return cls(sigmas, prediction)
 
     def to(self, device: torch.device | str) -> ModelSampling:
-        """A copy whose sigma tables live on ``device``."""
-        moved = ModelSampling.__new__(ModelSampling)
+        """A copy (of the same kind) whose sigma tables live on ``device``."""
+        moved = copy.copy(self)
         moved.sigmas = self.sigmas.to(device)
         moved.log_sigmas = self.log_sigmas.to(device)
-        moved.prediction = self.prediction
-        moved.sigma_data = self.sigma_data
         return moved
 
     @property
@@ -126,30 +139,56 @@ class ModelSampling:
         return log_sigma.exp().to(timestep.device)
 
     def percent_to_sigma(self, percent: float) -> float:
-        """The sigma reached after ``percent`` (0..1) of the diffusion; 0 -> 999999999.9, 1 -> 0."""
+        """The sigma reached after ``percent`` (0..1) of the diffusion; 0 -> 999999999.9, 1 -> 0.
+
+        In between: ``sigma((1 - percent) * 999)`` (ComfyUI's fixed 999, whatever the table's length).
+        """
         if percent <= 0.0:
             return 999999999.9
         if percent >= 1.0:
             return 0.0
-        return float(self.sigma(torch.tensor((1.0 - percent) * (self.num_timesteps - 1))).item())
+        return float(self.sigma(torch.tensor((1.0 - percent) * 999.0)).item())
 
     # Parameterization ------------------------------------------------------------------------------
 
     def calculate_input(self, sigma: Tensor, x: Tensor) -> Tensor:
-        """The network input ``x / sqrt(sigma^2 + sigma_data^2)`` (c_in of Karras et al. 2022)."""
+        """The network input ``x / sqrt(sigma^2 + sigma_data^2)`` (c_in of Karras et al. 2022);
+        ``x`` itself for img_to_img models."""
+        if self.prediction is Prediction.IMG_TO_IMG:
+            return x
         return x / (_expand(sigma, x) ** 2 + self.sigma_data**2) ** 0.5
 
     def calculate_denoised(self, sigma: Tensor, model_output: Tensor, x: Tensor) -> Tensor:
-        """The denoised estimate from the network output.
+        """The denoised estimate from the network output, by :attr:`prediction`.
 
-        eps: ``x - out * sigma``. v (Salimans & Ho 2022): ``x * sd^2 / (sigma^2 + sd^2) -
-        out * sigma * sd / sqrt(sigma^2 + sd^2)`` with sd = sigma_data.
+        * eps: ``x - out * sigma``.
+        * v (Salimans & Ho 2022): ``x * sd^2 / (sigma^2 + sd^2) - out * sigma * sd / sqrt(sigma^2 + sd^2)``.
+        * edm: the same with ``+ out`` (Karras et al. 2022, Table 1: c_skip x + c_out F).
+        * x0 / img_to_img: ``out`` as it is.
+        * lcm: ``c_out * (x - out * sigma) + c_skip * x`` with Luo et al. 2023's boundary condition at
+          ``t' = 10 * timestep(sigma)``: ``c_skip = 0.25 / (t'^2 + 0.25)``, ``c_out = t' / sqrt(t'^2 + 0.25)``.
         """
         s = _expand(sigma, model_output)
-        if self.prediction is Prediction.EPS:
+        kind = self.prediction
+        if kind is Prediction.EPS:
             return x - model_output * s
-        sd2 = self.sigma_data**2
-        return x * sd2 / (s**2 + sd2) - model_output * s * self.sigma_data / (s**2 + sd2) ** 0.5
+        if kind in (Prediction.X0, Prediction.IMG_TO_IMG):
+            return model_output
+        if kind is Prediction.LCM:
+            return self._lcm_denoised(sigma, model_output, x)
+        sd = self.sigma_data
+        sign = 1.0 if kind is Prediction.EDM else -1.0
+        return x * sd**2 / (s**2 + sd**2) + sign * model_output * s * sd / (s**2 + sd**2) ** 0.5
+
+    def _lcm_denoised(self, sigma: Tensor, model_output: Tensor, x: Tensor) -> Tensor:
+        sigma = torch.as_tensor(sigma, device=x.device, dtype=x.dtype)
+        scaled_t = _expand(self.timestep(sigma).to(x.dtype) * LCM_TIMESTEP_SCALING, model_output)
+        s = _expand(sigma, model_output)
+        x0 = x - model_output * s
+        sd2 = LCM_SIGMA_DATA**2
+        c_skip = sd2 / (scaled_t**2 + sd2)
+        c_out = scaled_t / (scaled_t**2 + sd2) ** 0.5
+        return c_out * x0 + c_skip * x
 
     def noise_scaling(self, sigma: Tensor | float, noise: Tensor, latent: Tensor, max_denoise: bool = False) -> Tensor:
         """The starting point: ``latent + noise * (sqrt(1 + sigma^2) if max_denoise else sigma)``."""
@@ -167,3 +206,116 @@ def is_max_denoise(model_sampling: ModelSampling, sigmas: Tensor) -> bool:
     sigma_max = float(model_sampling.sigma_max)
     sigma = float(sigmas[0])
     return math.isclose(sigma_max, sigma, rel_tol=1e-05) or sigma > sigma_max
+
+
+class DistilledModelSampling(ModelSampling):
+    """The noise levels an LCM-distilled model was trained on: every (T // 50)-th discrete sigma.
+
+    ``sigmas[i]`` is the sigma of timestep ``i * skip + skip - 1`` (skip = T // 50, i = 0..49), so
+    :meth:`timestep` snaps to those timesteps and :meth:`sigma` interpolates between them
+    (ComfyUI's ModelSamplingDiscreteDistilled).
+    """
+
+    def __init__(self, full_sigmas: Tensor, prediction: Prediction | str = Prediction.LCM,
+                 original_steps: int = LCM_ORIGINAL_STEPS) -> None:
+        full_sigmas = torch.as_tensor(full_sigmas).float()
+        total = len(full_sigmas)
+        self.skip_steps = total // original_steps
+        picked = [total - 1 - k * self.skip_steps for k in range(original_steps)][::-1]
+        super().__init__(full_sigmas[picked], prediction)
+
+    def timestep(self, sigma: Tensor) -> Tensor:
+        index = super().timestep(sigma)
+        return index * self.skip_steps + (self.skip_steps - 1)
+
+    def sigma(self, timestep: Tensor | float) -> Tensor:
+        timestep = torch.as_tensor(timestep)
+        index = (timestep.float() - (self.skip_steps - 1)) / self.skip_steps
+        return super().sigma(index.to(timestep.device))
+
+
+class ContinuousEDMSampling(ModelSampling):
+    """Continuous noise levels in [sigma_min, sigma_max] with EDM's ``c_noise = log(sigma) / 4``
+    (Karras et al. 2022, Table 1) as the network's timestep.
+
+    ``sigmas`` holds 1000 log-spaced values for the schedulers that read a table (ComfyUI's
+    ModelSamplingContinuousEDM).
+    """
+
+    def __init__(self, sigma_min: float, sigma_max: float, sigma_data: float = 1.0,
+                 prediction: Prediction | str = Prediction.EPS) -> None:
+        if not 0.0 < sigma_min < sigma_max:
+            raise ValueError(f"continuous model sampling needs 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
+        sigmas = torch.linspace(math.log(sigma_min), math.log(sigma_max), 1000).exp()
+        super().__init__(sigmas, prediction, sigma_data)
+
+    def timestep(self, sigma: Tensor) -> Tensor:
+        return 0.25 * torch.as_tensor(sigma).log()
+
+    def sigma(self, timestep: Tensor | float) -> Tensor:
+        return (torch.as_tensor(timestep) / 0.25).exp()
+
+    def percent_to_sigma(self, percent: float) -> float:
+        """Log-linear between sigma_max (0) and sigma_min (1); 0 -> 999999999.9, 1 -> 0."""
+        if percent <= 0.0:
+            return 999999999.9
+        if percent >= 1.0:
+            return 0.0
+        log_min = math.log(float(self.sigma_min))
+        return math.exp((math.log(float(self.sigma_max)) - log_min) * (1.0 - percent) + log_min)
+
+
+class ContinuousVSampling(ContinuousEDMSampling):
+    """Continuous noise levels with the v-diffusion timestep ``t = atan(sigma) * 2 / pi`` in 0..1
+    (Salimans & Ho 2022's angle parameterization; ComfyUI's ModelSamplingContinuousV)."""
+
+    def timestep(self, sigma: Tensor) -> Tensor:
+        return torch.as_tensor(sigma).atan() / math.pi * 2
+
+    def sigma(self, timestep: Tensor | float) -> Tensor:
+        return (torch.as_tensor(timestep) * math.pi / 2).tan()
+
+
+class SamplingSpec(Protocol):
+    """What :func:`model_sampling_for` reads of a MODEL's model-sampling choice
+    (``engine.models.handles.ModelSamplingSpec`` fits)."""
+
+    @property
+    def kind(self) -> str: ...
+
+    @property
+    def prediction(self) -> str: ...
+
+    @property
+    def zsnr(self) -> bool: ...
+
+    @property
+    def sigma_min(self) -> float | None: ...
+
+    @property
+    def sigma_max(self) -> float | None: ...
+
+    @property
+    def sigma_data(self) -> float: ...
+
+
+#: The kinds of :class:`SamplingSpec`: ComfyUI's ModelSamplingDiscrete / ContinuousEDM / ContinuousV.
+SAMPLING_KINDS = ("discrete", "continuous_edm", "continuous_v")
+
+
+def model_sampling_for(prediction: str, spec: SamplingSpec | None = None) -> ModelSampling:
+    """The model sampling of an SD1/SD2/SDXL model: its checkpoint's ``prediction`` ("eps" / "v") on
+    SD's scaled-linear schedule, unless a model-sampling node chose ``spec``."""
+    if spec is None:
+        return ModelSampling.from_betas(Prediction.V_PREDICTION if prediction == "v" else Prediction.EPS)
+    kind = Prediction(spec.prediction)
+    if spec.kind == "discrete":
+        if kind is Prediction.LCM:
+            return DistilledModelSampling(ModelSampling.from_betas(zsnr=spec.zsnr).sigmas, kind)
+        return ModelSampling.from_betas(kind, zsnr=spec.zsnr)
+    if spec.kind not in ("continuous_edm", "continuous_v"):
+        raise ValueError(f"unknown model sampling kind {spec.kind!r}; choose one of {', '.join(SAMPLING_KINDS)}")
+    if spec.sigma_min is None or spec.sigma_max is None:
+        raise ValueError(f"{spec.kind} model sampling needs sigma_min and sigma_max")
+    cls = ContinuousEDMSampling if spec.kind == "continuous_edm" else ContinuousVSampling
+    return cls(spec.sigma_min, spec.sigma_max, spec.sigma_data, kind)

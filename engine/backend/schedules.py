@@ -34,6 +34,51 @@ def get_sigmas_exponential(n: int, sigma_min: float, sigma_max: float) -> Tensor
     return append_zero(torch.linspace(math.log(sigma_max), math.log(sigma_min), n).exp())
 
 
+def get_sigmas_polyexponential(n: int, sigma_min: float, sigma_max: float, rho: float = 1.0) -> Tensor:
+    """log sigma a polynomial of degree ``rho`` in the step: ``exp(r^rho (log max - log min) + log min)``
+    with r running linearly from 1 to 0 over n values, then 0 (k-diffusion's polyexponential)."""
+    ramp = torch.linspace(1, 0, n) ** rho
+    log_min = math.log(sigma_min)
+    return append_zero((ramp * (math.log(sigma_max) - log_min) + log_min).exp())
+
+
+def get_sigmas_vp(n: int, beta_d: float = 19.9, beta_min: float = 0.1, eps_s: float = 1e-3) -> Tensor:
+    """The continuous VP-SDE noise levels (Song et al. 2021): ``sigma(t) = sqrt(exp(beta_d t^2 / 2 +
+    beta_min t) - 1)`` for t from 1 down to ``eps_s`` in n steps, then 0."""
+    t = torch.linspace(1, eps_s, n)
+    return append_zero(torch.special.expm1(beta_d * t**2 / 2 + beta_min * t).sqrt())
+
+
+def get_sigmas_laplace(n: int, sigma_min: float, sigma_max: float, mu: float = 0.0, beta: float = 0.5) -> Tensor:
+    """Tiankai et al. 2024's Laplace schedule: log sigma at the Laplace(mu, beta) quantiles of n evenly
+    spaced points of [0, 1] (1e-5 keeps the ends finite), clamped to [sigma_min, sigma_max].
+
+    As in ComfyUI, no 0 is appended: the n sigmas end at (about) sigma_min.
+    """
+    x = torch.linspace(0, 1, n)
+    log_sigma = mu - beta * torch.sign(0.5 - x) * torch.log(1 - 2 * torch.abs(0.5 - x) + 1e-5)
+    return log_sigma.exp().clamp(min=sigma_min, max=sigma_max)
+
+
+def sd_turbo_sigmas(model_sampling: ModelSampling, steps: int, denoise: float = 1.0) -> Tensor:
+    """SD-Turbo's schedule: the sigmas of timesteps 999, 899, ..., 99 (ten, one per 100), starting
+    ``10 - int(10 * denoise)`` entries in, ``steps`` of them, then 0 (ComfyUI's SDTurboScheduler)."""
+    start = 10 - int(10 * denoise)
+    timesteps = (torch.arange(1, 11) * 100 - 1).flip(0)[start:start + steps]
+    return append_zero(model_sampling.sigma(timesteps).float().cpu())
+
+
+def basic_scheduler(model_sampling: ModelSampling, scheduler: str, steps: int, denoise: float = 1.0) -> Tensor:
+    """ComfyUI's BasicScheduler: the named schedule for int(steps / denoise) steps, last steps + 1 kept;
+    empty when denoise <= 0."""
+    total = steps
+    if denoise < 1.0:
+        if denoise <= 0.0:
+            return torch.zeros(0, dtype=torch.float32)
+        total = int(steps / denoise)
+    return calculate_sigmas(model_sampling, scheduler, total).cpu()[-(steps + 1):]
+
+
 def normal_scheduler(model_sampling: ModelSampling, steps: int, sgm: bool = False) -> Tensor:
     """Timesteps evenly spaced from timestep(sigma_max) to timestep(sigma_min), mapped to sigma.
 

@@ -59,6 +59,26 @@ class PreCfgOperation:
 
 
 @dataclass(frozen=True)
+class ModelSamplingSpec:
+    """A model-sampling node's choice (ModelSamplingDiscrete / ContinuousEDM / ContinuousV).
+
+    ``kind``: "discrete" (SD's 1000 noise levels; LCM keeps 50 of them), "continuous_edm" or
+    "continuous_v" (sigmas in [sigma_min, sigma_max]). ``prediction``: eps, v_prediction, edm, x0,
+    lcm or img_to_img. ``zsnr`` rescales the discrete schedule to zero terminal SNR.
+    ``latent_format`` names a latent format the model needs instead of its family's
+    ("playground_v2.5"), or None. engine.backend.model_sampling.model_sampling_for builds it.
+    """
+
+    kind: str = "discrete"
+    prediction: str = "eps"
+    zsnr: bool = False
+    sigma_min: float | None = None
+    sigma_max: float | None = None
+    sigma_data: float = 1.0
+    latent_format: str | None = None
+
+
+@dataclass(frozen=True)
 class ModelHandle:
     """MODEL: the diffusion UNet of a checkpoint, its family, the patches to apply and the sampling
     hooks (``pre_cfg``: operations on each step's guidance, applied in order)."""
@@ -71,6 +91,10 @@ class ModelHandle:
     #: ``install(hooks, model_sampling)`` (engine.backend.guidance.SamplingPatch), applied in order.
     #: They never touch weights, so removing one restores the model exactly.
     sampling_patches: tuple[Any, ...] = ()
+    #: The model sampling a ModelSampling* node chose; None: the checkpoint's own (eps or v).
+    sampling: ModelSamplingSpec | None = None
+    #: ModelComputeDtype's choice ("fp32", "fp16", "bf16"); None: the model manager's default.
+    compute_dtype: str | None = None
 
     def with_patch(self, patch: WeightPatch) -> ModelHandle:
         return dataclasses.replace(self, patches=(*self.patches, patch))
@@ -87,6 +111,13 @@ class ModelHandle:
 
     def with_family(self, family: ModelFamily) -> ModelHandle:
         return dataclasses.replace(self, family=family)
+
+    def with_sampling(self, sampling: ModelSamplingSpec | None) -> ModelHandle:
+        """This model with another model sampling (replacing any earlier choice, as ComfyUI does)."""
+        return dataclasses.replace(self, sampling=sampling)
+
+    def with_compute_dtype(self, dtype: str | None) -> ModelHandle:
+        return dataclasses.replace(self, compute_dtype=dtype)
 
 
 @dataclass(frozen=True)
