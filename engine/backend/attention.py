@@ -18,10 +18,14 @@ real checkpoints; it is written here from that description, not copied from any 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from engine.backend.unet import PatchContext
 
 __all__ = [
     "BasicTransformerBlock",
@@ -30,6 +34,7 @@ __all__ = [
     "GEGLU",
     "SpatialTransformer",
     "attention",
+    "attention_with_probs",
     "load_weights",
 ]
 
@@ -49,6 +54,27 @@ def attention(q: Tensor, k: Tensor, v: Tensor, heads: int) -> Tensor:
     return out.transpose(1, 2).reshape(batch, tokens, inner)
 
 
+def attention_with_probs(q: Tensor, k: Tensor, v: Tensor, heads: int) -> tuple[Tensor, Tensor]:
+    """:func:`attention` computed explicitly, also returning the softmax probabilities
+    ``[B * heads, N, M]`` (batch-major, then heads): what self-attention guidance records."""
+    batch, tokens, inner = q.shape
+    dim_head = inner // heads
+    q = q.view(batch, tokens, heads, dim_head).transpose(1, 2)
+    k = k.view(batch, -1, heads, dim_head).transpose(1, 2)
+    v = v.view(batch, -1, heads, dim_head).transpose(1, 2)
+    probs = (q @ k.transpose(-1, -2) * dim_head ** -0.5).softmax(dim=-1)
+    out = (probs @ v).transpose(1, 2).reshape(batch, tokens, inner)
+    return out, probs.reshape(batch * heads, tokens, -1)
+
+
+def _scaled_linear(layer: nn.Linear, x: Tensor, scale: float) -> Tensor:
+    """``layer(x)`` with its weight and bias multiplied by ``scale`` (stored weights untouched)."""
+    if scale == 1.0:
+        return layer(x)
+    bias = None if layer.bias is None else layer.bias * scale
+    return F.linear(x, layer.weight * scale, bias)
+
+
 class CrossAttention(nn.Module):
     """Multi-head attention; self-attention when ``context`` is None (keys ``to_q/to_k/to_v/to_out.0``)."""
 
@@ -66,6 +92,23 @@ class CrossAttention(nn.Module):
         source = x if context is None else context
         out = attention(self.to_q(x), self.to_k(source), self.to_v(source), self.heads)
         return self.to_out[0](out)
+
+    def patched(self, x: Tensor, key_source: Tensor, value_source: Tensor, patches: PatchContext,
+                name: str) -> Tensor:
+        """The attention under the patches of ``name`` ("attn1" / "attn2"): the ``{name}_multiply``
+        weight multipliers and the first ``{name}_replace`` function that answers (see engine.backend.unet)."""
+        sq, sk, sv, so = patches.weight_scale(name)
+        q = _scaled_linear(self.to_q, x, sq)
+        k = _scaled_linear(self.to_k, key_source, sk)
+        v = _scaled_linear(self.to_v, value_source, sv)
+        out = None
+        for replace in patches.get(f"{name}_replace"):
+            out = replace(q, k, v, patches)
+            if out is not None:
+                break
+        if out is None:
+            out = attention(q, k, v, self.heads)
+        return _scaled_linear(cast(nn.Linear, self.to_out[0]), out, so)
 
 
 class GEGLU(nn.Module):
@@ -104,9 +147,32 @@ class BasicTransformerBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.norm3 = nn.LayerNorm(dim)
 
-    def forward(self, x: Tensor, context: Tensor) -> Tensor:
+    def forward(self, x: Tensor, context: Tensor, patches: PatchContext | None = None) -> Tensor:
+        if patches is not None:
+            return self._patched(x, context, patches)
         x = self.attn1(self.norm1(x)) + x
         x = self.attn2(self.norm2(x), context) + x
+        return self.ff(self.norm3(x)) + x
+
+    def _patched(self, x: Tensor, context: Tensor, p: PatchContext) -> Tensor:
+        """The same block with ComfyUI's attention patch points (engine.backend.unet lists them)."""
+        p.heads, p.dim_head = self.attn1.heads, x.shape[-1] // self.attn1.heads
+        n = self.norm1(x)
+        key, value = n, n
+        for fn in p.get("attn1_patch"):
+            n, key, value = fn(n, key, value, p)
+        n = self.attn1.patched(n, key, value, p, "attn1")
+        for fn in p.get("attn1_output_patch"):
+            n = fn(n, p)
+        x = n + x
+        n = self.norm2(x)
+        key, value = context, context
+        for fn in p.get("attn2_patch"):
+            n, key, value = fn(n, key, value, p)
+        n = self.attn2.patched(n, key, value, p, "attn2")
+        for fn in p.get("attn2_output_patch"):
+            n = fn(n, p)
+        x = n + x
         return self.ff(self.norm3(x)) + x
 
 
@@ -137,14 +203,18 @@ class SpatialTransformer(nn.Module):
             BasicTransformerBlock(inner, heads, dim_head, context_dim) for _ in range(depth)
         )
 
-    def forward(self, x: Tensor, context: Tensor) -> Tensor:
+    def forward(self, x: Tensor, context: Tensor, patches: PatchContext | None = None) -> Tensor:
         batch, channels, height, width = x.shape
         h = self.norm(x)
         # One copy to channels-last tokens [B, H*W, C]; the projections work on that layout.
         h = h.permute(0, 2, 3, 1).reshape(batch, height * width, channels)
         h = F.linear(h, self.proj_in.weight.flatten(1), self.proj_in.bias)
-        for block in self.transformer_blocks:
-            h = block(h, context)
+        for index, block in enumerate(self.transformer_blocks):
+            if patches is None:
+                h = block(h, context)
+            else:
+                patches.block_index = index
+                h = block(h, context, patches)
         h = F.linear(h, self.proj_out.weight.flatten(1), self.proj_out.bias)
         h = h.view(batch, height, width, channels).permute(0, 3, 1, 2)
         return x + h

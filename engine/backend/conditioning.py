@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from engine.backend.unet import UNetModel
+from engine.backend.unet import PatchContext, UNetModel
 
 #: Latent pixels over which an area's weight ramps up at edges inside the image.
 AREA_FEATHER = 8
@@ -281,7 +281,14 @@ def _repeat_tokens(context: Tensor, length: int) -> Tensor:
 
 
 class UNetApply:
-    """``apply_model(x, timestep, conds)`` for a UNet, batching every entry that shares an area."""
+    """``apply_model(x, timestep, conds)`` for a UNet, batching every entry that shares an area.
+
+    ``patches`` (by patch point, see :mod:`engine.backend.unet`) go into every UNet call as a
+    :class:`PatchContext` whose ``rows`` name each group's CondSpec; a call may add patches of its own
+    with the keyword ``unet_patches`` (self-attention / perturbed-attention guidance re-run the model
+    that way). The point ``torch_compile`` (entries: backend names) runs the UNet through
+    ``torch.compile`` where it can (:func:`engine.backend.unet_patches.compiled_unet`).
+    """
 
     def __init__(self, unet: UNetModel, control_fn: Callable[..., Any] | None = None,
                  concat: Tensor | None = None, patches: Mapping[str, Sequence[Any]] | None = None) -> None:
@@ -290,9 +297,21 @@ class UNetApply:
         self.unet = unet
         self.control_fn = control_fn
         self.concat = concat
-        self.patches = dict(patches or {})
+        self.patches = {point: tuple(entries) for point, entries in (patches or {}).items()
+                        if entries and point != "torch_compile"}
+        self.run_unet: Callable[..., Tensor] = unet
+        backends = tuple((patches or {}).get("torch_compile", ()))
+        if backends:
+            from engine.backend.unet_patches import compiled_unet
+            self.run_unet = compiled_unet(unet, backends[-1])
 
-    def __call__(self, x: Tensor, timestep: Tensor, conds: Sequence[Sequence[CondSpec]], **_: Any) -> Tensor:
+    def __call__(self, x: Tensor, timestep: Tensor, conds: Sequence[Sequence[CondSpec]], *,
+                 unet_patches: Mapping[str, Sequence[Any]] | None = None, **_: Any) -> Tensor:
+        patches = self.patches
+        if unet_patches:
+            patches = {**patches}
+            for point, entries in unet_patches.items():
+                patches[point] = (*patches.get(point, ()), *entries)
         chunks, steps = x.chunk(len(conds)), timestep.chunk(len(conds))
         height, width = x.shape[-2:]
         out = [torch.zeros_like(c) for c in chunks]
@@ -302,7 +321,7 @@ class UNetApply:
             for spec in specs:
                 groups.setdefault(spec.area, []).append((index, spec))
         for area, members in groups.items():
-            preds = self._forward(chunks, steps, area, members)
+            preds = self._forward(chunks, steps, area, members, patches)
             h, w, y, x0 = area if area is not None else (height, width, 0, 0)
             for (index, spec), pred in zip(members, preds, strict=True):
                 weight = entry_weight(spec, height, width, pred.shape[0], pred)
@@ -311,7 +330,7 @@ class UNetApply:
         return torch.cat([o / t.clamp_min(1e-8) for o, t in zip(out, total, strict=True)])
 
     def _forward(self, chunks: Sequence[Tensor], steps: Sequence[Tensor], area: tuple[int, int, int, int] | None,
-                 members: list[tuple[int, CondSpec]]) -> list[Tensor]:
+                 members: list[tuple[int, CondSpec]], patches: Mapping[str, Sequence[Any]]) -> list[Tensor]:
         xs, ts, contexts, ys = [], [], [], []
         for index, spec in members:
             chunk = chunks[index]
@@ -331,5 +350,10 @@ class UNetApply:
         x_in, t_in = torch.cat(xs), torch.cat(ts)
         y = torch.cat(ys) if ys else None
         control = self.control_fn(x_in, t_in, context, y, [spec for _, spec in members]) if self.control_fn else None
-        pred = self.unet(x_in, t_in, context, y=y, control=control)
+        if patches:  # the keyword only when there are patches: the plain call stays the plain call
+            rows = tuple((spec, chunk.shape[0]) for (_, spec), chunk in zip(members, xs, strict=True))
+            ctx = PatchContext(patches, t_in, tuple(x_in.shape), self.unet.config.model_channels, rows)
+            pred = self.run_unet(x_in, t_in, context, y=y, control=control, patches=ctx)
+        else:
+            pred = self.run_unet(x_in, t_in, context, y=y, control=control)
         return list(pred.split([c.shape[0] for c in xs]))

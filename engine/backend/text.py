@@ -34,6 +34,10 @@ Encoding follows ComfyUI (comfy/sd1_clip.py, sdxl_clip.py, sd2_clip.py):
 Outputs are float32 on the model's device. ComfyUI computes its text encoders in float32; a model
 loaded in float16/bfloat16 (GPU) is faster and close, not bit-equal.
 
+Attention multipliers (CLIPAttentionMultiply): `attention_scale=(q, k, v, out)` multiplies the weights and
+biases of every self-attention `q_proj` / `k_proj` / `v_proj` / `out_proj` for that call only, through
+`torch.func.functional_call` (scaled copies of those parameters; the stored weights are never changed).
+
 A tower is not re-entrant: embeddings are injected with a forward hook on the token embedding for the
 duration of one call, so one model must not encode from two threads at once.
 """
@@ -349,8 +353,10 @@ class ClipTower(nn.Module):
     def tokenize(self, text: str, *, embedding_lookup: EmbeddingLookup | None = None) -> TokenizedPrompt:
         return tokenize_prompt(text, self.tokenizer, embedding_lookup=embedding_lookup, encoder_key=self.spec.key)
 
-    def encode(self, prompt: TokenizedPrompt, *, layer_idx: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.encode_tokens(prompt.ids, prompt.weights, layer_idx=layer_idx, embeddings=prompt.embeddings)
+    def encode(self, prompt: TokenizedPrompt, *, layer_idx: int | None = None,
+               attention_scale: AttentionScale | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.encode_tokens(prompt.ids, prompt.weights, layer_idx=layer_idx, embeddings=prompt.embeddings,
+                                  attention_scale=attention_scale)
 
     def encode_tokens(
         self,
@@ -359,11 +365,13 @@ class ClipTower(nn.Module):
         *,
         layer_idx: int | None = None,
         embeddings: Mapping[tuple[int, int], torch.Tensor] | None = None,
+        attention_scale: AttentionScale | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Encode chunks of 77 ids -> (cond [1, 77 * chunks, hidden], pooled [1, pooled_size]), float32.
 
         `layer_idx`: None for the family default, or -1, -2, ... (clip skip, CLIPSetLastLayer).
         `embeddings`: (chunk, position) -> [hidden] vectors replacing those token embeddings.
+        `attention_scale`: (q, k, v, out) multipliers of the self-attention projections (module docstring).
         """
         if layer_idx is not None and layer_idx >= 0:
             raise ValueError(f"layer_idx must be negative (-1 = last layer), got {layer_idx}")
@@ -377,7 +385,7 @@ class ClipTower(nn.Module):
         if weighted:
             empty = [START_TOKEN, END_TOKEN] + [self.spec.pad_token] * (len(chunks[0]) - 2)
             chunks.append(empty)
-        hidden, pooled = self._forward(chunks, vectors, layer_idx)
+        hidden, pooled = self._forward(chunks, vectors, layer_idx, attention_scale)
         count = len(token_chunks)
         cond = hidden[:count]
         if weighted and weights is not None:
@@ -409,7 +417,8 @@ class ClipTower(nn.Module):
         return chunks, kept
 
     def _forward(
-        self, chunks: list[list[int]], vectors: Mapping[tuple[int, int], torch.Tensor], layer_idx: int | None
+        self, chunks: list[list[int]], vectors: Mapping[tuple[int, int], torch.Tensor], layer_idx: int | None,
+        attention_scale: AttentionScale | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         # transformers is untyped: name the submodule's type
         token_embedding = cast(nn.Embedding, self.text_model.get_submodule("embeddings.token_embedding"))
@@ -419,7 +428,12 @@ class ClipTower(nn.Module):
             hook = token_embedding.register_forward_hook(_replace_rows(vectors))
         try:
             with torch.no_grad():
-                outputs = self.model(input_ids=input_ids, output_hidden_states=True)
+                inputs = {"input_ids": input_ids, "output_hidden_states": True}
+                scaled = scaled_attention_parameters(self.model, attention_scale)
+                if scaled:
+                    outputs = torch.func.functional_call(self.model, scaled, (), inputs)
+                else:
+                    outputs = self.model(**inputs)
                 hidden = self._select_hidden(outputs, layer_idx)
                 pooled = self._pool(outputs.last_hidden_state, input_ids)
         finally:
@@ -443,6 +457,23 @@ class ClipTower(nn.Module):
         if self.spec.projected_pooled and projection is not None:
             pooled = projection(pooled)
         return pooled
+
+
+#: (q, k, v, out) multipliers of the self-attention projections (CLIPAttentionMultiply).
+AttentionScale = tuple[float, float, float, float]
+_ATTENTION_PROJECTIONS = ("self_attn.q_proj.", "self_attn.k_proj.", "self_attn.v_proj.", "self_attn.out_proj.")
+
+
+def scaled_attention_parameters(model: nn.Module, scale: AttentionScale | None) -> dict[str, torch.Tensor]:
+    """Scaled copies of the self-attention projection weights and biases whose multiplier is not 1."""
+    if scale is None or all(factor == 1.0 for factor in scale):
+        return {}
+    scaled: dict[str, torch.Tensor] = {}
+    for name, parameter in model.named_parameters():
+        for projection, factor in zip(_ATTENTION_PROJECTIONS, scale, strict=True):
+            if factor != 1.0 and projection in name and name.endswith((".weight", ".bias")):
+                scaled[name] = parameter * factor
+    return scaled
 
 
 def _replace_rows(vectors: Mapping[tuple[int, int], torch.Tensor]) -> Callable[..., torch.Tensor]:
@@ -497,10 +528,13 @@ class TextEncoder(nn.Module):
         return {tower.spec.key: tower.tokenize(text, embedding_lookup=embedding_lookup) for tower in self._ordered()}
 
     def encode(
-        self, tokens: Mapping[str, TokenizedPrompt], *, layer_idx: int | None = None
+        self, tokens: Mapping[str, TokenizedPrompt], *, layer_idx: int | None = None,
+        attention_scale: AttentionScale | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(cond [1, 77 * chunks, cond_dim], pooled [1, pooled_dim]), float32 on the model's device."""
-        outputs = [tower.encode(tokens[tower.spec.key], layer_idx=layer_idx) for tower in self._ordered()]
+        """(cond [1, 77 * chunks, cond_dim], pooled [1, pooled_dim]), float32 on the model's device;
+        ``attention_scale`` multiplies every tower's self-attention projections (CLIPAttentionMultiply)."""
+        outputs = [tower.encode(tokens[tower.spec.key], layer_idx=layer_idx, attention_scale=attention_scale)
+                   for tower in self._ordered()]
         length = min(cond.shape[1] for cond, _ in outputs)
         cond = torch.cat([cond[:, :length] for cond, _ in outputs], dim=-1)
         return cond, outputs[-1][1]

@@ -32,13 +32,32 @@ downsampling factors 2 and 4, transformer depth 4, 64-channel heads, linear proj
 adm layout (pooled, then 256-dim sinusoidal embeddings of original height/width, crop top/left,
 target height/width; the refiner puts the aesthetic score in place of the target size) is SGM's
 conditioner layout, checked in the tests against diffusers' independent "text_time" embedding.
+
+Patch points (ComfyUI's ``transformer_options["patches"]`` names, where its openaimodel / attention
+modules call them). ``forward(..., patches=PatchContext(...))`` runs each point's functions in order;
+without a PatchContext the forward is the plain one (no lookups, no extra work). ``ctx`` is the
+call's :class:`PatchContext` (``ctx.block`` / ``ctx.block_index`` say where the call is)::
+
+    input_block_patch(h, ctx) -> h                  after each input block (and its control residual),
+                                                     before h is kept as a skip
+    input_block_patch_after_skip(h, ctx) -> h        after the skip is kept (only the path goes on changed)
+    middle_block_patch(h, ctx) -> h                  after the middle block and its control residual
+    output_block_patch(h, hsp, ctx) -> (h, hsp)      before each output block concatenates h and its skip
+    attn1_patch(n, key, value, ctx) -> (n, key, value)   on the normed tokens [B, N, C] before self-attention
+    attn1_replace(q, k, v, ctx) -> Tensor | None     the attention of projected q, k, v ([B, N, heads * d]);
+                                                     None: not this block, next one / the default
+    attn1_output_patch(out, ctx) -> out              after self-attention's output projection
+    attn1_multiply: (q, k, v, out) floats            multiply the to_q / to_k / to_v / to_out.0 weights
+                                                     (and biases) at use; several multiply together
+    attn2_patch / attn2_replace / attn2_output_patch / attn2_multiply: the same for cross-attention
+                                                     (key and value start as the text context)
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, cast
 
 import torch
@@ -52,6 +71,7 @@ __all__ = [
     "SD21",
     "SDXL",
     "SDXL_REFINER",
+    "PatchContext",
     "UNetConfig",
     "UNetModel",
     "build_input_blocks",
@@ -122,6 +142,52 @@ def sdxl_refiner_adm(
     6.0 (positive) and 2.5 (negative)."""
     extra = _scalar_embeddings((height, width, crop_h, crop_w, aesthetic_score), pooled.shape[0], pooled.device)
     return torch.cat([pooled.float(), extra], dim=1).to(pooled.dtype)
+
+
+# --------------------------------------------------------------------------------------------- patches
+
+
+@dataclass
+class PatchContext:
+    """What patch functions see of one UNet call (ComfyUI's ``transformer_options``).
+
+    ``patches`` maps a patch point (module docstring) to its entries, in order. ``timestep`` is the
+    call's [B] timesteps, ``original_shape`` the input's shape, ``rows`` groups the batch rows:
+    ``(key, count)`` per group in order (UNetApply: the conditioning entry of each group). The UNet
+    updates ``block`` (("input" | "middle" | "output", index)), ``block_index`` (the transformer
+    block inside a SpatialTransformer), ``heads`` and ``dim_head`` as it runs. Patches may keep
+    per-run state of their own, never this object.
+    """
+
+    patches: Mapping[str, Sequence[Any]]
+    timestep: Tensor
+    original_shape: tuple[int, ...]
+    model_channels: int
+    rows: tuple[tuple[Any, int], ...] = ()
+    block: tuple[str, int] = ("input", 0)
+    block_index: int = 0
+    heads: int = 0
+    dim_head: int = 0
+    _scales: dict[str, tuple[float, float, float, float]] = field(default_factory=dict, repr=False)
+
+    def get(self, point: str) -> Sequence[Any]:
+        """The entries at ``point`` (empty when none)."""
+        return self.patches.get(point, ())
+
+    def weight_scale(self, name: str) -> tuple[float, float, float, float]:
+        """The product of the ``{name}_multiply`` entries: (q, k, v, out) multipliers."""
+        if name not in self._scales:
+            q = k = v = out = 1.0
+            for sq, sk, sv, so in self.get(f"{name}_multiply"):
+                q, k, v, out = q * sq, k * sk, v * sv, out * so
+            self._scales[name] = (q, k, v, out)
+        return self._scales[name]
+
+    def run(self, point: str, h: Tensor) -> Tensor:
+        """``h`` through the ``fn(h, ctx)`` entries of ``point``."""
+        for fn in self.get(point):
+            h = fn(h, self)
+        return h
 
 
 # --------------------------------------------------------------------------------------------- config
@@ -391,12 +457,13 @@ class Block(nn.ModuleList):
     """One ``input_blocks``/``middle_block``/``output_blocks`` entry: layers run in order, each given
     what it needs (ResBlock the embedding, SpatialTransformer the context, Upsample the target size)."""
 
-    def forward(self, x: Tensor, emb: Tensor, context: Tensor | None, size: tuple[int, int] | None = None) -> Tensor:
+    def forward(self, x: Tensor, emb: Tensor, context: Tensor | None, size: tuple[int, int] | None = None,
+                patches: PatchContext | None = None) -> Tensor:
         for layer in self:
             if isinstance(layer, ResBlock):
                 x = layer(x, emb)
             elif isinstance(layer, SpatialTransformer):
-                x = layer(x, context)
+                x = layer(x, context, patches)
             elif isinstance(layer, Upsample):
                 x = layer(x, size)
             else:
@@ -533,6 +600,7 @@ class UNetModel(nn.Module):
         context: Tensor | None,
         y: Tensor | None = None,
         control: Mapping[str, Sequence[Tensor | None]] | None = None,
+        patches: PatchContext | None = None,
     ) -> Tensor:
         """Predict the model output for latents ``x`` ``[B, C, H, W]`` at ``timesteps`` ``[B]``.
 
@@ -542,7 +610,7 @@ class UNetModel(nn.Module):
         ``"output"`` to each skip tensor as it is taken for an output block. As in ComfyUI each list is
         consumed from its end in the order the blocks run (so the last ``"output"`` entry goes with the
         deepest skip, the last ``"input"`` entry with the first input block); None entries are
-        skipped, and the lists are not modified.
+        skipped, and the lists are not modified. ``patches`` runs the patch points (module docstring).
         """
         dtype = cast(nn.Linear, self.time_embed[0]).weight.dtype
         label_emb = self.label_emb if self.config.adm_in_channels is not None else None
@@ -556,17 +624,32 @@ class UNetModel(nn.Module):
         middles = _Residuals(control.get("middle"))
         outputs = _Residuals(control.get("output"))
 
+        p = patches
         skips: list[Tensor] = []
         h = x.to(dtype)
-        for block in self.input_blocks:
-            h = inputs.add(block(h, emb, context))
+        for index, block in enumerate(self.input_blocks):
+            if p is not None:
+                p.block = ("input", index)
+            h = inputs.add(block(h, emb, context, patches=p))
+            if p is not None:
+                h = p.run("input_block_patch", h)
             skips.append(h)
-        h = middles.add(self.middle_block(h, emb, context))
-        for block in self.output_blocks:
+            if p is not None:
+                h = p.run("input_block_patch_after_skip", h)
+        if p is not None:
+            p.block = ("middle", 0)
+        h = middles.add(self.middle_block(h, emb, context, patches=p))
+        if p is not None:
+            h = p.run("middle_block_patch", h)
+        for index, block in enumerate(self.output_blocks):
             skip = outputs.add(skips.pop())
+            if p is not None:
+                p.block = ("output", index)
+                for fn in p.get("output_block_patch"):
+                    h, skip = fn(h, skip, p)
             h = torch.cat([h, skip], dim=1)
             size = (skips[-1].shape[2], skips[-1].shape[3]) if skips else None
-            h = block(h, emb, context, size)
+            h = block(h, emb, context, size, patches=p)
         return self.out(h)
 
 
