@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from engine.backend import conditioning, control_apply
+from engine.backend import conditioning, control_apply, model_sampling
 from engine.backend.guidance import (
     CFGDenoiser,
     GuidanceHooks,
@@ -62,6 +62,7 @@ class ModelTraits:
     preview_format: str  # latent2rgb factors: "sd1" or "sdxl"
     pre_cfg: tuple[OperationSpec, ...] = ()  # operations on each step's guidance before CFG (in order)
     patches: tuple[SamplingPatch, ...] = ()  # the MODEL's guidance and UNet patches (in order)
+    sampling_spec: model_sampling.SamplingSpec | None = None  # a ModelSampling* node's choice
 
 
 @dataclass(frozen=True)
@@ -88,7 +89,7 @@ def sample(request: SamplingRequest, traits: ModelTraits, unet_session: UNetSess
            on_step: StepCallback) -> Latent:
     """Run ``request``; returns a new LATENT dict (other keys of the request's latent kept)."""
     latent = _model_latent(request.latent["samples"].float(), traits)
-    ms = ModelSampling.from_betas("v_prediction" if traits.prediction == "v" else "eps").to(device)
+    ms = model_sampling.model_sampling_for(traits.prediction, traits.sampling_spec).to(device)
     sigmas = sigmas_for(ms, request.scheduler, request.sampler_name, request.steps, denoise=request.denoise,
                         start_step=request.start_step, last_step=request.last_step,
                         force_full_denoise=request.force_full_denoise).to(device)

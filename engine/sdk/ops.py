@@ -35,20 +35,20 @@ __all__ = [
 
 
 def model_traits(family: ModelFamily, pre_cfg: tuple[PreCfgOperation, ...] = (),
-                 patches: tuple[Any, ...] = ()) -> ModelTraits:
+                 patches: tuple[Any, ...] = (), sampling_spec: Any = None) -> ModelTraits:
     """What the sampling pipeline needs to know of a checkpoint's family (and of a MODEL's pre-CFG operations)."""
     adm = family.name if family.name in ("sdxl", "sdxl_refiner") else None
     return ModelTraits(label=family.label, prediction="v" if family.prediction == "v" else "eps",
                        latent_channels=family.latent_channels, latent_scale=family.latent_scale_factor,
                        adm=adm,  # type: ignore[arg-type]  # checked against the two names above
                        inpaint=family.is_inpaint, preview_format="sdxl" if family.is_sdxl else "sd1",
-                       pre_cfg=pre_cfg, patches=patches)
+                       pre_cfg=pre_cfg, patches=patches, sampling_spec=sampling_spec)
 
 
 def sample(ctx: RunContext, model: ModelHandle, request: SamplingRequest) -> Latent:
     """One sampling run of ``model``: progress every step, previews for clients that asked for them."""
     models = ctx.models
-    traits = model_traits(model.family, model.pre_cfg, model.sampling_patches)
+    traits = model_traits(model.family, model.pre_cfg, model.sampling_patches, model.sampling)
 
     def on_step(step: int, total: int, denoised: Tensor | None) -> None:
         if ctx.previews and denoised is not None:
