@@ -1,16 +1,21 @@
-"""The sampling pipeline: one KSampler run from a :class:`SamplingRequest`.
+"""The sampling pipeline: one sampling run, for KSampler and the custom-sampling nodes alike.
 
-Nodes hand over a request (seed, steps, cfg, sampler, scheduler, prompts, latent, the step range)
-and the :class:`ModelTraits` of the model; :func:`sample` resizes an empty latent to the model's
-channels, computes the sigmas, draws ComfyUI's noise, prepares the conditioning (SDXL adm vectors,
-areas, ControlNets, a 9-channel model's inpaint channels) and runs the sampler. It knows nothing of
+KSampler nodes hand over a :class:`SamplingRequest` (seed, steps, cfg, sampler, scheduler, prompts,
+latent, the step range); :func:`as_custom` turns it into the :class:`CustomRequest` that
+SamplerCustom(Advanced) hand over directly: explicit sigmas, a noise source, a guidance (CFG, basic,
+dual CFG, perp-neg; :mod:`engine.backend.guiders`) and a sampler with options. With the
+:class:`ModelTraits` of the model, :func:`sample_custom` resizes an empty latent to the model's
+channels, draws ComfyUI's noise, prepares the conditioning (SDXL adm vectors, areas, ControlNets, a
+9-channel model's inpaint channels) and runs the sampler. It knows nothing of
 graphs or events: progress and previews leave through ``on_step``, and the UNet comes from
 ``unet_session``, which keeps it placed on the device for the run.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import dataclasses
+import math
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -19,10 +24,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from engine.backend import conditioning, control_apply, model_sampling
+from engine.backend import conditioning, control_apply, guiders, model_sampling
 from engine.backend.guidance import (
     CFGDenoiser,
+    CfgFunction,
     GuidanceHooks,
+    GuidanceStep,
     OperationSpec,
     ParameterizedModel,
     SamplingPatch,
@@ -31,9 +38,12 @@ from engine.backend.guidance import (
     prepare_mask,
     repeat_to_batch,
 )
+from engine.backend.guiders import Guidance, NoiseSource, SamplerChoice
 from engine.backend.ksampler import ksample
 from engine.backend.model_sampling import ModelSampling
+from engine.backend.node_samplers import NODE_SAMPLERS
 from engine.backend.noise import prepare_noise
+from engine.backend.samplers import MODEL_SAMPLING_SAMPLERS, Sampler, get_sampler, needs_uncond
 from engine.backend.schedules import sigmas_for
 from engine.backend.unet import UNetModel, sdxl_adm, sdxl_refiner_adm
 
@@ -84,33 +94,110 @@ class SamplingRequest:
     force_full_denoise: bool = False
 
 
+@dataclass(frozen=True)
+class CustomRequest:
+    """One sampling run with everything explicit: what SamplerCustom(Advanced) hand over, and what a
+    :class:`SamplingRequest` becomes (:func:`as_custom`)."""
+
+    sigmas: Tensor
+    noise: NoiseSource
+    guidance: Guidance
+    sampler: SamplerChoice
+    latent: Latent
+
+
+@dataclass(frozen=True)
+class SampleResult:
+    """The sampled LATENT and the last step's denoised estimate (``denoised_output``; the sampled
+    latent itself when no step ran)."""
+
+    latent: Latent
+    denoised: Latent
+
+
+def model_sampling_for(traits: ModelTraits) -> ModelSampling:
+    """The model sampling (noise levels, parameterization) of a model with ``traits``, on the CPU."""
+    return model_sampling.model_sampling_for(traits.prediction, traits.sampling_spec)
+
+
+def as_custom(request: SamplingRequest, traits: ModelTraits, device: torch.device | None = None) -> CustomRequest:
+    """A KSampler request with its sigmas computed (on ``device``) from scheduler / steps / denoise / the step
+    range."""
+    ms = model_sampling_for(traits).to(device or "cpu")
+    sigmas = sigmas_for(ms, request.scheduler, request.sampler_name, request.steps, denoise=request.denoise,
+                        start_step=request.start_step, last_step=request.last_step,
+                        force_full_denoise=request.force_full_denoise)
+    return CustomRequest(sigmas=sigmas, noise=NoiseSource(request.seed, request.add_noise),
+                         guidance=Guidance.classifier_free(request.positive, request.negative, request.cfg),
+                         sampler=SamplerChoice(request.sampler_name, source="KSampler"), latent=request.latent)
+
+
 def sample(request: SamplingRequest, traits: ModelTraits, unet_session: UNetSession,
            load_controlnet: control_apply.Resolve, *, device: torch.device, dtype: torch.dtype,
            on_step: StepCallback) -> Latent:
-    """Run ``request``; returns a new LATENT dict (other keys of the request's latent kept)."""
+    """Run a KSampler ``request``; returns a new LATENT dict (other keys of the request's latent kept)."""
+    return sample_custom(as_custom(request, traits, device), traits, unet_session, load_controlnet, device=device,
+                         dtype=dtype, on_step=on_step).latent
+
+
+def sample_custom(request: CustomRequest, traits: ModelTraits, unet_session: UNetSession,
+                  load_controlnet: control_apply.Resolve, *, device: torch.device, dtype: torch.dtype,
+                  on_step: StepCallback) -> SampleResult:
+    """Run ``request``: the one sampling path of every sampler node."""
+    sampler = resolve_sampler(request.sampler)
     latent = _model_latent(request.latent["samples"].float(), traits)
-    ms = model_sampling.model_sampling_for(traits.prediction, traits.sampling_spec).to(device)
-    sigmas = sigmas_for(ms, request.scheduler, request.sampler_name, request.steps, denoise=request.denoise,
-                        start_step=request.start_step, last_step=request.last_step,
-                        force_full_denoise=request.force_full_denoise).to(device)
+    ms = model_sampling_for(traits).to(device)
+    sigmas = request.sigmas.float().to(device)
     if sigmas.numel() == 0:  # denoise 0 or nothing left to do: the input latent itself, as ComfyUI
-        return {**request.latent, "samples": latent}
-    with unet_session(tuple(latent.shape), request.cfg != 1.0) as unet:  # placed, with room for a step
-        noise = (prepare_noise(latent, request.seed, request.latent.get("batch_index")) if request.add_noise
+        unchanged = {**request.latent, "samples": latent}
+        return SampleResult(unchanged, unchanged)
+    guidance = request.guidance
+    # cfg++ samplers read the uncond prediction every step: run it even at cfg 1, as ComfyUI does
+    force_uncond = needs_uncond(request.sampler.name) or bool(getattr(sampler, "needs_uncond", False))
+    uncond_pass = not math.isclose(guidance.batch_scale, 1.0) or guidance.needs_uncond or force_uncond
+    with unet_session(tuple(latent.shape), uncond_pass) as unet:  # placed, with room for a step
+        seed = request.noise.seed
+        noise = (prepare_noise(latent, seed, request.latent.get("batch_index")) if request.noise.enabled
                  else torch.zeros_like(latent))
         scale = traits.latent_scale
         denoiser, denoise_mask, hooks = _denoiser(request, traits, unet, ms, load_controlnet, latent, device,
-                                                  dtype)
+                                                  dtype, force_uncond)
         total = max(len(sigmas) - 1, 1)
+        last: list[Tensor] = []
 
         def callback(info: dict[str, Any]) -> None:
-            on_step(min(int(info["i"]) + 1, total), total, info.get("denoised"))
+            denoised = info.get("denoised")
+            if denoised is not None:
+                last[:] = [denoised]
+            on_step(min(int(info["i"]) + 1, total), total, denoised)
 
         with torch.inference_mode():
-            out = ksample(denoiser, ms, request.sampler_name, sigmas, noise.to(device), (latent * scale).to(device),
-                          seed=request.seed, denoise_mask=denoise_mask, callback=callback,
-                          denoise_mask_fn=hooks.denoise_mask_fn)
-    return {**request.latent, "samples": (out.float() / scale).cpu()}
+            out = ksample(denoiser, ms, request.sampler.name, sigmas, noise.to(device), (latent * scale).to(device),
+                          seed=seed, denoise_mask=denoise_mask, callback=callback,
+                          denoise_mask_fn=hooks.denoise_mask_fn, sampler=sampler,
+                          sampler_options=_sampler_options(request.sampler, ms))
+    result = {**request.latent, "samples": (out.float() / scale).cpu()}
+    denoised_out = {**request.latent, "samples": (last[0].float() / scale).cpu()} if last else result
+    return SampleResult(result, denoised_out)
+
+
+def resolve_sampler(choice: SamplerChoice) -> Sampler:
+    """The sampler function of ``choice``; a clear error when this build does not have it."""
+    if choice.name in NODE_SAMPLERS:
+        return NODE_SAMPLERS[choice.name]
+    try:
+        return get_sampler(choice.name)
+    except ValueError:
+        raise ValueError(f"{choice.source}: the sampler {choice.name!r} is not implemented in Loom yet; "
+                         "pick another sampler (KSamplerSelect lists the ones it has)") from None
+
+
+def _sampler_options(choice: SamplerChoice, ms: ModelSampling) -> dict[str, Any]:
+    """The choice's options, plus the model sampling for the samplers that read it (SA-Solver)."""
+    options = choice.kwargs
+    if choice.name in MODEL_SAMPLING_SAMPLERS:
+        options.setdefault("model_sampling", ms)
+    return options
 
 
 def _model_latent(latent: Tensor, traits: ModelTraits) -> Tensor:
@@ -124,33 +211,77 @@ def _model_latent(latent: Tensor, traits: ModelTraits) -> Tensor:
     return latent.new_zeros((latent.shape[0], channels, *latent.shape[2:]))
 
 
-def _denoiser(request: SamplingRequest, traits: ModelTraits, unet: UNetModel, ms: ModelSampling,
+def _denoiser(request: CustomRequest, traits: ModelTraits, unet: UNetModel, ms: ModelSampling,
               load_controlnet: control_apply.Resolve, latent: Tensor, device: torch.device,
-              dtype: torch.dtype) -> tuple[CFGDenoiser, Tensor | None, GuidanceHooks]:
-    """The CFG denoiser over the prepared conditioning, the inpaint noise mask (if any) and the MODEL's hooks."""
+              dtype: torch.dtype, force_uncond: bool = False) -> tuple[CFGDenoiser, Tensor | None, GuidanceHooks]:
+    """The guided denoiser over the prepared conditioning, the inpaint noise mask (if any) and the MODEL's hooks."""
+    guidance = request.guidance
     adm = adm_builder(traits.adm)
-    pos = conditioning.prepare(request.positive, latent.shape, device=device, dtype=dtype, adm=adm,
-                               percent_to_sigma=ms.percent_to_sigma)
-    negative = control_apply.share_with_uncond(request.positive, request.negative)  # legacy ControlNetApply
-    neg = conditioning.prepare(negative, latent.shape, device=device, dtype=dtype, adm=adm,
-                               percent_to_sigma=ms.percent_to_sigma)
-    pos, neg = conditioning.pair_areas(pos, neg)  # every area gets an opposite one (ComfyUI's process_conds)
+
+    def prepare(conds: list[Any]) -> list[conditioning.CondSpec]:
+        return conditioning.prepare(conds, latent.shape, device=device, dtype=dtype, adm=adm,
+                                    percent_to_sigma=ms.percent_to_sigma)
+
+    pos = prepare(guidance.positive)
+    negative = control_apply.share_with_uncond(guidance.positive, guidance.negative)  # legacy ControlNetApply
+    pos, neg = conditioning.pair_areas(pos, prepare(negative))  # every area gets an opposite (ComfyUI's process_conds)
     mask = request.latent.get("noise_mask")
     denoise_mask = None if mask is None else prepare_mask(mask, latent.shape, device)
     concat = None
     if traits.inpaint:
-        sources = inpaint_sources(request.latent, request.positive)
+        sources = inpaint_sources(request.latent, guidance.positive)
         concat = inpaint_concat(sources, latent * traits.latent_scale, denoise_mask, traits.latent_scale).to(device)
     hooks = gather_hooks(traits.patches, ms)
-    extra = [conditioning.prepare(c, latent.shape, device=device, dtype=dtype, adm=adm,
-                                  percent_to_sigma=ms.percent_to_sigma) for c in hooks.extra_conditioning]
-    control_fn = control_apply.control_function([pos, neg, *extra], ms, load_controlnet, unet.config)
+    extra = [prepare(c) for c in hooks.extra_conditioning]
+    middle = prepare(guidance.middle) if guidance.uses_middle else []
+    control_fn = control_apply.control_function([pos, neg, *extra, *([middle] if middle else [])], ms,
+                                                load_controlnet, unet.config)
     apply = conditioning.UNetApply(unet, control_fn, concat=concat, patches=hooks.unet_patches)
-    denoiser = CFGDenoiser(conditioning.ScheduledModel(ParameterizedModel(apply, ms)), pos, neg, request.cfg,
-                           pre_cfg=(*operation_hooks(traits.pre_cfg, ms), *hooks.pre_cfg),
-                           cfg_function=hooks.cfg_function, post_cfg=hooks.post_cfg, extra=extra,
-                           needs_uncond=hooks.needs_uncond)
+    denoiser = guided_denoiser(conditioning.ScheduledModel(ParameterizedModel(apply, ms)), guidance, hooks,
+                               pos, neg, middle, extra, pre_cfg=operation_hooks(traits.pre_cfg, ms),
+                               force_uncond=force_uncond)
     return denoiser, denoise_mask, hooks
+
+
+def guided_denoiser(model_fn: Callable[..., Tensor], guidance: Guidance, hooks: GuidanceHooks, pos: Any, neg: Any,
+                    middle: Any, extra: Sequence[Any] = (), *, pre_cfg: Sequence[Any] = (),
+                    force_uncond: bool = False) -> CFGDenoiser:
+    """The CFG denoiser for ``guidance`` over prepared conditionings (opaque here): the hooks' extra
+    conditionings, then ``middle`` where the guidance runs it, batched after uncond and cond."""
+    chunks = [*extra, middle] if guidance.uses_middle else list(extra)
+    return CFGDenoiser(model_fn, pos, neg, guidance.batch_scale, pre_cfg=(*pre_cfg, *hooks.pre_cfg),
+                       cfg_function=guidance_function(guidance, hooks), post_cfg=hooks.post_cfg, extra=chunks,
+                       needs_uncond=hooks.needs_uncond or guidance.needs_uncond or force_uncond)
+
+
+def guidance_function(guidance: Guidance, hooks: GuidanceHooks) -> CfgFunction | None:
+    """The CFG denoiser's combination for ``guidance`` (None: plain CFG or the MODEL's own cfg function)."""
+    if guidance.kind in ("cfg", "basic"):
+        return hooks.cfg_function
+    middle_index = len(hooks.extra_conditioning)
+
+    def parts(step: GuidanceStep) -> tuple[Tensor, Tensor, Tensor]:
+        cond = step.cond_denoised
+        uncond = step.uncond_denoised if step.uncond_denoised is not None else torch.zeros_like(cond)
+        middle = step.extra_denoised[middle_index] if guidance.uses_middle else torch.zeros_like(cond)
+        return cond, uncond, middle
+
+    if guidance.kind == "perp_neg":
+        def perp(step: GuidanceStep) -> Tensor:
+            cond, uncond, empty = parts(step)
+            return guiders.perp_neg(cond, uncond, empty, guidance.cfg, guidance.neg_scale)
+        return perp
+    model_cfg = hooks.cfg_function
+
+    def pair(step: GuidanceStep) -> Callable[[Tensor, Tensor, float], Tensor] | None:
+        if model_cfg is None:
+            return None
+        return lambda c, u, s: model_cfg(dataclasses.replace(step, cond_denoised=c, uncond_denoised=u, cfg_scale=s))
+
+    def dual(step: GuidanceStep) -> Tensor:
+        cond, uncond, middle = parts(step)
+        return guiders.dual_cfg(cond, middle, uncond, guidance.cfg, guidance.cfg2, guidance.nested, pair(step))
+    return dual
 
 
 def adm_builder(kind: str | None) -> conditioning.AdmFn | None:

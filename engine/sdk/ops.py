@@ -1,4 +1,5 @@
-"""Torch-backed SDK operations: sampling, VAE, text encoding, conditioning (ControlNets) and previews.
+"""Torch-backed SDK operations: sampling (KSampler and custom sampling), VAE, text encoding, conditioning
+(ControlNets) and previews.
 
 A node imports this module inside ``run`` (``from engine.sdk import ops``), never at module level, so
 registering nodes does not load torch. Each function takes the node's RunContext and the values on
@@ -15,7 +16,19 @@ from torch import Tensor
 
 from engine.backend.conditioning_edit import average, concat_tokens, zeroed
 from engine.backend.control_attach import attach_control
-from engine.backend.pipeline import Latent, ModelTraits, SamplingRequest
+from engine.backend.guiders import Guidance, Guider, NoiseSource, SamplerChoice
+from engine.backend.model_sampling import ModelSampling
+from engine.backend.node_samplers import PowerNoiseScaler, TauInterval
+from engine.backend.noise import prepare_noise
+from engine.backend.pipeline import (
+    CustomRequest,
+    Latent,
+    ModelTraits,
+    SampleResult,
+    SamplingRequest,
+    model_sampling_for,
+    sample_custom,
+)
 from engine.backend.pipeline import sample as run_pipeline
 from engine.backend.preview import preview_jpeg
 from engine.backend.prompt_weights import TokenizedPrompt
@@ -27,7 +40,9 @@ from engine.models.families import ModelFamily
 from engine.models.handles import ClipHandle, ModelHandle, PreCfgOperation, VaeHandle
 
 __all__ = [
-    "Latent", "ModelTraits", "SamplingRequest", "TextEncoder", "TokenizedPrompt", "attach_control", "average",
+    "CustomRequest", "Guidance", "Guider", "Latent", "ModelTraits", "NoiseSource", "PowerNoiseScaler",
+    "SampleResult", "SamplerChoice", "SamplingRequest", "TauInterval", "add_noise", "initial_noise",
+    "model_sampling", "sample_custom_run", "TextEncoder", "TokenizedPrompt", "attach_control", "average",
     "concat_tokens", "decode", "decode_tiled_latent", "embedding_lookup", "embeddings_fingerprint", "encode",
     "encode_text", "encode_tiled_image", "from_pixels", "model_traits", "sample", "to_pixels",
     "tokenize_per_tower", "zeroed",
@@ -46,17 +61,65 @@ def model_traits(family: ModelFamily, pre_cfg: tuple[PreCfgOperation, ...] = (),
 
 
 def sample(ctx: RunContext, model: ModelHandle, request: SamplingRequest) -> Latent:
-    """One sampling run of ``model``: progress every step, previews for clients that asked for them."""
+    """One KSampler run of ``model``: progress every step, previews for clients that asked for them."""
+    traits = _traits(model)
     models = ctx.models
-    traits = model_traits(model.family, model.pre_cfg, model.sampling_patches, model.sampling)
+    return run_pipeline(request, traits, lambda shape, cfg: models.sampling(model, shape, cfg=cfg),
+                        models.controlnet, device=models.device, dtype=models.dtype,
+                        on_step=_step_reporter(ctx, traits))
 
+
+def sample_custom_run(ctx: RunContext, guider: Guider, noise: NoiseSource, sampler: SamplerChoice, sigmas: Tensor,
+                      latent: Latent) -> SampleResult:
+    """One SamplerCustom(Advanced) run: the same pipeline as KSampler, with explicit sigmas, noise, guidance
+    and sampler. Returns the sampled latent and the last step's denoised estimate."""
+    model: ModelHandle = guider.model
+    traits = _traits(model)
+    models = ctx.models
+    request = CustomRequest(sigmas=sigmas, noise=noise, guidance=guider.guidance, sampler=sampler, latent=latent)
+    return sample_custom(request, traits, lambda shape, cfg: models.sampling(model, shape, cfg=cfg),
+                         models.controlnet, device=models.device, dtype=models.dtype,
+                         on_step=_step_reporter(ctx, traits))
+
+
+def _traits(model: ModelHandle) -> ModelTraits:
+    return model_traits(model.family, model.pre_cfg, model.sampling_patches, model.sampling)
+
+
+def _step_reporter(ctx: RunContext, traits: ModelTraits) -> Callable[[int, int, Tensor | None], None]:
     def on_step(step: int, total: int, denoised: Tensor | None) -> None:
         if ctx.previews and denoised is not None:
             ctx.preview("JPEG", preview_jpeg(denoised, traits.preview_format))
         ctx.progress(step, total)
+    return on_step
 
-    return run_pipeline(request, traits, lambda shape, cfg: models.sampling(model, shape, cfg=cfg),
-                        models.controlnet, device=models.device, dtype=models.dtype, on_step=on_step)
+
+def model_sampling(model: ModelHandle) -> ModelSampling:
+    """The model sampling (noise levels and parameterization) ``model`` samples with, on the CPU."""
+    return model_sampling_for(_traits(model))
+
+
+def initial_noise(noise: NoiseSource, latent: Latent) -> Tensor:
+    """The NOISE value's initial noise for a LATENT (zeros when disabled), float32 on the CPU."""
+    samples = latent["samples"].float()
+    if not noise.enabled:
+        return torch.zeros_like(samples)
+    return prepare_noise(samples, noise.seed, latent.get("batch_index"))
+
+
+def add_noise(model: ModelHandle, noise: NoiseSource, sigmas: Tensor, latent: Latent) -> Latent:
+    """ComfyUI's AddNoise: the latent noised to the schedule's span, ``|sigmas[0] - sigmas[-1]|`` (or
+    ``sigmas[0]`` for a single sigma), in the model's latent space; an all-zero latent is not shifted."""
+    if len(sigmas) == 0:
+        return latent
+    traits = _traits(model)
+    samples = latent["samples"].float()
+    sigma = (sigmas[0] - sigmas[-1]).abs() if len(sigmas) > 1 else sigmas[0]
+    if torch.count_nonzero(samples) > 0:
+        samples = samples * traits.latent_scale
+    noisy = model_sampling_for(traits).noise_scaling(sigma.float(), initial_noise(noise, latent), samples)
+    noisy = torch.nan_to_num(noisy / traits.latent_scale, nan=0.0, posinf=0.0, neginf=0.0)
+    return {**latent, "samples": noisy}
 
 
 def encode_text(ctx: RunContext, clip: ClipHandle, tokens: dict[str, TokenizedPrompt]) -> list[list[Any]]:
