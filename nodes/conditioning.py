@@ -1,4 +1,4 @@
-"""Text conditioning nodes: CLIPTextEncode, CLIPTextEncodeSDXL, CLIPSetLastLayer, and the
+"""Text conditioning nodes: CLIPTextEncode, CLIPTextEncodeSDXL(Refiner), CLIPSetLastLayer, and the
 ConditioningCombine / Average / Concat / SetArea(Percentage, Strength) / SetMask / SetTimestepRange /
 ZeroOut operations on ComfyUI's CONDITIONING lists.
 
@@ -108,6 +108,34 @@ class CLIPTextEncodeSDXL(Node):
         extras.update(width=width, height=height, crop_w=crop_w, crop_h=crop_h,
                       target_width=target_width, target_height=target_height)
         return ([[cond, extras]],)
+
+
+class CLIPTextEncodeSDXLRefiner(Node):
+    """SDXL refiner prompt with its aesthetic score and size conditioning."""
+
+    display_name = "CLIP Text Encode (SDXL Refiner)"
+    category = "advanced/conditioning"
+    inputs = (
+        Input("ascore", FLOAT, default=6.0, min=0.0, max=1000.0, step=0.01,
+              tooltip="The aesthetic score the refiner aims for (6 for a prompt, 2.5 is usual for a negative)."),
+        Input("width", INT, default=1024, min=0, max=MAX_RESOLUTION),
+        Input("height", INT, default=1024, min=0, max=MAX_RESOLUTION),
+        Input("text", STRING, default="", multiline=True, extra={"dynamicPrompts": True}),
+        Input("clip", CLIP),
+    )
+    outputs = (Output(CONDITIONING),)
+
+    @classmethod
+    def fingerprint(cls, folders: Folders, inputs: Mapping[str, Any]) -> str | None:
+        return text_fingerprint(folders, [inputs.get("text")])
+
+    def run(self, ctx: RunContext, ascore: float, width: int, height: int, text: str,
+            clip: ClipHandle) -> tuple[Conditioning]:
+        from engine.sdk import ops
+
+        encoder = ctx.models.text_encoder(clip)
+        tokens = encoder.tokenize(text, embedding_lookup=ops.embedding_lookup(ctx.folders))
+        return (with_values(ops.encode_text(ctx, clip, tokens), aesthetic_score=ascore, width=width, height=height),)
 
 
 class CLIPSetLastLayer(Node):
@@ -280,7 +308,7 @@ class ConditioningZeroOut(Node):
         return (ops.zeroed(conditioning),)
 
 
-CONDITIONING_NODES = (CLIPTextEncode, CLIPTextEncodeSDXL, CLIPSetLastLayer, ConditioningCombine,
-                      ConditioningAverage, ConditioningConcat, ConditioningSetArea, ConditioningSetAreaPercentage,
-                      ConditioningSetAreaStrength, ConditioningSetMask, ConditioningSetTimestepRange,
-                      ConditioningZeroOut)
+CONDITIONING_NODES = (CLIPTextEncode, CLIPTextEncodeSDXL, CLIPTextEncodeSDXLRefiner, CLIPSetLastLayer,
+                      ConditioningCombine, ConditioningAverage, ConditioningConcat, ConditioningSetArea,
+                      ConditioningSetAreaPercentage, ConditioningSetAreaStrength, ConditioningSetMask,
+                      ConditioningSetTimestepRange, ConditioningZeroOut)
