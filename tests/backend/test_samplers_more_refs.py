@@ -242,6 +242,33 @@ def test_res_multistep_matches_the_reference(ms: ModelSampling, scheduler: str) 
     np.testing.assert_allclose(get_sampler("res_multistep")(denoiser, x, sigmas).numpy(), ref, atol=1e-9, rtol=1e-9)
 
 
+def test_res_multistep_ancestral_matches_the_reference(ms: ModelSampling) -> None:
+    """eta 1: the same step to sigma_down (the ancestral split of Ho et al. 2020 in sigma form), the
+    previous node one (previous) step to sigma_down behind, then noise of std sigma_up."""
+    sigmas = sched(ms, "karras", "res_multistep_ancestral", 8)
+    x = start(sigmas)
+    draw, noises = noise_queue(10)
+    s, ref = [float(v) for v in sigmas], x.numpy()
+    previous: Array | None = None
+    h_prev = 0.0
+    for i in range(len(s) - 1):
+        denoised = np_den(ref, s[i])
+        up = min(s[i + 1], math.sqrt(s[i + 1] ** 2 * (s[i] ** 2 - s[i + 1] ** 2) / s[i] ** 2))
+        down = math.sqrt(s[i + 1] ** 2 - up**2)
+        if down == 0 or previous is None:
+            ref = ref + (down - s[i]) * (ref - denoised) / s[i]
+        else:
+            h = math.log(s[i] / down)
+            ref = (math.exp(-h) * ref + (1 - math.exp(-h)) * denoised
+                   + (h - 1 + math.exp(-h)) * (denoised - previous) / h_prev)
+        if s[i + 1] > 0:
+            ref = ref + up * noises[i]
+        previous = denoised
+        h_prev = math.log(s[i] / down) if down > 0 else 0.0
+    out = get_sampler("res_multistep_ancestral")(denoiser, x, sigmas, noise_sampler=draw)
+    np.testing.assert_allclose(out.numpy(), ref, atol=1e-9, rtol=1e-9)
+
+
 # gradient_estimation and heunpp2 ------------------------------------------------------------------------
 
 

@@ -102,7 +102,9 @@ def sample_ipndm_v(
     callback: Callback | None = None,
     max_order: int = 4,
 ) -> Tensor:
-    """iPNDM with variable-step Adams-Bashforth weights computed from the actual sigma steps."""
+    """iPNDM-v: Adams-Bashforth-like weights computed from the actual sigma steps (diff-sampler's
+    formulas, as ComfyUI). Order 2 is the exact variable-step AB2 and order 3 reduces to AB3 for equal
+    steps; the order-4 weights sum to 1 but are not AB4's, kept as ComfyUI has them."""
     extra_args = {} if extra_args is None else extra_args
     s_in = x.new_ones([x.shape[0]])
     grid = [float(s) for s in sigmas]
