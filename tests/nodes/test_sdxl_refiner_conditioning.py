@@ -52,8 +52,10 @@ def test_refiner_encode_writes_score_and_size_and_the_adm_follows(executor: Exec
     assert build is not None
     pooled = extras["pooled_output"]
     adm = build(extras, 64, 64)
+    assert adm is not None
     torch.testing.assert_close(adm, sdxl_refiner_adm(pooled, 768, 512, 7.5), rtol=0, atol=0)
     low = build({**extras, "aesthetic_score": 2.5}, 64, 64)
+    assert low is not None
     width = pooled.shape[1]
     # Layout: pooled, then height, width, crop top, crop left, score, 256 each: only the score's part moves.
     torch.testing.assert_close(low[:, :width + 4 * 256], adm[:, :width + 4 * 256], rtol=0, atol=0)
@@ -65,8 +67,8 @@ def test_refiner_encode_writes_score_and_size_and_the_adm_follows(executor: Exec
 
 
 def _refiner_prompt(ascore: float) -> dict[str, Any]:
-    encode = {"class_type": "CLIPTextEncodeSDXLRefiner", "inputs": {"ascore": ascore, "width": 1024, "height": 1024,
-                                                                    "text": "a red circle", "clip": ["ckpt", 1]}}
+    inputs = {"ascore": ascore, "width": 1024, "height": 1024, "text": "a red circle", "clip": ["ckpt", 1]}
+    encode: dict[str, Any] = {"class_type": "CLIPTextEncodeSDXLRefiner", "inputs": inputs}
     return {
         "ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": CHECKPOINT}},
         "pos": encode,
