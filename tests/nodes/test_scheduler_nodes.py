@@ -3,6 +3,8 @@ sampling follows from its family and its ModelSamplingSpec)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -11,6 +13,14 @@ from engine.models.families import ModelFamily
 from engine.models.handles import FileRef, ModelHandle, ModelSamplingSpec
 from nodes import model_loaders as ml
 from nodes import schedulers as sc
+from tests.nodes.sd_workflow import (
+    DEMO_CHECKPOINT,
+    DEMO_MODELS,
+    DEMO_SIZE,
+    make_executor,
+    require_demo_model,
+    run_prompt,
+)
 
 SD1 = ModelHandle(FileRef("/models/sd15.safetensors", 1, 1), ModelFamily("sd1", "eps", 4))
 
@@ -69,3 +79,25 @@ def test_sigma_tool_nodes(ctx: RunContext) -> None:
     assert len(gits) == 11
     with pytest.raises(ValueError, match="GITSScheduler input 'coeff'"):
         sc.GITSScheduler().run(ctx, 1.23, 10, 1.0)
+
+
+def test_lcm_shape_runs_on_the_demo_model(tmp_path: Path) -> None:
+    """ModelSamplingDiscrete lcm + KSampler lcm: the MODEL's choice reaches the sampling pipeline."""
+    require_demo_model()
+    executor = make_executor(tmp_path, DEMO_MODELS)
+    results = {}
+    for sampling in ("eps", "lcm"):
+        prompt = {
+            "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": DEMO_CHECKPOINT}},
+            "2": {"class_type": "ModelSamplingDiscrete", "inputs": {"model": ["1", 0], "sampling": sampling,
+                                                                     "zsnr": False}},
+            "3": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": "a red circle"}},
+            "4": {"class_type": "EmptyLatentImage", "inputs": {"width": DEMO_SIZE, "height": DEMO_SIZE,
+                                                                "batch_size": 1}},
+            "5": {"class_type": "KSampler", "inputs": {
+                "model": ["2", 0], "positive": ["3", 0], "negative": ["3", 0], "latent_image": ["4", 0], "seed": 3,
+                "steps": 4, "cfg": 1.0, "sampler_name": "lcm", "scheduler": "sgm_uniform", "denoise": 1.0}},
+        }
+        results[sampling] = run_prompt(executor, prompt, latent=["5", 0])["latent"]["samples"]
+    assert torch.isfinite(results["lcm"]).all()
+    assert not torch.allclose(results["lcm"], results["eps"], atol=1e-3)  # LCM's 50 levels and boundary condition
