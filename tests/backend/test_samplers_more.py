@@ -9,6 +9,7 @@ sigma^2) and the ODE solution x(sigma) = MU + (x(sigma_0) - MU) sqrt(SD^2 + sigm
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pytest
 import torch
@@ -252,7 +253,7 @@ def test_deterministic_forms_follow_the_exact_ode(
 ) -> None:
     sigmas = sigmas_for(ms, "karras", name, 30)
     x = MU + unit_noise * math.sqrt(SD**2 + float(sigmas[0]) ** 2)
-    options: dict[str, object] = {"eta": 0.0} if name.startswith("seeds") else {}
+    options: dict[str, Any] = {"eta": 0.0} if name.startswith("seeds") else {}
     if name == "sa_solver":
         options = {"tau_func": lambda sigma: 0.0}
     out = get_sampler(name)(denoiser, x, sigmas, **options)
@@ -275,7 +276,7 @@ def test_convergence_order(ms: ModelSampling, unit_noise: Tensor, name: str, min
         # stop at sigma 0.1 (drop the final jump to 0, which every sampler takes as a plain denoise)
         grid = sigmas[:-1].double()
         x = (MU + unit_noise[:8] * math.sqrt(SD**2 + 100.0)).double()
-        options: dict[str, object] = {"eta": 0.0} if name.startswith("seeds") else {}
+        options: dict[str, Any] = {"eta": 0.0} if name.startswith("seeds") else {}
         out = get_sampler(name)(denoiser, x, grid, **options)
         errors.append(float(((out - exact(x, 10.0, 0.1)) ** 2).mean().sqrt()))
     assert errors[0] / errors[1] > 2**min_order, errors
