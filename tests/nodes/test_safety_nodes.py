@@ -25,8 +25,13 @@ from nodes.safety import DEFAULT_SAFETY_CONCEPT, SafeLatentDiffusion
 from tests.fixtures.tiny_checkpoints import build_checkpoint
 from tests.nodes.sd_workflow import make_executor, run_prompt
 
-CUSTOM: dict[str, Any] = {"sld_guidance_scale": 50.0, "sld_warmup_steps": 1, "sld_threshold": 0.0, "sld_momentum_scale": 0.3,
-          "sld_mom_beta": 0.4}
+CUSTOM: dict[str, Any] = {
+    "sld_guidance_scale": 50.0,
+    "sld_warmup_steps": 1,
+    "sld_threshold": 0.0,
+    "sld_momentum_scale": 0.3,
+    "sld_mom_beta": 0.4,
+}
 
 
 @pytest.fixture(scope="module")

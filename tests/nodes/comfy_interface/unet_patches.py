@@ -60,7 +60,10 @@ EXPECTED: dict[str, dict[str, Any]] = {
         "output": ["MODEL"],
     },
     "TomePatchModel": {
-        "required": [("model", "MODEL", {}), ("ratio", "FLOAT", {"default": 0.3, "min": 0.0, "max": 1.0, "step": 0.01})],
+        "required": [
+            ("model", "MODEL", {}),
+            ("ratio", "FLOAT", {"default": 0.3, "min": 0.0, "max": 1.0, "step": 0.01}),
+        ],
         "output": ["MODEL"],
     },
     "UNetSelfAttentionMultiply": _multiply(("model", "MODEL")),
