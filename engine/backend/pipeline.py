@@ -40,6 +40,7 @@ from engine.backend.guidance import (
 )
 from engine.backend.guiders import Guidance, NoiseSource, SamplerChoice
 from engine.backend.ksampler import ksample
+from engine.backend.latent_formats import LatentFormat
 from engine.backend.model_sampling import ModelSampling
 from engine.backend.node_samplers import NODE_SAMPLERS
 from engine.backend.noise import prepare_noise
@@ -66,10 +67,10 @@ class ModelTraits:
     label: str  # for messages, e.g. "SDXL"
     prediction: Literal["eps", "v"]
     latent_channels: int
-    latent_scale: float  # VAE latent -> model latent
+    latent_format: LatentFormat  # VAE latent <-> model latent
     adm: Literal["sdxl", "sdxl_refiner"] | None  # how conditioning extras become the adm vector y
     inpaint: bool  # a 9-channel inpainting UNet
-    preview_format: str  # latent2rgb factors: "sd1" or "sdxl"
+    preview_format: str  # latent2rgb factors: "sd1", "sdxl" or "playground_v2.5"
     pre_cfg: tuple[OperationSpec, ...] = ()  # operations on each step's guidance before CFG (in order)
     patches: tuple[SamplingPatch, ...] = ()  # the MODEL's guidance and UNet patches (in order)
     sampling_spec: model_sampling.SamplingSpec | None = None  # a ModelSampling* node's choice
@@ -159,7 +160,6 @@ def sample_custom(request: CustomRequest, traits: ModelTraits, unet_session: UNe
         seed = request.noise.seed
         noise = (prepare_noise(latent, seed, request.latent.get("batch_index")) if request.noise.enabled
                  else torch.zeros_like(latent))
-        scale = traits.latent_scale
         denoiser, denoise_mask, hooks = _denoiser(request, traits, unet, ms, load_controlnet, latent, device,
                                                   dtype, force_uncond)
         total = max(len(sigmas) - 1, 1)
@@ -172,12 +172,14 @@ def sample_custom(request: CustomRequest, traits: ModelTraits, unet_session: UNe
             on_step(min(int(info["i"]) + 1, total), total, denoised)
 
         with torch.inference_mode():
-            out = ksample(denoiser, ms, request.sampler.name, sigmas, noise.to(device), (latent * scale).to(device),
+            start = traits.latent_format.to_model(latent).to(device)
+            out = ksample(denoiser, ms, request.sampler.name, sigmas, noise.to(device), start,
                           seed=seed, denoise_mask=denoise_mask, callback=callback,
                           denoise_mask_fn=hooks.denoise_mask_fn, sampler=sampler,
                           sampler_options=_sampler_options(request.sampler, ms))
-    result = {**request.latent, "samples": (out.float() / scale).cpu()}
-    denoised_out = {**request.latent, "samples": (last[0].float() / scale).cpu()} if last else result
+    to_vae = traits.latent_format.to_vae
+    result = {**request.latent, "samples": to_vae(out.float()).cpu()}
+    denoised_out = {**request.latent, "samples": to_vae(last[0].float()).cpu()} if last else result
     return SampleResult(result, denoised_out)
 
 
@@ -230,7 +232,8 @@ def _denoiser(request: CustomRequest, traits: ModelTraits, unet: UNetModel, ms: 
     concat = None
     if traits.inpaint:
         sources = inpaint_sources(request.latent, guidance.positive)
-        concat = inpaint_concat(sources, latent * traits.latent_scale, denoise_mask, traits.latent_scale).to(device)
+        concat = inpaint_concat(sources, traits.latent_format.to_model(latent), denoise_mask,
+                                traits.latent_format).to(device)
     hooks = gather_hooks(traits.patches, ms)
     extra = [prepare(c) for c in hooks.extra_conditioning]
     middle = prepare(guidance.middle) if guidance.uses_middle else []
@@ -312,7 +315,7 @@ def inpaint_sources(latent_image: Latent, positive: list[Any]) -> dict[str, Any]
 
 
 def inpaint_concat(sources: dict[str, Any], model_latent: Tensor, denoise_mask: Tensor | None,
-                   scale: float) -> Tensor:
+                   latent_format: LatentFormat) -> Tensor:
     """The 5 extra input channels of a 9-channel inpainting UNet: the rounded mask, then the masked image latent.
 
     The mask is ``concat_mask`` when ``sources`` has one, else the noise mask; the image is
@@ -329,7 +332,7 @@ def inpaint_concat(sources: dict[str, Any], model_latent: Tensor, denoise_mask: 
     if image is None:
         image = model_latent
     else:
-        image = image.float().to(model_latent.device) * scale
+        image = latent_format.to_model(image.float().to(model_latent.device))
         if image.shape[-2:] != model_latent.shape[-2:]:
             image = F.interpolate(image, size=tuple(model_latent.shape[-2:]), mode="bilinear")
         image = repeat_to_batch(image, model_latent.shape[0])

@@ -58,6 +58,10 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device("cpu")
 
 
+#: ModelComputeDtype's names.
+_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
 def compute_dtype(device: torch.device) -> torch.dtype:
     return torch.float32 if device.type == "cpu" else torch.float16
 
@@ -73,6 +77,7 @@ def vae_dtype(device: torch.device) -> torch.dtype:
 class _Key:
     file: FileRef
     part: str
+    dtype: str = ""  # a UNet asked for in another dtype than the manager's (ModelComputeDtype)
 
 
 class ModelManager:
@@ -111,24 +116,38 @@ class ModelManager:
     def unet(self, handle: ModelHandle) -> UNetModel:
         """The UNet with exactly ``handle.patches`` applied (the original weights when there are none)."""
         with self._lock:
-            key = _Key(handle.checkpoint, "unet")
-            module = self._get(key, lambda: self._load_unet(handle.checkpoint))
+            key = self._unet_key(handle)
+            module = self._get(key, lambda: self._load_unet(handle.checkpoint, self.unet_dtype(handle)))
             assert isinstance(module, UNetModel)
             self._use(key, module)
             self.patcher.apply(module, handle.patches, handle.family.label)
             return module
 
+    def unet_dtype(self, handle: ModelHandle) -> torch.dtype:
+        """The dtype ``handle``'s UNet computes in: its ModelComputeDtype choice, else the manager's."""
+        return _DTYPES.get(handle.compute_dtype or "", self.dtype)
+
+    def _unet_key(self, handle: ModelHandle) -> _Key:
+        dtype = self.unet_dtype(handle)
+        if dtype == self.dtype:
+            return _Key(handle.checkpoint, "unet")
+        if self.device.type == "cpu" and dtype != torch.float32:
+            log.warning("%s computes in %s on the CPU, which is many times slower than fp32 there",
+                        handle.checkpoint.name, handle.compute_dtype)
+        return _Key(handle.checkpoint, "unet", str(handle.compute_dtype))
+
     @contextmanager
     def sampling(self, handle: ModelHandle, latent_shape: tuple[int, ...], *, cfg: bool = True) -> Iterator[UNetModel]:
         """The UNet for a sampling run, with room made for the step's working memory (see
         :func:`~engine.models.memory.working_memory_bytes`); it is not offloaded until the run ends."""
-        key = _Key(handle.checkpoint, "unet")
+        key = self._unet_key(handle)
+        dtype = self.unet_dtype(handle)
         with self._lock:
             self._pinned.add(key)
             try:
-                loaded = self._get(key, lambda: self._load_unet(handle.checkpoint))
+                loaded = self._get(key, lambda: self._load_unet(handle.checkpoint, dtype))
                 assert isinstance(loaded, UNetModel)
-                self._reserve = working_memory_bytes(latent_shape, self.dtype, cfg=cfg,
+                self._reserve = working_memory_bytes(latent_shape, dtype, cfg=cfg,
                                                      model_channels=loaded.config.model_channels)
                 unet = self.unet(handle)  # placed with room for the working memory, or streamed
                 self._make_room(self._reserve + self._largest_unit(unet), keep={key})
@@ -178,7 +197,7 @@ class ModelManager:
             return [{"file": key.file.name, "path": key.file.path, "part": key.part, "bytes": self._bytes[key],
                      "resident": key in self.residency,
                      "device": str(self.device if key in self.residency else self.offload_device),
-                     "streamed": self._streamer.is_streaming(module)}
+                     "streamed": self._streamer.is_streaming(module), "dtype": _dtype_name(module)}
                     for key, module in self._loaded.items()]
 
     def stats(self) -> dict[str, Any]:
@@ -250,7 +269,7 @@ class ModelManager:
         pickled checkpoint to find out would cost what it saves)."""
         if not str(key.file.path).lower().endswith(".safetensors"):
             return 0
-        dtype = self.dtype
+        dtype = _DTYPES.get(key.dtype, self.dtype)
         if key.part == "unet":
             prefixes: tuple[str, ...] = (UNET_PREFIX,)
         elif key.part == "clip":
@@ -327,13 +346,13 @@ class ModelManager:
             return 0
         return max(module_bytes(unit) for unit in stream_units(unet, per_layer=self.mode is VramMode.NONE))
 
-    def _load_unet(self, ref: FileRef) -> UNetModel:
+    def _load_unet(self, ref: FileRef, dtype: torch.dtype) -> UNetModel:
         with CheckpointFile(ref.path) as ckpt:
             config = UNetConfig.from_state_dict(ckpt.shapes(UNET_PREFIX))
             with torch.device("meta"):
                 model = UNetModel(config)
-            load_weights(model, ckpt.iter_prefix(UNET_PREFIX), device=self.offload_device, dtype=self.dtype)
-        log.info("loaded UNet of %s", ref.name)
+            load_weights(model, ckpt.iter_prefix(UNET_PREFIX), device=self.offload_device, dtype=dtype)
+        log.info("loaded UNet of %s (%s)", ref.name, str(dtype).removeprefix("torch."))
         return model.requires_grad_(False).eval()
 
     def _load_vae(self, ref: FileRef, prefix: str) -> AutoencoderKL:
@@ -353,6 +372,11 @@ class ModelManager:
         encoder = load_text_encoder(state, family, dtype=self.dtype, device=self.offload_device)
         log.info("loaded text encoder of %s", ref.name)
         return encoder.requires_grad_(False).eval()
+
+
+def _dtype_name(module: nn.Module) -> str:
+    parameter = next(module.parameters(), None)
+    return "" if parameter is None else str(parameter.dtype).removeprefix("torch.")
 
 
 def _empty_device_cache(device: torch.device) -> None:

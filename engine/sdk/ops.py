@@ -17,6 +17,7 @@ from torch import Tensor
 from engine.backend.conditioning_edit import average, concat_tokens, zeroed
 from engine.backend.control_attach import attach_control
 from engine.backend.guiders import Guidance, Guider, NoiseSource, SamplerChoice
+from engine.backend.latent_formats import latent_format
 from engine.backend.model_sampling import ModelSampling
 from engine.backend.node_samplers import PowerNoiseScaler, TauInterval
 from engine.backend.noise import prepare_noise
@@ -53,10 +54,13 @@ def model_traits(family: ModelFamily, pre_cfg: tuple[PreCfgOperation, ...] = (),
                  patches: tuple[Any, ...] = (), sampling_spec: Any = None) -> ModelTraits:
     """What the sampling pipeline needs to know of a checkpoint's family (and of a MODEL's pre-CFG operations)."""
     adm = family.name if family.name in ("sdxl", "sdxl_refiner") else None
+    format_name = getattr(sampling_spec, "latent_format", None)
+    preview = format_name or ("sdxl" if family.is_sdxl else "sd1")
     return ModelTraits(label=family.label, prediction="v" if family.prediction == "v" else "eps",
-                       latent_channels=family.latent_channels, latent_scale=family.latent_scale_factor,
+                       latent_channels=family.latent_channels,
+                       latent_format=latent_format(format_name, family.latent_scale_factor),
                        adm=adm,  # type: ignore[arg-type]  # checked against the two names above
-                       inpaint=family.is_inpaint, preview_format="sdxl" if family.is_sdxl else "sd1",
+                       inpaint=family.is_inpaint, preview_format=preview,
                        pre_cfg=pre_cfg, patches=patches, sampling_spec=sampling_spec)
 
 
@@ -116,9 +120,9 @@ def add_noise(model: ModelHandle, noise: NoiseSource, sigmas: Tensor, latent: La
     samples = latent["samples"].float()
     sigma = (sigmas[0] - sigmas[-1]).abs() if len(sigmas) > 1 else sigmas[0]
     if torch.count_nonzero(samples) > 0:
-        samples = samples * traits.latent_scale
+        samples = traits.latent_format.to_model(samples)
     noisy = model_sampling_for(traits).noise_scaling(sigma.float(), initial_noise(noise, latent), samples)
-    noisy = torch.nan_to_num(noisy / traits.latent_scale, nan=0.0, posinf=0.0, neginf=0.0)
+    noisy = torch.nan_to_num(traits.latent_format.to_vae(noisy), nan=0.0, posinf=0.0, neginf=0.0)
     return {**latent, "samples": noisy}
 
 

@@ -296,3 +296,51 @@ def test_ksampler_select_lists_ksamplers_samplers() -> None:
     ks = {i.name: i for i in registry.get("KSampler").inputs}["sampler_name"]  # type: ignore[union-attr]
     assert list(select.choices) == list(ks.choices)  # type: ignore[arg-type]
     assert "er_sde" in select.choices  # type: ignore[operator]
+
+
+#: Playground v2.5's published latent statistics (its vae/config.json): model = (vae - mean) * 0.5 / std.
+PLAYGROUND_STD = torch.tensor([8.4927, 5.9022, 6.5498, 5.2299]).reshape(1, 4, 1, 1)
+
+
+def test_playground_latent_format(executor: Executor) -> None:
+    """ModelSamplingContinuousEDM edm_playground_v2.5 switches the model's latent format: AddNoise's noise,
+    added in the model's space, comes back to the VAE's space scaled per channel by std / 0.5 (the mean
+    cancels); sampling with it differs from plain edm and stays finite."""
+    prompt = {**base(),
+              "rnd": node("RandomNoise", noise_seed=4),
+              "sigmas": node("KarrasScheduler", steps=2, sigma_max=2.0, sigma_min=0.5, rho=7.0),
+              "first": node("AddNoise", model=["ckpt", 0], noise=["rnd", 0], sigmas=["sigmas", 0],
+                            latent_image=["empty", 0]),
+              "playground": node("ModelSamplingContinuousEDM", model=["ckpt", 0], sampling="edm_playground_v2.5",
+                                 sigma_max=80.0, sigma_min=0.002),
+              "edm": node("ModelSamplingContinuousEDM", model=["ckpt", 0], sampling="edm",
+                          sigma_max=80.0, sigma_min=0.002),
+              "noised": node("AddNoise", model=["playground", 0], noise=["rnd", 0], sigmas=["sigmas", 0],
+                             latent_image=["first", 0])}
+    first, noised = latents(executor, prompt, ["first", 0], ["noised", 0])
+    noise = torch.randn((1, 4, LATENT, LATENT), generator=torch.Generator().manual_seed(4))
+    assert noised is not None
+    torch.testing.assert_close(noised, first + noise * 2.0 * PLAYGROUND_STD / 0.5, rtol=1e-4, atol=1e-3)
+    runs = {**prompt, "run_pg": ksampler(5, 3, 4.0, "euler", "karras", model=["playground", 0]),
+            "run_edm": ksampler(5, 3, 4.0, "euler", "karras", model=["edm", 0])}
+    playground, edm = latents(executor, runs, ["run_pg", 0], ["run_edm", 0])
+    assert edm is not None and torch.isfinite(playground).all()
+    assert not torch.allclose(playground, edm, atol=1e-2)
+
+
+def test_model_compute_dtype(executor: Executor) -> None:
+    """ModelComputeDtype bf16: the manager loads a bf16 copy of the UNet and samples with it; the result
+    is near the fp32 one (bf16 keeps ~3 significant digits) but not equal, and fp32 is the default."""
+    prompt = {**base(),
+              "bf16": node("ModelComputeDtype", model=["ckpt", 0], dtype="bf16"),
+              "fp32": node("ModelComputeDtype", model=["ckpt", 0], dtype="fp32"),
+              "run_bf16": ksampler(2, 3, 4.0, "euler", "normal", model=["bf16", 0]),
+              "run_fp32": ksampler(2, 3, 4.0, "euler", "normal", model=["fp32", 0]),
+              "run": ksampler(2, 3, 4.0, "euler", "normal")}
+    low, full = latents(executor, prompt, ["run_bf16", 0], ["run_fp32", 0])
+    default, _ = latents(executor, prompt, ["run", 0])
+    assert full is not None and torch.equal(full, default)  # fp32 is the CPU default: the same UNet
+    assert not torch.equal(low, full)
+    assert (low - full).abs().mean() < 0.05 * full.abs().mean()
+    unets = {entry["dtype"] for entry in executor.models.loaded() if entry["part"] == "unet"}
+    assert {"bfloat16", "float32"} <= unets
