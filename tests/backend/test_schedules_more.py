@@ -210,3 +210,43 @@ def test_extend_intermediate_sigmas() -> None:
     assert sine.tolist() == pytest.approx([4.0, 4.0 - 4.0 * (1 - math.cos(math.pi / 4)), 0.0])
     with pytest.raises(ValueError, match="spacing"):
         sigma_tools.extend_intermediate_sigmas(SIGMAS, 2, -1.0, 0.0, "cubic")
+
+
+# KSampler's last two schedulers ----------------------------------------------------------------------
+
+
+def _mochi_fraction(steps: int, threshold: float, linear: int) -> list[float]:
+    """Genmo's Mochi noise fraction f(i), derived here from its definition: linear from 0 to ``threshold``
+    over the first ``linear`` steps, then the quadratic q that continues it (same value and slope at
+    i = linear) and reaches 1 at i = steps, solved as a 3x3 linear system in float64."""
+    system = np.array([[linear**2, linear, 1.0], [2.0 * linear, 1.0, 0.0], [steps**2, steps, 1.0]])
+    a, b, c = np.linalg.solve(system, np.array([threshold, threshold / linear, 1.0]))
+    return [i * threshold / linear if i < linear else a * i * i + b * i + c for i in range(steps + 1)]
+
+
+@pytest.mark.parametrize("steps", [2, 7, 20, 50])
+def test_linear_quadratic_matches_its_definition(ms: ModelSampling, steps: int) -> None:
+    reference = [(1.0 - f) * SD_MAX for f in _mochi_fraction(steps, 0.025, steps // 2)]
+    ours = schedules.calculate_sigmas(ms, "linear_quadratic", steps)
+    assert len(ours) == steps + 1 and float(ours[-1]) == pytest.approx(0.0, abs=1e-5)
+    _close(ours, reference, rtol=1e-5, atol=1e-5)
+    assert (ours[1:] <= ours[:-1]).all()
+
+
+def test_linear_quadratic_custom_split(ms: ModelSampling) -> None:
+    reference = [(1.0 - f) * SD_MAX for f in _mochi_fraction(10, 0.1, 3)]
+    _close(schedules.linear_quadratic_scheduler(ms, 10, threshold_noise=0.1, linear_steps=3), reference,
+           rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("steps", [2, 5, 30])
+def test_kl_optimal_matches_the_paper(ms: ModelSampling, steps: int) -> None:
+    """Sabour et al. 2024, Theorem 3.1: sigma(u) = tan((1 - u) atan(sigma_max) + u atan(sigma_min)),
+    u = i / (n - 1): the schedule is uniform in atan(sigma)."""
+    u = np.arange(steps, dtype=np.float64) / (steps - 1)
+    reference = [*np.tan((1 - u) * math.atan(SD_MAX) + u * math.atan(SD_MIN)), 0.0]
+    ours = schedules.calculate_sigmas(ms, "kl_optimal", steps)
+    _close(ours, reference, rtol=2e-5, atol=1e-6)
+    angles = torch.atan(ours[:-1].double())
+    torch.testing.assert_close(angles[1:] - angles[:-1], (angles[1] - angles[0]).expand(steps - 1),
+                               rtol=1e-4, atol=1e-6)

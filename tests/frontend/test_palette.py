@@ -50,7 +50,7 @@ def test_palette_is_open_and_search_filters(page: Any, tmp_path: Path) -> None: 
 
     page.fill("#palette-search", "ksamp")
     types = visible_types(page)
-    assert set(types) == {"KSampler", "KSamplerAdvanced"}
+    assert set(types) == {"KSampler", "KSamplerAdvanced", "KSamplerSelect"}
     assert types[0] == "KSampler"
     page.screenshot(path=str(tmp_path / "2-search-ksamp.png"))
 
