@@ -226,9 +226,9 @@ def test_the_old_checkpoint_is_dropped_before_the_new_one_is_read(model_root: Pa
     held_at_load: list[int] = []
     load_unet = ModelManager._load_unet
 
-    def watched(self: ModelManager, ref: FileRef) -> UNetModel:
+    def watched(self: ModelManager, ref: FileRef, dtype: torch.dtype) -> UNetModel:
         held_at_load.append(sum(m["bytes"] for m in self.loaded()))
-        return load_unet(self, ref)
+        return load_unet(self, ref, dtype)
 
     monkeypatch.setattr(ModelManager, "_load_unet", watched)
     for turn in range(4):
