@@ -36,8 +36,11 @@ setup: $(BIN)/python $(FRONTEND_STAMP)
 	$(BIN)/python -c "import torch" 2>/dev/null || $(PIP_INSTALL) $(TORCH)
 	$(PIP_INSTALL) -e .
 
+# k-diffusion is a test-only reference for the samplers (tests/support/kdiffusion.py loads its sampling.py alone):
+# installed without its training stack (torchvision, CLIP, wandb, ...), which would also pull another torch.
 setup-test: setup chromium
 	$(PIP_INSTALL) -e '.[test,cluster]'
+	$(BIN)/python -m pip install -q --no-deps k-diffusion==0.1.1.post1
 
 # Refresh constraints.txt: a throwaway venv resolves the newest releases pyproject.toml allows (no constraints)
 # and pip freeze writes them out under the file's comment lines, less torch (TORCH's or the user's build, see
