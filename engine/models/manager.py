@@ -131,9 +131,6 @@ class ModelManager:
         dtype = self.unet_dtype(handle)
         if dtype == self.dtype:
             return _Key(handle.checkpoint, "unet")
-        if self.device.type == "cpu" and dtype != torch.float32:
-            log.warning("%s computes in %s on the CPU, which is many times slower than fp32 there",
-                        handle.checkpoint.name, handle.compute_dtype)
         return _Key(handle.checkpoint, "unet", str(handle.compute_dtype))
 
     @contextmanager
@@ -353,6 +350,9 @@ class ModelManager:
                 model = UNetModel(config)
             load_weights(model, ckpt.iter_prefix(UNET_PREFIX), device=self.offload_device, dtype=dtype)
         log.info("loaded UNet of %s (%s)", ref.name, str(dtype).removeprefix("torch."))
+        if self.device.type == "cpu" and dtype != torch.float32:
+            log.warning("%s's UNet computes in %s on the CPU (ModelComputeDtype), many times slower than fp32 there",
+                        ref.name, str(dtype).removeprefix("torch."))
         return model.requires_grad_(False).eval()
 
     def _load_vae(self, ref: FileRef, prefix: str) -> AutoencoderKL:
