@@ -24,6 +24,7 @@ MODEL_FOLDERS: dict[str, tuple[str, ...]] = {
     "controlnet": ("controlnet", "ControlNet"),
     "embeddings": ("embeddings",),
     "upscale_models": ("upscale_models", "ESRGAN"),
+    "hypernetworks": ("hypernetworks",),
 }
 
 #: File endings a model folder lists.

@@ -12,6 +12,7 @@ def register_builtin_nodes(registry: NodeRegistry) -> None:
     from nodes.controlnet import CONTROLNET_NODES
     from nodes.custom_sampling import CUSTOM_SAMPLING_NODES
     from nodes.guidance import GUIDANCE_NODES
+    from nodes.hypernetwork import HYPERNETWORK_NODES
     from nodes.image_filters import IMAGE_FILTER_NODES
     from nodes.image_io import IMAGE_IO_NODES
     from nodes.image_ops import IMAGE_OPS_NODES
@@ -39,7 +40,7 @@ def register_builtin_nodes(registry: NodeRegistry) -> None:
         LATENT_NODES, LATENT_IO_NODES, INPAINT_NODES, MASK_NODES, CONTROLNET_NODES, PREPROCESS_NODES, LORA_NODES,
         PRIMITIVE_NODES, STRING_NODES, IMAGE_TRANSFORM_NODES, IMAGE_FILTER_NODES, COMPOSITING_NODES,
         IMAGE_OUTPUT_NODES, LATENT_TRANSFORM_NODES, LATENT_OPERATION_NODES, SCHEDULER_NODES, CUSTOM_SAMPLING_NODES,
-        GUIDANCE_NODES, UNET_PATCH_NODES, SAFETY_NODES)
+        GUIDANCE_NODES, UNET_PATCH_NODES, SAFETY_NODES, HYPERNETWORK_NODES)
     for group in groups:
         for cls in group:
             registry.register(cls)
