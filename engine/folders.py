@@ -24,6 +24,8 @@ MODEL_FOLDERS: dict[str, tuple[str, ...]] = {
     "controlnet": ("controlnet", "ControlNet"),
     "embeddings": ("embeddings",),
     "upscale_models": ("upscale_models", "ESRGAN"),
+    "clip_vision": ("clip_vision",),
+    "style_models": ("style_models",),
     "hypernetworks": ("hypernetworks",),
 }
 

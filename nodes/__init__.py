@@ -7,6 +7,7 @@ from engine.sdk import Node, NodeRegistry
 
 def register_builtin_nodes(registry: NodeRegistry) -> None:
     """Register every built-in node class into ``registry``."""
+    from nodes.clip_vision import CLIP_VISION_NODES
     from nodes.compositing import COMPOSITING_NODES
     from nodes.conditioning import CONDITIONING_NODES
     from nodes.controlnet import CONTROLNET_NODES
@@ -40,7 +41,7 @@ def register_builtin_nodes(registry: NodeRegistry) -> None:
         LATENT_NODES, LATENT_IO_NODES, INPAINT_NODES, MASK_NODES, CONTROLNET_NODES, PREPROCESS_NODES, LORA_NODES,
         PRIMITIVE_NODES, STRING_NODES, IMAGE_TRANSFORM_NODES, IMAGE_FILTER_NODES, COMPOSITING_NODES,
         IMAGE_OUTPUT_NODES, LATENT_TRANSFORM_NODES, LATENT_OPERATION_NODES, SCHEDULER_NODES, CUSTOM_SAMPLING_NODES,
-        GUIDANCE_NODES, UNET_PATCH_NODES, SAFETY_NODES, HYPERNETWORK_NODES)
+        GUIDANCE_NODES, UNET_PATCH_NODES, SAFETY_NODES, HYPERNETWORK_NODES, CLIP_VISION_NODES)
     for group in groups:
         for cls in group:
             registry.register(cls)

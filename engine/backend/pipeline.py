@@ -46,6 +46,7 @@ from engine.backend.node_samplers import NODE_SAMPLERS
 from engine.backend.noise import prepare_noise
 from engine.backend.samplers import MODEL_SAMPLING_SAMPLERS, Sampler, get_sampler, needs_uncond
 from engine.backend.schedules import sigmas_for
+from engine.backend.unclip import unclip_pooled
 from engine.backend.unet import UNetModel, sdxl_adm, sdxl_refiner_adm
 
 Latent = dict[str, Any]
@@ -218,7 +219,7 @@ def _denoiser(request: CustomRequest, traits: ModelTraits, unet: UNetModel, ms: 
               dtype: torch.dtype, force_uncond: bool = False) -> tuple[CFGDenoiser, Tensor | None, GuidanceHooks]:
     """The guided denoiser over the prepared conditioning, the inpaint noise mask (if any) and the MODEL's hooks."""
     guidance = request.guidance
-    adm = adm_builder(traits.adm)
+    adm = adm_builder(traits.adm, request.noise.seed)
 
     def prepare(conds: list[Any]) -> list[conditioning.CondSpec]:
         return conditioning.prepare(conds, latent.shape, device=device, dtype=dtype, adm=adm,
@@ -287,21 +288,36 @@ def guidance_function(guidance: Guidance, hooks: GuidanceHooks) -> CfgFunction |
     return dual
 
 
-def adm_builder(kind: str | None) -> conditioning.AdmFn | None:
-    """How a conditioning entry becomes SDXL's adm vector y (None for SD1/SD2)."""
+def adm_builder(kind: str | None, seed: int = 0) -> conditioning.AdmFn | None:
+    """How a conditioning entry becomes SDXL's adm vector y (None for SD1/SD2); ``seed`` (the sampler's)
+    seeds the noise augmentation of unCLIP entries (SDXL Revision), see :mod:`engine.backend.unclip`."""
     if kind == "sdxl":
         def base(extras: Mapping[str, Any], width: int, height: int) -> Tensor:
             w, h = extras.get("width", 768), extras.get("height", 768)  # ComfyUI's defaults
-            return sdxl_adm(extras["pooled_output"], w, h, extras.get("crop_w", 0), extras.get("crop_h", 0),
+            return sdxl_adm(_sdxl_pooled(extras, seed), w, h, extras.get("crop_w", 0), extras.get("crop_h", 0),
                             extras.get("target_width", w), extras.get("target_height", h))
         return base
     if kind == "sdxl_refiner":
         def refiner(extras: Mapping[str, Any], width: int, height: int) -> Tensor:
-            return sdxl_refiner_adm(extras["pooled_output"], extras.get("width", 768), extras.get("height", 768),
-                                    extras.get("aesthetic_score", 6.0), extras.get("crop_w", 0),
-                                    extras.get("crop_h", 0))
+            return sdxl_refiner_adm(_sdxl_pooled(extras, seed), extras.get("width", 768),
+                                    extras.get("height", 768), extras.get("aesthetic_score", 6.0),
+                                    extras.get("crop_w", 0), extras.get("crop_h", 0))
         return refiner
     return None
+
+
+def _sdxl_pooled(extras: Mapping[str, Any], seed: int) -> Tensor:
+    """SDXL's pooled vector: the text encoder's, or (Revision) the noise-augmented image embeddings of the
+    entry's ``unclip_conditioning`` (ComfyUI's sdxl_pooled)."""
+    pooled: Tensor = extras["pooled_output"]
+    if not extras.get("unclip_conditioning"):
+        return pooled
+    image = unclip_pooled(extras["unclip_conditioning"], seed)
+    if image.shape[-1] != pooled.shape[-1]:
+        raise ValueError(f"unCLIPConditioning: the CLIP vision embeddings have {image.shape[-1]} values but this "
+                         f"SDXL model's pooled vector has {pooled.shape[-1]}; use the ViT-bigG CLIP vision model "
+                         "(clip_vision_g.safetensors) for SDXL Revision")
+    return image.to(device=pooled.device, dtype=pooled.dtype).expand(pooled.shape[0], -1)
 
 
 def inpaint_sources(latent_image: Latent, positive: list[Any]) -> dict[str, Any]:

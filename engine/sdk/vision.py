@@ -1,0 +1,67 @@
+"""Torch-backed SDK for CLIP vision, style models and unCLIP conditioning (imported inside ``run``).
+
+* :func:`clip_vision_handle` / :func:`encode_image`: CLIPVisionLoader and CLIPVisionEncode;
+* :func:`style_model_handle` / :func:`apply_style_model`: StyleModelLoader and StyleModelApply;
+* :func:`add_unclip`: unCLIPConditioning (the sampler turns the entries into SDXL's pooled vector).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor
+from transformers import CLIPVisionConfig
+
+from engine.backend.clip_vision import ClipVisionOutput, encode, preprocess
+from engine.backend.style_models import apply_style
+from engine.models.clip_vision import load_clip_vision, load_style_model
+from engine.models.handles import FileRef
+from engine.models.vision_handles import ClipVisionHandle, StyleModelHandle
+
+__all__ = ["ClipVisionHandle", "ClipVisionOutput", "StyleModelHandle", "add_unclip", "apply_style_model",
+           "clip_vision_handle", "encode_image", "style_model_handle"]
+
+Conditioning = list[list[Any]]
+
+
+def clip_vision_handle(path: Path) -> ClipVisionHandle:
+    """Check that ``path`` is a CLIP vision tower (loading it into the cache) and name its kind."""
+    file = FileRef.of(path)
+    _, label = load_clip_vision(file)
+    return ClipVisionHandle(file, label)
+
+
+def encode_image(handle: ClipVisionHandle, image: Tensor, crop: bool) -> ClipVisionOutput:
+    """CLIPVisionEncode: CLIP's preprocessing at the tower's resolution, then the tower."""
+    model, _ = load_clip_vision(handle.file)
+    config: CLIPVisionConfig = model.config
+    size = config.image_size
+    return encode(model, preprocess(image, size=size if isinstance(size, int) else 224, crop=crop))
+
+
+def style_model_handle(path: Path) -> StyleModelHandle:
+    file = FileRef.of(path)
+    model = load_style_model(file)
+    return StyleModelHandle(file, type(model).__name__)
+
+
+def apply_style_model(conditioning: Conditioning, handle: StyleModelHandle, output: ClipVisionOutput,
+                      strength: float, strength_type: str) -> Conditioning:
+    """StyleModelApply: the style tokens of the vision tokens appended to every entry's embedding."""
+    model = load_style_model(handle.file)
+    tokens = model(output.last_hidden_state.float())
+    return apply_style(conditioning, tokens.detach(), strength, strength_type)
+
+
+def add_unclip(conditioning: Conditioning, output: ClipVisionOutput, strength: float,
+               noise_augmentation: float) -> Conditioning:
+    """unCLIPConditioning: append ``{clip_vision_output, strength, noise_augmentation}`` to each entry's
+    ``unclip_conditioning`` list (new extras dicts; the inputs are not changed)."""
+    entry = {"clip_vision_output": output, "strength": strength, "noise_augmentation": noise_augmentation}
+    out: Conditioning = []
+    for embedding, extras in conditioning:
+        extra = dict(extras)
+        extra["unclip_conditioning"] = [*extras.get("unclip_conditioning", []), entry]
+        out.append([embedding, extra])
+    return out
