@@ -50,7 +50,7 @@ class CLIPVisionLoader(Node):
     def run(self, ctx: RunContext, clip_name: str) -> tuple[ClipVisionHandle]:
         from engine.sdk import vision
 
-        handle = vision.clip_vision_handle(ctx.folders.model_path("clip_vision", clip_name))
+        handle = vision.clip_vision_handle(ctx, ctx.folders.model_path("clip_vision", clip_name))
         ctx.log.info("%s: %s", clip_name, handle.label)
         return (handle,)
 
@@ -69,7 +69,7 @@ class CLIPVisionEncode(Node):
             crop: str = "center") -> tuple[ClipVisionOutput]:
         from engine.sdk import vision
 
-        return (vision.encode_image(clip_vision, image, crop == "center"),)
+        return (vision.encode_image(ctx, clip_vision, image, crop == "center"),)
 
 
 class StyleModelLoader(Node):

@@ -118,16 +118,19 @@ def describe_clip_vision(config: CLIPVisionConfig) -> str:
             f"{config.image_size}px, embeds {config.projection_dim})")
 
 
-def _adopt(config: CLIPVisionConfig, tensors: Mapping[str, Tensor], name: str) -> CLIPVisionModelWithProjection:
+def _adopt(config: CLIPVisionConfig, tensors: Mapping[str, Tensor], name: str, device: torch.device,
+           dtype: torch.dtype) -> CLIPVisionModelWithProjection:
     with torch.device("meta"):
         model = CLIPVisionModelWithProjection(config)
-    result = model.load_state_dict({k: t.float() for k, t in tensors.items()}, strict=False, assign=True)
+    placed = {k: t.to(device=device, dtype=dtype) for k, t in tensors.items()}
+    result = model.load_state_dict(placed, strict=False, assign=True)
     if result.unexpected_keys:
         log.warning("%s: ignoring unexpected weights %s", name, result.unexpected_keys[:8])
     for buffer_name, buffer in list(model.named_buffers()):
         if buffer.is_meta and buffer_name.endswith("position_ids"):
             owner = model.get_submodule(buffer_name.rsplit(".", 1)[0])
-            owner.register_buffer("position_ids", torch.arange(buffer.shape[-1]).unsqueeze(0), persistent=False)
+            positions = torch.arange(buffer.shape[-1], device=device).unsqueeze(0)
+            owner.register_buffer("position_ids", positions, persistent=False)
     missing = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     if missing:
         raise UnsupportedModel(f"{name}: the CLIP vision file lacks {len(missing)} weights, e.g. {missing[:4]}")
@@ -135,12 +138,14 @@ def _adopt(config: CLIPVisionConfig, tensors: Mapping[str, Tensor], name: str) -
 
 
 @functools.lru_cache(maxsize=2)
-def load_clip_vision(file: FileRef) -> tuple[CLIPVisionModelWithProjection, str]:
-    """The CLIP vision tower of ``file`` (float32, CPU) and its description; cached per file version."""
+def load_clip_vision(file: FileRef, device: str = "cpu",
+                     dtype: torch.dtype = torch.float32) -> tuple[CLIPVisionModelWithProjection, str]:
+    """The CLIP vision tower of ``file`` on ``device`` in ``dtype``, and its description; cached per file
+    version, device and dtype (two towers at most; outside the model manager's accounting)."""
     path = Path(file.path)
     tensors = _read_tensors(path)
     config = _config_of(path, tensors)
-    return _adopt(config, tensors, path.name), describe_clip_vision(config)
+    return _adopt(config, tensors, path.name, torch.device(device), dtype), describe_clip_vision(config)
 
 
 @functools.lru_cache(maxsize=2)

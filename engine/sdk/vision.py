@@ -10,11 +10,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor
 from transformers import CLIPVisionConfig
 
 from engine.backend.clip_vision import ClipVisionOutput, encode, preprocess
 from engine.backend.style_models import apply_style
+from engine.context import RunContext
+from engine.errors import LoomError
 from engine.models.clip_vision import load_clip_vision, load_style_model
 from engine.models.handles import FileRef
 from engine.models.vision_handles import ClipVisionHandle, StyleModelHandle
@@ -25,16 +28,24 @@ __all__ = ["ClipVisionHandle", "ClipVisionOutput", "StyleModelHandle", "add_uncl
 Conditioning = list[list[Any]]
 
 
-def clip_vision_handle(path: Path) -> ClipVisionHandle:
+def _placement(ctx: RunContext) -> tuple[str, torch.dtype]:
+    """The engine's compute device and dtype (the CPU in float32 where the run has no model owner)."""
+    try:
+        return str(ctx.models.device), ctx.models.dtype
+    except LoomError:
+        return "cpu", torch.float32
+
+
+def clip_vision_handle(ctx: RunContext, path: Path) -> ClipVisionHandle:
     """Check that ``path`` is a CLIP vision tower (loading it into the cache) and name its kind."""
     file = FileRef.of(path)
-    _, label = load_clip_vision(file)
+    _, label = load_clip_vision(file, *_placement(ctx))
     return ClipVisionHandle(file, label)
 
 
-def encode_image(handle: ClipVisionHandle, image: Tensor, crop: bool) -> ClipVisionOutput:
+def encode_image(ctx: RunContext, handle: ClipVisionHandle, image: Tensor, crop: bool) -> ClipVisionOutput:
     """CLIPVisionEncode: CLIP's preprocessing at the tower's resolution, then the tower."""
-    model, _ = load_clip_vision(handle.file)
+    model, _ = load_clip_vision(handle.file, *_placement(ctx))
     config: CLIPVisionConfig = model.config
     size = config.image_size
     return encode(model, preprocess(image, size=size if isinstance(size, int) else 224, crop=crop))
