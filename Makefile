@@ -32,9 +32,12 @@ $(FRONTEND_STAMP): frontend/package.json frontend/package-lock.json
 	@if command -v npm >/dev/null; then npm ci --prefix frontend && touch $@; \
 	else echo "npm not found: the graph editor (frontend/) is not installed"; fi
 
+# spandrel runs the upscale models (engine/models/upscale.py); installed --no-deps: its torchvision requirement
+# would pull another torch (it is stood in for while spandrel imports); its other requirements are ours.
 setup: $(BIN)/python $(FRONTEND_STAMP)
 	$(BIN)/python -c "import torch" 2>/dev/null || $(PIP_INSTALL) $(TORCH)
 	$(PIP_INSTALL) -e .
+	$(BIN)/python -m pip install -q --no-deps spandrel==0.4.2
 
 # k-diffusion is a test-only reference for the samplers (tests/support/kdiffusion.py loads its sampling.py alone):
 # installed without its training stack (torchvision, CLIP, wandb, ...), which would also pull another torch.

@@ -34,6 +34,7 @@ def register_builtin_nodes(registry: NodeRegistry) -> None:
     from nodes.schedulers import SCHEDULER_NODES
     from nodes.strings import STRING_NODES
     from nodes.unet_patches import UNET_PATCH_NODES
+    from nodes.upscale_model import UPSCALE_MODEL_NODES
     from nodes.vae import VAE_NODES
 
     groups: tuple[tuple[type[Node], ...], ...] = (
@@ -41,7 +42,8 @@ def register_builtin_nodes(registry: NodeRegistry) -> None:
         LATENT_NODES, LATENT_IO_NODES, INPAINT_NODES, MASK_NODES, CONTROLNET_NODES, PREPROCESS_NODES, LORA_NODES,
         PRIMITIVE_NODES, STRING_NODES, IMAGE_TRANSFORM_NODES, IMAGE_FILTER_NODES, COMPOSITING_NODES,
         IMAGE_OUTPUT_NODES, LATENT_TRANSFORM_NODES, LATENT_OPERATION_NODES, SCHEDULER_NODES, CUSTOM_SAMPLING_NODES,
-        GUIDANCE_NODES, UNET_PATCH_NODES, SAFETY_NODES, HYPERNETWORK_NODES, CLIP_VISION_NODES)
+        GUIDANCE_NODES, UNET_PATCH_NODES, SAFETY_NODES, HYPERNETWORK_NODES, CLIP_VISION_NODES,
+        UPSCALE_MODEL_NODES)
     for group in groups:
         for cls in group:
             registry.register(cls)
