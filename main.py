@@ -116,7 +116,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     _setting(parser, "--port", "port", type=int)
     _setting(parser, "--auth-token", "auth_token", note="Or set LOOM_AUTH_TOKEN.")
     _setting(parser, "--frontend-dir", "frontend_dir", type=Path, default=_checkout_default("frontend_dir"))
-    _setting(parser, "--preview-method", "preview_method", choices=["none", "latent2rgb"])
+    _setting(parser, "--preview-method", "preview_method", choices=["none", "auto", "latent2rgb", "taesd"])
     _setting(parser, "--cluster", "cluster", metavar="auto|ADDRESS",
              note="Needs Ray: pip install -e '.[cluster]'. An address is e.g. ray://HOST:10001.")
     _setting(parser, "--cluster-workers", "cluster_workers", type=int, metavar="N")
@@ -169,7 +169,7 @@ def serve(settings: Settings, registry: NodeRegistry) -> None:
         models = DeferredModels(lambda: build_model_manager(settings), warm_up=load_node_backends)
         cache = OutputCache(settings.cache_bytes, settings.cache_entries)
         executor = Executor(registry, folders, cache, models,
-                            previews=settings.preview_method != "none")
+                            previews=settings.preview_method != "none", preview_method=settings.preview_method)
         worker = PromptWorker(queue, executor, hub.sink_for)  # POST /free unloads executor.models
     app = create_app(settings, registry, queue, worker, hub)
 

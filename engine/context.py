@@ -31,6 +31,8 @@ class RunContext:
     extra_pnginfo: Mapping[str, Any] = field(default_factory=dict)
     models: ModelProvider = field(default_factory=NoModels)
     previews: bool = False
+    #: How previews are made when ``previews``: latent2rgb, taesd or auto (engine/vae_approx.py).
+    preview_method: str = "latent2rgb"
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("loom.node"))
     #: Which run of the node this is when it runs once per list item (0 otherwise).
     call_index: int = 0

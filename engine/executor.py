@@ -79,12 +79,14 @@ class Executor:
         models: ModelProvider | None = None,
         *,
         previews: bool = False,
+        preview_method: str = "latent2rgb",
     ) -> None:
         self.registry = registry
         self.folders = folders
         self.cache = cache
         self.models: ModelProvider = models if models is not None else NoModels()
         self.previews = previews
+        self.preview_method = preview_method
 
     def execute(
         self,

@@ -27,6 +27,7 @@ MODEL_FOLDERS: dict[str, tuple[str, ...]] = {
     "clip_vision": ("clip_vision",),
     "style_models": ("style_models",),
     "hypernetworks": ("hypernetworks",),
+    "vae_approx": ("vae_approx",),
 }
 
 #: File endings a model folder lists.

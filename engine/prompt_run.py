@@ -186,8 +186,8 @@ class PromptRun:
             node_id=node.id, prompt_id=self.prompt_id, folders=self.executor.folders, sink=self.sink,
             interrupt=self.interrupt, prompt=self.prompt,
             extra_pnginfo=self.extra_data.get("extra_pnginfo") or {}, models=self.executor.models,
-            previews=self.executor.previews, log=logging.getLogger(f"loom.node.{node.cls.type_name}"),
-            call_index=call_index)
+            previews=self.executor.previews, preview_method=self.executor.preview_method,
+            log=logging.getLogger(f"loom.node.{node.cls.type_name}"), call_index=call_index)
 
     def _lazy_needs(self, node: GraphNode, instance: Node, calls: list[dict[str, Any]]) -> list[str]:
         """The sources of lazy inputs the node asks for that are not computed yet."""

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     import torch
 
     from engine.backend.controlnet import ControlNet
+    from engine.backend.taesd import TinyAutoencoder
     from engine.backend.text import TextEncoder
     from engine.backend.unet import UNetModel
     from engine.backend.vae import AutoencoderKL
@@ -41,7 +42,7 @@ class ModelProvider(Protocol):
     def sampling(self, handle: ModelHandle, latent_shape: tuple[int, ...], *,
                  cfg: bool = True) -> AbstractContextManager[UNetModel]: ...
     def text_encoder(self, handle: ClipHandle) -> TextEncoder: ...
-    def vae(self, handle: VaeHandle) -> AutoencoderKL: ...
+    def vae(self, handle: VaeHandle) -> AutoencoderKL | TinyAutoencoder: ...
     def controlnet(self, handle: ControlNetHandle) -> ControlNet: ...
 
     def stats(self) -> dict[str, Any]:
@@ -81,7 +82,7 @@ class NoModels:
     def text_encoder(self, handle: ClipHandle) -> TextEncoder:
         raise self._missing("a text encoder")
 
-    def vae(self, handle: VaeHandle) -> AutoencoderKL:
+    def vae(self, handle: VaeHandle) -> AutoencoderKL | TinyAutoencoder:
         raise self._missing("a VAE")
 
     def controlnet(self, handle: ControlNetHandle) -> ControlNet:
@@ -171,7 +172,7 @@ class DeferredModels:
     def text_encoder(self, handle: ClipHandle) -> TextEncoder:
         return self.provider().text_encoder(handle)
 
-    def vae(self, handle: VaeHandle) -> AutoencoderKL:
+    def vae(self, handle: VaeHandle) -> AutoencoderKL | TinyAutoencoder:
         return self.provider().vae(handle)
 
     def controlnet(self, handle: ControlNetHandle) -> ControlNet:

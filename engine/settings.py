@@ -79,7 +79,8 @@ class Settings(BaseModel):
                                          "reply; entries beyond it are left out (X-Loom-History-Truncated).")
     allowed_origins: tuple[str, ...] = Field((), description="Extra browser origins allowed (CORS).")
     device: str = Field("auto", description="Compute device: auto, cpu, cuda, cuda:N, mps.")
-    preview_method: str = Field("none", description="Latent previews: none or latent2rgb.")
+    preview_method: str = Field("none", description="Latent previews: none, latent2rgb, taesd (the TAESD decoder in "
+                                "models/vae_approx) or auto (taesd when its decoder is there, else latent2rgb).")
     vram_mode: Literal["high", "normal", "low", "none", "cpu"] = Field(
         "normal", description="Model placement: high (keep on device), normal (LRU within the budget), "
         "low (stream UNet blocks), none (stream UNet layers), cpu.")

@@ -18,6 +18,7 @@ from engine.sdk import (
     COMBO,
     FLOAT,
     MODEL,
+    TINY_VAES,
     VAE,
     ClipHandle,
     FileRef,
@@ -28,6 +29,8 @@ from engine.sdk import (
     Output,
     RunContext,
     VaeHandle,
+    approx_file,
+    tiny_vae_names,
 )
 
 #: ModelSamplingDiscrete's and ModelSamplingContinuousEDM's sampling choices, in ComfyUI's order.
@@ -40,7 +43,16 @@ def _checkpoints(folders: Folders) -> list[str]:
 
 
 def _vaes(folders: Folders) -> list[str]:
-    return folders.list_models("vae")
+    """The VAE files, then ``taesd`` / ``taesdxl`` when both halves are in models/vae_approx (as ComfyUI)."""
+    return folders.list_models("vae") + tiny_vae_names(folders)
+
+
+def _tiny_vae(folders: Folders, name: str) -> VaeHandle | None:
+    """VAELoader's handle for TAESD ``name`` (decoder + encoder), or None when a half is missing."""
+    decoder, encoder = approx_file(folders, name, "decoder"), approx_file(folders, name, "encoder")
+    if decoder is None or encoder is None:
+        return None
+    return VaeHandle(FileRef.of(decoder), "", tiny=name, encoder=FileRef.of(encoder))
 
 
 def file_fingerprint(folders: Folders, folder: str, name: str) -> str:
@@ -84,11 +96,17 @@ class VAELoader(Node):
 
     @classmethod
     def fingerprint(cls, folders: Folders, inputs: Any) -> str | None:
+        tiny = _tiny_vae(folders, inputs["vae_name"]) if inputs["vae_name"] in TINY_VAES else None
+        if tiny is not None:
+            return repr((tiny.file, tiny.encoder))
         return file_fingerprint(folders, "vae", inputs["vae_name"])
 
     def run(self, ctx: RunContext, vae_name: str) -> tuple[VaeHandle]:
         from engine.sdk import files
 
+        tiny = _tiny_vae(ctx.folders, vae_name) if vae_name in TINY_VAES else None
+        if tiny is not None:
+            return (tiny,)
         path = ctx.folders.model_path("vae", vae_name)
         return (VaeHandle(FileRef.of(path), files.vae_prefix(path, vae_name)),)
 

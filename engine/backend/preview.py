@@ -1,4 +1,4 @@
-"""Latent previews: a cheap linear latent -> RGB projection, encoded as a small JPEG.
+"""Latent previews: a cheap linear latent -> RGB projection (or a TAESD decode), encoded as a small JPEG.
 
 The projection is a per-family 4x3 matrix (plus bias) that approximates what the VAE would decode,
 good enough to watch a sampler converge. Previews are sent only to clients that ask for them.
@@ -37,6 +37,17 @@ def preview_jpeg(latent: Tensor, latent_format: str, max_size: int = 512, qualit
     image = Image.fromarray(latent_to_rgb(latent, latent_format).numpy())
     scale = max(1, min(8, max_size // max(image.size)))
     image = image.resize((image.width * scale, image.height * scale), Image.Resampling.NEAREST)
+    out = io.BytesIO()
+    image.save(out, format="JPEG", quality=quality)
+    return out.getvalue()
+
+
+def decoded_jpeg(images: Tensor, max_size: int = 512, quality: int = 80) -> bytes:
+    """A JPEG of the first of decoded ``images`` ``[B, 3, H, W]`` (about -1..1), shrunk to fit ``max_size``
+    (bilinear; never enlarged): a TAESD preview."""
+    rgb = ((images[0].float().cpu() + 1.0) / 2.0).clamp(0.0, 1.0).mul(255).round().to(torch.uint8)
+    image = Image.fromarray(rgb.permute(1, 2, 0).contiguous().numpy())
+    image.thumbnail((max_size, max_size), Image.Resampling.BILINEAR)
     out = io.BytesIO()
     image.save(out, format="JPEG", quality=quality)
     return out.getvalue()

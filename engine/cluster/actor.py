@@ -139,7 +139,8 @@ class LoomWorker:
         self.models = ModelManager(pick_device(settings.device), vram=settings.vram_mode,
                                    vram_budget=settings.vram_budget, ram_budget=settings.ram_budget)
         self.executor = Executor(self.registry, self.folders, OutputCache(settings.cache_bytes, settings.cache_entries),
-                                 self.models, previews=settings.preview_method != "none")
+                                 self.models, previews=settings.preview_method != "none",
+                                 preview_method=settings.preview_method)
         self._interrupts: dict[str, threading.Event] = {}
         self._mailboxes: dict[str, _Mailbox] = {}
         self._early_interrupts: OrderedDict[str, None] = OrderedDict()  # interrupts that overtook their submit

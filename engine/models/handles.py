@@ -146,10 +146,15 @@ class ClipHandle:
 
 @dataclass(frozen=True)
 class VaeHandle:
-    """VAE: an autoencoder inside a checkpoint (``prefix`` ``first_stage_model.``) or a VAE file."""
+    """VAE: an autoencoder inside a checkpoint (``prefix`` ``first_stage_model.``) or a VAE file.
+
+    ``tiny`` names a TAESD (``taesd`` / ``taesdxl``): then ``file`` is its decoder and ``encoder`` its
+    encoder (None for a preview decoder), in models/vae_approx."""
 
     file: FileRef
     prefix: str
+    tiny: str | None = None
+    encoder: FileRef | None = None
 
 
 @dataclass(frozen=True)

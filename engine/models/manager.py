@@ -30,6 +30,7 @@ from torch import nn
 
 from engine.backend.attention import load_weights
 from engine.backend.controlnet import ControlNet
+from engine.backend.taesd import TinyAutoencoder
 from engine.backend.text import TextEncoder, load_text_encoder
 from engine.backend.unet import UNetConfig, UNetModel
 from engine.backend.vae import AutoencoderKL, VAEConfig, adapt_vae_weight
@@ -39,6 +40,7 @@ from engine.models.loaders import UNET_PREFIX, CheckpointFile
 from engine.models.memory import DeviceBudget, Residency, VramMode, working_memory_bytes
 from engine.models.patching import LoraPatcher
 from engine.models.streaming import BlockStreamer, Placement, module_bytes, stream_units
+from engine.models.taesd_load import load_tiny_vae
 
 log = logging.getLogger(__name__)
 
@@ -170,11 +172,25 @@ class ModelManager:
             self.patcher.apply(module, handle.patches, handle.family.label)
             return module
 
-    def vae(self, handle: VaeHandle) -> AutoencoderKL:
+    def vae(self, handle: VaeHandle) -> AutoencoderKL | TinyAutoencoder:
+        """The VAE of a VAE handle; a TAESD (``handle.tiny``) for VAELoader's taesd/taesdxl and previews."""
+        if handle.tiny is not None:
+            return self._tiny_vae(handle)
         with self._lock:
             key = _Key(handle.file, "vae:" + handle.prefix)
             module = self._get(key, lambda: self._load_vae(handle.file, handle.prefix))
             assert isinstance(module, AutoencoderKL)
+            self._use(key, module)
+            return module
+
+    def _tiny_vae(self, handle: VaeHandle) -> TinyAutoencoder:
+        tiny, encoder = str(handle.tiny), handle.encoder
+        with self._lock:
+            key = _Key(handle.file, f"taesd:{tiny}:{encoder.path if encoder else ''}")
+            module = self._get(key, lambda: load_tiny_vae(
+                tiny, Path(handle.file.path), Path(encoder.path) if encoder else None,
+                device=self.offload_device, dtype=self.vae_dtype))
+            assert isinstance(module, TinyAutoencoder)
             self._use(key, module)
             return module
 

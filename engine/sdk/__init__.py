@@ -54,11 +54,12 @@ from engine.types import (
     STRING,
     VAE,
 )
+from engine.vae_approx import TINY_VAES, approx_file, tiny_vae_names
 
 __all__ = [
     "ANY", "BOOLEAN", "CLIP", "COMBO", "CONDITIONING", "CONTROL_NET", "EMBEDDING_PREFIX", "FLOAT", "GUIDER",
     "IMAGE", "INT", "LATENT", "MASK", "MODEL", "NOISE", "SAMPLER", "SAMPLER_NAMES", "SCHEDULER_NAMES", "SEED_MAX",
-    "SIGMAS", "STRING", "VAE",
+    "SIGMAS", "STRING", "TINY_VAES", "VAE", "approx_file", "tiny_vae_names",
     "ClipHandle", "ControlNetHandle", "FileRef", "Folders", "GraphBuilder", "Input", "Interrupted", "LoomError",
     "ModelError", "ModelFamily", "ModelHandle", "ModelProvider", "Node", "NodeOutput", "NodeRegistry", "NoModels",
     "Output", "PathOutsideRoot", "RunContext", "VaeHandle", "WeightPatch", "dumps_compact", "split_annotation",

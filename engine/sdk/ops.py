@@ -31,14 +31,17 @@ from engine.backend.pipeline import (
     sample_custom,
 )
 from engine.backend.pipeline import sample as run_pipeline
-from engine.backend.preview import preview_jpeg
+from engine.backend.preview import decoded_jpeg, preview_jpeg
 from engine.backend.prompt_weights import TokenizedPrompt
+from engine.backend.taesd import TinyAutoencoder
 from engine.backend.text import ClipTower, TextEncoder
 from engine.backend.vae import AutoencoderKL, decode_tiled, encode_tiled
 from engine.context import RunContext
+from engine.errors import ModelError
 from engine.models.embeddings import embedding_lookup, embeddings_fingerprint
 from engine.models.families import ModelFamily
-from engine.models.handles import ClipHandle, ModelHandle, PreCfgOperation, VaeHandle
+from engine.models.handles import ClipHandle, FileRef, ModelHandle, PreCfgOperation, VaeHandle
+from engine.vae_approx import preview_decoder, tiny_vae_for
 
 __all__ = [
     "CustomRequest", "Guidance", "Guider", "Latent", "ModelTraits", "NoiseSource", "PowerNoiseScaler",
@@ -53,13 +56,13 @@ __all__ = [
 def model_traits(family: ModelFamily, pre_cfg: tuple[PreCfgOperation, ...] = (),
                  patches: tuple[Any, ...] = (), sampling_spec: Any = None) -> ModelTraits:
     """What the sampling pipeline needs to know of a checkpoint's family (and of a MODEL's pre-CFG operations)."""
-    adm = family.name if family.name in ("sdxl", "sdxl_refiner") else None
+    adm = family.name if family.name in ("sdxl", "sdxl_refiner") else ("unclip" if family.unclip else None)
     format_name = getattr(sampling_spec, "latent_format", None)
     preview = format_name or ("sdxl" if family.is_sdxl else "sd1")
     return ModelTraits(label=family.label, prediction="v" if family.prediction == "v" else "eps",
                        latent_channels=family.latent_channels,
                        latent_format=latent_format(format_name, family.latent_scale_factor),
-                       adm=adm,  # type: ignore[arg-type]  # checked against the two names above
+                       adm=adm,  # type: ignore[arg-type]  # checked against the three names above
                        inpaint=family.is_inpaint, preview_format=preview,
                        pre_cfg=pre_cfg, patches=patches, sampling_spec=sampling_spec)
 
@@ -91,11 +94,37 @@ def _traits(model: ModelHandle) -> ModelTraits:
 
 
 def _step_reporter(ctx: RunContext, traits: ModelTraits) -> Callable[[int, int, Tensor | None], None]:
+    render = _previewer(ctx, traits) if ctx.previews else None
+
     def on_step(step: int, total: int, denoised: Tensor | None) -> None:
-        if ctx.previews and denoised is not None:
-            ctx.preview("JPEG", preview_jpeg(denoised, traits.preview_format))
+        if render is not None and denoised is not None:
+            ctx.preview("JPEG", render(denoised))
         ctx.progress(step, total)
     return on_step
+
+
+def _previewer(ctx: RunContext, traits: ModelTraits) -> Callable[[Tensor], bytes]:
+    """How a step's model-space denoised latent becomes a preview JPEG under ``ctx.preview_method``: the
+    TAESD decoder of the family (loaded once by the model manager, then reused), or latent2rgb."""
+    is_sdxl = traits.preview_format != "sd1"
+    path = preview_decoder(ctx.folders, ctx.preview_method, is_sdxl)
+    if path is None:
+        if ctx.preview_method == "taesd":
+            ctx.log.warning("TAESD previews asked for, but models/vae_approx has no %s_decoder; using latent2rgb",
+                            tiny_vae_for(is_sdxl))
+        return lambda denoised: preview_jpeg(denoised, traits.preview_format)
+    try:
+        tiny = ctx.models.vae(VaeHandle(FileRef.of(path), "", tiny=tiny_vae_for(is_sdxl)))
+    except ModelError as exc:
+        ctx.log.warning("TAESD previews: %s; using latent2rgb", exc)
+        return lambda denoised: preview_jpeg(denoised, traits.preview_format)
+    assert isinstance(tiny, TinyAutoencoder)
+
+    def render(denoised: Tensor) -> bytes:
+        latent = traits.latent_format.to_vae(denoised[:1].float())
+        with torch.inference_mode():
+            return decoded_jpeg(tiny.decode(latent.to(tiny.device)))
+    return render
 
 
 def model_sampling(model: ModelHandle) -> ModelSampling:
@@ -168,7 +197,7 @@ def to_pixels(decoded: Tensor) -> Tensor:
     return ((decoded.float() + 1.0) / 2.0).clamp(0.0, 1.0).permute(0, 2, 3, 1).cpu().contiguous()
 
 
-def from_pixels(image: Tensor, vae: AutoencoderKL, device: torch.device) -> Tensor:
+def from_pixels(image: Tensor, vae: AutoencoderKL | TinyAutoencoder, device: torch.device) -> Tensor:
     """IMAGE [B, H, W, C] -> [B, 3, H', W'] in -1..1, cropped (centred) to a multiple of 8."""
     height, width = image.shape[1] // 8 * 8, image.shape[2] // 8 * 8
     if height == 0 or width == 0:
@@ -196,6 +225,8 @@ def decode_tiled_latent(ctx: RunContext, vae: VaeHandle, samples: Tensor, tile: 
     """Decode in overlapping tiles (sizes in latent pixels) with blended seams."""
     model = ctx.models.vae(vae)
     with torch.inference_mode():
+        if isinstance(model, TinyAutoencoder):  # TAESD is small: whole, as its tiles would cost the same
+            return to_pixels(model.decode(samples.to(ctx.models.device)))
         return to_pixels(decode_tiled(model, samples.to(ctx.models.device), tile, overlap))
 
 
@@ -203,4 +234,6 @@ def encode_tiled_image(ctx: RunContext, vae: VaeHandle, pixels: Tensor, tile: in
     """Encode in overlapping tiles (sizes in image pixels) with blended seams."""
     model = ctx.models.vae(vae)
     with torch.inference_mode():
+        if isinstance(model, TinyAutoencoder):
+            return model.encode(from_pixels(pixels, model, ctx.models.device)).float().cpu()
         return encode_tiled(model, from_pixels(pixels, model, ctx.models.device), tile, overlap).float().cpu()

@@ -188,7 +188,8 @@ def start_live_server(root: Path, *, hub_options: dict[str, Any] | None = None,
     queue = PromptQueue(settings.database_path, max_pending=settings.max_queue,
                         max_history=settings.max_history)
     cache = OutputCache(max_bytes=10**8, max_entries=10_000)
-    executor = Executor(registry, folders, cache, ModelManager("cpu"), previews=settings.preview_method != "none")
+    executor = Executor(registry, folders, cache, ModelManager("cpu"), previews=settings.preview_method != "none",
+                        preview_method=settings.preview_method)
     hub = Hub(**(hub_options or {}))
     worker = (PromptWorker(queue, executor, hub.sink_for) if make_runner is None
               else make_runner(queue, registry, folders, hub.sink_for))
