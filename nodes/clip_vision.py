@@ -11,8 +11,25 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from engine.sdk import COMBO, CONDITIONING, FLOAT, IMAGE, Folders, Input, ModelError, Node, Output, RunContext
-from nodes.model_loaders import file_fingerprint
+from engine.sdk import (
+    CLIP,
+    COMBO,
+    CONDITIONING,
+    FLOAT,
+    IMAGE,
+    MODEL,
+    VAE,
+    ClipHandle,
+    Folders,
+    Input,
+    ModelError,
+    ModelHandle,
+    Node,
+    Output,
+    RunContext,
+    VaeHandle,
+)
+from nodes.model_loaders import CheckpointLoaderSimple, file_fingerprint
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -22,12 +39,18 @@ if TYPE_CHECKING:
 CLIP_VISION = "CLIP_VISION"
 CLIP_VISION_OUTPUT = "CLIP_VISION_OUTPUT"
 STYLE_MODEL = "STYLE_MODEL"
+#: Where SD2.1 unCLIP checkpoints keep their OpenCLIP vision tower.
+UNCLIP_VISION_PREFIX = "embedder.model.visual."
 
 Conditioning = list[list[Any]]
 
 
 def _clip_visions(folders: Folders) -> list[str]:
     return folders.list_models("clip_vision")
+
+
+def _checkpoints(folders: Folders) -> list[str]:
+    return folders.list_models("checkpoints")
 
 
 def _style_models(folders: Folders) -> list[str]:
@@ -53,6 +76,27 @@ class CLIPVisionLoader(Node):
         handle = vision.clip_vision_handle(ctx, ctx.folders.model_path("clip_vision", clip_name))
         ctx.log.info("%s: %s", clip_name, handle.label)
         return (handle,)
+
+
+class unCLIPCheckpointLoader(Node):  # noqa: N801 - ComfyUI's node name
+    """Load an SD2.1 unCLIP checkpoint: its UNet, text encoder, VAE and its own CLIP vision tower."""
+
+    display_name = "unCLIPCheckpointLoader"
+    category = "loaders"
+    inputs = (Input("ckpt_name", COMBO, choices=_checkpoints, file_folder="checkpoints",
+                    tooltip="The unCLIP checkpoint file to load."),)
+    outputs = (Output(MODEL), Output(CLIP), Output(VAE), Output(CLIP_VISION))
+
+    @classmethod
+    def fingerprint(cls, folders: Folders, inputs: Any) -> str | None:
+        return file_fingerprint(folders, "checkpoints", inputs["ckpt_name"])
+
+    def run(self, ctx: RunContext, ckpt_name: str) -> tuple[ModelHandle, ClipHandle, VaeHandle, ClipVisionHandle]:
+        from engine.sdk import vision
+
+        model, clip, vae = CheckpointLoaderSimple().run(ctx, ckpt_name)
+        path = ctx.folders.model_path("checkpoints", ckpt_name)
+        return model, clip, vae, vision.clip_vision_handle(ctx, path, UNCLIP_VISION_PREFIX)
 
 
 class CLIPVisionEncode(Node):
@@ -144,4 +188,4 @@ class unCLIPConditioning(Node):  # noqa: N801 - ComfyUI's node name
 
 
 CLIP_VISION_NODES: tuple[type[Node], ...] = (CLIPVisionLoader, CLIPVisionEncode, StyleModelLoader, StyleModelApply,
-                                             unCLIPConditioning)
+                                             unCLIPConditioning, unCLIPCheckpointLoader)

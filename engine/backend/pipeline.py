@@ -46,7 +46,7 @@ from engine.backend.node_samplers import NODE_SAMPLERS
 from engine.backend.noise import prepare_noise
 from engine.backend.samplers import MODEL_SAMPLING_SAMPLERS, Sampler, get_sampler, needs_uncond
 from engine.backend.schedules import sigmas_for
-from engine.backend.unclip import unclip_pooled
+from engine.backend.unclip import unclip_adm, unclip_pooled
 from engine.backend.unet import UNetModel, sdxl_adm, sdxl_refiner_adm
 
 Latent = dict[str, Any]
@@ -69,7 +69,7 @@ class ModelTraits:
     prediction: Literal["eps", "v"]
     latent_channels: int
     latent_format: LatentFormat  # VAE latent <-> model latent
-    adm: Literal["sdxl", "sdxl_refiner"] | None  # how conditioning extras become the adm vector y
+    adm: Literal["sdxl", "sdxl_refiner", "unclip"] | None  # how conditioning extras become the adm vector y
     inpaint: bool  # a 9-channel inpainting UNet
     preview_format: str  # latent2rgb factors: "sd1", "sdxl" or "playground_v2.5"
     pre_cfg: tuple[OperationSpec, ...] = ()  # operations on each step's guidance before CFG (in order)
@@ -219,7 +219,7 @@ def _denoiser(request: CustomRequest, traits: ModelTraits, unet: UNetModel, ms: 
               dtype: torch.dtype, force_uncond: bool = False) -> tuple[CFGDenoiser, Tensor | None, GuidanceHooks]:
     """The guided denoiser over the prepared conditioning, the inpaint noise mask (if any) and the MODEL's hooks."""
     guidance = request.guidance
-    adm = adm_builder(traits.adm, request.noise.seed)
+    adm = adm_builder(traits.adm, request.noise.seed, unet.config.adm_in_channels or 0)
 
     def prepare(conds: list[Any]) -> list[conditioning.CondSpec]:
         return conditioning.prepare(conds, latent.shape, device=device, dtype=dtype, adm=adm,
@@ -288,9 +288,12 @@ def guidance_function(guidance: Guidance, hooks: GuidanceHooks) -> CfgFunction |
     return dual
 
 
-def adm_builder(kind: str | None, seed: int = 0) -> conditioning.AdmFn | None:
-    """How a conditioning entry becomes SDXL's adm vector y (None for SD1/SD2); ``seed`` (the sampler's)
-    seeds the noise augmentation of unCLIP entries (SDXL Revision), see :mod:`engine.backend.unclip`."""
+def adm_builder(kind: str | None, seed: int = 0, channels: int = 0) -> conditioning.AdmFn | None:
+    """How a conditioning entry becomes the adm vector y (None for SD1/SD2); ``seed`` (the sampler's) seeds
+    the noise augmentation of unCLIP entries (SDXL Revision, SD2 unCLIP: :mod:`engine.backend.unclip`);
+    ``channels`` is the UNet's adm width (SD2 unCLIP without image embeddings gets zeros)."""
+    if kind == "unclip":
+        return _unclip_adm(seed, channels)
     if kind == "sdxl":
         def base(extras: Mapping[str, Any], width: int, height: int) -> Tensor:
             w, h = extras.get("width", 768), extras.get("height", 768)  # ComfyUI's defaults
@@ -304,6 +307,20 @@ def adm_builder(kind: str | None, seed: int = 0) -> conditioning.AdmFn | None:
                                     extras.get("crop_w", 0), extras.get("crop_h", 0))
         return refiner
     return None
+
+
+def _unclip_adm(seed: int, channels: int) -> conditioning.AdmFn:
+    def build(extras: Mapping[str, Any], width: int, height: int) -> Tensor:
+        entries = extras.get("unclip_conditioning")
+        if not entries:
+            return torch.zeros((1, channels))
+        adm = unclip_adm(entries, seed)
+        if adm.shape[-1] != channels:
+            raise ValueError(f"unCLIPConditioning: the CLIP vision embeddings make an adm vector of {adm.shape[-1]} "
+                             f"values but this unCLIP model takes {channels}; use the CLIP vision model of the "
+                             "checkpoint (unCLIPCheckpointLoader's CLIP_VISION output)")
+        return adm
+    return build
 
 
 def _sdxl_pooled(extras: Mapping[str, Any], seed: int) -> Tensor:

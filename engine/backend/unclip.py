@@ -12,8 +12,9 @@ part (several unCLIP entries, or a batch of images), the strength-weighted noise
 and noised once more at level 0 with the next draw of that generator (ComfyUI draws it from the global
 RNG right after the last entry's draw, which on the CPU is the same numbers).
 
-SDXL Revision (ComfyUI's ``sdxl_pooled``): an entry with ``unclip_conditioning`` uses the result's
-image part as its pooled vector instead of the text encoder's ``pooled_output``.
+SD2 unCLIP models take the whole ``[noised embeds, level embedding]`` vector as their adm input (zeros
+without unCLIP entries). SDXL Revision (ComfyUI's ``sdxl_pooled``): an entry with ``unclip_conditioning``
+uses the image part as its pooled vector instead of the text encoder's ``pooled_output``.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["MAX_NOISE_LEVEL", "UNCLIP_SEED_OFFSET", "noise_augment", "noise_level", "schedule", "unclip_pooled"]
+__all__ = ["MAX_NOISE_LEVEL", "UNCLIP_SEED_OFFSET", "noise_augment", "noise_level", "schedule", "unclip_adm",
+           "unclip_pooled"]
 
 MAX_NOISE_LEVEL = 1000
 #: ComfyUI seeds the augmentation noise with the sampler's seed minus this.
@@ -66,9 +68,10 @@ def noise_augment(embeds: Tensor, level: int, noise: Tensor, mean: Tensor | None
     return z * std + mean, _level_embedding(level, embeds.shape[-1]).expand(embeds.shape[0], -1)
 
 
-def unclip_pooled(entries: Sequence[Mapping[str, Any]], seed: int) -> Tensor:
-    """SDXL Revision's pooled vector ``[1, D]`` from ``unclip_conditioning`` entries (each with
-    ``clip_vision_output``, ``strength``, ``noise_augmentation``) and the sampler's seed."""
+def unclip_adm(entries: Sequence[Mapping[str, Any]], seed: int) -> Tensor:
+    """The unCLIP adm vector ``[1, 2 D]`` (noised image embeds, then the noise level's embedding, each
+    strength-weighted) from ``unclip_conditioning`` entries (each with ``clip_vision_output``,
+    ``strength``, ``noise_augmentation``) and the sampler's seed. SD2 unCLIP models take all of it."""
     generator = torch.Generator().manual_seed(seed - UNCLIP_SEED_OFFSET)
     parts: list[Tensor] = []
     for entry in entries:
@@ -77,12 +80,18 @@ def unclip_pooled(entries: Sequence[Mapping[str, Any]], seed: int) -> Tensor:
         for row in entry["clip_vision_output"].image_embeds.float():
             generator.manual_seed(seed - UNCLIP_SEED_OFFSET)
             noise = torch.randn(1, row.shape[-1], generator=generator)
-            noised, _ = noise_augment(row[None, :], level, noise)
-            parts.append(noised * weight)
+            noised, level_emb = noise_augment(row[None, :], level, noise)
+            parts.append(torch.cat([noised, level_emb], dim=1) * weight)
     if not parts:
         raise ValueError("unclip_conditioning holds no image embeddings")
     if len(parts) == 1:
         return parts[0]
     merged = torch.stack(parts).sum(0)
-    noised, _ = noise_augment(merged, 0, torch.randn(merged.shape, generator=generator))
-    return noised
+    dim = merged.shape[-1] // 2
+    noised, level_emb = noise_augment(merged[:, :dim], 0, torch.randn((1, dim), generator=generator))
+    return torch.cat([noised, level_emb], dim=1)
+
+
+def unclip_pooled(entries: Sequence[Mapping[str, Any]], seed: int) -> Tensor:
+    """SDXL Revision's pooled vector ``[1, D]``: the image part of :func:`unclip_adm` (ComfyUI's sdxl_pooled)."""
+    return unclip_adm(entries, seed)[:, :entries[0]["clip_vision_output"].image_embeds.shape[-1]]

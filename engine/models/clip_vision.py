@@ -93,9 +93,14 @@ def vision_config(shapes: Mapping[str, tuple[int, ...]]) -> CLIPVisionConfig:
         hidden_act="quick_gelu" if hidden == 1024 else "gelu", layer_norm_eps=1e-5, num_channels=3)
 
 
-def _read_tensors(path: Path) -> dict[str, Tensor]:
+def _read_tensors(path: Path, prefix: str = "") -> dict[str, Tensor]:
     with CheckpointFile(path) as ckpt:
         keys = ckpt.keys()
+        if prefix:
+            if f"{prefix}transformer.resblocks.0.attn.in_proj_weight" not in keys:
+                raise UnsupportedModel(f"{path.name} holds no OpenCLIP vision tower under '{prefix}'; "
+                                       "unCLIPCheckpointLoader needs an SD2.1 unCLIP checkpoint")
+            return openclip_to_transformers({k: ckpt.load(k) for k in keys if k.startswith(prefix)}, prefix)
         if _OPENCLIP in keys:
             return openclip_to_transformers({k: ckpt.load(k) for k in keys if k.startswith("visual.")})
         if _HF_MARK not in keys:
@@ -138,12 +143,13 @@ def _adopt(config: CLIPVisionConfig, tensors: Mapping[str, Tensor], name: str, d
 
 
 @functools.lru_cache(maxsize=2)
-def load_clip_vision(file: FileRef, device: str = "cpu",
-                     dtype: torch.dtype = torch.float32) -> tuple[CLIPVisionModelWithProjection, str]:
-    """The CLIP vision tower of ``file`` on ``device`` in ``dtype``, and its description; cached per file
-    version, device and dtype (two towers at most; outside the model manager's accounting)."""
+def load_clip_vision(file: FileRef, device: str = "cpu", dtype: torch.dtype = torch.float32,
+                     prefix: str = "") -> tuple[CLIPVisionModelWithProjection, str]:
+    """The CLIP vision tower of ``file`` (under ``prefix``: an OpenCLIP tower inside a checkpoint) on
+    ``device`` in ``dtype``, and its description; cached per file version, device, dtype and prefix (two
+    towers at most; outside the model manager's accounting)."""
     path = Path(file.path)
-    tensors = _read_tensors(path)
+    tensors = _read_tensors(path, prefix)
     config = _config_of(path, tensors)
     return _adopt(config, tensors, path.name, torch.device(device), dtype), describe_clip_vision(config)
 

@@ -14,6 +14,8 @@ class ModelFamily:
     prediction: str  # "eps" | "v"
     in_channels: int
     latent_channels: int = 4
+    #: An SD2 unCLIP model: its UNet takes unCLIP image embeddings as the adm vector (see engine/backend/unclip.py).
+    unclip: bool = False
 
     @property
     def is_inpaint(self) -> bool:
@@ -30,6 +32,8 @@ class ModelFamily:
     @property
     def label(self) -> str:
         text = {"sd1": "SD1.x", "sd2": "SD2.x", "sdxl": "SDXL", "sdxl_refiner": "SDXL refiner"}[self.name]
+        if self.unclip:
+            text += " unCLIP"
         if self.is_inpaint:
             text += " inpainting"
         return text + (" (v-prediction)" if self.prediction == "v" else "")

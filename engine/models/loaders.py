@@ -247,7 +247,7 @@ def detect_family(ckpt: CheckpointFile, prediction: str | None = None) -> ModelF
         name = "sdxl_refiner"
     elif not has_label and ckpt.has_prefix("cond_stage_model.transformer."):
         name = "sd1"
-    elif not has_label and ckpt.has_prefix("cond_stage_model.model."):
+    elif ckpt.has_prefix("cond_stage_model.model."):  # with an adm input: SD2 unCLIP
         name = "sd2"
     else:
         raise UnsupportedModel(
@@ -260,7 +260,7 @@ def detect_family(ckpt: CheckpointFile, prediction: str | None = None) -> ModelF
             prediction = _guess_prediction(ckpt) if name == "sd2" else "eps"
     if prediction not in ("eps", "v"):
         raise ValueError(f"prediction must be 'eps' or 'v', not {prediction!r}")
-    return ModelFamily(name=name, prediction=prediction, in_channels=in_channels)
+    return ModelFamily(name=name, prediction=prediction, in_channels=in_channels, unclip=name == "sd2" and has_label)
 
 
 def _guess_prediction(ckpt: CheckpointFile) -> str:

@@ -11,10 +11,12 @@ __all__ = ["ClipVisionHandle", "StyleModelHandle"]
 
 @dataclass(frozen=True)
 class ClipVisionHandle:
-    """CLIP_VISION: a CLIP vision tower file (transformers or OpenCLIP key layout); ``label`` names its kind."""
+    """CLIP_VISION: a CLIP vision tower file (transformers or OpenCLIP key layout); ``label`` names its kind;
+    ``prefix`` is where an OpenCLIP tower sits inside a larger file (SD2 unCLIP: ``embedder.model.visual.``)."""
 
     file: FileRef
     label: str = ""
+    prefix: str = ""
 
 
 @dataclass(frozen=True)

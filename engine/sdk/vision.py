@@ -36,16 +36,17 @@ def _placement(ctx: RunContext) -> tuple[str, torch.dtype]:
         return "cpu", torch.float32
 
 
-def clip_vision_handle(ctx: RunContext, path: Path) -> ClipVisionHandle:
-    """Check that ``path`` is a CLIP vision tower (loading it into the cache) and name its kind."""
+def clip_vision_handle(ctx: RunContext, path: Path, prefix: str = "") -> ClipVisionHandle:
+    """Check that ``path`` is (or holds under ``prefix``) a CLIP vision tower, loading it into the cache,
+    and name its kind."""
     file = FileRef.of(path)
-    _, label = load_clip_vision(file, *_placement(ctx))
-    return ClipVisionHandle(file, label)
+    _, label = load_clip_vision(file, *_placement(ctx), prefix)
+    return ClipVisionHandle(file, label, prefix)
 
 
 def encode_image(ctx: RunContext, handle: ClipVisionHandle, image: Tensor, crop: bool) -> ClipVisionOutput:
     """CLIPVisionEncode: CLIP's preprocessing at the tower's resolution, then the tower."""
-    model, _ = load_clip_vision(handle.file, *_placement(ctx))
+    model, _ = load_clip_vision(handle.file, *_placement(ctx), handle.prefix)
     config: CLIPVisionConfig = model.config
     size = config.image_size
     return encode(model, preprocess(image, size=size if isinstance(size, int) else 224, crop=crop))

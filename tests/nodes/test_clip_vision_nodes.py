@@ -1,9 +1,10 @@
-"""CLIPVisionLoader / CLIPVisionEncode / StyleModelLoader / StyleModelApply / unCLIPConditioning on tiny
-files in the real key layouts, the SDXL adm vector the pipeline builds from unCLIP entries (Revision),
-and a Revision-shaped graph through the executor."""
+"""CLIPVisionLoader / CLIPVisionEncode / StyleModelLoader / StyleModelApply / unCLIPConditioning /
+unCLIPCheckpointLoader on tiny files in the real key layouts, the SDXL and SD2 unCLIP adm vectors the
+pipeline builds from unCLIP entries, and Revision- and unCLIP-shaped graphs through the executor."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from torch.nn import functional
 from engine.backend.clip_vision import preprocess
 from engine.backend.pipeline import adm_builder
 from engine.backend.unclip import schedule
+from engine.backend.unet import UNetModel
 from engine.errors import LoomError
 from engine.executor import Executor
 from nodes.clip_vision import (
@@ -22,11 +24,12 @@ from nodes.clip_vision import (
     CLIPVisionLoader,
     StyleModelApply,
     StyleModelLoader,
+    unCLIPCheckpointLoader,
     unCLIPConditioning,
 )
 from nodes.conditioning import CLIPTextEncode
 from nodes.model_loaders import CheckpointLoaderSimple
-from tests.fixtures.tiny_checkpoints import build_checkpoint, pooled_dim
+from tests.fixtures.tiny_checkpoints import build_checkpoint, build_state_dict, pooled_dim, unet_config
 from tests.fixtures.tiny_clip_vision import hf_state, openclip_state, save, style_adapter_state, tiny_vision_model
 from tests.nodes.sd_workflow import make_executor, node_context, run_prompt
 
@@ -170,3 +173,79 @@ def test_revision_graph_runs_through_the_executor(executor: Executor) -> None:
     noisier = run_prompt(executor, _revision_prompt(0.9), latent=["sample", 0])["latent"]["samples"]
     assert torch.isfinite(first).all() and torch.equal(first, again)
     assert not torch.allclose(first, noisier)
+
+
+# ------------------------------------------------------------------------------------------ SD2 unCLIP
+
+UNCLIP_CHECKPOINT = "tiny-sd2-unclip.safetensors"
+UNCLIP_EMBEDS = 48
+
+
+@pytest.fixture(scope="module")
+def unclip_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny SD2.1 unCLIP checkpoint: the tiny SD2 checkpoint with an adm input (2 x 48) in its UNet and an
+    OpenCLIP vision tower under ``embedder.model.visual.``."""
+    root = tmp_path_factory.mktemp("unclip_models")
+    state = {k: v for k, v in build_state_dict("sd2", dtype=torch.float32).items()
+             if not k.startswith("model.diffusion_model.")}
+    torch.manual_seed(11)
+    unet = UNetModel(dataclasses.replace(unet_config("sd2"), adm_in_channels=2 * UNCLIP_EMBEDS))
+    state |= {f"model.diffusion_model.{k}": v.detach().clone() for k, v in unet.state_dict().items()}
+    tower = openclip_state(hf_state(tiny_vision_model(projection_dim=UNCLIP_EMBEDS, seed=9)))
+    state |= {f"embedder.model.{k}": v for k, v in tower.items() if k.startswith("visual.")}
+    state |= {"noise_augmentor.betas": torch.zeros(1000)}  # present in real files; unused (as in ComfyUI)
+    save(state, root / "checkpoints" / UNCLIP_CHECKPOINT)
+    return root
+
+
+def test_unclip_checkpoint_loader_and_adm(unclip_root: Path, tmp_path: Path) -> None:
+    executor = make_executor(tmp_path, unclip_root)
+    ctx = node_context(executor)
+    model, clip, _, vision = unCLIPCheckpointLoader().run(ctx, UNCLIP_CHECKPOINT)
+    assert model.family.unclip and "unCLIP" in model.family.label and vision.prefix == "embedder.model.visual."
+    output = CLIPVisionEncode().run(ctx, vision, _image()[:1], "center")[0]
+    with torch.no_grad():
+        theirs = tiny_vision_model(projection_dim=UNCLIP_EMBEDS, seed=9)(
+            pixel_values=preprocess(_image()[:1], size=32), output_hidden_states=True)
+    torch.testing.assert_close(output.image_embeds, theirs.image_embeds, rtol=0, atol=1e-4)
+    (cond,) = CLIPTextEncode().run(ctx, "a red circle", clip)
+    build = adm_builder("unclip", 77, 2 * UNCLIP_EMBEDS)
+    assert build is not None
+    assert torch.equal(build(cond[0][1], 64, 64), torch.zeros((1, 2 * UNCLIP_EMBEDS)))
+    (revised,) = unCLIPConditioning().run(ctx, cond, output, 2.0, 0.25)
+    adm = build(revised[0][1], 64, 64)
+    sqrt_acp, sqrt_one_minus = schedule()
+    level = round(999 * 0.25)
+    noise = torch.randn((1, UNCLIP_EMBEDS), generator=torch.Generator().manual_seed(77 - 10))
+    expected = 2.0 * (sqrt_acp[level] * output.image_embeds + sqrt_one_minus[level] * noise)
+    torch.testing.assert_close(adm[:, :UNCLIP_EMBEDS], expected, rtol=0, atol=1e-5)
+    half = torch.arange(UNCLIP_EMBEDS // 2) / (UNCLIP_EMBEDS // 2)
+    args = level * torch.exp(-torch.log(torch.tensor(10000.0)) * half)
+    torch.testing.assert_close(adm[0, UNCLIP_EMBEDS:], 2.0 * torch.cat([args.cos(), args.sin()]), rtol=0, atol=1e-4)
+
+
+def _unclip_prompt(strength: float) -> dict[str, Any]:
+    return {
+        "ckpt": {"class_type": "unCLIPCheckpointLoader", "inputs": {"ckpt_name": UNCLIP_CHECKPOINT}},
+        "picture": {"class_type": "EmptyImage", "inputs": {"width": 40, "height": 40, "batch_size": 1,
+                                                           "color": 0xCC3366}},
+        "encode": {"class_type": "CLIPVisionEncode", "inputs": {"clip_vision": ["ckpt", 3],
+                                                                "image": ["picture", 0], "crop": "none"}},
+        "text": {"class_type": "CLIPTextEncode", "inputs": {"text": "a circle", "clip": ["ckpt", 1]}},
+        "unclip": {"class_type": "unCLIPConditioning", "inputs": {
+            "conditioning": ["text", 0], "clip_vision_output": ["encode", 0], "strength": strength,
+            "noise_augmentation": 0.1}},
+        "empty": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "sample": {"class_type": "KSampler", "inputs": {
+            "seed": 3, "steps": 1, "cfg": 3.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0,
+            "model": ["ckpt", 0], "positive": ["unclip", 0], "negative": ["text", 0],
+            "latent_image": ["empty", 0]}},
+    }
+
+
+def test_unclip_graph_runs_through_the_executor(unclip_root: Path, tmp_path: Path) -> None:
+    executor = make_executor(tmp_path, unclip_root)
+    with_image = run_prompt(executor, _unclip_prompt(1.0), latent=["sample", 0])["latent"]["samples"]
+    without = run_prompt(executor, _unclip_prompt(0.0), latent=["sample", 0])["latent"]["samples"]
+    assert torch.isfinite(with_image).all() and torch.isfinite(without).all()
+    assert not torch.allclose(with_image, without)

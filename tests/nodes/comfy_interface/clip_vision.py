@@ -23,6 +23,8 @@ EXPECTED: dict[str, dict[str, Any]] = {
         ],
         "output": ["CONDITIONING"],
     },
+    "unCLIPCheckpointLoader": {"required": [("ckpt_name", FILES, {})],
+                               "output": ["MODEL", "CLIP", "VAE", "CLIP_VISION"]},
     "unCLIPConditioning": {
         "required": [
             ("conditioning", "CONDITIONING", {}),
