@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional
 
-from engine.backend.clip_vision import preprocess
+from engine.backend.clip_vision import ClipVisionOutput, preprocess
 from engine.backend.pipeline import adm_builder
 from engine.backend.unclip import schedule
 from engine.backend.unet import UNetModel
@@ -249,3 +249,15 @@ def test_unclip_graph_runs_through_the_executor(unclip_root: Path, tmp_path: Pat
     without = run_prompt(executor, _unclip_prompt(0.0), latent=["sample", 0])["latent"]["samples"]
     assert torch.isfinite(with_image).all() and torch.isfinite(without).all()
     assert not torch.allclose(with_image, without)
+
+
+def test_revision_with_a_tower_of_the_wrong_width_says_which_to_use(executor: Executor) -> None:
+    ctx = node_context(executor)
+    _, clip, _ = CheckpointLoaderSimple().run(ctx, CHECKPOINT)
+    (cond,) = CLIPTextEncode().run(ctx, "a red circle", clip)
+    narrow = ClipVisionOutput(torch.randn(1, PROJECTION - 16), torch.zeros(1, 5, 8), torch.zeros(1, 5, 8))
+    (revised,) = unCLIPConditioning().run(ctx, cond, narrow, 1.0, 0.0)
+    build = adm_builder("sdxl", 1)
+    assert build is not None
+    with pytest.raises(ValueError, match="clip_vision_g"):
+        build(revised[0][1], 64, 64)
