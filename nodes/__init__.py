@@ -27,6 +27,7 @@ def register_builtin_nodes(registry: NodeRegistry) -> None:
     from nodes.lora import LORA_NODES
     from nodes.masks import MASK_NODES
     from nodes.model_loaders import MODEL_LOADER_NODES
+    from nodes.part_loaders import PART_LOADER_NODES
     from nodes.preprocess import PREPROCESS_NODES
     from nodes.primitives import PRIMITIVE_NODES
     from nodes.safety import SAFETY_NODES
@@ -38,7 +39,8 @@ def register_builtin_nodes(registry: NodeRegistry) -> None:
     from nodes.vae import VAE_NODES
 
     groups: tuple[tuple[type[Node], ...], ...] = (
-        MODEL_LOADER_NODES, CONDITIONING_NODES, SAMPLING_NODES, VAE_NODES, IMAGE_IO_NODES, IMAGE_OPS_NODES,
+        MODEL_LOADER_NODES, PART_LOADER_NODES,
+        CONDITIONING_NODES, SAMPLING_NODES, VAE_NODES, IMAGE_IO_NODES, IMAGE_OPS_NODES,
         LATENT_NODES, LATENT_IO_NODES, INPAINT_NODES, MASK_NODES, CONTROLNET_NODES, PREPROCESS_NODES, LORA_NODES,
         PRIMITIVE_NODES, STRING_NODES, IMAGE_TRANSFORM_NODES, IMAGE_FILTER_NODES, COMPOSITING_NODES,
         IMAGE_OUTPUT_NODES, LATENT_TRANSFORM_NODES, LATENT_OPERATION_NODES, SCHEDULER_NODES, CUSTOM_SAMPLING_NODES,

@@ -528,9 +528,10 @@ def embed_timesteps(
 ) -> Tensor:
     """The embedding every ResBlock receives: time MLP of the sinusoidal timesteps (+ adm MLP of ``y``).
 
-    Computed in ``time_embed``'s parameter dtype (the sinusoids in fp32, then cast).
+    Computed in ``time_embed``'s weight dtype (the sinusoids in fp32, then cast); weights stored in float8
+    read in their compute dtype (engine/backend/cast_weights.py).
     """
-    dtype = next(time_embed.parameters()).dtype
+    dtype = cast(nn.Linear, cast(nn.Sequential, time_embed)[0]).weight.dtype
     emb = time_embed(timestep_embedding(timesteps, model_channels).to(dtype))
     if label_emb is not None:
         if y is None:

@@ -37,6 +37,32 @@ class FileRef:
 
 
 @dataclass(frozen=True)
+class KeyLayout:
+    """Where a part's tensors are in its file: the keys under ``prefix`` (``model.diffusion_model.`` in a
+    checkpoint, ``""`` in a UNet file), named as in ``naming``: ``"ldm"`` (the original checkpoints' names)
+    or ``"diffusers"`` (renamed while read; engine/models/convert_diffusers.py)."""
+
+    prefix: str
+    naming: str = "ldm"
+
+
+#: The UNet of a Stable Diffusion checkpoint.
+CHECKPOINT_UNET = KeyLayout("model.diffusion_model.")
+
+
+@dataclass(frozen=True)
+class TextEncoderFile:
+    """One text encoder stored on its own (CLIPLoader, DualCLIPLoader, a diffusers folder): its keys under
+    ``prefix`` in ``file`` are read as if they were under ``tower``, the prefix the family's checkpoints
+    keep that encoder under (``cond_stage_model.transformer.``, ``conditioner.embedders.1.model.``, ...);
+    transformers' and OpenCLIP's layouts both load from there."""
+
+    file: FileRef
+    prefix: str
+    tower: str
+
+
+@dataclass(frozen=True)
 class WeightPatch:
     """A weight patch (a LoRA file) applied to a model with a strength."""
 
@@ -95,6 +121,11 @@ class ModelHandle:
     sampling: ModelSamplingSpec | None = None
     #: ModelComputeDtype's choice ("fp32", "fp16", "bf16"); None: the model manager's default.
     compute_dtype: str | None = None
+    #: Where the UNet is in ``checkpoint`` (UNETLoader and DiffusersLoader read files without the prefix).
+    unet_layout: KeyLayout = CHECKPOINT_UNET
+    #: UNETLoader's weight_dtype: "fp8_e4m3fn" / "fp8_e5m2" keep the weights in float8, cast layer by layer
+    #: to the compute dtype as they are used; None: the weights are stored in the compute dtype.
+    weight_dtype: str | None = None
 
     def with_patch(self, patch: WeightPatch) -> ModelHandle:
         return dataclasses.replace(self, patches=(*self.patches, patch))
@@ -131,6 +162,9 @@ class ClipHandle:
     #: CLIPAttentionMultiply's (q, k, v, out) multipliers of every self-attention projection (weights and
     #: biases), applied at encode time without touching the stored weights; (1, 1, 1, 1): none.
     attention_scale: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0)
+    #: Text encoders stored on their own files (``checkpoint`` is the first of them); (): the towers of the
+    #: ``checkpoint`` under the family's prefixes.
+    sources: tuple[TextEncoderFile, ...] = ()
 
     def with_layer(self, layer_idx: int) -> ClipHandle:
         return dataclasses.replace(self, layer_idx=layer_idx)

@@ -29,14 +29,24 @@ import torch
 from torch import nn
 
 from engine.backend.attention import load_weights
+from engine.backend.cast_weights import FLOAT8_DTYPES, cast_at_forward
 from engine.backend.controlnet import ControlNet
 from engine.backend.taesd import TinyAutoencoder
 from engine.backend.text import TextEncoder, load_text_encoder
 from engine.backend.unet import UNetConfig, UNetModel
 from engine.backend.vae import AutoencoderKL, VAEConfig, adapt_vae_weight
+from engine.models import parts
 from engine.models.controlnet_convert import load_controlnet
-from engine.models.handles import ClipHandle, ControlNetHandle, FileRef, ModelHandle, VaeHandle
-from engine.models.loaders import UNET_PREFIX, CheckpointFile
+from engine.models.handles import (
+    CHECKPOINT_UNET,
+    ClipHandle,
+    ControlNetHandle,
+    FileRef,
+    ModelHandle,
+    TextEncoderFile,
+    VaeHandle,
+)
+from engine.models.loaders import CheckpointFile
 from engine.models.memory import DeviceBudget, Residency, VramMode, working_memory_bytes
 from engine.models.patching import LoraPatcher
 from engine.models.streaming import BlockStreamer, Placement, module_bytes, stream_units
@@ -80,6 +90,7 @@ class _Key:
     file: FileRef
     part: str
     dtype: str = ""  # a UNet asked for in another dtype than the manager's (ModelComputeDtype)
+    source: object = None  # a part stored on its own: the UNet's layout and weight dtype, the text-encoder files
 
 
 class ModelManager:
@@ -119,7 +130,7 @@ class ModelManager:
         """The UNet with exactly ``handle.patches`` applied (the original weights when there are none)."""
         with self._lock:
             key = self._unet_key(handle)
-            module = self._get(key, lambda: self._load_unet(handle.checkpoint, self.unet_dtype(handle)))
+            module = self._get(key, lambda: self._load_unet(handle, self.unet_dtype(handle)))
             assert isinstance(module, UNetModel)
             self._use(key, module)
             self.patcher.apply(module, handle.patches, handle.family.label)
@@ -131,9 +142,11 @@ class ModelManager:
 
     def _unet_key(self, handle: ModelHandle) -> _Key:
         dtype = self.unet_dtype(handle)
+        plain = handle.unet_layout == CHECKPOINT_UNET and handle.weight_dtype is None
+        source = None if plain else (handle.unet_layout, handle.weight_dtype)
         if dtype == self.dtype:
-            return _Key(handle.checkpoint, "unet")
-        return _Key(handle.checkpoint, "unet", str(handle.compute_dtype))
+            return _Key(handle.checkpoint, "unet", source=source)
+        return _Key(handle.checkpoint, "unet", str(handle.compute_dtype), source)
 
     @contextmanager
     def sampling(self, handle: ModelHandle, latent_shape: tuple[int, ...], *, cfg: bool = True) -> Iterator[UNetModel]:
@@ -144,7 +157,7 @@ class ModelManager:
         with self._lock:
             self._pinned.add(key)
             try:
-                loaded = self._get(key, lambda: self._load_unet(handle.checkpoint, dtype))
+                loaded = self._get(key, lambda: self._load_unet(handle, dtype))
                 assert isinstance(loaded, UNetModel)
                 self._reserve = working_memory_bytes(latent_shape, dtype, cfg=cfg,
                                                      model_channels=loaded.config.model_channels)
@@ -165,8 +178,8 @@ class ModelManager:
     def text_encoder(self, handle: ClipHandle) -> TextEncoder:
         """The text encoder(s) with exactly ``handle.patches`` applied."""
         with self._lock:
-            key = _Key(handle.checkpoint, "clip")
-            module = self._get(key, lambda: self._load_text(handle.checkpoint, handle.family.name))
+            key = _Key(handle.checkpoint, "clip", source=handle.sources or None)
+            module = self._get(key, lambda: self._load_text(handle.checkpoint, handle.family.name, handle.sources))
             assert isinstance(module, TextEncoder)
             self._use(key, module)
             self.patcher.apply(module, handle.patches, handle.family.label)
@@ -283,8 +296,12 @@ class ModelManager:
         if not str(key.file.path).lower().endswith(".safetensors"):
             return 0
         dtype = _DTYPES.get(key.dtype, self.dtype)
+        if key.part == "clip" and isinstance(key.source, tuple):
+            return parts.text_elements(key.source) * dtype.itemsize
         if key.part == "unet":
-            prefixes: tuple[str, ...] = (UNET_PREFIX,)
+            layout, weights = key.source if isinstance(key.source, tuple) else (CHECKPOINT_UNET, None)
+            prefixes: tuple[str, ...] = (layout.prefix,)
+            dtype = FLOAT8_DTYPES.get(str(weights), dtype)
         elif key.part == "clip":
             prefixes = _TEXT_PREFIXES
         elif key.part.startswith("vae:"):
@@ -359,13 +376,18 @@ class ModelManager:
             return 0
         return max(module_bytes(unit) for unit in stream_units(unet, per_layer=self.mode is VramMode.NONE))
 
-    def _load_unet(self, ref: FileRef, dtype: torch.dtype) -> UNetModel:
+    def _load_unet(self, handle: ModelHandle, dtype: torch.dtype) -> UNetModel:
+        ref, layout = handle.checkpoint, handle.unet_layout
+        storage = FLOAT8_DTYPES.get(str(handle.weight_dtype), dtype)
         with CheckpointFile(ref.path) as ckpt:
-            config = UNetConfig.from_state_dict(ckpt.shapes(UNET_PREFIX))
+            config = UNetConfig.from_state_dict(parts.unet_shapes(ckpt, layout))
             with torch.device("meta"):
                 model = UNetModel(config)
-            load_weights(model, ckpt.iter_prefix(UNET_PREFIX), device=self.offload_device, dtype=dtype)
-        log.info("loaded UNet of %s (%s)", ref.name, str(dtype).removeprefix("torch."))
+            if storage != dtype:  # float8 weights, each layer cast to the compute dtype as it runs
+                cast_at_forward(model, dtype)
+            load_weights(model, parts.unet_tensors(ckpt, layout), device=self.offload_device, dtype=storage)
+        log.info("loaded UNet of %s (%s%s)", ref.name, str(dtype).removeprefix("torch."),
+                 "" if storage == dtype else f", weights stored in {handle.weight_dtype}")
         if self.device.type == "cpu" and dtype != torch.float32:
             log.warning("%s's UNet computes in %s on the CPU (ModelComputeDtype), many times slower than fp32 there",
                         ref.name, str(dtype).removeprefix("torch."))
@@ -373,18 +395,21 @@ class ModelManager:
 
     def _load_vae(self, ref: FileRef, prefix: str) -> AutoencoderKL:
         with CheckpointFile(ref.path) as ckpt:
-            config = VAEConfig.from_state_dict(ckpt.shapes(prefix))
+            config = VAEConfig.from_state_dict(parts.vae_shapes(ckpt, prefix, _VAE_PARTS))
             with torch.device("meta"):
                 model = AutoencoderKL(config)
-            tensors = ((k, v) for k, v in ckpt.iter_prefix(prefix) if k.startswith(_VAE_PARTS))
+            tensors = parts.vae_tensors(ckpt, prefix, _VAE_PARTS)  # LDM or diffusers names
             load_weights(model, tensors, device=self.offload_device, dtype=self.vae_dtype, adapt=adapt_vae_weight)
         log.info("loaded VAE of %s", ref.name)
         return model.requires_grad_(False).eval()
 
-    def _load_text(self, ref: FileRef, family: str) -> TextEncoder:
-        with CheckpointFile(ref.path) as ckpt:
-            # Converted while read, so the model adopts these tensors without another copy.
-            state = {k: ckpt.load(k, self.dtype) for k in ckpt.keys() if k.startswith(_TEXT_PREFIXES)}
+    def _load_text(self, ref: FileRef, family: str, sources: tuple[TextEncoderFile, ...] = ()) -> TextEncoder:
+        if sources:  # text-encoder files, read as if under their checkpoint prefixes
+            state = parts.text_state(sources, self.dtype)
+        else:
+            with CheckpointFile(ref.path) as ckpt:
+                # Converted while read, so the model adopts these tensors without another copy.
+                state = {k: ckpt.load(k, self.dtype) for k in ckpt.keys() if k.startswith(_TEXT_PREFIXES)}
         encoder = load_text_encoder(state, family, dtype=self.dtype, device=self.offload_device)
         log.info("loaded text encoder of %s", ref.name)
         return encoder.requires_grad_(False).eval()

@@ -1,0 +1,88 @@
+"""Weights stored in one dtype and computed in another, layer by layer (UNETLoader's fp8 weight_dtype).
+
+A UNet loaded with ``weight_dtype`` fp8_e4m3fn or fp8_e5m2 keeps every parameter in float8: a quarter of
+fp32's memory, half of fp16's. Its Linear, Conv2d, GroupNorm and LayerNorm layers become the casting
+subclasses below (the class of each existing module is switched, so parameter names, ``named_parameters``,
+LoRA patching and block streaming see exactly the stored float8 tensors). Reading ``layer.weight`` or
+``layer.bias`` gives the stored tensor cast to the layer's ``compute_dtype``: the layers' own forwards and
+code that reads the weights directly (``F.linear(x, layer.weight ...)``) both compute in that dtype, and
+only one layer's weights exist in the compute dtype at a time.
+
+Pure torch; the model manager (engine/models/manager.py) decides when to use it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["FLOAT8_DTYPES", "CastConv2d", "CastGroupNorm", "CastLayerNorm", "CastLinear", "cast_at_forward"]
+
+#: UNETLoader's weight_dtype names of the float8 storage dtypes ("fp8_e4m3fn_fast" stores as fp8_e4m3fn).
+FLOAT8_DTYPES: dict[str, torch.dtype] = {
+    "fp8_e4m3fn": torch.float8_e4m3fn,
+    "fp8_e4m3fn_fast": torch.float8_e4m3fn,
+    "fp8_e5m2": torch.float8_e5m2,
+}
+
+
+class _CastWeights:
+    """``weight`` and ``bias`` read as the stored parameters cast to ``compute_dtype``."""
+
+    compute_dtype: torch.dtype = torch.float32
+    _parameters: dict[str, Any]
+
+    @property
+    def weight(self) -> Tensor:
+        return self._parameters["weight"].to(self.compute_dtype)
+
+    @property
+    def bias(self) -> Tensor | None:
+        stored = self._parameters.get("bias")
+        return None if stored is None else stored.to(self.compute_dtype)
+
+
+class CastLinear(_CastWeights, nn.Linear):  # type: ignore[misc,override,unused-ignore]
+    """nn.Linear computing in ``compute_dtype`` from weights stored in another dtype."""
+
+
+class CastConv2d(_CastWeights, nn.Conv2d):  # type: ignore[misc,override,unused-ignore]
+    """nn.Conv2d computing in ``compute_dtype`` from weights stored in another dtype."""
+
+
+class CastGroupNorm(_CastWeights, nn.GroupNorm):  # type: ignore[misc,override,unused-ignore]
+    """nn.GroupNorm computing in ``compute_dtype`` from weights stored in another dtype."""
+
+
+class CastLayerNorm(_CastWeights, nn.LayerNorm):  # type: ignore[misc,override,unused-ignore]
+    """nn.LayerNorm computing in ``compute_dtype`` from weights stored in another dtype."""
+
+
+_CASTING: dict[type[nn.Module], type[nn.Module]] = {
+    nn.Linear: CastLinear, nn.Conv2d: CastConv2d, nn.GroupNorm: CastGroupNorm, nn.LayerNorm: CastLayerNorm,
+}
+
+
+def cast_at_forward(model: nn.Module, compute_dtype: torch.dtype) -> int:
+    """Make every Linear / Conv2d / GroupNorm / LayerNorm of ``model`` compute in ``compute_dtype`` whatever
+    dtype its parameters are stored in; returns how many layers were switched.
+
+    Call it before the weights are stored in the other dtype. ValueError when another kind of module holds
+    parameters of its own (it could not compute from float8 weights).
+    """
+    switched = 0
+    for name, module in model.named_modules():
+        casting = _CASTING.get(type(module))
+        if casting is not None:
+            module.__class__ = casting
+            module.compute_dtype = compute_dtype
+            switched += 1
+        elif isinstance(module, _CastWeights):
+            module.compute_dtype = compute_dtype
+            switched += 1
+        elif any(p is not None for p in module._parameters.values()):
+            raise ValueError(f"{name or type(model).__name__} ({type(module).__name__}) holds weights that cannot "
+                             "be cast at forward time; keep this model's weights in the compute dtype")
+    return switched
