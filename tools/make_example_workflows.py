@@ -32,6 +32,7 @@ log = logging.getLogger("tools.make_example_workflows")
 CHECKPOINT = "tiny-shapes.safetensors"
 LORA = "tiny-shapes-dark.safetensors"
 CONTROLNET = "tiny-shapes-edges.safetensors"
+UPSCALER = "tiny-shapes-2x.safetensors"
 SOURCE_IMAGE = "tiny-shapes-red-circle.png"
 INPAINT_IMAGE = "tiny-shapes-inpaint.png"
 EDGES_IMAGE = "tiny-shapes-edges.png"
@@ -125,6 +126,15 @@ def hires_fix() -> list[N]:
             *decode_and_save(8, 11, (4, 2), "hires-fix")]
 
 
+def upscale() -> list[N]:
+    return [checkpoint(), *prompts((4, 1), "a purple triangle on a yellow background, center, large"),
+            N(5, "EmptyLatentImage", [64, 64, 1]), ksampler(3, 4, 6, 7, (5, 0)),
+            N(8, "VAEDecode", None, {"samples": (3, 0), "vae": (4, 2)}),
+            N(10, "UpscaleModelLoader", [UPSCALER]),
+            N(11, "ImageUpscaleWithModel", None, {"upscale_model": (10, 0), "image": (8, 0)}),
+            N(9, "SaveImage", ["upscale"], {"images": (11, 0)}, title="Save")]
+
+
 def outpaint() -> list[N]:
     return [checkpoint(), *prompts((4, 1), "a red circle on a blue background, top left, small"),
             N(5, "EmptyLatentImage", [64, 64, 1]), ksampler(3, 4, 6, 7, (5, 0)),
@@ -137,7 +147,8 @@ def outpaint() -> list[N]:
 
 
 WORKFLOWS = {"txt2img": txt2img, "img2img": img2img, "inpaint": inpaint, "lora": lora, "controlnet": controlnet,
-             "hires-fix": hires_fix, "outpaint": outpaint, "batch": batch}
+             "hires-fix": hires_fix, "outpaint": outpaint, "batch": batch,
+             "upscale": upscale}
 
 
 def api_prompt(nodes: Sequence[N], registry: NodeRegistry) -> dict[str, dict[str, Any]]:

@@ -94,6 +94,9 @@ def _torchvision_imports() -> bool:
 @functools.cache
 def import_spandrel() -> types.ModuleType:
     """spandrel, imported once; with torchvision stood in for while it imports where it is missing."""
+    if importlib.util.find_spec("spandrel") is None:
+        raise ModelError("upscale models need spandrel, which is not installed: run `make setup` (it installs "
+                         "spandrel==0.4.2 --no-deps)")
     if "spandrel" in sys.modules or _torchvision_imports():
         return importlib.import_module("spandrel")
     stand_ins = _torchvision_stand_ins()
