@@ -146,7 +146,8 @@ class CheckpointLoader(Node):
 
     display_name = "Load Checkpoint With Config (DEPRECATED)"
     category = "advanced/loaders"
-    inputs = (Input("config_name", COMBO, choices=_configs, file_folder="configs"),
+    # config_name carries no file_folder: Loom never reads the config, so no worker needs to hold it.
+    inputs = (Input("config_name", COMBO, choices=_configs),
               Input("ckpt_name", COMBO, choices=CheckpointLoaderSimple.inputs[0].choices, file_folder="checkpoints"))
     outputs = (Output(MODEL), Output(CLIP), Output(VAE))
 
@@ -166,7 +167,9 @@ class DiffusersLoader(Node):
 
     display_name = "DiffusersLoader"
     category = "advanced/loaders/deprecated"
-    inputs = (Input("model_path", COMBO, choices=_diffusers_folders, file_folder="diffusers"),)
+    # model_path names a folder, not a file: no file_folder, so cluster routing does not look for it among the
+    # workers' model files (a worker without the folder fails the node, naming where it looked).
+    inputs = (Input("model_path", COMBO, choices=_diffusers_folders),)
     outputs = (Output(MODEL), Output(CLIP), Output(VAE))
 
     @classmethod
