@@ -59,7 +59,8 @@ def _demo_images() -> torch.Tensor:
 
 def test_shipped_taesd_decodes_close_to_the_full_vae(tmp_path: Path) -> None:
     """Loose tolerance: the 16-wide distilled TAESD is an approximation. Mean |difference| from the full VAE's
-    decode below 0.06 of the 0..1 range, and the round trip through TAESD's encoder keeps the image."""
+    decode below 0.05 of the 0..1 range (0.019 measured), and TAESD's encoder then the full VAE's decoder
+    give the image back within 0.03 (0.0095 measured; the full VAE alone: 0.0076)."""
     require_demo_model()
     if not (SHIPPED / "taesd_decoder.safetensors").is_file():
         pytest.skip("models/vae_approx/taesd_decoder.safetensors is missing (python -m tools.train_tiny_taesd)")
@@ -75,13 +76,13 @@ def test_shipped_taesd_decodes_close_to_the_full_vae(tmp_path: Path) -> None:
     [full] = VAEDecode().run(ctx, latent, full_vae)
     [tiny] = VAEDecode().run(ctx, latent, tiny_vae)
     assert tiny.shape == full.shape == (4, 64, 64, 3)
-    assert float((tiny - full).abs().mean()) < 0.06
+    assert float((tiny - full).abs().mean()) < 0.05
     [tiled] = VAEDecodeTiled().run(ctx, latent, tiny_vae, 512, 64)
     torch.testing.assert_close(tiled, tiny)
     [tiny_latent] = VAEEncode().run(ctx, pixels, tiny_vae)
     assert tiny_latent["samples"].shape == latent["samples"].shape
     [round_trip] = VAEDecode().run(ctx, tiny_latent, full_vae)
-    assert float((round_trip - pixels).abs().mean()) < 0.1
+    assert float((round_trip - pixels).abs().mean()) < 0.03
 
 
 def test_taesd_previews_of_a_ksampler_run(tmp_path: Path) -> None:
