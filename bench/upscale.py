@@ -2,7 +2,7 @@
 
 The model is spandrel's RRDBNet at ESRGAN x4's size (23 RRDB blocks, 64 filters) with random weights (the
 speed of a network does not depend on its values), fp32, on the CPU unless ``--device`` says otherwise.
-Two measurements in the same run, each the best of ``--repeats``:
+Two measurements in the same run, each the best of ``--repeats`` (run alternately, ABBA):
 
 * ``loom_tiled_s``: Loom's path (``engine.sdk.upscale.upscale_image``: IMAGE in, 512px tiles overlapping
   by 32px, blending, clamping, IMAGE out) on the whole image;
@@ -11,7 +11,7 @@ Two measurements in the same run, each the best of ``--repeats``:
 At 512x512 the image is one tile, so ``overhead`` (loom / spandrel) is what the node adds around the model.
 ``--quick`` uses a tiny RRDBNet (1 block, 8 filters) on 64x64 (a smoke run, not a measurement).
 
-    python bench/upscale.py [--size 512] [--repeats 1] [--quick] > /tmp/bench_upscale.json
+    python bench/upscale.py [--size 512] [--repeats 2] [--quick] > /tmp/bench_upscale.json
 """
 
 from __future__ import annotations
@@ -34,13 +34,21 @@ if str(ROOT) not in sys.path:
 log = logging.getLogger("bench.upscale")
 
 
-def _best(run: Callable[[], Any], repeats: int) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        best = min(best, time.perf_counter() - start)
-    return best
+def _seconds(run: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    run()
+    return time.perf_counter() - start
+
+
+def _best_alternating(first: Callable[[], Any], second: Callable[[], Any], repeats: int) -> tuple[float, float]:
+    """Best seconds of each, run in ABBA order (A B, then B A, ...) so that a load that changes during the run
+    (a shared machine) does not favour the one that ran last."""
+    times: tuple[list[float], list[float]] = ([], [])
+    for index in range(repeats):
+        order = (0, 1) if index % 2 == 0 else (1, 0)
+        for which in order:
+            times[which].append(_seconds((first, second)[which]))
+    return min(times[0]), min(times[1])
 
 
 def _write_model(path: Path, blocks: int, filters: int) -> None:
@@ -77,8 +85,8 @@ def measure(size: int, blocks: int, filters: int, device: str, repeats: int) -> 
         tile = image[:, :DEFAULT_TILE, :DEFAULT_TILE].movedim(-1, 1).to(target)
         with torch.inference_mode():
             model(tile[..., :32, :32])  # warm-up
-        spandrel_s = _best(lambda: model(tile), repeats)
-        loom_s = _best(lambda: upscale_image(ref, image, target, torch.float32), repeats)
+        spandrel_s, loom_s = _best_alternating(lambda: model(tile),
+                                               lambda: upscale_image(ref, image, target, torch.float32), repeats)
     return {
         "image": [size, size], "scale": 4, "output": [size * 4, size * 4],
         "model": {"arch": "RRDBNet (ESRGAN)", "blocks": blocks, "filters": filters, "weights": "random"},
@@ -92,7 +100,7 @@ def measure(size: int, blocks: int, filters: int, device: str, repeats: int) -> 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=512, help="image side in pixels (default 512)")
-    parser.add_argument("--repeats", type=int, default=1, help="runs of each; the best counts (default 1)")
+    parser.add_argument("--repeats", type=int, default=2, help="runs of each; the best counts (default 2)")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     parser.add_argument("--quick", action="store_true", help="a tiny RRDBNet on 64x64: a smoke run")
     args = parser.parse_args(argv)
