@@ -14,6 +14,7 @@ def register_builtin_nodes(registry: NodeRegistry) -> None:
     from nodes.custom_sampling import CUSTOM_SAMPLING_NODES
     from nodes.guidance import GUIDANCE_NODES
     from nodes.hypernetwork import HYPERNETWORK_NODES
+    from nodes.image_conditioning import IMAGE_CONDITIONING_NODES
     from nodes.image_filters import IMAGE_FILTER_NODES
     from nodes.image_io import IMAGE_IO_NODES
     from nodes.image_ops import IMAGE_OPS_NODES
@@ -45,7 +46,7 @@ def register_builtin_nodes(registry: NodeRegistry) -> None:
         PRIMITIVE_NODES, STRING_NODES, IMAGE_TRANSFORM_NODES, IMAGE_FILTER_NODES, COMPOSITING_NODES,
         IMAGE_OUTPUT_NODES, LATENT_TRANSFORM_NODES, LATENT_OPERATION_NODES, SCHEDULER_NODES, CUSTOM_SAMPLING_NODES,
         GUIDANCE_NODES, UNET_PATCH_NODES, SAFETY_NODES, HYPERNETWORK_NODES, CLIP_VISION_NODES,
-        UPSCALE_MODEL_NODES)
+        UPSCALE_MODEL_NODES, IMAGE_CONDITIONING_NODES)
     for group in groups:
         for cls in group:
             registry.register(cls)

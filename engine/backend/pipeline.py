@@ -39,6 +39,7 @@ from engine.backend.guidance import (
     repeat_to_batch,
 )
 from engine.backend.guiders import Guidance, NoiseSource, SamplerChoice
+from engine.backend.image_concat import ip2p_concat, ip2p_source
 from engine.backend.ksampler import ksample
 from engine.backend.latent_formats import LatentFormat
 from engine.backend.model_sampling import ModelSampling
@@ -75,6 +76,7 @@ class ModelTraits:
     pre_cfg: tuple[OperationSpec, ...] = ()  # operations on each step's guidance before CFG (in order)
     patches: tuple[SamplingPatch, ...] = ()  # the MODEL's guidance and UNet patches (in order)
     sampling_spec: model_sampling.SamplingSpec | None = None  # a ModelSampling* node's choice
+    ip2p: bool = False  # an 8-channel InstructPix2Pix UNet (engine/backend/image_concat.py)
 
 
 @dataclass(frozen=True)
@@ -235,6 +237,9 @@ def _denoiser(request: CustomRequest, traits: ModelTraits, unet: UNetModel, ms: 
         sources = inpaint_sources(request.latent, guidance.positive)
         concat = inpaint_concat(sources, traits.latent_format.to_model(latent), denoise_mask,
                                 traits.latent_format).to(device)
+    elif traits.ip2p:
+        concat = ip2p_concat(ip2p_source(guidance.positive, request.latent), traits.latent_format.to_model(latent),
+                             traits.latent_format).to(device)
     hooks = gather_hooks(traits.patches, ms)
     extra = [prepare(c) for c in hooks.extra_conditioning]
     middle = prepare(guidance.middle) if guidance.uses_middle else []

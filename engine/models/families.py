@@ -1,4 +1,5 @@
-"""ModelFamily: what a checkpoint is (SD1, SD2, SDXL, refiner; eps or v; inpainting). Torch-free: handles
+"""ModelFamily: what a checkpoint is (SD1, SD2, SDXL, refiner; eps or v; inpainting;
+InstructPix2Pix). Torch-free: handles
 and node declarations use it without loading torch; :func:`engine.models.loaders.detect_family` makes one."""
 
 from __future__ import annotations
@@ -22,6 +23,11 @@ class ModelFamily:
         return self.in_channels == 9
 
     @property
+    def is_ip2p(self) -> bool:
+        """An InstructPix2Pix UNet: 8 input channels, the latent then the input image's latent."""
+        return self.in_channels == 8
+
+    @property
     def is_sdxl(self) -> bool:
         return self.name in ("sdxl", "sdxl_refiner")
 
@@ -36,4 +42,6 @@ class ModelFamily:
             text += " unCLIP"
         if self.is_inpaint:
             text += " inpainting"
+        if self.is_ip2p:
+            text += " InstructPix2Pix"
         return text + (" (v-prediction)" if self.prediction == "v" else "")

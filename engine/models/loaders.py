@@ -227,6 +227,15 @@ def _torch_load(path: Path) -> object:
         return torch.load(str(path), map_location="cpu", weights_only=True)
 
 
+#: The SD x4 upscaler's UNet: 4 latent + 3 low-res pixel channels, a noise-level class embedding (label_emb.weight).
+X4_UPSCALER_CHANNELS = 7
+X4_UPSCALER_UNSUPPORTED = (
+    "{name} is the Stable Diffusion x4 upscaler (a 7-channel UNet with a noise-level class embedding and a 4x "
+    "VAE). Loom recognises it and SD_4XUpscale_Conditioning prepares its conditioning, but sampling with it is not "
+    "implemented yet (missing: the 4x-downsampling VAE, the low-res image concat and the noise-level class label); "
+    "upscale with UpscaleModelLoader + ImageUpscaleWithModel instead")
+
+
 #: The std above which SD2's output_blocks.11 norm bias marks a v-prediction model (ComfyUI's test).
 _V_PREDICTION_STD = 0.09
 
@@ -237,9 +246,11 @@ def detect_family(ckpt: CheckpointFile, prediction: str | None = None) -> ModelF
     if first_conv not in ckpt:
         raise UnsupportedModel(_describe_unknown(ckpt))
     in_channels = ckpt.shape(first_conv)[1]
-    if in_channels not in (4, 9):
-        raise UnsupportedModel(f"{ckpt.path.name}: a UNet with {in_channels} input channels (4 or 9 supported: "
-                               "plain or inpainting); instruct-pix2pix style models are not supported yet")
+    if in_channels == X4_UPSCALER_CHANNELS and UNET_PREFIX + "label_emb.weight" in ckpt:
+        raise UnsupportedModel(X4_UPSCALER_UNSUPPORTED.format(name=ckpt.path.name))
+    if in_channels not in (4, 8, 9):
+        raise UnsupportedModel(f"{ckpt.path.name}: a UNet with {in_channels} input channels (4, 8 or 9 supported: "
+                               "plain, InstructPix2Pix or inpainting)")
     has_label = ckpt.has_prefix(UNET_PREFIX + "label_emb.")
     if has_label and ckpt.has_prefix("conditioner.embedders.1.model."):
         name = "sdxl"

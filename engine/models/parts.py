@@ -105,9 +105,9 @@ def unet_family(ckpt: CheckpointFile, layout: KeyLayout, prediction: str | None 
     names = _diffusers_names(ckpt, layout)
     shapes = {ldm: ckpt.shape(key) for key, ldm in names.items()}
     in_channels = shapes[_LDM_FIRST][1]
-    if in_channels not in (4, 9):
-        raise UnsupportedModel(f"{ckpt.path.name}: a UNet with {in_channels} input channels (4 or 9 supported: plain "
-                               "or inpainting)")
+    if in_channels not in (4, 8, 9):
+        raise UnsupportedModel(f"{ckpt.path.name}: a UNet with {in_channels} input channels (4, 8 or 9 supported: "
+                               "plain, InstructPix2Pix or inpainting)")
     context = next((shape[1] for name, shape in shapes.items() if name.endswith("attn2.to_k.weight")), None)
     if context is None:
         raise UnsupportedModel(f"{ckpt.path.name}: a UNet without cross-attention; not an SD1/SD2/SDXL UNet")

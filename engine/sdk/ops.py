@@ -64,7 +64,7 @@ def model_traits(family: ModelFamily, pre_cfg: tuple[PreCfgOperation, ...] = (),
                        latent_format=latent_format(format_name, family.latent_scale_factor),
                        adm=adm,  # type: ignore[arg-type]  # checked against the three names above
                        inpaint=family.is_inpaint, preview_format=preview,
-                       pre_cfg=pre_cfg, patches=patches, sampling_spec=sampling_spec)
+                       pre_cfg=pre_cfg, patches=patches, sampling_spec=sampling_spec, ip2p=family.is_ip2p)
 
 
 def sample(ctx: RunContext, model: ModelHandle, request: SamplingRequest) -> Latent:

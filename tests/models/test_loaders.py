@@ -214,9 +214,9 @@ def test_flux_style_file_is_refused_by_name(tmp_path: Path) -> None:
 def test_unet_with_unsupported_input_channels_is_refused(tmp_path: Path) -> None:
     state = build_state_dict("sd1", inpaint=True)
     first = UNET_PREFIX + "input_blocks.0.0.weight"
-    state[first] = state[first][:, :8].contiguous()  # instruct-pix2pix has 8 input channels
-    message = _refusal(save_state_dict(state, tmp_path / "ip2p.safetensors"))
-    assert "8 input channels" in message and "pix2pix" in message
+    state[first] = state[first][:, :6].contiguous()  # no SD family has 6 (8 is InstructPix2Pix, now supported)
+    message = _refusal(save_state_dict(state, tmp_path / "six.safetensors"))
+    assert "6 input channels" in message and "InstructPix2Pix" in message
 
 
 def test_unet_without_text_encoder_is_refused_with_found_layout(tmp_path: Path) -> None:
