@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     import torch
 
     from engine.backend.controlnet import ControlNet
+    from engine.backend.t2i_adapter import T2IAdapter
     from engine.backend.taesd import TinyAutoencoder
     from engine.backend.text import TextEncoder
     from engine.backend.unet import UNetModel
@@ -43,7 +44,7 @@ class ModelProvider(Protocol):
                  cfg: bool = True) -> AbstractContextManager[UNetModel]: ...
     def text_encoder(self, handle: ClipHandle) -> TextEncoder: ...
     def vae(self, handle: VaeHandle) -> AutoencoderKL | TinyAutoencoder: ...
-    def controlnet(self, handle: ControlNetHandle) -> ControlNet: ...
+    def controlnet(self, handle: ControlNetHandle) -> ControlNet | T2IAdapter: ...
 
     def stats(self) -> dict[str, Any]:
         """Mode, devices, byte counts and loaded parts (for /system_stats)."""
@@ -85,7 +86,7 @@ class NoModels:
     def vae(self, handle: VaeHandle) -> AutoencoderKL | TinyAutoencoder:
         raise self._missing("a VAE")
 
-    def controlnet(self, handle: ControlNetHandle) -> ControlNet:
+    def controlnet(self, handle: ControlNetHandle) -> ControlNet | T2IAdapter:
         raise self._missing("a ControlNet")
 
     def stats(self) -> dict[str, Any]:
@@ -175,7 +176,7 @@ class DeferredModels:
     def vae(self, handle: VaeHandle) -> AutoencoderKL | TinyAutoencoder:
         return self.provider().vae(handle)
 
-    def controlnet(self, handle: ControlNetHandle) -> ControlNet:
+    def controlnet(self, handle: ControlNetHandle) -> ControlNet | T2IAdapter:
         return self.provider().controlnet(handle)
 
     def stats(self) -> dict[str, Any]:

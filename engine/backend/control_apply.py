@@ -29,17 +29,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from engine.backend.adapter_control import AdapterRun
 from engine.backend.controlnet import ControlNet, compatibility_problem
 from engine.backend.model_sampling import ModelSampling
+from engine.backend.t2i_adapter import T2IAdapter, adapter_problem
 from engine.backend.unet import UNetConfig
 
 __all__ = ["ControlApplier", "ControlSpec", "Residuals", "control_function", "fit_hint", "share_with_uncond"]
 
 log = logging.getLogger(__name__)
 
-Residuals = dict[str, list[Tensor]]
+Residuals = dict[str, list[Tensor | None]]
 #: Turns ``ControlSpec.net`` (a CONTROL_NET handle) into a loaded :class:`ControlNet`.
-Resolve = Callable[[Any], ControlNet]
+Resolve = Callable[[Any], ControlNet | T2IAdapter]
 
 
 @dataclass(frozen=True, eq=False)
@@ -146,14 +148,22 @@ def _label(net: Any) -> str:
     return repr(name) if name else type(net).__name__
 
 
-def _merge(previous: Residuals | None, current: Residuals, strength: float) -> Residuals:
+def _merge(previous: Residuals | None, current: Mapping[str, Sequence[Tensor | None]], strength: float) -> Residuals:
+    """``current`` times ``strength`` added to ``previous`` entry by entry (None: no residual there)."""
     merged: Residuals = {}
     for key, tensors in current.items():
-        before = previous.get(key) if previous is not None else None
-        merged[key] = [t * strength if before is None else before[i] + t * strength for i, t in enumerate(tensors)]
+        before = previous.get(key, []) if previous is not None else []
+        out = [None if t is None else t * strength for t in tensors]
+        for i, prior in enumerate(before):
+            if i >= len(out):
+                out.append(prior)
+            elif prior is not None:
+                current_i = out[i]
+                out[i] = prior if current_i is None else prior + current_i
+        merged[key] = out
     if previous is not None:
-        for key, tensors in previous.items():
-            merged.setdefault(key, tensors)
+        for key, prior_list in previous.items():
+            merged.setdefault(key, prior_list)
     return merged
 
 
@@ -164,12 +174,14 @@ class ControlApplier:
     size for the run, as the hint block's features.
     """
 
-    def __init__(self, model_sampling: ModelSampling, nets: Mapping[ControlSpec, ControlNet]) -> None:
+    def __init__(self, model_sampling: ModelSampling, nets: Mapping[ControlSpec, ControlNet | T2IAdapter],
+                 num_res_blocks: int = 2) -> None:
         self.model_sampling = model_sampling
         self.nets = dict(nets)
         self.windows = {spec: (model_sampling.percent_to_sigma(spec.start_percent),
                                model_sampling.percent_to_sigma(spec.end_percent)) for spec in self.nets}
         self._hints: dict[tuple[ControlSpec, int, int, torch.device, torch.dtype], Tensor] = {}
+        self._adapters = AdapterRun(fit_hint, num_res_blocks)
 
     def __call__(self, x: Tensor, timesteps: Tensor, context: Tensor | None, y: Tensor | None,
                  specs: Sequence[Any]) -> Residuals | None:
@@ -203,10 +215,14 @@ class ControlApplier:
             if sigma > sigma_start or sigma < sigma_end:
                 continue
             net = self.nets[spec]
+            if isinstance(net, T2IAdapter):
+                result = _merge(result, self._adapters.residuals(spec, spec.hint, net, x, per), spec.strength)
+                continue
             features = self._hint(spec, net, x, per)
             out = net(x[:, :net.in_channels], None, timesteps, context, y, hint_features=features)
             if spec.global_average_pooling:
-                out = {key: [t.mean(dim=(2, 3), keepdim=True) for t in ts] for key, ts in out.items()}
+                out = {key: [None if t is None else t.mean(dim=(2, 3), keepdim=True) for t in ts]
+                       for key, ts in out.items()}
             result = _merge(result, out, spec.strength)
         return result
 
@@ -228,15 +244,23 @@ class ControlApplier:
 
 
 def _assemble(results: Sequence[tuple[list[int], Residuals]], per: int, batch: int) -> Residuals:
-    """One residual dict for the whole batch: each group's rows where its entries sit, zeros elsewhere."""
-    template = results[0][1]
+    """One residual dict for the whole batch: each group's rows where its entries sit, zeros elsewhere
+    (None where no group has a residual)."""
     out: Residuals = {}
-    for key, tensors in template.items():
-        merged = []
-        for i, like in enumerate(tensors):
+    for key in dict.fromkeys(k for _, residuals in results for k in residuals):
+        length = max(len(residuals.get(key, [])) for _, residuals in results)
+        merged: list[Tensor | None] = []
+        for i in range(length):
+            parts = [(members, residuals[key][i]) for members, residuals in results
+                     if i < len(residuals.get(key, [])) and residuals[key][i] is not None]
+            if not parts:
+                merged.append(None)
+                continue
+            like = parts[0][1]
+            assert like is not None
             full = like.new_zeros((batch, *like.shape[1:]))
-            for members, residuals in results:
-                part = residuals[key][i]
+            for members, part in parts:
+                assert part is not None
                 for k, member in enumerate(members):
                     full[member * per:(member + 1) * per] = part[k * per:(k + 1) * per]
             merged.append(full)
@@ -263,14 +287,16 @@ def control_function(conds: Iterable[Sequence[Any]], model_sampling: ModelSampli
     specs = _all_specs(conds)
     if not specs:
         return None
-    nets: dict[ControlSpec, ControlNet] = {}
+    nets: dict[ControlSpec, ControlNet | T2IAdapter] = {}
     for spec in specs:
-        net = spec.net if isinstance(spec.net, ControlNet) else resolve(spec.net)
+        net = spec.net if isinstance(spec.net, (ControlNet, T2IAdapter)) else resolve(spec.net)
         if unet_config is not None:
-            problem = compatibility_problem(net.config, unet_config)
+            problem = (adapter_problem(net.config, unet_config) if isinstance(net, T2IAdapter)
+                       else compatibility_problem(net.config, unet_config))
             if problem:
                 raise ValueError(f"ControlNet {_label(spec.net)} ({net.config.describe()}) does not fit this "
                                  f"model: {problem}; use a ControlNet made for the checkpoint's model family")
         nets[spec] = net
     log.debug("sampling with %d ControlNet(s)", len(nets))
-    return ControlApplier(model_sampling, nets)
+    blocks = unet_config.num_res_blocks[0] if unet_config is not None else 2
+    return ControlApplier(model_sampling, nets, blocks)

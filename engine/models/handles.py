@@ -198,3 +198,6 @@ class ControlNetHandle:
 
     file: FileRef
     global_average_pooling: bool = False
+    #: DiffControlNetLoader's model: the file is a difference ControlNet whose weights this model's UNet
+    #: weights are added to at load (None: a full ControlNet or a T2I-Adapter).
+    base: ModelHandle | None = None

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from engine.errors import ModelError
-from engine.models.controlnet_convert import read_controlnet
+from engine.models.control_models import describe_control_file
 from engine.models.families import ModelFamily
 from engine.models.loaders import VAE_PREFIX, CheckpointFile, detect_family
 from engine.models.lora_formats import split_key
@@ -49,6 +49,4 @@ def check_lora_file(path: Path, name: str) -> None:
 
 def describe_controlnet(path: Path) -> str:
     """What ControlNet the file at ``path`` holds; UnsupportedModel naming the file when it is none."""
-    with CheckpointFile(path) as ckpt:
-        config, _ = read_controlnet(ckpt)
-    return config.describe()
+    return describe_control_file(path)
