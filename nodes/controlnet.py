@@ -26,6 +26,7 @@ from engine.sdk import (
     Output,
     RunContext,
 )
+from nodes.controlnet_union import CONTROLNET_UNION_NODES
 from nodes.model_loaders import file_fingerprint
 
 if TYPE_CHECKING:
@@ -121,4 +122,5 @@ class ControlNetApplyAdvanced(Node):
                 ops.attach_control(negative, control_net, image, strength, start_percent, end_percent, False, shared))
 
 
-CONTROLNET_NODES: tuple[type[Node], ...] = (ControlNetLoader, ControlNetApply, ControlNetApplyAdvanced)
+CONTROLNET_NODES: tuple[type[Node], ...] = (ControlNetLoader, ControlNetApply, ControlNetApplyAdvanced,
+                                            *CONTROLNET_UNION_NODES)

@@ -31,6 +31,7 @@ from torch import Tensor
 
 from engine.backend.adapter_control import AdapterRun
 from engine.backend.controlnet import ControlNet, compatibility_problem
+from engine.backend.controlnet_union import UnionControlNet
 from engine.backend.model_sampling import ModelSampling
 from engine.backend.t2i_adapter import T2IAdapter, adapter_problem
 from engine.backend.unet import UNetConfig
@@ -219,7 +220,8 @@ class ControlApplier:
                 result = _merge(result, self._adapters.residuals(spec, spec.hint, net, x, per), spec.strength)
                 continue
             features = self._hint(spec, net, x, per)
-            out = net(x[:, :net.in_channels], None, timesteps, context, y, hint_features=features)
+            extra = {"control_type": getattr(spec.net, "union_type", None)} if isinstance(net, UnionControlNet) else {}
+            out = net(x[:, :net.in_channels], None, timesteps, context, y, hint_features=features, **extra)
             if spec.global_average_pooling:
                 out = {key: [None if t is None else t.mean(dim=(2, 3), keepdim=True) for t in ts]
                        for key, ts in out.items()}

@@ -10,8 +10,10 @@ Layouts read (the facts are in ``shared/reference/comfyui.md`` section 8):
   becomes ``zero_convs.N.0``, ``controlnet_mid_block`` ``middle_block_out.0``, and
   ``controlnet_cond_embedding.{conv_in, blocks.i, conv_out}`` ``input_hint_block.{0, 2 (i + 1), 14}``.
 
-Refused with a message saying what the file is: "difference" ControlNets (weights relative to a
-base model), Control-LoRAs, union ControlNets, T2I-Adapters and SD3/Flux ControlNets.
+Union ControlNets (ControlNet++ / ProMax) in either layout: their extra keys are named by
+:mod:`engine.models.controlnet_union_load`. Refused with a message saying what the file is:
+"difference" ControlNets (weights relative to a base model), Control-LoRAs, T2I-Adapters and SD3/Flux
+ControlNets.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import torch
 
 from engine.backend.attention import load_weights
 from engine.backend.controlnet import ControlNet, ControlNetConfig
+from engine.models.controlnet_union_load import build_controlnet, union_config, union_names
 from engine.models.convert_diffusers import UNetLayout, unet_names
 from engine.models.loaders import CheckpointFile, UnsupportedModel
 
@@ -47,8 +50,16 @@ def controlnet_names(keys: Iterable[str], source: str) -> dict[str, str]:
     """``{LDM parameter name: key in the file}`` for a ControlNet file's keys; ``source`` (a file name)
     appears in errors. Raises :class:`UnsupportedModel` for files that are not a supported ControlNet."""
     keys = list(keys)
+    _refuse_unsupported(set(keys), source)
+    union = union_names(keys)  # ControlNet++ / ProMax parts (engine/models/controlnet_union_load.py)
+    if union:
+        keys = [k for k in keys if k not in set(union.values())]
+        return {**_plain_names(keys, source), **union}
+    return _plain_names(keys, source)
+
+
+def _plain_names(keys: list[str], source: str) -> dict[str, str]:
     present = set(keys)
-    _refuse_unsupported(present, source)
     if _DIFFUSERS_MARKER in present:
         return _diffusers_names(keys, source)
     if f"{CONTROL_PREFIX}zero_convs.0.0.weight" in present:
@@ -69,10 +80,6 @@ def _refuse_unsupported(keys: set[str], source: str) -> None:
                                "Loom loads full ControlNets only: use the full (non-diff) version of this model")
     if "lora_controlnet" in keys:
         raise UnsupportedModel(f"{source} is a Control-LoRA, which Loom does not support yet: use a full ControlNet")
-    if any(k.startswith(("task_embedding", "transformer_layes.", "spatial_ch_projs.", "control_add_embedding."))
-           for k in keys):
-        raise UnsupportedModel(f"{source} is a union (ControlNet++ / ProMax) ControlNet, which Loom does not "
-                               "support yet: use a single-task ControlNet")
     if "body.0.in_conv.weight" in keys or any(k.startswith(("body.", "adapter.body.")) for k in keys):
         raise UnsupportedModel(f"{source} is a T2I-Adapter, which Loom does not support yet: use a ControlNet")
     if any(k.startswith(("controlnet_blocks.", "controlnet_single_blocks.", "double_blocks.", "pos_embed_input."))
@@ -118,12 +125,15 @@ def controlnet_state_to_ldm(state_dict: Mapping[str, T], source: str = "state di
 def read_controlnet(ckpt: CheckpointFile) -> tuple[ControlNetConfig, dict[str, str]]:
     """The configuration of the ControlNet in ``ckpt`` and its ``{LDM name: file key}`` map (no tensor read)."""
     names = controlnet_names(ckpt.keys(), ckpt.path.name)
-    shapes = {ldm: ckpt.shape(key) for ldm, key in names.items()}
+    shapes = {ldm: tuple(ckpt.shape(key)) for ldm, key in names.items()}
     try:
         config = ControlNetConfig.from_state_dict(shapes)
+        union = union_config(shapes)
     except (ValueError, KeyError, IndexError) as exc:
         raise UnsupportedModel(f"{ckpt.path.name}: ControlNet weights of an unknown structure ({exc})") from exc
-    problem = _shape_problem(config.expected_shapes(), shapes)
+    with torch.device("meta"):
+        expected = {name: tuple(p.shape) for name, p in build_controlnet(config, union).state_dict().items()}
+    problem = _shape_problem(expected, shapes)
     if problem:
         raise UnsupportedModel(f"{ckpt.path.name}: not a complete ControlNet of the structure its keys suggest "
                                f"({config.describe()}): {problem}; the file may be truncated or of a variant "
@@ -149,8 +159,9 @@ def load_controlnet(path: Path | str, *, device: torch.device, dtype: torch.dtyp
     """Build the ControlNet of a file on the meta device and fill it one tensor at a time."""
     with CheckpointFile(Path(path)) as ckpt:
         config, names = read_controlnet(ckpt)
+        union = union_config({ldm: tuple(ckpt.shape(key)) for ldm, key in names.items()})
         with torch.device("meta"):
-            model = ControlNet(config)
+            model = build_controlnet(config, union)
         load_weights(model, ((ldm, ckpt.load(key)) for ldm, key in names.items()), device=device, dtype=dtype)
     log.info("loaded ControlNet %s: %s", Path(path).name, config.describe())
     return model.requires_grad_(False).eval()

@@ -198,6 +198,9 @@ class ControlNetHandle:
 
     file: FileRef
     global_average_pooling: bool = False
+    #: A union ControlNet's control type (index of engine.backend.controlnet_union.UNION_TYPES;
+    #: None = "auto"), set by SetUnionControlNetType.
+    union_type: int | None = None
     #: DiffControlNetLoader's model: the file is a difference ControlNet whose weights this model's UNet
     #: weights are added to at load (None: a full ControlNet or a T2I-Adapter).
     base: ModelHandle | None = None
