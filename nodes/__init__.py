@@ -12,6 +12,7 @@ def register_builtin_nodes(registry: NodeRegistry) -> None:
     from nodes.conditioning import CONDITIONING_NODES
     from nodes.controlnet import CONTROLNET_NODES
     from nodes.custom_sampling import CUSTOM_SAMPLING_NODES
+    from nodes.diff_controlnet import DIFF_CONTROLNET_NODES
     from nodes.guidance import GUIDANCE_NODES
     from nodes.hypernetwork import HYPERNETWORK_NODES
     from nodes.image_conditioning import IMAGE_CONDITIONING_NODES
@@ -43,6 +44,7 @@ def register_builtin_nodes(registry: NodeRegistry) -> None:
         MODEL_LOADER_NODES, PART_LOADER_NODES,
         CONDITIONING_NODES, SAMPLING_NODES, VAE_NODES, IMAGE_IO_NODES, IMAGE_OPS_NODES,
         LATENT_NODES, LATENT_IO_NODES, INPAINT_NODES, MASK_NODES, CONTROLNET_NODES, PREPROCESS_NODES, LORA_NODES,
+        DIFF_CONTROLNET_NODES,
         PRIMITIVE_NODES, STRING_NODES, IMAGE_TRANSFORM_NODES, IMAGE_FILTER_NODES, COMPOSITING_NODES,
         IMAGE_OUTPUT_NODES, LATENT_TRANSFORM_NODES, LATENT_OPERATION_NODES, SCHEDULER_NODES, CUSTOM_SAMPLING_NODES,
         GUIDANCE_NODES, UNET_PATCH_NODES, SAFETY_NODES, HYPERNETWORK_NODES, CLIP_VISION_NODES,

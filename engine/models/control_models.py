@@ -8,12 +8,12 @@ from pathlib import Path
 
 import torch
 
-from engine.backend.controlnet import ControlNet
+from engine.backend.controlnet import ControlNet, ControlNetConfig
 from engine.backend.t2i_adapter import T2IAdapter
-from engine.models.controlnet_convert import load_controlnet, read_controlnet
-from engine.models.diff_controlnet import load_diff_controlnet
+from engine.models.controlnet_convert import controlnet_names, load_controlnet, read_controlnet
+from engine.models.diff_controlnet import DIFFERENCE_KEY, load_diff_controlnet
 from engine.models.handles import ControlNetHandle
-from engine.models.loaders import CheckpointFile
+from engine.models.loaders import CheckpointFile, UnsupportedModel
 from engine.models.t2i_adapter_load import is_t2i_adapter, load_t2i_adapter, read_t2i_adapter
 
 __all__ = ["cache_part", "describe_control_file", "load_control_model"]
@@ -24,12 +24,25 @@ def _is_adapter(path: Path) -> bool:
         return is_t2i_adapter(ckpt.keys())
 
 
-def describe_control_file(path: Path) -> str:
-    """What the ControlNet-folder file at ``path`` holds; UnsupportedModel naming the file when it is none."""
+def describe_control_file(path: Path, *, difference_ok: bool = False) -> str:
+    """What the ControlNet-folder file at ``path`` holds; UnsupportedModel naming the file when it is none
+    (or when it is a difference ControlNet and ``difference_ok`` is False: those need DiffControlNetLoader)."""
     with CheckpointFile(path) as ckpt:
-        if is_t2i_adapter(ckpt.keys()):
+        keys = ckpt.keys()
+        if is_t2i_adapter(keys):
             return read_t2i_adapter(ckpt)[0].describe()
-        return read_controlnet(ckpt)[0].describe()
+        if DIFFERENCE_KEY not in keys:
+            return read_controlnet(ckpt)[0].describe()
+        if not difference_ok:
+            raise UnsupportedModel(f"{path.name} is a 'difference' ControlNet (its weights are relative to a base "
+                                   "model): load it with DiffControlNetLoader (Load ControlNet Model (diff)), "
+                                   "giving it the model it was made from")
+        names = controlnet_names([k for k in keys if k != DIFFERENCE_KEY], path.name)
+        shapes = {ldm: tuple(ckpt.shape(key)) for ldm, key in names.items()}
+        try:
+            return "a difference " + ControlNetConfig.from_state_dict(shapes).describe().removeprefix("a ")
+        except (ValueError, KeyError, IndexError) as exc:
+            raise UnsupportedModel(f"{path.name}: ControlNet weights of an unknown structure ({exc})") from exc
 
 
 def cache_part(handle: ControlNetHandle) -> str:

@@ -47,6 +47,7 @@ def check_lora_file(path: Path, name: str) -> None:
                          "models/checkpoints, a LoRA has lora_up/lora_down (or lora_A/lora_B, hada_, lokr_) keys")
 
 
-def describe_controlnet(path: Path) -> str:
-    """What ControlNet the file at ``path`` holds; UnsupportedModel naming the file when it is none."""
-    return describe_control_file(path)
+def describe_controlnet(path: Path, *, difference_ok: bool = False) -> str:
+    """What ControlNet (or T2I-Adapter) the file at ``path`` holds; UnsupportedModel naming the file when it
+    is none, or when it is a difference ControlNet and ``difference_ok`` is False (DiffControlNetLoader's)."""
+    return describe_control_file(path, difference_ok=difference_ok)
