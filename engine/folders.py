@@ -32,6 +32,7 @@ MODEL_FOLDERS: dict[str, tuple[str, ...]] = {
     "style_models": ("style_models",),
     "hypernetworks": ("hypernetworks",),
     "vae_approx": ("vae_approx",),
+    "photomaker": ("photomaker",),
 }
 
 #: File endings a model folder lists.
