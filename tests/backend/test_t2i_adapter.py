@@ -99,3 +99,37 @@ def test_adapter_problem_names_mismatched_widths() -> None:
     assert "[64, 128, 256, 256]" in str(adapter_problem(wide, sd1))
     xl_adapter = T2IAdapterConfig("full", 768, (32, 64, 128, 128), 2, xl=True)
     assert "SD1.x/SD2.x" in str(adapter_problem(xl_adapter, sd1))
+
+
+def test_light_adapter_in_diffusers_layout_loads_too(tmp_path: Path) -> None:
+    _compare(tmp_path, "light_adapter", [8, 16, 32], 8, 64, original=False)
+
+
+def test_applier_scales_features_and_leaves_entries_without_control_alone() -> None:
+    from types import SimpleNamespace
+
+    from engine.backend.control_apply import ControlSpec, control_function
+    from engine.backend.model_sampling import model_sampling_for
+
+    torch.manual_seed(0)
+    adapter = T2IAdapter(T2IAdapterConfig("light", 192, (32, 64), 1)).eval()
+    unet = UNetConfig(model_channels=32, channel_mult=(1, 2), num_res_blocks=(1, 1), context_dim=16,
+                      transformer_depth=(0, 0), transformer_depth_output=(0, 0, 0, 0), transformer_depth_middle=0)
+    hint = torch.rand(1, 3, 40, 64)
+    spec = ControlSpec(adapter, hint, strength=0.5)
+    conds = [[SimpleNamespace(control=spec), SimpleNamespace(control=None)]]
+    sampling = model_sampling_for("eps")
+    applier = control_function(conds, sampling, lambda handle: handle, unet)
+    assert applier is not None
+    x = torch.randn(2, 4, 8, 8)
+    out = applier(x, torch.tensor([500, 500]), None, None, conds[0])
+    assert out is not None and set(out) == {"input"}
+    blocks = out["input"][::-1]  # block order: conv, level-0 block (stage 0), downsample, level-1 block
+    assert blocks[0] is None and blocks[2] is None
+    with torch.no_grad():
+        fitted = torch.nn.functional.interpolate(hint[..., :, 12:52], size=(64, 64), mode="nearest-exact")
+        expected = adapter(fitted)
+    for block, feature in ((blocks[1], expected[0]), (blocks[3], expected[1])):
+        assert block is not None and block.shape[0] == 2
+        torch.testing.assert_close(block[0], 0.5 * feature[0])
+        assert torch.count_nonzero(block[1]) == 0  # the entry without control gets nothing added
