@@ -12,7 +12,9 @@ Layouts read (the facts are in ``shared/reference/comfyui.md`` section 8):
 
 Union ControlNets (ControlNet++ / ProMax) in either layout: their extra keys are named by
 :mod:`engine.models.controlnet_union_load`. Refused with a message saying what the file is:
-"difference" ControlNets (weights relative to a base model), Control-LoRAs, T2I-Adapters and SD3/Flux
+"difference" ControlNets (weights relative to a base model; DiffControlNetLoader loads them through
+:mod:`engine.models.diff_controlnet`), Control-LoRAs, T2I-Adapters (read by
+:mod:`engine.models.t2i_adapter_load`; :mod:`engine.models.control_models` dispatches) and SD3/Flux
 ControlNets.
 """
 
@@ -77,11 +79,11 @@ def _plain_names(keys: list[str], source: str) -> dict[str, str]:
 def _refuse_unsupported(keys: set[str], source: str) -> None:
     if "difference" in keys:
         raise UnsupportedModel(f"{source} is a 'difference' ControlNet (its weights are relative to a base model); "
-                               "Loom loads full ControlNets only: use the full (non-diff) version of this model")
+                               "load it with DiffControlNetLoader, giving it the model it was made from")
     if "lora_controlnet" in keys:
         raise UnsupportedModel(f"{source} is a Control-LoRA, which Loom does not support yet: use a full ControlNet")
     if "body.0.in_conv.weight" in keys or any(k.startswith(("body.", "adapter.body.")) for k in keys):
-        raise UnsupportedModel(f"{source} is a T2I-Adapter, which Loom does not support yet: use a ControlNet")
+        raise UnsupportedModel(f"{source} is a T2I-Adapter, not a ControlNet: load it with ControlNetLoader")
     if any(k.startswith(("controlnet_blocks.", "controlnet_single_blocks.", "double_blocks.", "pos_embed_input."))
            for k in keys):
         raise UnsupportedModel(f"{source} is a ControlNet for SD3/Flux-style transformer models; Loom runs "
