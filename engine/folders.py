@@ -33,6 +33,7 @@ MODEL_FOLDERS: dict[str, tuple[str, ...]] = {
     "hypernetworks": ("hypernetworks",),
     "vae_approx": ("vae_approx",),
     "photomaker": ("photomaker",),
+    "gligen": ("gligen",),
 }
 
 #: File endings a model folder lists.

@@ -13,6 +13,7 @@ def register_builtin_nodes(registry: NodeRegistry) -> None:
     from nodes.controlnet import CONTROLNET_NODES
     from nodes.custom_sampling import CUSTOM_SAMPLING_NODES
     from nodes.diff_controlnet import DIFF_CONTROLNET_NODES
+    from nodes.gligen import GLIGEN_NODES
     from nodes.guidance import GUIDANCE_NODES
     from nodes.hypernetwork import HYPERNETWORK_NODES
     from nodes.image_conditioning import IMAGE_CONDITIONING_NODES
@@ -49,7 +50,7 @@ def register_builtin_nodes(registry: NodeRegistry) -> None:
         PRIMITIVE_NODES, STRING_NODES, IMAGE_TRANSFORM_NODES, IMAGE_FILTER_NODES, COMPOSITING_NODES,
         IMAGE_OUTPUT_NODES, LATENT_TRANSFORM_NODES, LATENT_OPERATION_NODES, SCHEDULER_NODES, CUSTOM_SAMPLING_NODES,
         GUIDANCE_NODES, UNET_PATCH_NODES, SAFETY_NODES, HYPERNETWORK_NODES, CLIP_VISION_NODES,
-        UPSCALE_MODEL_NODES, IMAGE_CONDITIONING_NODES, PHOTOMAKER_NODES)
+        UPSCALE_MODEL_NODES, IMAGE_CONDITIONING_NODES, PHOTOMAKER_NODES, GLIGEN_NODES)
     for group in groups:
         for cls in group:
             registry.register(cls)

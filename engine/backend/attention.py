@@ -165,6 +165,8 @@ class BasicTransformerBlock(nn.Module):
         for fn in p.get("attn1_output_patch"):
             n = fn(n, p)
         x = n + x
+        for fn in p.get("middle_patch"):
+            x = fn(x, p)
         n = self.norm2(x)
         key, value = context, context
         for fn in p.get("attn2_patch"):

@@ -3,7 +3,8 @@
 A CONDITIONING value is ComfyUI's list of ``[embedding [1, T, D], extras]``; extras may hold
 ``pooled_output``, ``area`` (h, w, y, x in latent pixels, or ``("percentage", h, w, y, x)`` as
 fractions of the latent), ``strength``, ``mask`` ([B, H, W] at any size) with ``mask_strength`` and
-``set_area_to_bounds``, ``start_percent`` / ``end_percent``, SDXL size fields and ``control``.
+``set_area_to_bounds``, ``start_percent`` / ``end_percent``, SDXL size fields, ``control`` and
+``gligen`` (GLIGEN boxes, applied to the entry's rows only: engine.backend.gligen).
 :func:`prepare` turns each entry into a :class:`CondSpec` for one sampling run, as ComfyUI's
 ``process_conds`` does: percentage areas are resolved against the latent size, masks resized to it
 (bilinear), "mask bounds" sets the area to the mask's bounding box, and the percent range becomes a
@@ -31,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from engine.backend.gligen import gligen_patch
 from engine.backend.unet import PatchContext, UNetModel
 
 #: Latent pixels over which an area's weight ramps up at edges inside the image.
@@ -60,6 +62,7 @@ class CondSpec:
     mask: Tensor | None = None
     sigma_start: float | None = None
     sigma_end: float | None = None
+    gligen: Any = None
 
     def active_at(self, sigma: float) -> bool:
         """Whether the entry takes part at ``sigma`` (ComfyUI's timestep_start / timestep_end test)."""
@@ -92,7 +95,7 @@ def prepare(conditioning: Sequence[Sequence[Any]], latent_shape: Sequence[int], 
             area=_clip_area(area, height, width),
             control=extras.get("control"),
             mask=None if mask is None else (mask * float(extras.get("mask_strength", 1.0))).to(dtype),
-            sigma_start=sigma_start, sigma_end=sigma_end))
+            sigma_start=sigma_start, sigma_end=sigma_end, gligen=extras.get("gligen")))
     return specs
 
 
@@ -350,9 +353,12 @@ class UNetApply:
         x_in, t_in = torch.cat(xs), torch.cat(ts)
         y = torch.cat(ys) if ys else None
         control = self.control_fn(x_in, t_in, context, y, [spec for _, spec in members]) if self.control_fn else None
+        row_groups = tuple((spec, chunk.shape[0]) for (_, spec), chunk in zip(members, xs, strict=True))
+        grounding = gligen_patch(row_groups, x_in.shape, context) if any(s.gligen for _, s in members) else None
+        if grounding is not None:  # GLIGEN boxes of some entries (engine.backend.gligen): their rows only
+            patches = {**patches, "middle_patch": (*patches.get("middle_patch", ()), grounding)}
         if patches:  # the keyword only when there are patches: the plain call stays the plain call
-            rows = tuple((spec, chunk.shape[0]) for (_, spec), chunk in zip(members, xs, strict=True))
-            ctx = PatchContext(patches, t_in, tuple(x_in.shape), self.unet.config.model_channels, rows)
+            ctx = PatchContext(patches, t_in, tuple(x_in.shape), self.unet.config.model_channels, row_groups)
             pred = self.run_unet(x_in, t_in, context, y=y, control=control, patches=ctx)
         else:
             pred = self.run_unet(x_in, t_in, context, y=y, control=control)

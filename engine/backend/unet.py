@@ -47,6 +47,7 @@ call's :class:`PatchContext` (``ctx.block`` / ``ctx.block_index`` say where the 
     attn1_replace(q, k, v, ctx) -> Tensor | None     the attention of projected q, k, v ([B, N, heads * d]);
                                                      None: not this block, next one / the default
     attn1_output_patch(out, ctx) -> out              after self-attention's output projection
+    middle_patch(x, ctx) -> x                        on the tokens after self-attention's residual (GLIGEN)
     attn1_multiply: (q, k, v, out) floats            multiply the to_q / to_k / to_v / to_out.0 weights
                                                      (and biases) at use; several multiply together
     attn2_patch / attn2_replace / attn2_output_patch / attn2_multiply: the same for cross-attention
