@@ -20,6 +20,7 @@ from engine.errors import LoomError
 if TYPE_CHECKING:
     import torch
 
+    from engine.backend.control_lora import ControlLora
     from engine.backend.controlnet import ControlNet
     from engine.backend.t2i_adapter import T2IAdapter
     from engine.backend.taesd import TinyAutoencoder
@@ -44,7 +45,7 @@ class ModelProvider(Protocol):
                  cfg: bool = True) -> AbstractContextManager[UNetModel]: ...
     def text_encoder(self, handle: ClipHandle) -> TextEncoder: ...
     def vae(self, handle: VaeHandle) -> AutoencoderKL | TinyAutoencoder: ...
-    def controlnet(self, handle: ControlNetHandle) -> ControlNet | T2IAdapter: ...
+    def controlnet(self, handle: ControlNetHandle) -> ControlNet | T2IAdapter | ControlLora: ...
 
     def stats(self) -> dict[str, Any]:
         """Mode, devices, byte counts and loaded parts (for /system_stats)."""
@@ -86,7 +87,7 @@ class NoModels:
     def vae(self, handle: VaeHandle) -> AutoencoderKL | TinyAutoencoder:
         raise self._missing("a VAE")
 
-    def controlnet(self, handle: ControlNetHandle) -> ControlNet | T2IAdapter:
+    def controlnet(self, handle: ControlNetHandle) -> ControlNet | T2IAdapter | ControlLora:
         raise self._missing("a ControlNet")
 
     def stats(self) -> dict[str, Any]:
@@ -176,7 +177,7 @@ class DeferredModels:
     def vae(self, handle: VaeHandle) -> AutoencoderKL | TinyAutoencoder:
         return self.provider().vae(handle)
 
-    def controlnet(self, handle: ControlNetHandle) -> ControlNet | T2IAdapter:
+    def controlnet(self, handle: ControlNetHandle) -> ControlNet | T2IAdapter | ControlLora:
         return self.provider().controlnet(handle)
 
     def stats(self) -> dict[str, Any]:

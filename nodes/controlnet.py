@@ -59,7 +59,8 @@ class ControlNetLoader(Node):
         from engine.sdk import files
 
         path = ctx.folders.model_path("controlnet", control_net_name)
-        description = files.describe_controlnet(path)  # refuses non-ControlNets now, naming the file
+        # Control-LoRAs are built from the sampled model; anything else must be a ControlNet (refused now if not)
+        description = files.describe_control_lora(path) or files.describe_controlnet(path)
         ctx.log.info("%s: %s", control_net_name, description)
         shuffle = Path(control_net_name).stem.endswith("_shuffle")
         return (ControlNetHandle(FileRef.of(path), global_average_pooling=shuffle),)

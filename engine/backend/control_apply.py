@@ -30,11 +30,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from engine.backend.adapter_control import AdapterRun
+from engine.backend.control_lora import ControlLora
 from engine.backend.controlnet import ControlNet, compatibility_problem
 from engine.backend.controlnet_union import UnionControlNet
 from engine.backend.model_sampling import ModelSampling
 from engine.backend.t2i_adapter import T2IAdapter, adapter_problem
-from engine.backend.unet import UNetConfig
+from engine.backend.unet import UNetConfig, UNetModel
 
 __all__ = ["ControlApplier", "ControlSpec", "Residuals", "control_function", "fit_hint", "share_with_uncond"]
 
@@ -42,7 +43,7 @@ log = logging.getLogger(__name__)
 
 Residuals = dict[str, list[Tensor | None]]
 #: Turns ``ControlSpec.net`` (a CONTROL_NET handle) into a loaded :class:`ControlNet`.
-Resolve = Callable[[Any], ControlNet | T2IAdapter]
+Resolve = Callable[[Any], ControlNet | T2IAdapter | ControlLora]
 
 
 @dataclass(frozen=True, eq=False)
@@ -281,17 +282,29 @@ def _all_specs(conds: Iterable[Sequence[Any]]) -> list[ControlSpec]:
     return list(seen)
 
 
+def _built(lora: ControlLora, unet: UNetModel | None, built: dict[int, ControlNet], label: str) -> ControlNet:
+    if unet is None:
+        raise ValueError(f"ControlNet {label} is a Control-LoRA: it needs the sampled model's UNet")
+    net = built.get(id(lora))
+    if net is None:
+        net = built[id(lora)] = lora.build(unet)
+    return net
+
+
 def control_function(conds: Iterable[Sequence[Any]], model_sampling: ModelSampling, resolve: Resolve,
-                     unet_config: UNetConfig | None = None) -> ControlApplier | None:
+                     unet_config: UNetConfig | None = None, unet: UNetModel | None = None) -> ControlApplier | None:
     """The control function for a run over ``conds`` (lists of CondSpecs), or None when no entry has a
     ControlNet. Every net is loaded (``resolve``) and checked against ``unet_config`` up front, so a
-    ControlNet made for another model family fails before the first step, saying why."""
+    ControlNet made for another model family fails before the first step, saying why. Control-LoRAs are
+    built from ``unet``, the UNet being sampled (engine/backend/control_lora.py)."""
     specs = _all_specs(conds)
     if not specs:
         return None
     nets: dict[ControlSpec, ControlNet | T2IAdapter] = {}
+    built: dict[int, ControlNet] = {}  # one ControlNet per Control-LoRA for the run
     for spec in specs:
-        net = spec.net if isinstance(spec.net, (ControlNet, T2IAdapter)) else resolve(spec.net)
+        resolved = spec.net if isinstance(spec.net, (ControlNet, T2IAdapter)) else resolve(spec.net)
+        net = _built(resolved, unet, built, _label(spec.net)) if isinstance(resolved, ControlLora) else resolved
         if unet_config is not None:
             problem = (adapter_problem(net.config, unet_config) if isinstance(net, T2IAdapter)
                        else compatibility_problem(net.config, unet_config))

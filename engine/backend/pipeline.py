@@ -244,7 +244,7 @@ def _denoiser(request: CustomRequest, traits: ModelTraits, unet: UNetModel, ms: 
     extra = [prepare(c) for c in hooks.extra_conditioning]
     middle = prepare(guidance.middle) if guidance.uses_middle else []
     control_fn = control_apply.control_function([pos, neg, *extra, *([middle] if middle else [])], ms,
-                                                load_controlnet, unet.config)
+                                                load_controlnet, unet.config, unet=unet)
     apply = conditioning.UNetApply(unet, control_fn, concat=concat, patches=hooks.unet_patches)
     denoiser = guided_denoiser(conditioning.ScheduledModel(ParameterizedModel(apply, ms)), guidance, hooks,
                                pos, neg, middle, extra, pre_cfg=operation_hooks(traits.pre_cfg, ms),

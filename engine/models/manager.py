@@ -30,6 +30,7 @@ from torch import nn
 
 from engine.backend.attention import load_weights
 from engine.backend.cast_weights import FLOAT8_DTYPES, cast_at_forward
+from engine.backend.control_lora import ControlLora
 from engine.backend.controlnet import ControlNet
 from engine.backend.t2i_adapter import T2IAdapter
 from engine.backend.taesd import TinyAutoencoder
@@ -37,6 +38,7 @@ from engine.backend.text import TextEncoder, load_text_encoder
 from engine.backend.unet import UNetConfig, UNetModel
 from engine.backend.vae import AutoencoderKL, VAEConfig, adapt_vae_weight
 from engine.models import parts
+from engine.models.control_lora_load import is_control_lora, load_control_lora
 from engine.models.control_models import cache_part, load_control_model
 from engine.models.handles import (
     CHECKPOINT_UNET,
@@ -208,13 +210,16 @@ class ModelManager:
             self._use(key, module)
             return module
 
-    def controlnet(self, handle: ControlNetHandle) -> ControlNet | T2IAdapter:
+    def controlnet(self, handle: ControlNetHandle) -> ControlNet | T2IAdapter | ControlLora:
         """The ControlNet (LDM or diffusers layout; a difference one over ``handle.base``) or T2I-Adapter
         of a CONTROL_NET handle, in the compute dtype."""
         with self._lock:
             key = _Key(handle.file, cache_part(handle))
-            module = self._get(key, lambda: load_control_model(handle, device=self.offload_device, dtype=self.dtype))
-            assert isinstance(module, (ControlNet, T2IAdapter))
+            module = self._get(key, lambda: load_control_lora(handle.file.path, device=self.offload_device,
+                                                              dtype=self.dtype)
+                               if is_control_lora(handle.file.path)
+                               else load_control_model(handle, device=self.offload_device, dtype=self.dtype))
+            assert isinstance(module, (ControlNet, T2IAdapter, ControlLora))
             self._use(key, module)
             return module
 

@@ -30,6 +30,7 @@ from engine.backend.latent_files import read_latent_file, write_latent_file
 from engine.files import FileStore, counted_names
 from engine.folders import Folders
 from engine.images import ImageError, ImageTooLarge
+from engine.models.control_lora_load import describe_control_lora
 from engine.models.controlnet_convert import read_controlnet
 from engine.models.inspection import check_lora_file, checkpoint_family, describe_controlnet, vae_prefix
 from engine.models.loaders import VAE_PREFIX, CheckpointFile, UnsupportedModel, detect_family
@@ -38,7 +39,8 @@ from engine.models.lora_formats import split_key
 __all__ = [
     "MAX_LOAD_PIXELS", "VAE_PREFIX", "CheckpointFile", "ImageError", "ImageTooLarge", "LoadedImage",
     "UnsupportedModel", "animated_png_bytes", "animated_webp_bytes", "check_lora_file", "checkpoint_family",
-    "describe_controlnet", "detect_family", "load_image_file", "load_mask_file", "png_bytes", "read_controlnet",
+    "describe_control_lora", "describe_controlnet", "detect_family", "load_image_file", "load_mask_file",
+    "png_bytes", "read_controlnet",
     "read_latent_file", "save_counted", "split_key", "vae_prefix", "write_latent_file",
 ]
 

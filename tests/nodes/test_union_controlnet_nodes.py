@@ -1,6 +1,6 @@
-"""Union ControlNets end to end: ControlNetLoader on a tiny SDXL union ControlNet written in the LDM
-layout, SetUnionControlNetType and ControlNetApplyAdvanced steering a KSampler run on a tiny SDXL
-checkpoint (strength, window, type)."""
+"""Union ControlNets and Control-LoRAs end to end: ControlNetLoader on a tiny SDXL union ControlNet
+(LDM layout) and a tiny SDXL Control-LoRA (Stability's layout), SetUnionControlNetType and
+ControlNetApplyAdvanced steering a KSampler run on a tiny SDXL checkpoint (strength, window, type)."""
 
 from __future__ import annotations
 
@@ -14,13 +14,16 @@ from PIL import Image
 
 from engine.backend.controlnet import ControlNetConfig
 from engine.backend.controlnet_union import UnionConfig, UnionControlNet
+from engine.backend.unet import UNetModel
 from engine.executor import Executor
 from engine.models.handles import ControlNetHandle, FileRef
 from nodes.controlnet_union import SetUnionControlNetType
+from tests.backend.test_control_lora import control_lora_state
 from tests.fixtures.tiny_checkpoints import _random_weights, build_checkpoint, save_state_dict, unet_config
 from tests.nodes.sd_workflow import make_executor, node_context, run_prompt
 
 UNION_FILE = "tiny-union-sdxl.safetensors"
+LORA_FILE = "control-lora-tiny-rank4.safetensors"
 
 
 def build_union_controlnet(path: Path, seed: int = 0) -> Path:
@@ -36,6 +39,9 @@ def model_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("models")
     build_checkpoint(root / "checkpoints" / "tiny-sdxl.safetensors", "sdxl")
     build_union_controlnet(root / "controlnet" / UNION_FILE)
+    with torch.device("meta"):
+        unet = UNetModel(unet_config("sdxl"))
+    save_state_dict({k: t.half() for k, t in control_lora_state(unet).items()}, root / "controlnet" / LORA_FILE)
     return root
 
 
@@ -49,14 +55,14 @@ def executor(model_root: Path, tmp_path: Path) -> Executor:
 
 
 def _prompt(*, strength: float | None = 1.0, union_type: str | None = None, start: float = 0.0,
-            end: float = 1.0) -> dict[str, Any]:
+            end: float = 1.0, control_net: str = UNION_FILE) -> dict[str, Any]:
     nodes: dict[str, Any] = {
         "ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny-sdxl.safetensors"}},
         "pos": {"class_type": "CLIPTextEncode", "inputs": {"text": "a square", "clip": ["ckpt", 1]}},
         "neg": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry", "clip": ["ckpt", 1]}},
         "empty": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
         "image": {"class_type": "LoadImage", "inputs": {"image": "square.png"}},
-        "cn": {"class_type": "ControlNetLoader", "inputs": {"control_net_name": UNION_FILE}},
+        "cn": {"class_type": "ControlNetLoader", "inputs": {"control_net_name": control_net}},
     }
     positive, negative, control = ["pos", 0], ["neg", 0], ["cn", 0]
     if union_type is not None:
@@ -103,3 +109,14 @@ def test_set_union_type_returns_a_new_handle_with_the_type(executor: Executor, t
     assert node.run(ctx, handle, "repaint")[0].union_type == 7
     with pytest.raises(ValueError, match="not one of"):
         node.run(ctx, handle, "pose")
+
+
+def test_control_lora_steers_sampling_and_strength_zero_does_not(executor: Executor) -> None:
+    plain = _sampled(executor, strength=None, control_net=LORA_FILE)
+    steered = _sampled(executor, control_net=LORA_FILE)
+    assert steered.shape == plain.shape == (1, 4, 8, 8)
+    assert (steered - plain).abs().max() > 1e-3
+    assert torch.equal(_sampled(executor, strength=0.0, control_net=LORA_FILE), plain)
+    assert torch.equal(_sampled(executor, start=1.0, end=1.0, control_net=LORA_FILE), plain)  # never active
+    half = _sampled(executor, start=0.0, end=0.5, control_net=LORA_FILE)
+    assert not torch.equal(half, steered) and not torch.equal(half, plain)
