@@ -30,8 +30,8 @@ def register_builtin_nodes(registry: NodeRegistry) -> None:
     from nodes.lora import LORA_NODES
     from nodes.masks import MASK_NODES
     from nodes.model_loaders import MODEL_LOADER_NODES
-    from nodes.photomaker import PHOTOMAKER_NODES
     from nodes.part_loaders import PART_LOADER_NODES
+    from nodes.photomaker import PHOTOMAKER_NODES
     from nodes.preprocess import PREPROCESS_NODES
     from nodes.primitives import PRIMITIVE_NODES
     from nodes.safety import SAFETY_NODES
