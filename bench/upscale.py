@@ -82,7 +82,7 @@ def measure(size: int, blocks: int, filters: int, device: str, repeats: int) -> 
         model = load_upscale_model(ref)
         target = torch.device(device)
         place(model, target, torch.float32)
-        tile = image[:, :DEFAULT_TILE, :DEFAULT_TILE].movedim(-1, 1).to(target)
+        tile = image[:, :DEFAULT_TILE, :DEFAULT_TILE].movedim(-1, 1).to(target).contiguous()
         with torch.inference_mode():
             model(tile[..., :32, :32])  # warm-up
         spandrel_s, loom_s = _best_alternating(lambda: model(tile),

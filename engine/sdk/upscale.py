@@ -49,7 +49,7 @@ def upscale_image(ref: FileRef, image: Tensor, device: torch.device, dtype: torc
     """
     descriptor = load_upscale_model(ref)
     run_dtype = place(descriptor, device, dtype)
-    pixels = image.movedim(-1, 1).to(device=device, dtype=run_dtype)
+    pixels = image.movedim(-1, 1).to(device=device, dtype=run_dtype).contiguous()  # NCHW, not channels-last
     try:
         with torch.inference_mode():
             upscaled = upscale_tiled_shrinking(pixels, descriptor, descriptor.scale, tile, overlap, min_tile,
