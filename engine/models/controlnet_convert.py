@@ -81,7 +81,8 @@ def _refuse_unsupported(keys: set[str], source: str) -> None:
         raise UnsupportedModel(f"{source} is a 'difference' ControlNet (its weights are relative to a base model); "
                                "load it with DiffControlNetLoader, giving it the model it was made from")
     if "lora_controlnet" in keys:
-        raise UnsupportedModel(f"{source} is a Control-LoRA, which Loom does not support yet: use a full ControlNet")
+        raise UnsupportedModel(f"{source} is a Control-LoRA (rank weights over an SDXL UNet): load it with "
+                               "ControlNetLoader, which builds it from the model being sampled")
     if "body.0.in_conv.weight" in keys or any(k.startswith(("body.", "adapter.body.")) for k in keys):
         raise UnsupportedModel(f"{source} is a T2I-Adapter, not a ControlNet: load it with ControlNetLoader")
     if any(k.startswith(("controlnet_blocks.", "controlnet_single_blocks.", "double_blocks.", "pos_embed_input."))
