@@ -38,6 +38,7 @@ from engine.backend.text import TextEncoder, load_text_encoder
 from engine.backend.unet import UNetConfig, UNetModel
 from engine.backend.vae import AutoencoderKL, VAEConfig, adapt_vae_weight
 from engine.models import parts
+from engine.models.addon_caches import clear_addon_caches
 from engine.models.control_lora_load import is_control_lora, load_control_lora
 from engine.models.control_models import cache_part, load_control_model
 from engine.models.handles import (
@@ -245,6 +246,7 @@ class ModelManager:
         with self._lock:
             for key in list(self._loaded):
                 self._drop(key)
+            clear_addon_caches()
             _empty_device_cache(self.device)
 
     def offload_all(self) -> None:
