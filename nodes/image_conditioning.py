@@ -1,6 +1,6 @@
 """Conditioning nodes that hand an image to models taking it as extra UNet input channels:
 InstructPixToPixConditioning (8-channel InstructPix2Pix UNets) and SD_4XUpscale_Conditioning (the SD x4
-upscaler; Loom recognises that model but does not sample it yet, see engine/models/loaders.py)."""
+upscaler: the sampler adds the noised low-res image and its noise level, engine/backend/x4_upscaler.py)."""
 
 from __future__ import annotations
 

@@ -136,11 +136,17 @@ class FeedForward(nn.Module):
 
 
 class BasicTransformerBlock(nn.Module):
-    """Pre-norm transformer block: self-attention, cross-attention to ``context``, GEGLU feed-forward."""
+    """Pre-norm transformer block: self-attention, cross-attention to ``context``, GEGLU feed-forward.
 
-    def __init__(self, dim: int, heads: int, dim_head: int, context_dim: int) -> None:
+    ``context_attn1`` (the SD x4 upscaler's first three levels, LDM's ``disable_self_attn``): the first
+    attention reads the text context too instead of the tokens themselves (``attn1.to_k`` takes
+    ``context_dim`` inputs).
+    """
+
+    def __init__(self, dim: int, heads: int, dim_head: int, context_dim: int, context_attn1: bool = False) -> None:
         super().__init__()
-        self.attn1 = CrossAttention(dim, dim, heads, dim_head)
+        self.context_attn1 = context_attn1
+        self.attn1 = CrossAttention(dim, context_dim if context_attn1 else dim, heads, dim_head)
         self.ff = FeedForward(dim)
         self.attn2 = CrossAttention(dim, context_dim, heads, dim_head)
         self.norm1 = nn.LayerNorm(dim)
@@ -150,7 +156,7 @@ class BasicTransformerBlock(nn.Module):
     def forward(self, x: Tensor, context: Tensor, patches: PatchContext | None = None) -> Tensor:
         if patches is not None:
             return self._patched(x, context, patches)
-        x = self.attn1(self.norm1(x)) + x
+        x = self.attn1(self.norm1(x), context if self.context_attn1 else None) + x
         x = self.attn2(self.norm2(x), context) + x
         return self.ff(self.norm3(x)) + x
 
@@ -158,7 +164,7 @@ class BasicTransformerBlock(nn.Module):
         """The same block with ComfyUI's attention patch points (engine.backend.unet lists them)."""
         p.heads, p.dim_head = self.attn1.heads, x.shape[-1] // self.attn1.heads
         n = self.norm1(x)
-        key, value = n, n
+        key, value = (context, context) if self.context_attn1 else (n, n)
         for fn in p.get("attn1_patch"):
             n, key, value = fn(n, key, value, p)
         n = self.attn1.patched(n, key, value, p, "attn1")
@@ -188,7 +194,8 @@ class SpatialTransformer(nn.Module):
     """
 
     def __init__(
-        self, channels: int, heads: int, dim_head: int, depth: int, context_dim: int, use_linear: bool
+        self, channels: int, heads: int, dim_head: int, depth: int, context_dim: int, use_linear: bool,
+        context_attn1: bool = False,
     ) -> None:
         super().__init__()
         inner = heads * dim_head
@@ -202,7 +209,7 @@ class SpatialTransformer(nn.Module):
             self.proj_in = nn.Conv2d(channels, inner, 1)
             self.proj_out = nn.Conv2d(inner, channels, 1)
         self.transformer_blocks = nn.ModuleList(
-            BasicTransformerBlock(inner, heads, dim_head, context_dim) for _ in range(depth)
+            BasicTransformerBlock(inner, heads, dim_head, context_dim, context_attn1) for _ in range(depth)
         )
 
     def forward(self, x: Tensor, context: Tensor, patches: PatchContext | None = None) -> Tensor:

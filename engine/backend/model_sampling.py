@@ -303,16 +303,21 @@ class SamplingSpec(Protocol):
 SAMPLING_KINDS = ("discrete", "continuous_edm", "continuous_v")
 
 
-def model_sampling_for(prediction: str, spec: SamplingSpec | None = None) -> ModelSampling:
+def model_sampling_for(prediction: str, spec: SamplingSpec | None = None,
+                       schedule: tuple[float, float] = (0.00085, 0.012)) -> ModelSampling:
     """The model sampling of an SD1/SD2/SDXL model: its checkpoint's ``prediction`` ("eps" / "v") on
-    SD's scaled-linear schedule, unless a model-sampling node chose ``spec``."""
+    SD's scaled-linear schedule from ``schedule`` (first and last beta; the x4 upscaler's differ), unless a
+    model-sampling node chose ``spec`` (a discrete choice keeps the model's schedule, as ComfyUI's)."""
+    start, end = schedule
     if spec is None:
-        return ModelSampling.from_betas(Prediction.V_PREDICTION if prediction == "v" else Prediction.EPS)
+        return ModelSampling.from_betas(Prediction.V_PREDICTION if prediction == "v" else Prediction.EPS,
+                                        linear_start=start, linear_end=end)
     kind = Prediction(spec.prediction)
     if spec.kind == "discrete":
+        betas = ModelSampling.from_betas(zsnr=spec.zsnr, linear_start=start, linear_end=end)
         if kind is Prediction.LCM:
-            return DistilledModelSampling(ModelSampling.from_betas(zsnr=spec.zsnr).sigmas, kind)
-        return ModelSampling.from_betas(kind, zsnr=spec.zsnr)
+            return DistilledModelSampling(betas.sigmas, kind)
+        return ModelSampling(betas.sigmas, kind)
     if spec.kind not in ("continuous_edm", "continuous_v"):
         raise ValueError(f"unknown model sampling kind {spec.kind!r}; choose one of {', '.join(SAMPLING_KINDS)}")
     if spec.sigma_min is None or spec.sigma_max is None:

@@ -6,7 +6,7 @@ SamplerCustom(Advanced) hand over directly: explicit sigmas, a noise source, a g
 dual CFG, perp-neg; :mod:`engine.backend.guiders`) and a sampler with options. With the
 :class:`ModelTraits` of the model, :func:`sample_custom` resizes an empty latent to the model's
 channels, draws ComfyUI's noise, prepares the conditioning (SDXL adm vectors, areas, ControlNets, a
-9-channel model's inpaint channels) and runs the sampler. It knows nothing of
+9-channel model's inpaint channels, the x4 upscaler's low-res image) and runs the sampler. It knows nothing of
 graphs or events: progress and previews leave through ``on_step``, and the UNet comes from
 ``unet_session``, which keeps it placed on the device for the run.
 """
@@ -49,6 +49,7 @@ from engine.backend.samplers import MODEL_SAMPLING_SAMPLERS, Sampler, get_sample
 from engine.backend.schedules import sigmas_for
 from engine.backend.unclip import unclip_adm, unclip_pooled
 from engine.backend.unet import UNetModel, sdxl_adm, sdxl_refiner_adm
+from engine.backend.x4_upscaler import x4_concat, x4_label, x4_source
 
 Latent = dict[str, Any]
 #: (step done, steps in all, the denoised estimate of this step or None): progress and previews.
@@ -70,13 +71,15 @@ class ModelTraits:
     prediction: Literal["eps", "v"]
     latent_channels: int
     latent_format: LatentFormat  # VAE latent <-> model latent
-    adm: Literal["sdxl", "sdxl_refiner", "unclip"] | None  # how conditioning extras become the adm vector y
+    adm: Literal["sdxl", "sdxl_refiner", "unclip", "x4_upscaler"] | None  # how conditioning extras become y
     inpaint: bool  # a 9-channel inpainting UNet
     preview_format: str  # latent2rgb factors: "sd1", "sdxl" or "playground_v2.5"
     pre_cfg: tuple[OperationSpec, ...] = ()  # operations on each step's guidance before CFG (in order)
     patches: tuple[SamplingPatch, ...] = ()  # the MODEL's guidance and UNet patches (in order)
     sampling_spec: model_sampling.SamplingSpec | None = None  # a ModelSampling* node's choice
     ip2p: bool = False  # an 8-channel InstructPix2Pix UNet (engine/backend/image_concat.py)
+    x4_upscaler: bool = False  # the 7-channel SD x4 upscaler (engine/backend/x4_upscaler.py)
+    schedule: tuple[float, float] = (0.00085, 0.012)  # the first and last beta of the scaled-linear schedule
 
 
 @dataclass(frozen=True)
@@ -121,7 +124,7 @@ class SampleResult:
 
 def model_sampling_for(traits: ModelTraits) -> ModelSampling:
     """The model sampling (noise levels, parameterization) of a model with ``traits``, on the CPU."""
-    return model_sampling.model_sampling_for(traits.prediction, traits.sampling_spec)
+    return model_sampling.model_sampling_for(traits.prediction, traits.sampling_spec, traits.schedule)
 
 
 def as_custom(request: SamplingRequest, traits: ModelTraits, device: torch.device | None = None) -> CustomRequest:
@@ -240,6 +243,9 @@ def _denoiser(request: CustomRequest, traits: ModelTraits, unet: UNetModel, ms: 
     elif traits.ip2p:
         concat = ip2p_concat(ip2p_source(guidance.positive, request.latent), traits.latent_format.to_model(latent),
                              traits.latent_format).to(device)
+    elif traits.x4_upscaler:
+        image, augmentation = x4_source(guidance.positive)
+        concat = x4_concat(image, latent, augmentation, request.noise.seed).to(device)
     hooks = gather_hooks(traits.patches, ms)
     extra = [prepare(c) for c in hooks.extra_conditioning]
     middle = prepare(guidance.middle) if guidance.uses_middle else []
@@ -299,6 +305,8 @@ def adm_builder(kind: str | None, seed: int = 0, channels: int = 0) -> condition
     ``channels`` is the UNet's adm width (SD2 unCLIP without image embeddings gets zeros)."""
     if kind == "unclip":
         return _unclip_adm(seed, channels)
+    if kind == "x4_upscaler":
+        return lambda extras, width, height: x4_label(extras)
     if kind == "sdxl":
         def base(extras: Mapping[str, Any], width: int, height: int) -> Tensor:
             w, h = extras.get("width", 768), extras.get("height", 768)  # ComfyUI's defaults

@@ -4,7 +4,8 @@ Parameter names equal the checkpoint keys with ``model.diffusion_model.`` remove
 checkpoint's UNet tensors load with ``strict=True`` and no remapping:
 
 * ``time_embed.0/2``: MLP over the sinusoidal timestep embedding; ``label_emb.0.0/2``: the SDXL
-  "adm" vector MLP (pooled text embedding + size/crop/aesthetic embeddings, built by :func:`sdxl_adm`).
+  "adm" vector MLP (pooled text embedding + size/crop/aesthetic embeddings, built by :func:`sdxl_adm`),
+  or ``label_emb.weight``: a class-label embedding table (the SD x4 upscaler's noise level, ``num_classes``).
 * ``input_blocks.N.M``: block 0 is the input conv; then per resolution level ``num_res_blocks``
   blocks of ResBlock (``in_layers``/``emb_layers``/``out_layers``/``skip_connection``) optionally
   followed by a :class:`~engine.backend.attention.SpatialTransformer`, and a downsampling conv
@@ -204,7 +205,10 @@ class UNetConfig:
     ``transformer_depth_middle`` is the middle block's depth (0 = ResBlock, ResBlock with no
     transformer between). Heads come from either ``num_heads`` (fixed count, SD1.x: 8) or
     ``num_head_channels`` (fixed width, SD2/SDXL: 64); the other is -1. ``adm_in_channels`` is the
-    SDXL class-embedding input width (2816 base, 2560 refiner) or None.
+    SDXL class-embedding input width (2816 base, 2560 refiner) or None. ``num_classes`` is the size of
+    a class-label embedding table (the SD x4 upscaler: 1000 noise levels; ``y`` is then the label) or None.
+    ``disable_self_attention`` has one flag per level (empty: none set): the transformers of a flagged
+    level attend to the text context in their first attention too (the x4 upscaler: True, True, True, False).
     """
 
     in_channels: int = 4
@@ -220,6 +224,8 @@ class UNetConfig:
     num_head_channels: int = -1
     use_linear_in_transformer: bool = False
     adm_in_channels: int | None = None
+    num_classes: int | None = None
+    disable_self_attention: tuple[bool, ...] = ()
 
     SD15: ClassVar[UNetConfig]
     SD21: ClassVar[UNetConfig]
@@ -229,6 +235,7 @@ class UNetConfig:
     def __post_init__(self) -> None:
         for name in ("channel_mult", "num_res_blocks", "transformer_depth", "transformer_depth_output"):
             object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
+        object.__setattr__(self, "disable_self_attention", tuple(bool(v) for v in self.disable_self_attention))
         levels = len(self.channel_mult)
         problems = []
         if len(self.num_res_blocks) != levels:
@@ -239,6 +246,10 @@ class UNetConfig:
             problems.append(
                 f"transformer_depth_output needs {sum(self.num_res_blocks) + levels} entries (one per output ResBlock)"
             )
+        if self.disable_self_attention and len(self.disable_self_attention) != levels:
+            problems.append(f"disable_self_attention needs one flag per level ({levels}) or none")
+        if self.adm_in_channels is not None and self.num_classes is not None:
+            problems.append("set at most one of adm_in_channels and num_classes (both are label_emb)")
         if (self.num_heads > 0) == (self.num_head_channels > 0):
             problems.append("set exactly one of num_heads and num_head_channels (the other -1)")
         uses_attention = any(self.transformer_depth) or any(self.transformer_depth_output)
@@ -249,6 +260,10 @@ class UNetConfig:
                 problems.append(f"width {self.model_channels * mult} is not a multiple of 32 (GroupNorm groups)")
         if problems:
             raise ValueError("invalid UNetConfig: " + "; ".join(problems))
+
+    def self_attention_disabled(self, level: int) -> bool:
+        """Whether the transformers of ``level`` attend to the context in their first attention."""
+        return bool(self.disable_self_attention) and self.disable_self_attention[level]
 
     def heads(self, channels: int) -> tuple[int, int]:
         """``(heads, dim_head)`` for a SpatialTransformer of ``channels`` width."""
@@ -297,6 +312,7 @@ def _infer_config(shapes: Shapes, prefix: str, encoder_only: bool = False) -> UN
     model_channels, in_channels = s["input_blocks.0.0.weight"][:2]
     out_channels = 4 if encoder_only else s["out.2.weight"][0]
     adm = s["label_emb.0.0.weight"][1] if "label_emb.0.0.weight" in s else None
+    num_classes = s["label_emb.weight"][0] if "label_emb.weight" in s else None
 
     channel_mult: list[int] = []
     num_res_blocks: list[int] = []
@@ -304,12 +320,14 @@ def _infer_config(shapes: Shapes, prefix: str, encoder_only: bool = False) -> UN
     context_dim: int | None = None
     linear: bool | None = None
     attention_widths: set[int] = set()
+    context_attn1: list[bool] = []  # per level: does attn1 read the context (to_k wider than the tokens)?
     count, mult, n = 0, 0, 1
     while True:
         block = f"input_blocks.{n}"
         if f"{block}.0.op.weight" in s:
             channel_mult.append(mult)
             num_res_blocks.append(count)
+            context_attn1 += [False] * (len(channel_mult) - len(context_attn1))
             count = 0
         elif f"{block}.0.in_layers.0.weight" in s:
             width = s[f"{block}.0.out_layers.3.weight"][0]
@@ -321,11 +339,15 @@ def _infer_config(shapes: Shapes, prefix: str, encoder_only: bool = False) -> UN
                 attention_widths.add(width)
                 context_dim = s[f"{block}.1.transformer_blocks.0.attn2.to_k.weight"][1]
                 linear = len(s[f"{block}.1.proj_in.weight"]) == 2
+                if len(context_attn1) == len(channel_mult):  # the level's first transformer decides
+                    keys_in = s[f"{block}.1.transformer_blocks.0.attn1.to_k.weight"][1]
+                    context_attn1.append(keys_in != s[f"{block}.1.transformer_blocks.0.attn1.to_q.weight"][1])
         else:
             break
         n += 1
     channel_mult.append(mult)
     num_res_blocks.append(count)
+    context_attn1 += [False] * (len(channel_mult) - len(context_attn1))
 
     middle = _transformer_depth(s, "middle_block.1")
     output_depths = _mirrored_depths(depths, num_res_blocks) if encoder_only else []
@@ -353,6 +375,8 @@ def _infer_config(shapes: Shapes, prefix: str, encoder_only: bool = False) -> UN
         num_head_channels=64 if by_width else -1,
         use_linear_in_transformer=bool(linear),
         adm_in_channels=adm,
+        num_classes=num_classes,
+        disable_self_attention=tuple(context_attn1) if any(context_attn1) else (),
     )
 
 
@@ -475,16 +499,21 @@ class Block(nn.ModuleList):
 # --------------------------------------------------------------------------------------------- model
 
 
-def _transformer(config: UNetConfig, width: int, depth: int) -> SpatialTransformer:
+def _transformer(config: UNetConfig, width: int, depth: int, level: int | None = None) -> SpatialTransformer:
+    """A SpatialTransformer at ``level`` (None: the middle block, whose first attention is always self-attention)."""
     heads, dim_head = config.heads(width)
     context_dim = config.context_dim or 0  # UNetConfig guarantees it is set when depth > 0
-    return SpatialTransformer(width, heads, dim_head, depth, context_dim, config.use_linear_in_transformer)
+    context_attn1 = level is not None and config.self_attention_disabled(level)
+    return SpatialTransformer(width, heads, dim_head, depth, context_dim, config.use_linear_in_transformer,
+                              context_attn1)
 
 
-def build_time_embeddings(config: UNetConfig) -> tuple[nn.Sequential, nn.Sequential | None]:
-    """``time_embed`` (the timestep MLP) and ``label_emb`` (SDXL's adm MLP, None without adm)."""
+def build_time_embeddings(config: UNetConfig) -> tuple[nn.Sequential, nn.Module | None]:
+    """``time_embed`` (the timestep MLP) and ``label_emb`` (SDXL's adm MLP, a class-label table, or None)."""
     emb = config.model_channels * 4
     time_embed = nn.Sequential(nn.Linear(config.model_channels, emb), nn.SiLU(), nn.Linear(emb, emb))
+    if config.num_classes is not None:
+        return time_embed, nn.Embedding(config.num_classes, emb)
     if config.adm_in_channels is None:
         return time_embed, None
     label_emb = nn.Sequential(nn.Sequential(nn.Linear(config.adm_in_channels, emb), nn.SiLU(), nn.Linear(emb, emb)))
@@ -505,7 +534,7 @@ def build_input_blocks(config: UNetConfig) -> tuple[nn.ModuleList, list[int]]:
             width = c.model_channels * mult
             depth = next(depths)
             if depth:
-                layers.append(_transformer(c, width, depth))
+                layers.append(_transformer(c, width, depth, level))
             blocks.append(Block(layers))
             widths.append(width)
         if level != len(c.channel_mult) - 1:
@@ -527,14 +556,19 @@ def build_middle_block(config: UNetConfig, width: int) -> Block:
 def embed_timesteps(
     time_embed: nn.Module, label_emb: nn.Module | None, model_channels: int, timesteps: Tensor, y: Tensor | None
 ) -> Tensor:
-    """The embedding every ResBlock receives: time MLP of the sinusoidal timesteps (+ adm MLP of ``y``).
+    """The embedding every ResBlock receives: time MLP of the sinusoidal timesteps (+ adm MLP of ``y``, or
+    the embedding of class label ``y``, ``[B]`` or ``[B, 1]`` of whole numbers in any dtype).
 
     Computed in ``time_embed``'s weight dtype (the sinusoids in fp32, then cast); weights stored in float8
     read in their compute dtype (engine/backend/cast_weights.py).
     """
     dtype = cast(nn.Linear, cast(nn.Sequential, time_embed)[0]).weight.dtype
     emb = time_embed(timestep_embedding(timesteps, model_channels).to(dtype))
-    if label_emb is not None:
+    if isinstance(label_emb, nn.Embedding):
+        if y is None:
+            raise ValueError("this UNet (the SD x4 upscaler) needs y, the noise level class label")
+        emb = emb + label_emb(y.reshape(-1).round().long()).to(dtype)
+    elif label_emb is not None:
         if y is None:
             raise ValueError("this UNet (SDXL-style) needs y, the adm vector: see sdxl_adm()")
         emb = emb + label_emb(y.to(dtype))
@@ -569,7 +603,7 @@ class UNetModel(nn.Module):
                 width = c.model_channels * mult
                 depth = next(depths)
                 if depth:
-                    layers.append(_transformer(c, width, depth))
+                    layers.append(_transformer(c, width, depth, level))
                 if level and i == c.num_res_blocks[level]:
                     layers.append(Upsample(width))
                 self.output_blocks.append(Block(layers))
@@ -615,7 +649,8 @@ class UNetModel(nn.Module):
         skipped, and the lists are not modified. ``patches`` runs the patch points (module docstring).
         """
         dtype = cast(nn.Linear, self.time_embed[0]).weight.dtype
-        label_emb = self.label_emb if self.config.adm_in_channels is not None else None
+        has_label = self.config.adm_in_channels is not None or self.config.num_classes is not None
+        label_emb = self.label_emb if has_label else None
         emb = embed_timesteps(self.time_embed, label_emb, self.config.model_channels, timesteps, y)
         if context is not None:
             context = context.to(dtype)

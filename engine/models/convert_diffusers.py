@@ -19,6 +19,7 @@ LDM                                    diffusers
 ``output_blocks.N.{1|2}.conv``         ``up_blocks.u.upsamplers.0.conv`` (index 2 after an attention)
 ``time_embed.0`` / ``.2``              ``time_embedding.linear_1`` / ``.linear_2``
 ``label_emb.0.0`` / ``.0.2``           ``add_embedding.linear_1`` / ``.linear_2`` (SDXL)
+``label_emb``                          ``class_embedding`` (a class-label table: the x4 upscaler)
 ``out.0`` / ``out.2``                  ``conv_norm_out`` / ``conv_out``
 =====================================  ==============================================
 
@@ -74,6 +75,7 @@ _FIXED: tuple[tuple[str, str], ...] = (
     ("time_embed.2", "time_embedding.linear_2"),
     ("label_emb.0.0", "add_embedding.linear_1"),
     ("label_emb.0.2", "add_embedding.linear_2"),
+    ("label_emb", "class_embedding"),  # a class-label table (the SD x4 upscaler's noise level)
     ("out.0", "conv_norm_out"),
     ("out.2", "conv_out"),
 )

@@ -1,5 +1,5 @@
 """ModelFamily: what a checkpoint is (SD1, SD2, SDXL, refiner; eps or v; inpainting;
-InstructPix2Pix). Torch-free: handles
+InstructPix2Pix; the SD x4 upscaler). Torch-free: handles
 and node declarations use it without loading torch; :func:`engine.models.loaders.detect_family` makes one."""
 
 from __future__ import annotations
@@ -28,16 +28,35 @@ class ModelFamily:
         return self.in_channels == 8
 
     @property
+    def is_x4_upscaler(self) -> bool:
+        """The SD x4 upscaler: an SD2 v-prediction UNet with 7 input channels (latent + low-res RGB image),
+        a noise-level class label, a 4x VAE and its own noise schedule (engine/backend/x4_upscaler.py)."""
+        return self.in_channels == 7
+
+    @property
+    def linear_start(self) -> float:
+        """The first beta of the model's scaled-linear noise schedule (the last is 0.012, or 0.02 for x4)."""
+        return 1e-4 if self.is_x4_upscaler else 0.00085
+
+    @property
+    def linear_end(self) -> float:
+        return 0.02 if self.is_x4_upscaler else 0.012
+
+    @property
     def is_sdxl(self) -> bool:
         return self.name in ("sdxl", "sdxl_refiner")
 
     @property
     def latent_scale_factor(self) -> float:
+        if self.is_x4_upscaler:
+            return 0.08333
         return 0.13025 if self.is_sdxl else 0.18215
 
     @property
     def label(self) -> str:
         text = {"sd1": "SD1.x", "sd2": "SD2.x", "sdxl": "SDXL", "sdxl_refiner": "SDXL refiner"}[self.name]
+        if self.is_x4_upscaler:
+            text = "SD x4 upscaler"
         if self.unclip:
             text += " unCLIP"
         if self.is_inpaint:

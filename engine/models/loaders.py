@@ -229,11 +229,6 @@ def _torch_load(path: Path) -> object:
 
 #: The SD x4 upscaler's UNet: 4 latent + 3 low-res pixel channels, a noise-level class embedding (label_emb.weight).
 X4_UPSCALER_CHANNELS = 7
-X4_UPSCALER_UNSUPPORTED = (
-    "{name} is the Stable Diffusion x4 upscaler (a 7-channel UNet with a noise-level class embedding and a 4x "
-    "VAE). Loom recognises it and SD_4XUpscale_Conditioning prepares its conditioning, but sampling with it is not "
-    "implemented yet (missing: the 4x-downsampling VAE, the low-res image concat and the noise-level class label); "
-    "upscale with UpscaleModelLoader + ImageUpscaleWithModel instead")
 
 
 #: The std above which SD2's output_blocks.11 norm bias marks a v-prediction model (ComfyUI's test).
@@ -247,10 +242,13 @@ def detect_family(ckpt: CheckpointFile, prediction: str | None = None) -> ModelF
         raise UnsupportedModel(_describe_unknown(ckpt))
     in_channels = ckpt.shape(first_conv)[1]
     if in_channels == X4_UPSCALER_CHANNELS and UNET_PREFIX + "label_emb.weight" in ckpt:
-        raise UnsupportedModel(X4_UPSCALER_UNSUPPORTED.format(name=ckpt.path.name))
+        if not ckpt.has_prefix("cond_stage_model.model."):
+            raise UnsupportedModel(f"{ckpt.path.name}: an SD x4 upscaler UNet without its OpenCLIP text encoder "
+                                   "(cond_stage_model.model.*)")
+        return ModelFamily(name="sd2", prediction=prediction or "v", in_channels=in_channels)  # trained as v
     if in_channels not in (4, 8, 9):
-        raise UnsupportedModel(f"{ckpt.path.name}: a UNet with {in_channels} input channels (4, 8 or 9 supported: "
-                               "plain, InstructPix2Pix or inpainting)")
+        raise UnsupportedModel(f"{ckpt.path.name}: a UNet with {in_channels} input channels (4, 7, 8 or 9 "
+                               "supported: plain, the x4 upscaler, InstructPix2Pix or inpainting)")
     has_label = ckpt.has_prefix(UNET_PREFIX + "label_emb.")
     if has_label and ckpt.has_prefix("conditioner.embedders.1.model."):
         name = "sdxl"

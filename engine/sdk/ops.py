@@ -57,6 +57,8 @@ def model_traits(family: ModelFamily, pre_cfg: tuple[PreCfgOperation, ...] = (),
                  patches: tuple[Any, ...] = (), sampling_spec: Any = None) -> ModelTraits:
     """What the sampling pipeline needs to know of a checkpoint's family (and of a MODEL's pre-CFG operations)."""
     adm = family.name if family.name in ("sdxl", "sdxl_refiner") else ("unclip" if family.unclip else None)
+    if family.is_x4_upscaler:
+        adm = "x4_upscaler"
     format_name = getattr(sampling_spec, "latent_format", None)
     preview = format_name or ("sdxl" if family.is_sdxl else "sd1")
     return ModelTraits(label=family.label, prediction="v" if family.prediction == "v" else "eps",
@@ -64,7 +66,8 @@ def model_traits(family: ModelFamily, pre_cfg: tuple[PreCfgOperation, ...] = (),
                        latent_format=latent_format(format_name, family.latent_scale_factor),
                        adm=adm,  # type: ignore[arg-type]  # checked against the three names above
                        inpaint=family.is_inpaint, preview_format=preview,
-                       pre_cfg=pre_cfg, patches=patches, sampling_spec=sampling_spec, ip2p=family.is_ip2p)
+                       pre_cfg=pre_cfg, patches=patches, sampling_spec=sampling_spec, ip2p=family.is_ip2p,
+                       x4_upscaler=family.is_x4_upscaler, schedule=(family.linear_start, family.linear_end))
 
 
 def sample(ctx: RunContext, model: ModelHandle, request: SamplingRequest) -> Latent:

@@ -44,7 +44,8 @@ extend_intermediate = sigma_tools.extend_intermediate_sigmas
 
 def model_sampling(model: ModelHandle) -> ModelSampling:
     """The model sampling (noise levels and parameterization) a MODEL samples with."""
-    return model_sampling_for(model.family.prediction, model.sampling)
+    family = model.family
+    return model_sampling_for(family.prediction, model.sampling, (family.linear_start, family.linear_end))
 
 
 def basic(model: ModelHandle, scheduler: str, steps: int, denoise: float) -> Tensor:

@@ -1,7 +1,8 @@
 """InstructPixToPixConditioning and SD_4XUpscale_Conditioning: node outputs against formulas computed here; an
 InstructPix2Pix checkpoint (the demo model with conv_in widened to 8 input channels) recognised and sampled
-with the image latent as extra UNet channels, through the executor; the SD x4 upscaler recognised and refused
-with a message naming what is missing."""
+with the image latent as extra UNet channels, through the executor; an SD x4 upscaler checkpoint in the real
+layout recognised and run through SD_4XUpscale_Conditioning, KSampler and its 4x VAE (its numerics against
+diffusers are in tests/backend/test_x4_upscaler.py)."""
 
 from __future__ import annotations
 
@@ -9,20 +10,23 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from engine.backend.resample import resize
 from engine.backend.unet import UNetModel
+from engine.backend.x4_upscaler import augmentation_schedule
 from engine.executor import Executor
-from engine.models.loaders import UNET_PREFIX, CheckpointFile, UnsupportedModel, detect_family
+from engine.models.loaders import UNET_PREFIX, CheckpointFile, detect_family
 from nodes.conditioning import CLIPTextEncode
 from nodes.image_conditioning import InstructPixToPixConditioning, SD_4XUpscale_Conditioning
 from nodes.model_loaders import CheckpointLoaderSimple
 from nodes.sampling import KSampler
 from nodes.vae import VAEEncode
-from tests.fixtures.tiny_checkpoints import build_state_dict, save_state_dict
+from tests.fixtures.tiny_checkpoints import build_x4_upscaler_checkpoint
 from tests.nodes.sd_workflow import (
     DEMO_CHECKPOINT,
     DEMO_MODELS,
@@ -176,15 +180,54 @@ def test_sd_4x_upscale_conditioning_matches_the_formula() -> None:
     assert float(pos[0][1]["concat_image"].min()) >= -1.0 and float(pos[0][1]["concat_image"].max()) <= 1.0
 
 
-def test_sd_x4_upscaler_is_recognised_and_refused_with_what_is_missing(tmp_path: Path) -> None:
-    state = build_state_dict("sd2")
-    conv = state[CONV_IN]
-    state[CONV_IN] = torch.zeros(conv.shape[0], 7, *conv.shape[2:], dtype=conv.dtype)
-    time_embed = state[UNET_PREFIX + "time_embed.0.weight"].shape[0]
-    state[UNET_PREFIX + "label_emb.weight"] = torch.zeros(1000, time_embed, dtype=conv.dtype)  # noise-level classes
-    path = save_state_dict(state, tmp_path / "x4-upscaler-ema.safetensors")
-    with CheckpointFile(path) as ckpt, pytest.raises(UnsupportedModel) as caught:
-        detect_family(ckpt)
-    message = str(caught.value)
-    assert "x4-upscaler-ema.safetensors" in message and "x4 upscaler" in message
-    assert "SD_4XUpscale_Conditioning" in message and "not implemented" in message
+@pytest.fixture(scope="module")
+def x4_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("x4-models")
+    build_x4_upscaler_checkpoint(root / "checkpoints" / "x4-upscaler-ema.safetensors")
+    return root
+
+
+def test_sd_x4_upscaler_is_recognised(x4_root: Path) -> None:
+    with CheckpointFile(x4_root / "checkpoints" / "x4-upscaler-ema.safetensors") as ckpt:
+        family = detect_family(ckpt)
+    assert family.is_x4_upscaler and family.prediction == "v" and family.name == "sd2"
+    assert family.label == "SD x4 upscaler (v-prediction)"
+    assert family.latent_scale_factor == 0.08333
+
+
+def _x4_prompt(augmentation: float) -> dict[str, Any]:
+    return {
+        "ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "x4-upscaler-ema.safetensors"}},
+        "pos": text("a red circle"), "neg": text(""),
+        "load": {"class_type": "LoadImage", "inputs": {"image": "small.png"}},
+        "cond": {"class_type": "SD_4XUpscale_Conditioning", "inputs": {
+            "images": ["load", 0], "positive": ["pos", 0], "negative": ["neg", 0], "scale_ratio": 4.0,
+            "noise_augmentation": augmentation}},
+        "sample": {"class_type": "KSampler", "inputs": {
+            "seed": 7, "steps": 2, "cfg": 5.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0,
+            "model": ["ckpt", 0], "positive": ["cond", 0], "negative": ["cond", 1], "latent_image": ["cond", 2]}},
+        "decode": {"class_type": "VAEDecode", "inputs": {"samples": ["sample", 0], "vae": ["ckpt", 2]}},
+    }
+
+
+def test_sd_x4_upscaler_workflow_upscales_by_4_with_the_low_res_image_in_the_unet(
+        x4_root: Path, tmp_path: Path, unet_inputs: list[torch.Tensor]) -> None:
+    """CheckpointLoaderSimple -> SD_4XUpscale_Conditioning -> KSampler -> VAEDecode on a checkpoint file in the
+    real x4 layout: a 16 x 20 image comes back 64 x 80; every UNet call gets the noised low-res image as
+    channels 4-6 of uncond and cond (ComfyUI's seeding: seed - 10, level round(350 * 0.2) = 70)."""
+    executor = make_executor(tmp_path, x4_root)
+    image = shape_image(executor.folders.input_dir / "small.png", size=20)
+    Image.open(image).crop((0, 2, 20, 18)).save(image)  # 20 wide, 16 high
+    out = run_prompt(executor, _x4_prompt(0.2), image=["decode", 0], latent=["sample", 0])
+    assert out["image"].shape == (1, 64, 80, 3)
+    assert out["latent"]["samples"].shape == (1, 4, 16, 20)
+    assert len(unet_inputs) == 2 and all(x.shape == (2, 7, 16, 20) for x in unet_inputs)
+    pixels = torch.from_numpy(np.asarray(Image.open(image).convert("RGB"), dtype=np.float32) / 255.0)[None]
+    low_res = resize(pixels.movedim(-1, 1) * 2.0 - 1.0, 20, 16, "bilinear", "center")
+    noise = torch.randn(low_res.shape, generator=torch.Generator().manual_seed(7 - 10))
+    sqrt_acp, sqrt_one_minus = augmentation_schedule()
+    expected = sqrt_acp[70] * low_res + sqrt_one_minus[70] * noise
+    for x in unet_inputs:
+        torch.testing.assert_close(x[:, 4:], expected.expand(2, -1, -1, -1), rtol=1e-3, atol=1e-3)
+    plain = run_prompt(executor, _x4_prompt(0.0), latent=["sample", 0])["latent"]["samples"]
+    assert float((plain - out["latent"]["samples"]).abs().mean()) > 1e-4  # the augmentation takes part
