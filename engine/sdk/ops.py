@@ -110,9 +110,10 @@ def _previewer(ctx: RunContext, traits: ModelTraits) -> Callable[[Tensor], bytes
     """How a step's model-space denoised latent becomes a preview JPEG under ``ctx.preview_method``: the
     TAESD decoder of the family (loaded once by the model manager, then reused), or latent2rgb."""
     is_sdxl = traits.preview_format != "sd1"
-    path = preview_decoder(ctx.folders, ctx.preview_method, is_sdxl)
+    # No TAESD reads the x4 upscaler's 4x latents (nor has ComfyUI one): latent2rgb for it.
+    path = None if traits.x4_upscaler else preview_decoder(ctx.folders, ctx.preview_method, is_sdxl)
     if path is None:
-        if ctx.preview_method == "taesd":
+        if ctx.preview_method == "taesd" and not traits.x4_upscaler:
             ctx.log.warning("TAESD previews asked for, but models/vae_approx has no %s_decoder; using latent2rgb",
                             tiny_vae_for(is_sdxl))
         return lambda denoised: preview_jpeg(denoised, traits.preview_format)
