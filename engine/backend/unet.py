@@ -277,8 +277,9 @@ class UNetConfig:
 
         ``shapes`` maps names to shapes (tuples, ``torch.Size`` or tensors); only names starting with
         ``prefix`` are considered (e.g. ``"model.diffusion_model."``). The head layout is not visible
-        in shapes: SD1.x-like models (context 768, conv projections) get ``num_heads=8``, others
-        ``num_head_channels=64`` when every attention width divides by 64, else ``num_heads=8``.
+        in shapes: SD1.x-like models (context 768, conv projections) and the SD x4 upscaler (a class-label
+        table) get ``num_heads=8``, others ``num_head_channels=64`` when every attention width divides by 64,
+        else ``num_heads=8``.
         Override with ``dataclasses.replace`` when a model is known to differ.
 
         ``encoder_only`` reads weights that stop after the middle block (a ControlNet's copy of the
@@ -359,8 +360,9 @@ def _infer_config(shapes: Shapes, prefix: str, encoder_only: bool = False) -> UN
         context_dim = s["middle_block.1.transformer_blocks.0.attn2.to_k.weight"][1]
         linear = len(s["middle_block.1.proj_in.weight"]) == 2
 
-    sd1_like = context_dim == 768 and not linear
-    by_width = not sd1_like and all(w % 64 == 0 for w in attention_widths)
+    # SD1.x and the SD x4 upscaler (a class-label table) use 8 heads at every width.
+    fixed_heads = (context_dim == 768 and not linear) or num_classes is not None
+    by_width = not fixed_heads and all(w % 64 == 0 for w in attention_widths)
     return UNetConfig(
         in_channels=in_channels,
         out_channels=out_channels,

@@ -50,7 +50,7 @@ TINY_X4: dict[str, Any] = {
     "only_cross_attention": (False, True, False),
     "layers_per_block": 1,
     "cross_attention_dim": CONTEXT_DIM,
-    "attention_head_dim": (2, 4, 4),  # 16-wide heads
+    "attention_head_dim": 8,  # diffusers' name for the head count: 8 heads at every width, as the real model
     "use_linear_projection": True,
     "num_class_embeds": 1000,
     "norm_num_groups": 32,
@@ -66,8 +66,7 @@ def networks() -> tuple[Any, UNetModel]:
     with torch.no_grad():  # a class table far from zero, so a wrong label shows
         reference.class_embedding.weight.normal_(0.0, 1.0, generator=torch.Generator().manual_seed(1))
     weights = diffusers_unet_to_ldm(reference.state_dict())
-    inferred = UNetConfig.from_state_dict(weights)
-    unet = UNetModel(UNetConfig(**{**inferred.__dict__, "num_heads": -1, "num_head_channels": 16})).eval()
+    unet = UNetModel(UNetConfig.from_state_dict(weights)).eval()  # heads not visible in weights: inferred 8
     unet.load_state_dict(weights, strict=True)
     return reference, unet
 
@@ -76,9 +75,24 @@ def test_the_x4_layout_is_inferred_from_the_weights(networks: tuple[Any, UNetMod
     config = networks[1].config
     assert config.in_channels == 7 and config.num_classes == 1000 and config.adm_in_channels is None
     assert config.disable_self_attention == (False, True, False)
+    assert (config.num_heads, config.num_head_channels) == (8, -1)  # x4-upscaling.yaml's num_heads: 8
+    full = UNetConfig.from_state_dict(_x4_full_size_shapes())
+    assert (full.num_heads, full.num_head_channels) == (8, -1)  # not 64-wide heads, though every width / 64
+    assert full.disable_self_attention == (False, True, True, False)
     keys = networks[1].state_dict()
     assert keys["input_blocks.3.1.transformer_blocks.0.attn1.to_k.weight"].shape == (64, CONTEXT_DIM)
     assert keys["middle_block.1.transformer_blocks.0.attn1.to_k.weight"].shape == (64, 64)
+
+
+def _x4_full_size_shapes() -> dict[str, tuple[int, ...]]:
+    """Parameter shapes of the real x4 upscaler's UNet (diffusers' published config), built on the meta device."""
+    config = {**TINY_X4, "block_out_channels": (256, 512, 512, 1024), "layers_per_block": 2,
+              "down_block_types": ("DownBlock2D", *["CrossAttnDownBlock2D"] * 3),
+              "up_block_types": (*["CrossAttnUpBlock2D"] * 3, "UpBlock2D"),
+              "only_cross_attention": (True, True, True, False), "cross_attention_dim": 1024}
+    with torch.device("meta"):
+        model = diffusers.UNet2DConditionModel(**config)
+    return {k: tuple(v.shape) for k, v in diffusers_unet_to_ldm(model.state_dict()).items()}
 
 
 @torch.no_grad()
