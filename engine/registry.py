@@ -20,7 +20,7 @@ class NodeRegistry:
 
     def register(self, cls: type[Node]) -> type[Node]:
         """Add a node class (usable as a decorator). Refuses duplicates and bad declarations."""
-        if not cls.type_name:
+        if not cls.__dict__.get("type_name"):  # its own name, not one a registered base class was given
             cls.type_name = cls.__name__
         check_declaration(cls)
         for name in (cls.type_name, *cls.aliases):

@@ -30,6 +30,7 @@ def register_builtin_nodes(registry: NodeRegistry) -> None:
     from nodes.lora import LORA_NODES
     from nodes.masks import MASK_NODES
     from nodes.model_loaders import MODEL_LOADER_NODES
+    from nodes.model_merging import MODEL_MERGING_NODES
     from nodes.part_loaders import PART_LOADER_NODES
     from nodes.photomaker import PHOTOMAKER_NODES
     from nodes.preprocess import PREPROCESS_NODES
@@ -50,7 +51,7 @@ def register_builtin_nodes(registry: NodeRegistry) -> None:
         PRIMITIVE_NODES, STRING_NODES, IMAGE_TRANSFORM_NODES, IMAGE_FILTER_NODES, COMPOSITING_NODES,
         IMAGE_OUTPUT_NODES, LATENT_TRANSFORM_NODES, LATENT_OPERATION_NODES, SCHEDULER_NODES, CUSTOM_SAMPLING_NODES,
         GUIDANCE_NODES, UNET_PATCH_NODES, SAFETY_NODES, HYPERNETWORK_NODES, CLIP_VISION_NODES,
-        UPSCALE_MODEL_NODES, IMAGE_CONDITIONING_NODES, PHOTOMAKER_NODES, GLIGEN_NODES)
+        UPSCALE_MODEL_NODES, IMAGE_CONDITIONING_NODES, PHOTOMAKER_NODES, GLIGEN_NODES, MODEL_MERGING_NODES)
     for group in groups:
         for cls in group:
             registry.register(cls)

@@ -105,6 +105,44 @@ class ModelSamplingSpec:
 
 
 @dataclass(frozen=True)
+class MergeRule:
+    """One weight group of a merge: weights whose name starts with ``prefix`` become
+    ``self_scale * own + other_scale * other's`` (ComfyUI's strength_model / strength_patch)."""
+
+    prefix: str
+    self_scale: float
+    other_scale: float
+
+
+@dataclass(frozen=True)
+class MergeSpec:
+    """A merged model's weights, computed from two models' weights when a node first needs them.
+
+    ``base`` and ``other`` are the weights of the two inputs (handles reduced to what decides their weights:
+    file, layout, their own merge and LoRA patches, which are baked in). A weight takes the rule of the
+    longest matching ``rules`` prefix, else ``default``; a weight the other model lacks, has in another
+    shape, or whose name ends with one of ``skip`` stays the base's.
+    """
+
+    base: Any  # ModelHandle | ClipHandle (Any: the two classes refer to each other)
+    other: Any
+    rules: tuple[MergeRule, ...]
+    default: tuple[float, float]  # (self_scale, other_scale)
+    skip: tuple[str, ...] = ()
+
+    def scales(self, name: str) -> tuple[float, float]:
+        """``(self_scale, other_scale)`` of the weight ``name``."""
+        best: MergeRule | None = None
+        for rule in self.rules:
+            if name.startswith(rule.prefix) and (best is None or len(rule.prefix) > len(best.prefix)):
+                best = rule
+        return self.default if best is None else (best.self_scale, best.other_scale)
+
+    def skips(self, name: str) -> bool:
+        return name.endswith(self.skip) if self.skip else False
+
+
+@dataclass(frozen=True)
 class ModelHandle:
     """MODEL: the diffusion UNet of a checkpoint, its family, the patches to apply and the sampling
     hooks (``pre_cfg``: operations on each step's guidance, applied in order)."""
@@ -126,6 +164,20 @@ class ModelHandle:
     #: UNETLoader's weight_dtype: "fp8_e4m3fn" / "fp8_e5m2" keep the weights in float8, cast layer by layer
     #: to the compute dtype as they are used; None: the weights are stored in the compute dtype.
     weight_dtype: str | None = None
+    #: A ModelMerge* node's recipe: the UNet's weights are that merge (``checkpoint`` is the base's file;
+    #: ``patches`` apply on top of the merge). None: the weights are ``checkpoint``'s.
+    merge: MergeSpec | None = None
+
+    def weights(self) -> ModelHandle:
+        """This handle reduced to what decides the UNet's weights (for a merge's inputs and cache keys)."""
+        return ModelHandle(self.checkpoint, self.family, self.patches, unet_layout=self.unet_layout,
+                           weight_dtype=self.weight_dtype, merge=self.merge)
+
+    def merged_with(self, other: ModelHandle, rules: tuple[MergeRule, ...], default: tuple[float, float],
+                    skip: tuple[str, ...] = ()) -> ModelHandle:
+        """This model (its sampling options kept, as ComfyUI's clone) with merged weights."""
+        spec = MergeSpec(self.weights(), other.weights(), rules, default, skip)
+        return dataclasses.replace(self, patches=(), merge=spec, weight_dtype=None)
 
     def with_patch(self, patch: WeightPatch) -> ModelHandle:
         return dataclasses.replace(self, patches=(*self.patches, patch))
@@ -165,6 +217,18 @@ class ClipHandle:
     #: Text encoders stored on their own files (``checkpoint`` is the first of them); (): the towers of the
     #: ``checkpoint`` under the family's prefixes.
     sources: tuple[TextEncoderFile, ...] = ()
+    #: A CLIPMerge* node's recipe (``patches`` apply on top of it); None: the weights are the files'.
+    merge: MergeSpec | None = None
+
+    def weights(self) -> ClipHandle:
+        """This handle reduced to what decides the text encoders' weights."""
+        return ClipHandle(self.checkpoint, self.family, patches=self.patches, sources=self.sources, merge=self.merge)
+
+    def merged_with(self, other: ClipHandle, rules: tuple[MergeRule, ...], default: tuple[float, float],
+                    skip: tuple[str, ...] = ()) -> ClipHandle:
+        """This CLIP (its clip skip and attention scale kept) with merged weights."""
+        spec = MergeSpec(self.weights(), other.weights(), rules, default, skip)
+        return dataclasses.replace(self, patches=(), merge=spec)
 
     def with_layer(self, layer_idx: int) -> ClipHandle:
         return dataclasses.replace(self, layer_idx=layer_idx)

@@ -52,6 +52,7 @@ from engine.models.handles import (
 )
 from engine.models.loaders import CheckpointFile
 from engine.models.memory import DeviceBudget, Residency, VramMode, working_memory_bytes
+from engine.models.merging import load_merged_unet, merge_text_encoders
 from engine.models.patching import LoraPatcher
 from engine.models.streaming import BlockStreamer, Placement, module_bytes, stream_units
 from engine.models.taesd_load import load_tiny_vae
@@ -147,7 +148,9 @@ class ModelManager:
     def _unet_key(self, handle: ModelHandle) -> _Key:
         dtype = self.unet_dtype(handle)
         plain = handle.unet_layout == CHECKPOINT_UNET and handle.weight_dtype is None
-        source = None if plain else (handle.unet_layout, handle.weight_dtype)
+        source: object = None if plain else (handle.unet_layout, handle.weight_dtype)
+        if handle.merge is not None:  # a merge is its own set of weights, whatever file it starts from
+            source = handle.merge
         if dtype == self.dtype:
             return _Key(handle.checkpoint, "unet", source=source)
         return _Key(handle.checkpoint, "unet", str(handle.compute_dtype), source)
@@ -182,8 +185,8 @@ class ModelManager:
     def text_encoder(self, handle: ClipHandle) -> TextEncoder:
         """The text encoder(s) with exactly ``handle.patches`` applied."""
         with self._lock:
-            key = _Key(handle.checkpoint, "clip", source=handle.sources or None)
-            module = self._get(key, lambda: self._load_text(handle.checkpoint, handle.family.name, handle.sources))
+            key = _Key(handle.checkpoint, "clip", source=handle.merge or handle.sources or None)
+            module = self._get(key, lambda: self._build_text(handle, patched=False))
             assert isinstance(module, TextEncoder)
             self._use(key, module)
             self.patcher.apply(module, handle.patches, handle.family.label)
@@ -385,6 +388,11 @@ class ModelManager:
         return max(module_bytes(unit) for unit in stream_units(unet, per_layer=self.mode is VramMode.NONE))
 
     def _load_unet(self, handle: ModelHandle, dtype: torch.dtype) -> UNetModel:
+        if handle.merge is not None:
+            model = load_merged_unet(handle, self.patcher.files, device=self.offload_device, dtype=dtype)
+            log.info("built the merged UNet of %s and %s (%s)", handle.merge.base.checkpoint.name,
+                     handle.merge.other.checkpoint.name, str(dtype).removeprefix("torch."))
+            return model
         ref, layout = handle.checkpoint, handle.unet_layout
         storage = FLOAT8_DTYPES.get(str(handle.weight_dtype), dtype)
         with CheckpointFile(ref.path) as ckpt:
@@ -410,6 +418,25 @@ class ModelManager:
             load_weights(model, tensors, device=self.offload_device, dtype=self.vae_dtype, adapt=adapt_vae_weight)
         log.info("loaded VAE of %s", ref.name)
         return model.requires_grad_(False).eval()
+
+    def _build_text(self, handle: ClipHandle, *, patched: bool = True) -> TextEncoder:
+        """A new text encoder of ``handle``: read from its files, or merged from its two inputs' (each built
+        with its own merge and patches baked in); ``patched`` bakes ``handle``'s own patches in too."""
+        spec = handle.merge
+        if spec is None:
+            encoder = self._load_text(handle.checkpoint, handle.family.name, handle.sources)
+        else:
+            encoder = self._build_text(spec.base)
+            other = self._build_text(spec.other)
+            merge_text_encoders(encoder, other, spec, handle)
+            del other  # the second input's weights go as soon as they are blended in
+            log.info("built the merged text encoder of %s and %s", spec.base.checkpoint.name,
+                     spec.other.checkpoint.name)
+        if patched and any(patch.strength for patch in handle.patches):
+            baker = LoraPatcher(reuse_buffers=False)
+            baker.files = self.patcher.files  # parsed LoRA files shared; the originals go with the baker
+            baker.apply(encoder, handle.patches, handle.family.label)
+        return encoder
 
     def _load_text(self, ref: FileRef, family: str, sources: tuple[TextEncoderFile, ...] = ()) -> TextEncoder:
         if sources:  # text-encoder files, read as if under their checkpoint prefixes

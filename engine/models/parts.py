@@ -43,7 +43,8 @@ from engine.models.loaders import _V_PREDICTION_STD, CheckpointFile, Unsupported
 
 __all__ = [
     "DiffusersParts", "Tower", "dual_clip", "find_towers", "find_unet_layout", "read_diffusers_folder",
-    "single_clip", "text_state", "unet_family", "unet_shapes", "unet_tensors", "vae_shapes", "vae_tensors",
+    "single_clip", "text_state", "unet_family", "unet_keys", "unet_shapes", "unet_tensors", "vae_shapes",
+    "vae_tensors",
 ]
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,11 @@ def _diffusers_names(ckpt: CheckpointFile, layout: KeyLayout) -> dict[str, str]:
         return {layout.prefix + key: names.to_ldm(key) for key in keys}
     except KeyError as exc:
         raise UnsupportedModel(f"{ckpt.path.name}: a diffusers UNet key has no place in the UNet ({exc})") from None
+
+
+def unet_keys(ckpt: CheckpointFile, layout: KeyLayout) -> dict[str, str]:
+    """Loom's (LDM) name -> file key of every UNet tensor (for reading weights one by one, by name)."""
+    return {ldm: key for key, ldm in _diffusers_names(ckpt, layout).items()}
 
 
 def unet_shapes(ckpt: CheckpointFile, layout: KeyLayout) -> dict[str, tuple[int, ...]]:

@@ -30,7 +30,15 @@ from engine.expansion import GraphBuilder
 from engine.folders import Folders, split_annotation
 from engine.jsonutil import dumps_compact
 from engine.models.families import ModelFamily
-from engine.models.handles import ClipHandle, ControlNetHandle, FileRef, ModelHandle, VaeHandle, WeightPatch
+from engine.models.handles import (
+    ClipHandle,
+    ControlNetHandle,
+    FileRef,
+    MergeRule,
+    ModelHandle,
+    VaeHandle,
+    WeightPatch,
+)
 from engine.node import SEED_MAX, Input, Node, NodeOutput, Output
 from engine.providers import ModelProvider, NoModels
 from engine.registry import NodeRegistry
@@ -61,6 +69,7 @@ __all__ = [
     "IMAGE", "INT", "LATENT", "MASK", "MODEL", "NOISE", "SAMPLER", "SAMPLER_NAMES", "SCHEDULER_NAMES", "SEED_MAX",
     "SIGMAS", "STRING", "TINY_VAES", "VAE", "approx_file", "tiny_vae_names",
     "ClipHandle", "ControlNetHandle", "FileRef", "Folders", "GraphBuilder", "Input", "Interrupted", "LoomError",
-    "ModelError", "ModelFamily", "ModelHandle", "ModelProvider", "Node", "NodeOutput", "NodeRegistry", "NoModels",
-    "Output", "PathOutsideRoot", "RunContext", "VaeHandle", "WeightPatch", "dumps_compact", "split_annotation",
+    "MergeRule", "ModelError", "ModelFamily", "ModelHandle", "ModelProvider", "Node", "NodeOutput", "NodeRegistry",
+    "NoModels", "Output", "PathOutsideRoot", "RunContext", "VaeHandle", "WeightPatch", "dumps_compact",
+    "split_annotation",
 ]

@@ -108,3 +108,14 @@ def test_hires_fix_doubles_the_size_and_keeps_the_prompt(tmp_path: Path) -> None
     assert image.shape == (128, 128, 3)
     seen = classify(image)
     assert seen.background == "green"
+
+
+def test_merge_with_the_lora_model_is_the_lora_at_the_merged_strength(tmp_path: Path) -> None:
+    """workflows/merge.json: ModelMergeSimple and CLIPMergeSimple at 0.25 of the demo model and 0.75 of the demo
+    model with the dark LoRA at 1.0. Merging is linear in the weights, so this is the LoRA at strength 0.75."""
+    [merged] = run_workflow(tmp_path / "merge", "merge")
+    [lora] = run_workflow(tmp_path / "lora", "lora", "10.strength_model=0.75", "10.strength_clip=0.75")
+    difference = np.abs(merged.astype(np.int16) - lora.astype(np.int16))
+    assert difference.mean() < 0.5 and difference.max() <= 4  # float rounding only
+    [plain] = run_workflow(tmp_path / "plain", "merge", "12.ratio=1.0", "11.ratio=1.0")
+    assert border_luma(plain) - border_luma(merged) > 15  # ratio 1 is the plain model: a lighter background
