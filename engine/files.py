@@ -137,6 +137,51 @@ def save_free(path: Path, data: bytes, *, names: NamePolicy = numbered_names, re
                      "move some files away or pick another name")
 
 
+def claim_free(temporary: Path, path: Path, *, names: NamePolicy = counted_names) -> Path:
+    """Give a finished hidden file in ``path``'s folder the first free name ``names(path.name)`` offers
+    (never replacing a file) and return that path; the temporary name is gone afterwards. For files too
+    large to hold in memory (saved models), written to ``temporary`` first."""
+    try:
+        for name in itertools.islice(names(path.name), MAX_CANDIDATES):
+            candidate = path.with_name(name)
+            try:
+                os.link(temporary, candidate)
+                return candidate
+            except FileExistsError:
+                continue
+            except OSError as exc:
+                if exc.errno not in _NO_HARD_LINKS:
+                    raise
+            try:  # no hard links here: hold the name with an empty file, then move the bytes onto it
+                candidate.open("xb").close()
+            except FileExistsError:
+                continue
+            os.replace(temporary, candidate)
+            return candidate
+    finally:
+        temporary.unlink(missing_ok=True)
+    raise NoFreeName(f"no free file name like {path.name!r} in {path.parent}: {MAX_CANDIDATES} names are taken; "
+                     "move some files away or pick another name")
+
+
+def next_counter(directory: Path, name: str) -> int:
+    """1 + the highest counter of files ``{name}_{counter}_*`` in ``directory`` (1 if none).
+
+    ``%batch_num%`` in ``name`` matches any number, so batches saved with it keep counting.
+    """
+    if not directory.is_dir():
+        return 1
+    stem = r"\d+".join(re.escape(part) for part in name.split("%batch_num%"))
+    pattern = re.compile(rf"^{stem}_(\d+)_")
+    highest = 0
+    with os.scandir(directory) as entries:
+        for entry in entries:
+            match = pattern.match(entry.name)
+            if match:
+                highest = max(highest, int(match.group(1)))
+    return highest + 1
+
+
 class FileStore:
     """Writes files into one Loom instance's input/output/temp folders (see the module doc)."""
 

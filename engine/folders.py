@@ -145,6 +145,34 @@ class Folders:
                     found.append(path)
         return found
 
+    def model_save_dir(self, filename_prefix: str) -> tuple[Path, str]:
+        """Where a model-saving node's ``filename_prefix`` saves: ``(folder, name stem)``.
+
+        A prefix whose first folder names a model folder (``checkpoints/ComfyUI``, ``loras/x``, ``vae/...``,
+        ``clip/...``, ``diffusion_models/...``, or their other spellings) saves into that model folder of the
+        first model root that has it (else the first root), so the file is listed by the loaders at once; any
+        other prefix saves under the output folder, as ComfyUI saves everything. Subfolders of the prefix are
+        kept; a prefix that would leave the folder raises PathOutsideRoot.
+        """
+        prefix = filename_prefix.replace("\\", "/").strip("/")
+        first, _, rest = prefix.partition("/")
+        kind = next((k for k, names in MODEL_FOLDERS.items() if first in names), None)
+        if kind is not None and rest and self.model_roots:
+            dirs = [d for d in self.model_dirs(kind) if d.name == first] or self.model_dirs(kind)
+            base, prefix = (dirs[0] if dirs else self.model_roots[0] / first), rest
+        else:
+            base = self.output_dir
+        subfolder, _, name = prefix.rpartition("/")
+        if not name:
+            raise PathOutsideRoot(f"filename_prefix {filename_prefix!r} names no file")
+        try:
+            directory = resolve_inside(base, subfolder)
+        except PathOutsideRoot as exc:
+            raise PathOutsideRoot(f"filename_prefix {filename_prefix!r} would save outside {base}: {exc}; use a "
+                                  "relative prefix without '..'") from exc
+        directory.mkdir(parents=True, exist_ok=True)
+        return directory, name
+
     def list_models(self, folder: str, extensions: Sequence[str] = MODEL_EXTENSIONS) -> list[str]:
         """Relative model file names in a model folder (all roots merged), sorted, unique."""
         names: set[str] = set()

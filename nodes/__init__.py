@@ -7,6 +7,7 @@ from engine.sdk import Node, NodeRegistry
 
 def register_builtin_nodes(registry: NodeRegistry) -> None:
     """Register every built-in node class into ``registry``."""
+    from nodes.checkpoint_save import CHECKPOINT_SAVE_NODES
     from nodes.clip_vision import CLIP_VISION_NODES
     from nodes.compositing import COMPOSITING_NODES
     from nodes.conditioning import CONDITIONING_NODES
@@ -51,7 +52,8 @@ def register_builtin_nodes(registry: NodeRegistry) -> None:
         PRIMITIVE_NODES, STRING_NODES, IMAGE_TRANSFORM_NODES, IMAGE_FILTER_NODES, COMPOSITING_NODES,
         IMAGE_OUTPUT_NODES, LATENT_TRANSFORM_NODES, LATENT_OPERATION_NODES, SCHEDULER_NODES, CUSTOM_SAMPLING_NODES,
         GUIDANCE_NODES, UNET_PATCH_NODES, SAFETY_NODES, HYPERNETWORK_NODES, CLIP_VISION_NODES,
-        UPSCALE_MODEL_NODES, IMAGE_CONDITIONING_NODES, PHOTOMAKER_NODES, GLIGEN_NODES, MODEL_MERGING_NODES)
+        UPSCALE_MODEL_NODES, IMAGE_CONDITIONING_NODES, PHOTOMAKER_NODES, GLIGEN_NODES, MODEL_MERGING_NODES,
+        CHECKPOINT_SAVE_NODES)
     for group in groups:
         for cls in group:
             registry.register(cls)

@@ -8,9 +8,7 @@ so dropping one on the editor restores the graph.
 from __future__ import annotations
 
 import hashlib
-import os
 import random
-import re
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -28,6 +26,7 @@ from engine.sdk import (
     Output,
     PathOutsideRoot,
     RunContext,
+    next_counter,
     split_annotation,
 )
 
@@ -147,24 +146,6 @@ def expand_prefix(prefix: str, width: int, height: int) -> str:
     for key, value in values.items():
         prefix = prefix.replace(key, value)
     return prefix
-
-
-def next_counter(directory: Path, name: str) -> int:
-    """1 + the highest counter of files ``{name}_{counter}_*`` in ``directory`` (1 if none).
-
-    ``%batch_num%`` in ``name`` matches any number, so batches saved with it keep counting.
-    """
-    if not directory.is_dir():
-        return 1
-    stem = r"\d+".join(re.escape(part) for part in name.split("%batch_num%"))
-    pattern = re.compile(rf"^{stem}_(\d+)_")
-    highest = 0
-    with os.scandir(directory) as entries:
-        for entry in entries:
-            match = pattern.match(entry.name)
-            if match:
-                highest = max(highest, int(match.group(1)))
-    return highest + 1
 
 
 def _output_dir(ctx: RunContext, kind: str, prefix: str, filename_prefix: str) -> tuple[Path, str]:

@@ -44,7 +44,9 @@ duration of one call, so one model must not encode from two threads at once.
 
 from __future__ import annotations
 
+import functools
 import logging
+import math
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -266,6 +268,52 @@ def convert_text_encoder_state_dict(state_dict: Mapping[str, torch.Tensor], pref
     if not converted:
         raise ValueError(f"no text encoder weights under '{prefix}'")
     return converted
+
+
+TensorMaker = tuple[str, tuple[int, ...], Callable[[], torch.Tensor]]
+
+
+def checkpoint_tensors(model: nn.Module, openclip: bool) -> list[TensorMaker]:
+    """The inverse of :func:`convert_text_encoder_state_dict`: a tower's weights in a checkpoint's layout
+    (without the tower's prefix), as ``(key, shape, make)``; ``make`` builds the tensor when called (so a
+    saver holds one at a time). OpenCLIP: q/k/v fused into ``attn.in_proj_*``, ``text_projection``
+    transposed, ``positional_embedding``, ``token_embedding``, ``ln_final`` and ``logit_scale``; HF:
+    ``text_model.*``, the int64 ``position_ids`` SD checkpoints carry, and ``text_projection.weight`` when
+    the tower has one."""
+    params = {(key if key.startswith(("text_model.", "text_projection")) else f"text_model.{key}"): value
+              for key, value in model.state_dict().items() if not key.endswith("position_ids")}
+    out: list[TensorMaker] = []
+
+    def same(key: str) -> Callable[[], torch.Tensor]:
+        return lambda: params[key]
+
+    if not openclip:
+        positions = next(t for k, t in params.items() if k.endswith("position_embedding.weight")).shape[0]
+        out.append(("text_model.embeddings.position_ids", (1, positions),
+                    lambda: torch.arange(positions, dtype=torch.int64)[None]))
+        return out + [(key, tuple(value.shape), same(key)) for key, value in params.items()]
+    # OpenCLIP's contrastive temperature, which Loom does not use; SD checkpoints carry its clamp, ln 100.
+    out.append(("logit_scale", (), lambda: torch.tensor(math.log(100.0))))
+    global_keys = {canonical: name for name, canonical in _OPENCLIP_GLOBAL_KEYS.items()}
+    layer_keys = {canonical: name for name, canonical in _OPENCLIP_LAYER_KEYS.items()}
+    for key, value in params.items():
+        if key in global_keys:
+            out.append((global_keys[key], tuple(value.shape), same(key)))
+        elif key == "text_projection.weight":
+            out.append(("text_projection", (value.shape[1], value.shape[0]), functools.partial(torch.t, value)))
+        elif match := re.fullmatch(r"text_model\.encoder\.layers\.(\d+)\.(.+)", key):
+            layer, rest = match.groups()
+            target = f"transformer.resblocks.{layer}."
+            if rest in layer_keys:
+                out.append((target + layer_keys[rest], tuple(value.shape), same(key)))
+            elif rest.startswith("self_attn.q_proj."):
+                kind = rest.rsplit(".", 1)[1]
+                parts = [params[f"text_model.encoder.layers.{layer}.self_attn.{p}.{kind}"]
+                         for p in ("q_proj", "k_proj", "v_proj")]
+                fused = "attn.in_proj_weight" if kind == "weight" else "attn.in_proj_bias"
+                shape = (3 * value.shape[0], *value.shape[1:])
+                out.append((target + fused, shape, functools.partial(torch.cat, parts)))
+    return out
 
 
 # --------------------------------------------------------------------------- model construction

@@ -27,6 +27,7 @@ from engine.backend.prompt_grammar import EMBEDDING_PREFIX
 from engine.context import RunContext
 from engine.errors import Interrupted, LoomError, ModelError, PathOutsideRoot
 from engine.expansion import GraphBuilder
+from engine.files import next_counter
 from engine.folders import Folders, split_annotation
 from engine.jsonutil import dumps_compact
 from engine.models.families import ModelFamily
@@ -71,5 +72,5 @@ __all__ = [
     "ClipHandle", "ControlNetHandle", "FileRef", "Folders", "GraphBuilder", "Input", "Interrupted", "LoomError",
     "MergeRule", "ModelError", "ModelFamily", "ModelHandle", "ModelProvider", "Node", "NodeOutput", "NodeRegistry",
     "NoModels", "Output", "PathOutsideRoot", "RunContext", "VaeHandle", "WeightPatch", "dumps_compact",
-    "split_annotation",
+    "next_counter", "split_annotation",
 ]
