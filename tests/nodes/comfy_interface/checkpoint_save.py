@@ -16,7 +16,8 @@ def _saver(required: list[tuple[str, Any, dict[str, Any]]]) -> dict[str, Any]:
 EXPECTED: dict[str, dict[str, Any]] = {
     "CheckpointSave": _saver([("model", "MODEL", {}), ("clip", "CLIP", {}), ("vae", "VAE", {}),
                               ("filename_prefix", "STRING", {"default": "checkpoints/ComfyUI"})]),
-    "ModelSave": _saver([("model", "MODEL", {}), ("filename_prefix", "STRING", {"default": "diffusion_models/ComfyUI"})]),
+    "ModelSave": _saver([("model", "MODEL", {}),
+                         ("filename_prefix", "STRING", {"default": "diffusion_models/ComfyUI"})]),
     "CLIPSave": _saver([("clip", "CLIP", {}), ("filename_prefix", "STRING", {"default": "clip/ComfyUI"})]),
     "VAESave": _saver([("vae", "VAE", {}), ("filename_prefix", "STRING", {"default": "vae/ComfyUI_vae"})]),
 }
