@@ -16,6 +16,7 @@ def register_builtin_nodes(registry: NodeRegistry) -> None:
     from nodes.diff_controlnet import DIFF_CONTROLNET_NODES
     from nodes.gligen import GLIGEN_NODES
     from nodes.guidance import GUIDANCE_NODES
+    from nodes.hooks import HOOK_NODES
     from nodes.hypernetwork import HYPERNETWORK_NODES
     from nodes.image_conditioning import IMAGE_CONDITIONING_NODES
     from nodes.image_filters import IMAGE_FILTER_NODES
@@ -32,6 +33,7 @@ def register_builtin_nodes(registry: NodeRegistry) -> None:
     from nodes.masks import MASK_NODES
     from nodes.model_loaders import MODEL_LOADER_NODES
     from nodes.model_merging import MODEL_MERGING_NODES
+    from nodes.model_saving import MODEL_SAVING_NODES
     from nodes.part_loaders import PART_LOADER_NODES
     from nodes.photomaker import PHOTOMAKER_NODES
     from nodes.preprocess import PREPROCESS_NODES
@@ -53,7 +55,7 @@ def register_builtin_nodes(registry: NodeRegistry) -> None:
         IMAGE_OUTPUT_NODES, LATENT_TRANSFORM_NODES, LATENT_OPERATION_NODES, SCHEDULER_NODES, CUSTOM_SAMPLING_NODES,
         GUIDANCE_NODES, UNET_PATCH_NODES, SAFETY_NODES, HYPERNETWORK_NODES, CLIP_VISION_NODES,
         UPSCALE_MODEL_NODES, IMAGE_CONDITIONING_NODES, PHOTOMAKER_NODES, GLIGEN_NODES, MODEL_MERGING_NODES,
-        CHECKPOINT_SAVE_NODES)
+        CHECKPOINT_SAVE_NODES, HOOK_NODES, MODEL_SAVING_NODES)
     for group in groups:
         for cls in group:
             registry.register(cls)

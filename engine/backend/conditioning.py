@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from engine.backend.gligen import gligen_patch
+from engine.backend.hook_schedule import HookRunner
 from engine.backend.unet import PatchContext, UNetModel
 
 #: Latent pixels over which an area's weight ramps up at edges inside the image.
@@ -63,6 +64,10 @@ class CondSpec:
     sigma_start: float | None = None
     sigma_end: float | None = None
     gligen: Any = None
+    #: Hooks (engine.models.hooks.HookGroup): the UNet predicts this entry with their LoRAs patched in.
+    hooks: Any = None
+    #: ConditioningSetDefaultCombine's entries: they weigh in only where the others of their side leave room.
+    default: bool = False
 
     def active_at(self, sigma: float) -> bool:
         """Whether the entry takes part at ``sigma`` (ComfyUI's timestep_start / timestep_end test)."""
@@ -95,7 +100,8 @@ def prepare(conditioning: Sequence[Sequence[Any]], latent_shape: Sequence[int], 
             area=_clip_area(area, height, width),
             control=extras.get("control"),
             mask=None if mask is None else (mask * float(extras.get("mask_strength", 1.0))).to(dtype),
-            sigma_start=sigma_start, sigma_end=sigma_end, gligen=extras.get("gligen")))
+            sigma_start=sigma_start, sigma_end=sigma_end, gligen=extras.get("gligen"), hooks=extras.get("hooks"),
+            default=bool(extras.get("default", False))))
     return specs
 
 
@@ -145,6 +151,11 @@ def mask_bounds(mask: Tensor) -> Area:
 def _sigma_range(extras: Mapping[str, Any], percent_to_sigma: PercentToSigma | None
                  ) -> tuple[float | None, float | None]:
     start, end = extras.get("start_percent"), extras.get("end_percent")
+    clip_start, clip_end = extras.get("clip_start_percent"), extras.get("clip_end_percent")
+    if clip_start is not None:  # a scheduled CLIP's range (SetClipHooks), within any range set on the entry
+        start = max(float(clip_start), float(start or 0.0))
+    if clip_end is not None:
+        end = min(float(clip_end), float(1.0 if end is None else end))
     if start is None and end is None:
         return None, None
     if percent_to_sigma is None:
@@ -259,12 +270,17 @@ class ScheduledModel:
     the denoised estimate is 0 wherever no entry weighs in (a chunk with no active entry is all 0).
     """
 
-    def __init__(self, model_fn: Callable[..., Tensor]) -> None:
+    def __init__(self, model_fn: Callable[..., Tensor], hooks: HookRunner | None = None) -> None:
         self.model_fn = model_fn
+        self.hooks = hooks
 
     def __call__(self, x: Tensor, sigma: Tensor, conds: Sequence[Sequence[CondSpec]], **kwargs: Any) -> Tensor:
         now = float(sigma.reshape(-1)[0])
         active = [[spec for spec in specs if spec.active_at(now)] for specs in conds]
+        if any(spec.default for specs in active for spec in specs):
+            active = [_with_defaults(specs, chunk) for specs, chunk in zip(active, x.chunk(len(active)), strict=True)]
+        if self.hooks is not None:
+            self.hooks.step(now, {spec.hooks for specs in active for spec in specs if spec.hooks is not None})
         denoised = self.model_fn(x, sigma, active, **kwargs)
         chunks = denoised.chunk(len(active))
         if all(_fully_covered(specs) for specs in active):
@@ -272,6 +288,17 @@ class ScheduledModel:
         kept = [torch.where(coverage(specs, chunk) > 0, chunk, torch.zeros_like(chunk)) if specs else
                 torch.zeros_like(chunk) for specs, chunk in zip(active, chunks, strict=True)]
         return torch.cat(kept)
+
+
+def _with_defaults(specs: Sequence[CondSpec], like: Tensor) -> list[CondSpec]:
+    """A side's entries with its default entries (ConditioningSetDefaultCombine) weighing ``1 - coverage`` of
+    the others (at least 0), as ComfyUI's finalize_default_conds; left out where the others cover everything."""
+    others = [spec for spec in specs if not spec.default]
+    room = torch.relu(1 - coverage(others, like))
+    if float(room.max()) == 0.0:
+        return others
+    fill = [replace(spec, area=None, mask=room[:, 0], strength=1.0) for spec in specs if spec.default]
+    return [*others, *fill]
 
 
 def _fully_covered(specs: Sequence[CondSpec]) -> bool:
@@ -294,12 +321,14 @@ class UNetApply:
     """
 
     def __init__(self, unet: UNetModel, control_fn: Callable[..., Any] | None = None,
-                 concat: Tensor | None = None, patches: Mapping[str, Sequence[Any]] | None = None) -> None:
+                 concat: Tensor | None = None, patches: Mapping[str, Sequence[Any]] | None = None,
+                 hooks: HookRunner | None = None) -> None:
         """``concat`` [B, k, H, W] is appended to the latent channels (inpainting models: mask + image);
         ``patches`` are the UNet patches of the MODEL (``GuidanceHooks.unet_patches``), by hook point."""
         self.unet = unet
         self.control_fn = control_fn
         self.concat = concat
+        self.hooks = hooks
         self.patches = {point: tuple(entries) for point, entries in (patches or {}).items()
                         if entries and point != "torch_compile"}
         self.run_unet: Callable[..., Tensor] = unet
@@ -322,8 +351,13 @@ class UNetApply:
         groups: dict[Any, list[tuple[int, CondSpec]]] = {}
         for index, specs in enumerate(conds):
             for spec in specs:
-                groups.setdefault(spec.area, []).append((index, spec))
-        for area, members in groups.items():
+                groups.setdefault((spec.hooks, spec.area), []).append((index, spec))
+        if self.hooks is None and any(hooks is not None for hooks, _ in groups):
+            raise ValueError("conditioning carries hooks (ConditioningSetProperties / SetClipHooks) but this sampling "
+                             "run cannot patch the model per entry; sample with KSampler or SamplerCustom")
+        for (hooks, area), members in sorted(groups.items(), key=lambda item: item[0][0] is not None):
+            if self.hooks is not None:
+                self.hooks.use(hooks)  # the entries without hooks first, then one patch per group of hooks
             preds = self._forward(chunks, steps, area, members, patches)
             h, w, y, x0 = area if area is not None else (height, width, 0, 0)
             for (index, spec), pred in zip(members, preds, strict=True):

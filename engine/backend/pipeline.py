@@ -39,6 +39,7 @@ from engine.backend.guidance import (
     repeat_to_batch,
 )
 from engine.backend.guiders import Guidance, NoiseSource, SamplerChoice
+from engine.backend.hook_schedule import HookRunner
 from engine.backend.image_concat import ip2p_concat, ip2p_source
 from engine.backend.ksampler import ksample
 from engine.backend.latent_formats import LatentFormat
@@ -56,6 +57,8 @@ Latent = dict[str, Any]
 StepCallback = Callable[[int, int, Tensor | None], None]
 #: (latent shape, whether CFG doubles the batch) -> the UNet, kept on the device for the run.
 UNetSession = Callable[[tuple[int, ...], bool], AbstractContextManager[UNetModel]]
+#: Patch the run's UNet with these (LoRA file, strength) pairs on top of the model's own patches (hooks).
+HookWeights = Callable[[tuple[tuple[Any, float], ...]], None]
 
 #: Conditioning (or latent) keys that feed a 9-channel inpainting model's extra channels.
 INPAINT_KEYS = ("concat_mask", "concat_latent_image")
@@ -141,16 +144,17 @@ def as_custom(request: SamplingRequest, traits: ModelTraits, device: torch.devic
 
 def sample(request: SamplingRequest, traits: ModelTraits, unet_session: UNetSession,
            load_controlnet: control_apply.Resolve, *, device: torch.device, dtype: torch.dtype,
-           on_step: StepCallback) -> Latent:
+           on_step: StepCallback, hook_weights: HookWeights | None = None) -> Latent:
     """Run a KSampler ``request``; returns a new LATENT dict (other keys of the request's latent kept)."""
     return sample_custom(as_custom(request, traits, device), traits, unet_session, load_controlnet, device=device,
-                         dtype=dtype, on_step=on_step).latent
+                         dtype=dtype, on_step=on_step, hook_weights=hook_weights).latent
 
 
 def sample_custom(request: CustomRequest, traits: ModelTraits, unet_session: UNetSession,
                   load_controlnet: control_apply.Resolve, *, device: torch.device, dtype: torch.dtype,
-                  on_step: StepCallback) -> SampleResult:
-    """Run ``request``: the one sampling path of every sampler node."""
+                  on_step: StepCallback, hook_weights: HookWeights | None = None) -> SampleResult:
+    """Run ``request``: the one sampling path of every sampler node. ``hook_weights`` patches the UNet for
+    entries with hooks (engine/backend/hook_schedule.py); without it such entries are refused."""
     sampler = resolve_sampler(request.sampler)
     latent = _model_latent(request.latent["samples"].float(), traits)
     ms = model_sampling_for(traits).to(device)
@@ -166,8 +170,9 @@ def sample_custom(request: CustomRequest, traits: ModelTraits, unet_session: UNe
         seed = request.noise.seed
         noise = (prepare_noise(latent, seed, request.latent.get("batch_index")) if request.noise.enabled
                  else torch.zeros_like(latent))
+        runner = HookRunner(hook_weights, ms.percent_to_sigma) if hook_weights is not None else None
         denoiser, denoise_mask, hooks = _denoiser(request, traits, unet, ms, load_controlnet, latent, device,
-                                                  dtype, force_uncond)
+                                                  dtype, force_uncond, runner)
         total = max(len(sigmas) - 1, 1)
         last: list[Tensor] = []
 
@@ -179,10 +184,14 @@ def sample_custom(request: CustomRequest, traits: ModelTraits, unet_session: UNe
 
         with torch.inference_mode():
             start = traits.latent_format.to_model(latent).to(device)
-            out = ksample(denoiser, ms, request.sampler.name, sigmas, noise.to(device), start,
-                          seed=seed, denoise_mask=denoise_mask, callback=callback,
-                          denoise_mask_fn=hooks.denoise_mask_fn, sampler=sampler,
-                          sampler_options=_sampler_options(request.sampler, ms))
+            try:
+                out = ksample(denoiser, ms, request.sampler.name, sigmas, noise.to(device), start,
+                              seed=seed, denoise_mask=denoise_mask, callback=callback,
+                              denoise_mask_fn=hooks.denoise_mask_fn, sampler=sampler,
+                              sampler_options=_sampler_options(request.sampler, ms))
+            finally:
+                if runner is not None:
+                    runner.finish()  # the model's own weights again, exactly
     to_vae = traits.latent_format.to_vae
     result = {**request.latent, "samples": to_vae(out.float()).cpu()}
     denoised_out = {**request.latent, "samples": to_vae(last[0].float()).cpu()} if last else result
@@ -221,7 +230,8 @@ def _model_latent(latent: Tensor, traits: ModelTraits) -> Tensor:
 
 def _denoiser(request: CustomRequest, traits: ModelTraits, unet: UNetModel, ms: ModelSampling,
               load_controlnet: control_apply.Resolve, latent: Tensor, device: torch.device,
-              dtype: torch.dtype, force_uncond: bool = False) -> tuple[CFGDenoiser, Tensor | None, GuidanceHooks]:
+              dtype: torch.dtype, force_uncond: bool = False,
+              runner: HookRunner | None = None) -> tuple[CFGDenoiser, Tensor | None, GuidanceHooks]:
     """The guided denoiser over the prepared conditioning, the inpaint noise mask (if any) and the MODEL's hooks."""
     guidance = request.guidance
     adm = adm_builder(traits.adm, request.noise.seed, unet.config.adm_in_channels or 0)
@@ -251,8 +261,8 @@ def _denoiser(request: CustomRequest, traits: ModelTraits, unet: UNetModel, ms: 
     middle = prepare(guidance.middle) if guidance.uses_middle else []
     control_fn = control_apply.control_function([pos, neg, *extra, *([middle] if middle else [])], ms,
                                                 load_controlnet, unet.config, unet=unet)
-    apply = conditioning.UNetApply(unet, control_fn, concat=concat, patches=hooks.unet_patches)
-    denoiser = guided_denoiser(conditioning.ScheduledModel(ParameterizedModel(apply, ms)), guidance, hooks,
+    apply = conditioning.UNetApply(unet, control_fn, concat=concat, patches=hooks.unet_patches, hooks=runner)
+    denoiser = guided_denoiser(conditioning.ScheduledModel(ParameterizedModel(apply, ms), runner), guidance, hooks,
                                pos, neg, middle, extra, pre_cfg=operation_hooks(traits.pre_cfg, ms),
                                force_uncond=force_uncond)
     return denoiser, denoise_mask, hooks

@@ -182,6 +182,10 @@ class ModelHandle:
     def with_patch(self, patch: WeightPatch) -> ModelHandle:
         return dataclasses.replace(self, patches=(*self.patches, patch))
 
+    def with_patches(self, patches: tuple[WeightPatch, ...]) -> ModelHandle:
+        """This model with more patches after its own (hooks' LoRAs during a sampling step)."""
+        return dataclasses.replace(self, patches=(*self.patches, *patches)) if patches else self
+
     def with_pre_cfg(self, operation: Callable[..., Any], start_percent: float = 0.0,
                      end_percent: float = 1.0) -> ModelHandle:
         """This model with one more pre-CFG operation, after the ones it has."""
@@ -219,6 +223,12 @@ class ClipHandle:
     sources: tuple[TextEncoderFile, ...] = ()
     #: A CLIPMerge* node's recipe (``patches`` apply on top of it); None: the weights are the files'.
     merge: MergeSpec | None = None
+    #: SetClipHooks: the hooks' LoRAs (engine.models.hooks.HookGroup) apply while encoding at their CLIP
+    #: strengths; ``hooks_to_conds`` puts the group on the conditioning made; ``schedule_clip`` encodes once
+    #: per keyframe range (entries limited to their range) instead of at multiplier 1.
+    hooks: Any = None
+    hooks_to_conds: bool = True
+    schedule_clip: bool = False
 
     def weights(self) -> ClipHandle:
         """This handle reduced to what decides the text encoders' weights."""
@@ -240,6 +250,9 @@ class ClipHandle:
 
     def with_patch(self, patch: WeightPatch) -> ClipHandle:
         return dataclasses.replace(self, patches=(*self.patches, patch))
+
+    def with_patches(self, patches: tuple[WeightPatch, ...]) -> ClipHandle:
+        return dataclasses.replace(self, patches=(*self.patches, *patches)) if patches else self
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from engine.expansion import GraphBuilder
 from engine.files import next_counter
 from engine.folders import Folders, split_annotation
 from engine.jsonutil import dumps_compact
+from engine.models import hooks
 from engine.models.families import ModelFamily
 from engine.models.handles import (
     ClipHandle,
@@ -72,5 +73,5 @@ __all__ = [
     "ClipHandle", "ControlNetHandle", "FileRef", "Folders", "GraphBuilder", "Input", "Interrupted", "LoomError",
     "MergeRule", "ModelError", "ModelFamily", "ModelHandle", "ModelProvider", "Node", "NodeOutput", "NodeRegistry",
     "NoModels", "Output", "PathOutsideRoot", "RunContext", "VaeHandle", "WeightPatch", "dumps_compact",
-    "next_counter", "split_annotation",
+    "hooks", "next_counter", "split_annotation",
 ]

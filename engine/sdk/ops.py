@@ -40,7 +40,8 @@ from engine.context import RunContext
 from engine.errors import ModelError
 from engine.models.embeddings import embedding_lookup, embeddings_fingerprint
 from engine.models.families import ModelFamily
-from engine.models.handles import ClipHandle, FileRef, ModelHandle, PreCfgOperation, VaeHandle
+from engine.models.handles import ClipHandle, FileRef, ModelHandle, PreCfgOperation, VaeHandle, WeightPatch
+from engine.models.hooks import clip_schedule
 from engine.vae_approx import preview_decoder, tiny_vae_for
 
 __all__ = [
@@ -76,7 +77,7 @@ def sample(ctx: RunContext, model: ModelHandle, request: SamplingRequest) -> Lat
     models = ctx.models
     return run_pipeline(request, traits, lambda shape, cfg: models.sampling(model, shape, cfg=cfg),
                         models.controlnet, device=models.device, dtype=models.dtype,
-                        on_step=_step_reporter(ctx, traits))
+                        on_step=_step_reporter(ctx, traits), hook_weights=_hook_weights(ctx, model))
 
 
 def sample_custom_run(ctx: RunContext, guider: Guider, noise: NoiseSource, sampler: SamplerChoice, sigmas: Tensor,
@@ -89,7 +90,14 @@ def sample_custom_run(ctx: RunContext, guider: Guider, noise: NoiseSource, sampl
     request = CustomRequest(sigmas=sigmas, noise=noise, guidance=guider.guidance, sampler=sampler, latent=latent)
     return sample_custom(request, traits, lambda shape, cfg: models.sampling(model, shape, cfg=cfg),
                          models.controlnet, device=models.device, dtype=models.dtype,
-                         on_step=_step_reporter(ctx, traits))
+                         on_step=_step_reporter(ctx, traits), hook_weights=_hook_weights(ctx, model))
+
+
+def _hook_weights(ctx: RunContext, model: ModelHandle) -> Callable[[tuple[tuple[Any, float], ...]], None]:
+    """Hooks' LoRAs patched on the run's UNet, on top of the MODEL's own patches (exactly undone with ())."""
+    def apply(extra: tuple[tuple[Any, float], ...]) -> None:
+        ctx.models.unet(model.with_patches(tuple(WeightPatch(file, strength) for file, strength in extra)))
+    return apply
 
 
 def _traits(model: ModelHandle) -> ModelTraits:
@@ -160,11 +168,32 @@ def add_noise(model: ModelHandle, noise: NoiseSource, sigmas: Tensor, latent: La
 
 
 def encode_text(ctx: RunContext, clip: ClipHandle, tokens: dict[str, TokenizedPrompt]) -> list[list[Any]]:
-    """CONDITIONING for tokenized prompts (one per text tower), with the pooled output."""
+    """CONDITIONING for tokenized prompts (one per text tower), with the pooled output. A CLIP with hooks
+    (SetClipHooks) encodes with their LoRAs, once per keyframe range when it schedules them."""
+    if clip.hooks is None or not clip.hooks.hooks:
+        return [_encoded(ctx, clip, tokens, {})]
+    hooks = clip.hooks
+    if clip.schedule_clip:
+        schedule = clip_schedule(hooks)
+    else:
+        schedule = [((0.0, 1.0), {hook.ref: 1.0 for hook in hooks.hooks})]
+    entries = []
+    for (start, end), multipliers in schedule:
+        patches = tuple(WeightPatch(hook.file, hook.strength_clip * multipliers[hook.ref]) for hook in hooks.hooks
+                        if hook.strength_clip * multipliers[hook.ref])
+        extras: dict[str, Any] = {"hooks": hooks} if clip.hooks_to_conds else {}
+        if clip.schedule_clip:
+            extras |= {"clip_start_percent": start, "clip_end_percent": end}
+        entries.append(_encoded(ctx, clip.with_patches(patches), tokens, extras))
+    return entries
+
+
+def _encoded(ctx: RunContext, clip: ClipHandle, tokens: dict[str, TokenizedPrompt],
+             extras: dict[str, Any]) -> list[Any]:
     encoder = ctx.models.text_encoder(clip)
     with torch.inference_mode():
         cond, pooled = encoder.encode(_pad_chunks(encoder, tokens), layer_idx=clip.layer_idx)
-    return [[cond.float().cpu(), {"pooled_output": pooled.float().cpu()}]]
+    return [cond.float().cpu(), {"pooled_output": pooled.float().cpu(), **extras}]
 
 
 def tokenize_per_tower(ctx: RunContext, clip: ClipHandle, text_for: Callable[[str], str]
