@@ -63,6 +63,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench._timing import best_alternating, seconds  # noqa: E402  (after the path setup)
+
 log = logging.getLogger("bench.addons")
 
 CASES = ("t2i_adapter", "clip_vision", "hypernetwork", "gligen", "x4_upscaler", "taesd_preview")
@@ -90,30 +92,13 @@ Entry = dict[str, Any]
 # --------------------------------------------------------------------------------------------- timing
 
 
-def _seconds(run: Callable[[], Any]) -> float:
-    start = time.perf_counter()
-    run()
-    return time.perf_counter() - start
-
-
-def _best_alternating(first: Callable[[], Any], second: Callable[[], Any], repeats: int) -> tuple[float, float]:
-    """Best seconds of each, run in ABBA order (A B, then B A, ...) so that a load that changes during the run
-    (a shared machine) does not favour the one that ran last."""
-    times: tuple[list[float], list[float]] = ([], [])
-    for index in range(repeats):
-        order = (0, 1) if index % 2 == 0 else (1, 0)
-        for which in order:
-            times[which].append(_seconds((first, second)[which]))
-    return min(times[0]), min(times[1])
-
-
 def _timed(loom: Callable[[], Any], reference: Callable[[], Any], repeats: int) -> tuple[Any, Any, float, float]:
     """One warm-up run of each (their outputs are returned for the comparison), then the best of ``repeats``
     runs of each, ABBA, all under inference mode."""
     with torch.inference_mode():
         loom_out = loom()
         reference_out = reference()
-        loom_s, reference_s = _best_alternating(loom, reference, repeats)
+        loom_s, reference_s = best_alternating(loom, reference, repeats)
     return loom_out, reference_out, loom_s, reference_s
 
 
@@ -121,7 +106,7 @@ def _best(run: Callable[[], Any], repeats: int) -> float:
     """Best seconds of ``repeats`` runs after one warm-up, under inference mode."""
     with torch.inference_mode():
         run()
-        return min(_seconds(run) for _ in range(repeats))
+        return min(seconds(run) for _ in range(repeats))
 
 
 def _finite(*tensors: Tensor) -> bool:

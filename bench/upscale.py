@@ -22,8 +22,6 @@ import logging
 import platform
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,24 +29,9 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench._timing import best_alternating  # noqa: E402  (after the path setup)
+
 log = logging.getLogger("bench.upscale")
-
-
-def _seconds(run: Callable[[], Any]) -> float:
-    start = time.perf_counter()
-    run()
-    return time.perf_counter() - start
-
-
-def _best_alternating(first: Callable[[], Any], second: Callable[[], Any], repeats: int) -> tuple[float, float]:
-    """Best seconds of each, run in ABBA order (A B, then B A, ...) so that a load that changes during the run
-    (a shared machine) does not favour the one that ran last."""
-    times: tuple[list[float], list[float]] = ([], [])
-    for index in range(repeats):
-        order = (0, 1) if index % 2 == 0 else (1, 0)
-        for which in order:
-            times[which].append(_seconds((first, second)[which]))
-    return min(times[0]), min(times[1])
 
 
 def _write_model(path: Path, blocks: int, filters: int) -> None:
@@ -85,7 +68,7 @@ def measure(size: int, blocks: int, filters: int, device: str, repeats: int) -> 
         tile = image[:, :DEFAULT_TILE, :DEFAULT_TILE].movedim(-1, 1).to(target).contiguous()
         with torch.inference_mode():
             model(tile[..., :32, :32])  # warm-up
-        spandrel_s, loom_s = _best_alternating(lambda: model(tile),
+        spandrel_s, loom_s = best_alternating(lambda: model(tile),
                                                lambda: upscale_image(ref, image, target, torch.float32), repeats)
     return {
         "image": [size, size], "scale": 4, "output": [size * 4, size * 4],
