@@ -1,8 +1,9 @@
 """Hooks: LoRAs that apply to some conditioning only, scheduled over the steps (ComfyUI's hook nodes, with
 its names, inputs and defaults).
 
-Create (HOOKS): CreateHookLora, CreateHookLoraModelOnly. Schedule (HOOK_KEYFRAMES): CreateHookKeyframe,
-CreateHookKeyframesInterpolated, CreateHookKeyframesFromFloats, SetHookKeyframes. Combine: CombineHooks2/4/8.
+Create (HOOKS): CreateHookLora, CreateHookLoraModelOnly, CreateHookModelAsLora(ModelOnly).
+Schedule (HOOK_KEYFRAMES): CreateHookKeyframe, CreateHookKeyframesInterpolated, CreateHookKeyframesFromFloats,
+SetHookKeyframes. Combine: CombineHooks2/4/8.
 Attach: ConditioningSetProperties (+AndCombine), PairConditioningSetProperties (+AndCombine),
 ConditioningSetDefaultCombine, PairConditioningSetDefaultCombine, PairConditioningCombine, SetClipHooks; and
 ConditioningTimestepsRange (TIMESTEPS_RANGE). The values are engine/models/hooks.py's; sampling patches the
@@ -83,6 +84,47 @@ class CreateHookLora(Node):
     def run(self, ctx: RunContext, lora_name: str, strength_model: float, strength_clip: float,
             prev_hooks: HookGroup | None = None) -> tuple[HookGroup]:
         return _lora_hook(ctx, lora_name, strength_model, strength_clip, prev_hooks)
+
+
+def _model_hook(ctx: RunContext, ckpt_name: str, strength_model: float, strength_clip: float,
+                prev_hooks: HookGroup | None) -> tuple[HookGroup]:
+    previous = prev_hooks or HookGroup()
+    if strength_model == 0 and strength_clip == 0:
+        return (previous,)
+    file = FileRef.of(ctx.folders.model_path("checkpoints", ckpt_name))
+    hook = hk.WeightHook(f"{ctx.prompt_id}:{ctx.node_id}:{ckpt_name}", file, float(strength_model),
+                         float(strength_clip), kind="model")
+    return (previous.with_hooks(HookGroup((hook,))),)
+
+
+_CKPT = Input("ckpt_name", COMBO, choices=lambda folders: folders.list_models("checkpoints"), file_folder="checkpoints")
+
+
+class CreateHookModelAsLora(Node):
+    """A hook that moves the model's weights toward another checkpoint's (strength 1: that checkpoint's
+    weights) for the conditioning it is attached to."""
+
+    display_name = "Create Hook Model as LoRA"
+    category = "advanced/hooks/create"
+    inputs = (_CKPT, _strength("strength_model"), _strength("strength_clip"), _PREV_HOOKS)
+    outputs = (Output(HOOKS),)
+
+    def run(self, ctx: RunContext, ckpt_name: str, strength_model: float, strength_clip: float,
+            prev_hooks: HookGroup | None = None) -> tuple[HookGroup]:
+        return _model_hook(ctx, ckpt_name, strength_model, strength_clip, prev_hooks)
+
+
+class CreateHookModelAsLoraModelOnly(Node):
+    """CreateHookModelAsLora for the diffusion model only."""
+
+    display_name = "Create Hook Model as LoRA (MO)"
+    category = "advanced/hooks/create"
+    inputs = (_CKPT, _strength("strength_model"), _PREV_HOOKS)
+    outputs = (Output(HOOKS),)
+
+    def run(self, ctx: RunContext, ckpt_name: str, strength_model: float,
+            prev_hooks: HookGroup | None = None) -> tuple[HookGroup]:
+        return _model_hook(ctx, ckpt_name, strength_model, 0.0, prev_hooks)
 
 
 class CreateHookLoraModelOnly(Node):
@@ -391,9 +433,9 @@ class ConditioningTimestepsRange(Node):
 
 
 HOOK_NODES: tuple[type[Node], ...] = (
-    CreateHookLora, CreateHookLoraModelOnly, SetHookKeyframes, CreateHookKeyframe, CreateHookKeyframesInterpolated,
-    CreateHookKeyframesFromFloats, CombineHooks2, CombineHooks4, CombineHooks8, ConditioningSetProperties,
-    ConditioningSetPropertiesAndCombine, PairConditioningSetProperties, PairConditioningSetPropertiesAndCombine,
-    ConditioningSetDefaultCombine, PairConditioningSetDefaultCombine, PairConditioningCombine, SetClipHooks,
-    ConditioningTimestepsRange,
+    CreateHookLora, CreateHookLoraModelOnly, CreateHookModelAsLora, CreateHookModelAsLoraModelOnly, SetHookKeyframes,
+    CreateHookKeyframe, CreateHookKeyframesInterpolated, CreateHookKeyframesFromFloats, CombineHooks2, CombineHooks4,
+    CombineHooks8, ConditioningSetProperties, ConditioningSetPropertiesAndCombine, PairConditioningSetProperties,
+    PairConditioningSetPropertiesAndCombine, ConditioningSetDefaultCombine, PairConditioningSetDefaultCombine,
+    PairConditioningCombine, SetClipHooks, ConditioningTimestepsRange,
 )

@@ -18,8 +18,9 @@ from typing import Any
 
 __all__ = ["HookRunner"]
 
-#: (LoRA file, strength) pairs patched on top of the model's own patches.
-ExtraPatches = tuple[tuple[Any, float], ...]
+#: (file, strength, kind) patched on top of the model's own patches: kind "lora" (a LoRA file) or "model" (a
+#: checkpoint used as a LoRA).
+ExtraPatches = tuple[tuple[Any, float, str], ...]
 
 
 class _KeyframeState:
@@ -78,7 +79,7 @@ class HookRunner:
         for hook in group.hooks:
             strength = float(hook.strength_model) * self._state(hook).multiplier
             if strength:
-                extra.append((hook.file, strength))
+                extra.append((hook.file, strength, str(getattr(hook, "kind", "lora"))))
         return tuple(extra)
 
     def use(self, group: Any | None) -> None:

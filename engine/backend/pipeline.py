@@ -57,8 +57,8 @@ Latent = dict[str, Any]
 StepCallback = Callable[[int, int, Tensor | None], None]
 #: (latent shape, whether CFG doubles the batch) -> the UNet, kept on the device for the run.
 UNetSession = Callable[[tuple[int, ...], bool], AbstractContextManager[UNetModel]]
-#: Patch the run's UNet with these (LoRA file, strength) pairs on top of the model's own patches (hooks).
-HookWeights = Callable[[tuple[tuple[Any, float], ...]], None]
+#: Patch the run's UNet with these (file, strength, kind) on top of the model's own patches (hooks).
+HookWeights = Callable[[tuple[tuple[Any, float, str], ...]], None]
 
 #: Conditioning (or latent) keys that feed a 9-channel inpainting model's extra channels.
 INPAINT_KEYS = ("concat_mask", "concat_latent_image")

@@ -64,10 +64,13 @@ class TextEncoderFile:
 
 @dataclass(frozen=True)
 class WeightPatch:
-    """A weight patch (a LoRA file) applied to a model with a strength."""
+    """A weight patch applied to a model with a strength: a LoRA file (``kind`` "lora"), or another model's
+    weights used as one (``kind`` "model", CreateHookModelAsLora: each weight moves ``strength`` of the way to
+    that checkpoint's)."""
 
     file: FileRef
     strength: float
+    kind: str = "lora"
 
 
 @dataclass(frozen=True)

@@ -49,13 +49,15 @@ class HookKeyframes:
 
 @dataclass(frozen=True)
 class WeightHook:
-    """A LoRA applied as a hook: ``file`` at ``strength_model`` (UNet) and ``strength_clip`` (text encoder)."""
+    """A LoRA applied as a hook: ``file`` at ``strength_model`` (UNet) and ``strength_clip`` (text encoder);
+    ``kind`` "model": ``file`` is a checkpoint whose weights are used as a LoRA (CreateHookModelAsLora)."""
 
     ref: str
     file: FileRef
     strength_model: float = 1.0
     strength_clip: float = 1.0
     keyframes: HookKeyframes = HookKeyframes()
+    kind: str = "lora"
 
 
 @dataclass(frozen=True)

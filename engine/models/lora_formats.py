@@ -121,6 +121,34 @@ class Adapter:
     def add_to(self, weight: Tensor, strength: float) -> None:
         weight.add_(self.delta(weight.device).reshape(weight.shape), alpha=strength)
 
+    def add_to_patched(self, weight: Tensor, original: Tensor, strength: float) -> None:
+        """:meth:`add_to` for a weight other patches already changed; ``original`` (float32) is the unpatched
+        weight, which only changes relative to it (a model used as a LoRA) read."""
+        self.add_to(weight, strength)
+
+
+@dataclass(frozen=True, eq=False)
+class ModelDiffAdapter(Adapter):
+    """Another model's weight used as a LoRA (ComfyUI's model_as_lora): the change is ``target - original``."""
+
+    target: Tensor
+    kind = "model"
+
+    def delta_shape(self) -> tuple[int, ...]:
+        return tuple(self.target.shape)
+
+    def added(self, weight: Tensor, strength: float, out: Tensor | None = None) -> Tensor:
+        delta = _f32(self.target, weight.device) - weight
+        if out is None:
+            return torch.add(weight, delta, alpha=strength)
+        return torch.add(weight, delta, alpha=strength, out=out)
+
+    def add_to(self, weight: Tensor, strength: float) -> None:
+        raise TypeError("a model used as a LoRA changes a weight relative to the original: use add_to_patched")
+
+    def add_to_patched(self, weight: Tensor, original: Tensor, strength: float) -> None:
+        weight.add_(_f32(self.target, weight.device) - original, alpha=strength)
+
 
 def fits(adapter: Adapter, shape: tuple[int, ...]) -> bool:
     """Whether the adapter's delta can be added to a weight of ``shape`` (same rows, same size)."""

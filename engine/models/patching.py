@@ -38,9 +38,10 @@ from torch import Tensor, nn
 from engine.errors import ModelError
 from engine.models.handles import FileRef, WeightPatch
 from engine.models.loaders import CheckpointFile, UnsupportedModel
-from engine.models.lora_formats import Adapter, ParsedLora, parse_lora
+from engine.models.lora_formats import Adapter, ModelDiffAdapter, ParsedLora, parse_lora
 from engine.models.lora_keys import kohya_text_key, kohya_unet_key
 from engine.models.lora_plan import ModelPart, PatchPlan, build_plan, describe_part
+from engine.models.model_as_lora import model_plan
 
 __all__ = [
     "LoraCache",
@@ -119,8 +120,8 @@ class LoraCache:
 @dataclass
 class _ModuleState:
     part: ModelPart
-    plans: OrderedDict[FileRef, PatchPlan] = field(default_factory=OrderedDict)
-    applied: tuple[tuple[FileRef, float], ...] = ()
+    plans: OrderedDict[tuple[FileRef, str], PatchPlan] = field(default_factory=OrderedDict)
+    applied: tuple[tuple[FileRef, float, str], ...] = ()
     backups: dict[str, Tensor] = field(default_factory=dict)  # parameter name -> original tensor
     spare: dict[str, Tensor] = field(default_factory=dict)  # parameter name -> reusable patched buffer
 
@@ -149,7 +150,7 @@ class LoraPatcher:
 
     def apply(self, module: nn.Module, patches: Sequence[WeightPatch], family_label: str) -> None:
         """Make ``module``'s weights its originals plus exactly ``patches`` (strength 0 adds nothing)."""
-        wanted = tuple((patch.file, float(patch.strength)) for patch in patches if patch.strength != 0)
+        wanted = tuple((patch.file, float(patch.strength), patch.kind) for patch in patches if patch.strength != 0)
         state = self._states.get(module)
         if state is None:
             if not wanted:
@@ -158,7 +159,8 @@ class LoraPatcher:
             self._states[module] = state
         if state.applied == wanted:
             return
-        plans = [(self._plan(state, ref), strength) for ref, strength in wanted]  # may raise; nothing touched yet
+        plans = [(self._plan(state, ref, kind), strength) for ref, strength, kind in wanted]  # may raise; nothing
+        # is touched yet
         params = dict(module.named_parameters())
         contributions = _contributions(plans)
         with torch.no_grad(), torch.inference_mode(False):  # patched weights must be normal tensors
@@ -186,18 +188,21 @@ class LoraPatcher:
     def applied(self, module: nn.Module) -> tuple[tuple[FileRef, float], ...]:
         """The (file, strength) list now applied to ``module``."""
         state = self._states.get(module)
-        return state.applied if state is not None else ()
+        return tuple((ref, strength) for ref, strength, _ in state.applied) if state is not None else ()
 
     def stats(self) -> dict[str, Any]:
         return {**self.files.stats(), "patched_modules": sum(1 for s in self._states.values() if s.applied)}
 
-    def _plan(self, state: _ModuleState, ref: FileRef) -> PatchPlan:
-        plan = state.plans.get(ref)
+    def _plan(self, state: _ModuleState, ref: FileRef, kind: str = "lora") -> PatchPlan:
+        plan = state.plans.get((ref, kind))
         if plan is not None:
-            state.plans.move_to_end(ref)
+            state.plans.move_to_end((ref, kind))
             return plan
-        plan = build_plan(self.files.get(ref), ref.name, state.part)
-        state.plans[ref] = plan
+        if kind == "model":
+            plan = model_plan(ref, state.part)
+        else:
+            plan = build_plan(self.files.get(ref), ref.name, state.part)
+        state.plans[(ref, kind)] = plan
         while len(state.plans) > self.files.max_files:
             state.plans.popitem(last=False)
         return plan
@@ -233,8 +238,13 @@ def _patched(original: Tensor, items: Sequence[tuple[Adapter, float]], out: Tens
         result = first.added(original, strength, out)  # reads the original, writes the result: one pass
     else:
         result, rest = original.float(), items
+    relative = None  # the float32 original, for a model used as a LoRA after other patches
     for adapter, strength in rest:
-        adapter.add_to(result, strength)
+        if isinstance(adapter, ModelDiffAdapter):
+            relative = original.float() if relative is None else relative
+            adapter.add_to_patched(result, relative, strength)
+        else:
+            adapter.add_to(result, strength)
     if result.dtype == original.dtype:
         return result
     return result.to(original.dtype) if out is None else out.copy_(result)

@@ -93,10 +93,10 @@ def sample_custom_run(ctx: RunContext, guider: Guider, noise: NoiseSource, sampl
                          on_step=_step_reporter(ctx, traits), hook_weights=_hook_weights(ctx, model))
 
 
-def _hook_weights(ctx: RunContext, model: ModelHandle) -> Callable[[tuple[tuple[Any, float], ...]], None]:
+def _hook_weights(ctx: RunContext, model: ModelHandle) -> Callable[[tuple[tuple[Any, float, str], ...]], None]:
     """Hooks' LoRAs patched on the run's UNet, on top of the MODEL's own patches (exactly undone with ())."""
-    def apply(extra: tuple[tuple[Any, float], ...]) -> None:
-        ctx.models.unet(model.with_patches(tuple(WeightPatch(file, strength) for file, strength in extra)))
+    def apply(extra: tuple[tuple[Any, float, str], ...]) -> None:
+        ctx.models.unet(model.with_patches(tuple(WeightPatch(file, strength, kind) for file, strength, kind in extra)))
     return apply
 
 
@@ -179,8 +179,8 @@ def encode_text(ctx: RunContext, clip: ClipHandle, tokens: dict[str, TokenizedPr
         schedule = [((0.0, 1.0), {hook.ref: 1.0 for hook in hooks.hooks})]
     entries = []
     for (start, end), multipliers in schedule:
-        patches = tuple(WeightPatch(hook.file, hook.strength_clip * multipliers[hook.ref]) for hook in hooks.hooks
-                        if hook.strength_clip * multipliers[hook.ref])
+        patches = tuple(WeightPatch(hook.file, hook.strength_clip * multipliers[hook.ref], hook.kind)
+                        for hook in hooks.hooks if hook.strength_clip * multipliers[hook.ref])
         extras: dict[str, Any] = {"hooks": hooks} if clip.hooks_to_conds else {}
         if clip.schedule_clip:
             extras |= {"clip_start_percent": start, "clip_end_percent": end}

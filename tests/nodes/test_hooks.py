@@ -31,6 +31,7 @@ from nodes.hooks import (
     CreateHookKeyframe,
     CreateHookKeyframesInterpolated,
     CreateHookLora,
+    CreateHookModelAsLora,
     PairConditioningSetProperties,
     SetClipHooks,
     SetHookKeyframes,
@@ -48,6 +49,7 @@ TEXT_TARGET = "lora_te_text_model_encoder_layers_0_self_attn_q_proj"
 def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("hooks")
     build_checkpoint(root / "checkpoints" / "tiny.safetensors", "sd1")
+    build_checkpoint(root / "checkpoints" / "other.safetensors", "sd1", seed=1)
     generator = torch.Generator().manual_seed(4)
     lora = {}
     for target, width in ((UNET_TARGET, 32), (TEXT_TARGET, 64)):
@@ -169,8 +171,9 @@ def test_the_runner_follows_comfyui_keyframe_rules() -> None:
         strengths.append(runner.patches(group))
     # 10: first keyframe (guaranteed 1 step); 9: none starts at >= 9 yet; 4: past 0.25 and 0.5 (no guarantee, so
     # on to the last reached); 3: still 0.25's; 1: 0.75's multiplier 0 (no patch); the repeated sigma changes nothing.
-    assert strengths == [((file, 2.0),), ((file, 2.0),), ((file, 0.5),), ((file, 0.5),), (), (), ()]
-    assert applied == [((file, 2.0),), ((file, 0.5),), ()]
+    two, half = (file, 2.0, "lora"), (file, 0.5, "lora")
+    assert strengths == [(two,), (two,), (half,), (half,), (), (), ()]
+    assert applied == [(two,), (half,), ()]
     runner.finish()
     assert applied[-1] == ()
 
@@ -240,3 +243,33 @@ def test_set_clip_hooks_encodes_with_the_lora_and_schedules_ranges(executor: Exe
     assert [(e[1]["clip_start_percent"], e[1]["clip_end_percent"]) for e in entries] == [(0.0, 0.5), (0.5, 1.0)]
     assert torch.equal(entries[0][0], expected[0][0]) and torch.equal(entries[1][0], plain[0][0])
     assert "hooks" not in entries[0][1]
+
+
+def test_a_checkpoint_as_a_hook_moves_the_weights_toward_it(executor: Executor, root: Path) -> None:
+    """CreateHookModelAsLora: at strength s every weight is original + s * (checkpoint's - original), after the
+    LoRAs before it; strength 1 on the UNet and the CLIP samples as the other checkpoint itself."""
+    ctx = node_context(executor)
+    model, clip = _handles(root)
+    other_model, other_clip = (handle.__class__(FileRef.of(root / "checkpoints" / "other.safetensors"), handle.family)
+                               for handle in (model, clip))
+    models = executor.models
+    base = {name: p.detach().clone() for name, p in models.unet(model).named_parameters()}
+    target = {name: p.detach().clone() for name, p in models.unet(other_model).named_parameters()}
+    other_ref = FileRef.of(root / "checkpoints" / "other.safetensors")
+    half = {name: p.detach().clone()
+            for name, p in models.unet(model.with_patch(WeightPatch(other_ref, 0.5, "model"))).named_parameters()}
+    for name in base:
+        torch.testing.assert_close(half[name], base[name] + 0.5 * (target[name] - base[name]), rtol=1e-6, atol=1e-7)
+    lora = WeightPatch(FileRef.of(root / "loras" / "hook.safetensors"), 0.7)
+    with_lora = {name: p.detach().clone() for name, p in models.unet(model.with_patch(lora)).named_parameters()}
+    both = models.unet(model.with_patches((lora, WeightPatch(other_ref, 1.0, "model")))).get_parameter(Q).detach()
+    torch.testing.assert_close(both, target[Q] + (with_lora[Q] - base[Q]), rtol=1e-5, atol=1e-6)
+    assert all(torch.equal(p.detach(), base[name]) for name, p in models.unet(model).named_parameters())
+
+    [group] = CreateHookModelAsLora().run(ctx, "other.safetensors", 1.0, 1.0)
+    [hooked_clip] = SetClipHooks().run(ctx, clip, True, False, group)
+    positive, negative = _conds(ctx, hooked_clip)
+    hooked = _sample(ctx, model, positive, negative)
+    expected = _sample(ctx, other_model, *_conds(ctx, other_clip))
+    torch.testing.assert_close(hooked, expected, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(hooked, _sample(ctx, model, *_conds(ctx, clip)), atol=1e-3)
