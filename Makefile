@@ -69,10 +69,11 @@ chromium:
 run: setup inputs
 	$(BIN)/python main.py $(ARGS)
 
-# The example workflows' input images (workflows/inputs) in Loom's input folder; existing files are kept.
+# The example workflows' input images and datasets (workflows/inputs, subfolders included) in Loom's input
+# folder; existing files are kept.
 inputs:
 	mkdir -p input
-	cp -n workflows/inputs/*.png input/
+	cp -rn workflows/inputs/. input/
 
 # Static checks: style, the layer contracts (docs/architecture.md), types, and the editor's JSDoc types.
 lint: setup-test

@@ -42,6 +42,7 @@ def register_builtin_nodes(registry: NodeRegistry) -> None:
     from nodes.sampling import SAMPLING_NODES
     from nodes.schedulers import SCHEDULER_NODES
     from nodes.strings import STRING_NODES
+    from nodes.training import TRAINING_NODES
     from nodes.unet_patches import UNET_PATCH_NODES
     from nodes.upscale_model import UPSCALE_MODEL_NODES
     from nodes.vae import VAE_NODES
@@ -55,7 +56,7 @@ def register_builtin_nodes(registry: NodeRegistry) -> None:
         IMAGE_OUTPUT_NODES, LATENT_TRANSFORM_NODES, LATENT_OPERATION_NODES, SCHEDULER_NODES, CUSTOM_SAMPLING_NODES,
         GUIDANCE_NODES, UNET_PATCH_NODES, SAFETY_NODES, HYPERNETWORK_NODES, CLIP_VISION_NODES,
         UPSCALE_MODEL_NODES, IMAGE_CONDITIONING_NODES, PHOTOMAKER_NODES, GLIGEN_NODES, MODEL_MERGING_NODES,
-        CHECKPOINT_SAVE_NODES, HOOK_NODES, MODEL_SAVING_NODES)
+        CHECKPOINT_SAVE_NODES, HOOK_NODES, MODEL_SAVING_NODES, TRAINING_NODES)
     for group in groups:
         for cls in group:
             registry.register(cls)

@@ -6,6 +6,10 @@ editor JSON (schema 0.4), the format the editor saves. The input images are rend
 dataset's own renderer, so they show exactly what the demo models know.
 
     python -m tools.make_example_workflows            # writes workflows/*.json and workflows/inputs/*.png
+
+``train-lora.json`` trains a LoRA in the graph on a small captioned dataset written here too
+(``workflows/inputs/tiny-shapes-rings/``: purple rings, a shape the demo model was never shown, each PNG with
+its caption beside it as ``.txt``).
 """
 
 from __future__ import annotations
@@ -20,12 +24,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from engine.registry import NodeRegistry
 from engine.workflow_layout import api_to_ui
 from nodes import register_builtin_nodes
-from tools.tiny_shapes_data import ShapeSpec, edge_map, render
+from tools.tiny_shapes_data import PALETTE, RESOLUTION, SUPERSAMPLE, ShapeSpec, edge_map, render
 
 log = logging.getLogger("tools.make_example_workflows")
 
@@ -37,6 +41,14 @@ SOURCE_IMAGE = "tiny-shapes-red-circle.png"
 INPAINT_IMAGE = "tiny-shapes-inpaint.png"
 EDGES_IMAGE = "tiny-shapes-edges.png"
 SAMPLER = ["euler", "normal"]
+TRAINING_SET = "tiny-shapes-rings"
+#: The training set's rings: (colour, background, position, centre x, centre y, outer radius).
+RINGS: tuple[tuple[str, str, str, int, int, int], ...] = (
+    ("purple", "yellow", "center", 32, 32, 13),
+    ("purple", "white", "top left", 14, 14, 12),
+    ("purple", "yellow", "right", 51, 32, 12),
+    ("purple", "blue", "bottom", 32, 50, 12),
+)
 
 
 @dataclass
@@ -146,9 +158,25 @@ def outpaint() -> list[N]:
             *decode_and_save(8, 13, (4, 2), "outpaint")]
 
 
+def train_lora() -> list[N]:
+    """Train a rank-4 LoRA for 8 steps on the rings dataset, save it and its loss curve, and sample with it."""
+    training = [4, 1, 8, 0.001, 4, "AdamW", "MSE", 0, "bf16", "bf16", "LoRA", True, "[None]"]
+    return [checkpoint(),
+            N(10, "LoadImageTextSetFromFolderNode", [TRAINING_SET, "None", -1, -1], {"clip": (4, 1)},
+              title="Training images and captions"),
+            N(11, "VAEEncode", None, {"pixels": (10, 0), "vae": (4, 2)}),
+            N(12, "TrainLoraNode", training, {"model": (4, 0), "latents": (11, 0), "positive": (10, 1)}),
+            N(13, "SaveLoRANode", ["tiny-shapes-rings-lora"], {"lora": (12, 1), "steps": (12, 3)},
+              title="Save LoRA"),
+            N(14, "LossGraphNode", ["loss_graph"], {"loss": (12, 2)}),
+            *prompts((4, 1), "a purple ring on a yellow background, center, large"),
+            N(5, "EmptyLatentImage", [64, 64, 1]), ksampler(3, 12, 6, 7, (5, 0)),
+            *decode_and_save(8, 3, (4, 2), "train-lora")]
+
+
 WORKFLOWS = {"txt2img": txt2img, "img2img": img2img, "inpaint": inpaint, "lora": lora, "controlnet": controlnet,
              "hires-fix": hires_fix, "outpaint": outpaint, "batch": batch,
-             "upscale": upscale}
+             "upscale": upscale, "train-lora": train_lora}
 
 
 def api_prompt(nodes: Sequence[N], registry: NodeRegistry) -> dict[str, dict[str, Any]]:
@@ -188,6 +216,26 @@ def write_inputs(folder: Path) -> None:
     Image.fromarray(edge_map(triangle)).save(folder / EDGES_IMAGE)
 
 
+def render_ring(color: str, background: str, cx: int, cy: int, radius: int) -> np.ndarray:
+    """A ring (a disc with a hole of half its radius) drawn like the dataset's shapes: at 4x, box-filtered."""
+    scale = SUPERSAMPLE
+    image = Image.new("RGB", (RESOLUTION * scale, RESOLUTION * scale), PALETTE[background])
+    draw = ImageDraw.Draw(image)
+    for r, fill in ((radius, color), (radius // 2, background)):
+        draw.ellipse(((cx - r) * scale, (cy - r) * scale, (cx + r) * scale - 1, (cy + r) * scale - 1),
+                     fill=PALETTE[fill])
+    return np.asarray(image.resize((RESOLUTION, RESOLUTION), Image.Resampling.BOX), dtype=np.uint8)
+
+
+def write_training_set(folder: Path) -> None:
+    """The rings dataset: ``ring_N.png`` with its caption in ``ring_N.txt``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for index, (color, background, position, cx, cy, radius) in enumerate(RINGS, start=1):
+        Image.fromarray(render_ring(color, background, cx, cy, radius)).save(folder / f"ring_{index}.png")
+        text = f"a {color} ring on a {background} background, {position}, large\n"
+        (folder / f"ring_{index}.txt").write_text(text)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("workflows"))
@@ -200,6 +248,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         path.write_text(json.dumps(editor_json(build(), registry), indent=1) + "\n")
         log.info("wrote %s", path)
     write_inputs(args.out / "inputs")
+    write_training_set(args.out / "inputs" / TRAINING_SET)
     return 0
 
 

@@ -12,7 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from safetensors.torch import load_file
 
+from engine.models.lora_formats import parse_lora
 from tools.eval_tiny_addons import border_luma
 from tools.eval_tiny_shapes import classify
 
@@ -27,10 +29,7 @@ pytestmark = pytest.mark.skipif(not all((MODELS / f).is_file() for f in DEMO_FIL
 
 def run_workflow(tmp_path: Path, name: str, *sets: str) -> list[np.ndarray]:
     """Run workflows/NAME.json headless with the example inputs; the images it wrote."""
-    inputs = tmp_path / "input"
-    inputs.mkdir(parents=True, exist_ok=True)
-    for image in (ROOT / "workflows" / "inputs").glob("*.png"):
-        shutil.copy(image, inputs / image.name)
+    shutil.copytree(ROOT / "workflows" / "inputs", tmp_path / "input", dirs_exist_ok=True)  # images and datasets
     args = [sys.executable, str(ROOT / "main.py"), "run", str(ROOT / "workflows" / f"{name}.json")]
     for item in sets:
         args += ["--set", item]
@@ -119,3 +118,12 @@ def test_merge_with_the_lora_model_is_the_lora_at_the_merged_strength(tmp_path: 
     assert difference.mean() < 0.5 and difference.max() <= 4  # float rounding only
     [plain] = run_workflow(tmp_path / "plain", "merge", "12.ratio=1.0", "11.ratio=1.0")
     assert border_luma(plain) - border_luma(merged) > 15  # ratio 1 is the plain model: a lighter background
+
+
+def test_train_lora_saves_a_lora_the_loader_reads_and_plots_its_loss(tmp_path: Path) -> None:
+    images = run_workflow(tmp_path, "train-lora")
+    assert sorted(image.shape for image in images) == [(64, 64, 3), (480, 800, 3)]  # the sample and the loss graph
+    [saved] = (tmp_path / "output").glob("tiny-shapes-rings-lora_8_steps_*_.safetensors")
+    lora = parse_lora(load_file(saved))
+    assert not lora.unused and len(lora.adapters) > 50
+    assert {adapter["weight"].kind for adapter in lora.adapters.values()} == {"LoRA"}

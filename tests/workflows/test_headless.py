@@ -20,9 +20,7 @@ WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
 
 def _run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """``python main.py run`` with fresh folders; the input folder holds the example inputs, as the README says."""
-    (tmp_path / "input").mkdir(exist_ok=True)
-    for image in (ROOT / "workflows" / "inputs").glob("*.png"):
-        shutil.copy(image, tmp_path / "input" / image.name)
+    shutil.copytree(ROOT / "workflows" / "inputs", tmp_path / "input", dirs_exist_ok=True)  # images and datasets
     dirs = []
     for name in ("input", "output", "temp", "data"):
         dirs += [f"--{name}-dir", str(tmp_path / name)]
