@@ -349,6 +349,9 @@ def _unclip_adm(seed: int, channels: int) -> conditioning.AdmFn:
 def _sdxl_pooled(extras: Mapping[str, Any], seed: int) -> Tensor:
     """SDXL's pooled vector: the text encoder's, or (Revision) the noise-augmented image embeddings of the
     entry's ``unclip_conditioning`` (ComfyUI's sdxl_pooled)."""
+    if extras.get("pooled_output") is None:
+        raise ValueError("an SDXL conditioning entry has no pooled_output (the text encoder's pooled vector): make the "
+                         "conditioning with CLIPTextEncode / CLIPTextEncodeSDXL and this model's CLIP")
     pooled: Tensor = extras["pooled_output"]
     if not extras.get("unclip_conditioning"):
         return pooled
