@@ -15,6 +15,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from engine.models.lora_formats import parse_lora
+from tests.workflows.test_headless import check_outputs
 from tools.eval_tiny_addons import border_luma
 from tools.eval_tiny_shapes import classify
 
@@ -37,7 +38,10 @@ def run_workflow(tmp_path: Path, name: str, *sets: str) -> list[np.ndarray]:
         args += [f"--{folder}-dir", str(tmp_path / folder)]
     result = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    paths = [Path(line) for line in result.stdout.splitlines() if line.strip()]
+    if sets:  # the PNGs carry the workflow as run
+        paths = [Path(line) for line in result.stdout.splitlines() if line.strip()]
+    else:  # the headless contract (test_headless.py): every image carries the saved workflow and its prompt
+        paths = check_outputs(ROOT / "workflows" / f"{name}.json", result.stdout)
     return [np.asarray(Image.open(path).convert("RGB")) for path in paths]
 
 

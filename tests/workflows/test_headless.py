@@ -16,6 +16,15 @@ from engine.pngmeta import read_png_metadata
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
+#: Workflows the demo tests (test_demo_workflows.py, test_upscale_workflow.py) already run headless, with the same
+#: PNG metadata check (run_workflow): here they run only with -m slow, to keep the default suite short.
+RUN_BY_DEMO_TESTS = frozenset({"txt2img", "batch", "img2img", "inpaint", "lora", "controlnet", "hires-fix", "merge",
+                               "upscale", "train-lora"})
+
+
+def _case(workflow: Path) -> object:
+    marks = [pytest.mark.slow] if workflow.stem in RUN_BY_DEMO_TESTS else []
+    return pytest.param(workflow, id=workflow.stem, marks=marks)
 
 
 def _run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -28,16 +37,29 @@ def _run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
 
 
-@pytest.mark.parametrize("workflow", WORKFLOWS, ids=[w.stem for w in WORKFLOWS])
-def test_workflow_runs_headless(tmp_path: Path, workflow: Path) -> None:
-    result = _run(tmp_path, str(workflow))
-    assert result.returncode == 0, result.stderr
-    outputs = [Path(line) for line in result.stdout.splitlines() if line.strip()]
+def check_outputs(workflow: Path, stdout: str) -> list[Path]:
+    """The images ``main.py run`` printed: every one exists and carries the workflow and its prompt."""
+    outputs = [Path(line) for line in stdout.splitlines() if line.strip()]
     assert outputs and all(p.is_file() for p in outputs)
     for path in outputs:
         meta = read_png_metadata(path.read_bytes())
         assert meta["workflow"] == json.loads(workflow.read_text())
         assert set(meta["prompt"]) <= {str(n["id"]) for n in meta["workflow"]["nodes"]}
+    return outputs
+
+
+@pytest.mark.parametrize("workflow", [_case(w) for w in WORKFLOWS])
+def test_workflow_runs_headless(tmp_path: Path, workflow: Path) -> None:
+    result = _run(tmp_path, str(workflow))
+    assert result.returncode == 0, result.stderr
+    check_outputs(workflow, result.stdout)
+
+
+def test_every_workflow_is_run_headless_by_some_default_test() -> None:
+    demo_tests = "".join((ROOT / "tests" / "workflows" / name).read_text()
+                         for name in ("test_demo_workflows.py", "test_upscale_workflow.py"))
+    for stem in RUN_BY_DEMO_TESTS:
+        assert f'"{stem}"' in demo_tests, f"{stem}.json is run by no demo test: take it out of RUN_BY_DEMO_TESTS"
 
 
 def test_set_override_by_title_and_png_round_trip(tmp_path: Path) -> None:
