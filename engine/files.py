@@ -172,7 +172,7 @@ def next_counter(directory: Path, name: str) -> int:
     if not directory.is_dir():
         return 1
     stem = r"\d+".join(re.escape(part) for part in name.split("%batch_num%"))
-    pattern = re.compile(rf"^{stem}_(\d+)_")
+    pattern = re.compile(rf"^{stem}_(\d+)_(?:\.|$)")  # the counter right before the ending (not a "_8_steps_")
     highest = 0
     with os.scandir(directory) as entries:
         for entry in entries:

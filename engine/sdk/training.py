@@ -48,6 +48,7 @@ from engine.backend.pipeline import adm_builder
 from engine.backend.unet import UNetModel
 from engine.context import RunContext
 from engine.errors import LoomError, ModelError
+from engine.files import next_counter
 from engine.models.handles import FileRef, ModelHandle, WeightPatch
 from engine.models.lora_formats import Adapter as FileAdapter
 from engine.models.lora_formats import LoHaAdapter, LoKrAdapter, LoRAAdapter
@@ -324,19 +325,11 @@ def with_lora(ctx: RunContext, model: ModelHandle, lora: Any, strength: float, n
     return model.with_patch(WeightPatch(FileRef.of(path), float(strength)))
 
 
-def _next_counter(directory: Path, stem: str) -> int:
-    """1 + the highest counter of ``{stem}_{counter}_.safetensors`` files in ``directory`` (exactly: a file with
-    steps in its name, ``{stem}_8_steps_00001_``, is another series)."""
-    series = re.compile(rf"^{re.escape(stem)}_(\d+)_{re.escape(SUFFIX)}$")
-    counters = [int(match.group(1)) for entry in directory.iterdir() if (match := series.match(entry.name))]
-    return max(counters, default=0) + 1
-
-
 def save_lora(ctx: RunContext, lora: Any, directory: Path, name: str, steps: int | None) -> Path:
     """Write a LORA_MODEL to ``{name}_{steps}_steps_{counter:05}_.safetensors`` (``{name}_{counter:05}_`` without
     steps) in ``directory``: atomically, never over another file."""
     tensors = _check_lora(lora, "SaveLoRANode")
     stem = name if steps is None else f"{name}_{steps}_steps"
-    path = directory / f"{stem}_{_next_counter(directory, stem):05}_{SUFFIX}"
+    path = directory / f"{stem}_{next_counter(directory, stem):05}_{SUFFIX}"
     metadata = {"format": "pt"} | ({"ss_steps": str(steps)} if steps is not None else {})
     return write_safetensors(path, _entries(tensors), metadata, check=ctx.check_interrupted)
