@@ -56,7 +56,7 @@ class HookRunner:
         self._apply = apply
         self._percent_to_sigma = percent_to_sigma
         self._states: dict[str, _KeyframeState] = {}
-        self._applied: ExtraPatches | None = None
+        self._applied: ExtraPatches = ()  # runs without hooks never call apply
 
     def _state(self, hook: Any) -> _KeyframeState:
         state = self._states.get(hook.ref)
@@ -93,4 +93,4 @@ class HookRunner:
         """Back to the model's own patches."""
         if self._applied:
             self._apply(())
-        self._applied = None
+        self._applied = ()
