@@ -159,8 +159,8 @@ class LoraPatcher:
             self._states[module] = state
         if state.applied == wanted:
             return
-        plans = [(self._plan(state, ref, kind), strength) for ref, strength, kind in wanted]  # may raise; nothing
-        # is touched yet
+        # may raise; nothing is touched yet
+        plans = [(self._plan(state, ref, kind), strength) for ref, strength, kind in wanted]
         params = dict(module.named_parameters())
         contributions = _contributions(plans)
         with torch.no_grad(), torch.inference_mode(False):  # patched weights must be normal tensors
