@@ -65,7 +65,7 @@ def model_traits(family: ModelFamily, pre_cfg: tuple[PreCfgOperation, ...] = (),
     return ModelTraits(label=family.label, prediction="v" if family.prediction == "v" else "eps",
                        latent_channels=family.latent_channels,
                        latent_format=latent_format(format_name, family.latent_scale_factor),
-                       adm=adm,  # type: ignore[arg-type]  # checked against the three names above
+                       adm=adm,  # type: ignore[arg-type]  # one of the names set just above
                        inpaint=family.is_inpaint, preview_format=preview,
                        pre_cfg=pre_cfg, patches=patches, sampling_spec=sampling_spec, ip2p=family.is_ip2p,
                        x4_upscaler=family.is_x4_upscaler, schedule=(family.linear_start, family.linear_end))
