@@ -144,8 +144,7 @@ class TrainLoraNode(Node):
               tooltip="The adapter to train: LoRA, LoHa or LoKr (OFT is not supported in Loom)."),
         Input("gradient_checkpointing", BOOLEAN, default=True,
               tooltip="Recompute the UNet blocks' activations in the backward pass (less memory, more time)."),
-        # No file_folder: a cluster front would take "[None]" for a LoRA file no worker has.
-        Input("existing_lora", COMBO, choices=_existing_loras, default=NO_LORA,
+        Input("existing_lora", COMBO, choices=_existing_loras, default=NO_LORA, file_folder="loras",
               tooltip="A LoRA from models/loras to continue training; [None] starts a new one."),
         Input("class_latents", LATENT, optional=True,
               tooltip="Loom: class images' latents for prior preservation (DreamBooth)."),

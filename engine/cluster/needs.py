@@ -30,6 +30,10 @@ class PromptNeeds:
         return frozenset(name for folder, name in self.models if folder == "checkpoints")
 
 
+#: Combo values that name no file (ComfyUI's "[None]" choices, e.g. TrainLoraNode's existing_lora).
+NO_FILE = frozenset({"[None]", "None"})
+
+
 def prompt_needs(prompt: Mapping[str, Mapping[str, Any]], registry: NodeRegistry) -> PromptNeeds:
     """The files an API-format prompt names in its literal inputs (unknown classes are skipped)."""
     models: set[tuple[str, str]] = set()
@@ -42,7 +46,7 @@ def prompt_needs(prompt: Mapping[str, Mapping[str, Any]], registry: NodeRegistry
         inputs = node.get("inputs") or {}
         for spec in cls.inputs:
             value = inputs.get(spec.name)
-            if not isinstance(value, str) or not value:
+            if not isinstance(value, str) or not value or value in NO_FILE:
                 continue
             if not spec.file_folder:
                 if "embedding:" in value:

@@ -77,9 +77,11 @@ def test_prompt_needs_reads_literal_file_inputs_only() -> None:
         "4": {"class_type": "LoadImageMask", "inputs": {"image": "mask.png", "channel": "alpha"}},
         "5": {"class_type": "VAELoader", "inputs": {"vae_name": ["9", 0]}},  # linked: unknown before running
         "6": {"class_type": "NoSuchNode", "inputs": {"ckpt_name": "ignored.safetensors"}},
+        "7": {"class_type": "TrainLoraNode", "inputs": {"existing_lora": "[None]"}},  # a choice naming no file
+        "8": {"class_type": "TrainLoraNode", "inputs": {"existing_lora": "older.safetensors"}},
     }
     needs = prompt_needs(prompt, registry)
-    assert needs.models == {CKPT, LORA}
+    assert needs.models == {CKPT, LORA, ("loras", "older.safetensors")}
     assert needs.checkpoints == {"a.safetensors"}
     assert needs.files == {("output", "photo.png"), ("input", "mask.png")}
 
