@@ -42,7 +42,7 @@ setup: $(BIN)/python $(FRONTEND_STAMP)
 # k-diffusion is a test-only reference for the samplers (tests/support/kdiffusion.py loads its sampling.py alone):
 # installed without its training stack (torchvision, CLIP, wandb, ...), which would also pull another torch.
 setup-test: setup chromium
-	$(PIP_INSTALL) -e '.[test,cluster]'
+	$(PIP_INSTALL) -e '.[test,cluster,comfyui-frontend]'
 	$(BIN)/python -m pip install -q --no-deps k-diffusion==0.1.1.post1
 
 # Refresh constraints.txt: a throwaway venv resolves the newest releases pyproject.toml allows (no constraints)
@@ -53,7 +53,7 @@ lock:
 	$(PYTHON) -m venv "$$tmp/venv" && \
 	"$$tmp/venv/bin/python" -m pip install -q --upgrade pip && \
 	"$$tmp/venv/bin/python" -m pip install -q $(TORCH) && \
-	"$$tmp/venv/bin/python" -m pip install -q -e '.[test,cluster]' && \
+	"$$tmp/venv/bin/python" -m pip install -q -e '.[test,cluster,comfyui-frontend]' && \
 	{ grep '^#' constraints.txt; "$$tmp/venv/bin/python" -m pip freeze --all --exclude-editable | \
 	  grep -v -i -E '^(torch|setuptools|wheel)(==| @)'; } > "$$tmp/constraints.txt" && \
 	mv "$$tmp/constraints.txt" constraints.txt && echo "constraints.txt: $$(grep -c '==' constraints.txt) pins"

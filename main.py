@@ -115,7 +115,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     _setting(parser, "--listen", "host")
     _setting(parser, "--port", "port", type=int)
     _setting(parser, "--auth-token", "auth_token", note="Or set LOOM_AUTH_TOKEN.")
-    _setting(parser, "--frontend-dir", "frontend_dir", type=Path, default=_checkout_default("frontend_dir"))
+    _setting(parser, "--frontend", "frontend", choices=get_args(Settings.model_fields["frontend"].annotation))
+    _setting(parser, "--frontend-dir", "frontend_dir", type=Path, default=_checkout_default("frontend_dir"),
+             note="With --frontend comfyui: the static folder of a ComfyUI frontend build.")
     _setting(parser, "--preview-method", "preview_method", choices=["none", "auto", "latent2rgb", "taesd"])
     _setting(parser, "--cluster", "cluster", metavar="auto|ADDRESS",
              note="Needs Ray: pip install -e '.[cluster]'. An address is e.g. ray://HOST:10001.")
@@ -135,7 +137,11 @@ def settings_from(args: argparse.Namespace) -> Settings:
         "vram_mode": args.vram, "vram_budget": args.vram_budget, "ram_budget": args.ram_budget,
     }
     if args.command == "serve":
-        fields.update(host=args.listen, port=args.port, frontend_dir=args.frontend_dir,
+        frontend_dir = args.frontend_dir
+        if args.frontend == "comfyui" and frontend_dir != _checkout_default("frontend_dir"):
+            # a ComfyUI frontend build instead of the package; Loom's editor stays at /frontend/
+            fields["comfyui_frontend_dir"], frontend_dir = frontend_dir, _checkout_default("frontend_dir")
+        fields.update(host=args.listen, port=args.port, frontend=args.frontend, frontend_dir=frontend_dir,
                       auth_token=args.auth_token or os.environ.get("LOOM_AUTH_TOKEN") or None,
                       preview_method=args.preview_method, cluster=args.cluster,
                       cluster_workers=args.cluster_workers, worker_cpus=args.worker_cpus,
@@ -149,6 +155,10 @@ def serve(settings: Settings, registry: NodeRegistry) -> None:
     from engine.queue import PromptQueue
     from engine.worker import PromptRunner, PromptWorker
 
+    if settings.frontend == "comfyui":  # say what is missing before anything starts
+        from engine.api.comfyui_frontend import comfyui_static_root
+
+        log.info("serving ComfyUI's frontend from %s", comfyui_static_root(settings))
     folders = settings.folders()
     folders.ensure()
     queue = PromptQueue(settings.database_path, max_pending=settings.max_queue,

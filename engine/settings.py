@@ -63,6 +63,11 @@ class Settings(BaseModel):
     temp_dir: Path = Path("temp")
     data_dir: Path = Field(Path("data"), description="Queue and history database live here.")
     frontend_dir: Path = Field(Path("frontend"), description="Static files of the graph editor.")
+    frontend: Literal["loom", "comfyui"] = Field(
+        "loom", description="The editor served at /: Loom's (frontend_dir), or ComfyUI's official frontend "
+        "(comfyui_frontend_dir, else the installed comfyui-frontend-package: pip install -e '.[comfyui-frontend]').")
+    comfyui_frontend_dir: Path | None = Field(None, description="A ComfyUI frontend build (its static folder) to "
+                                              "serve with frontend comfyui instead of the installed package.")
     default_workflow: Path = Field(
         default_factory=lambda: Path(__file__).resolve().parents[1] / "workflows" / "txt2img.json",
         description="Editor workflow the editor opens on first visit (GET /loom/default-workflow).")

@@ -24,12 +24,14 @@ from __future__ import annotations
 
 import hmac
 import logging
+from pathlib import Path
 from urllib.parse import unquote_plus, urlsplit
 
 from aiohttp import hdrs, web
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.typedefs import Handler, Middleware
 
+from engine.api.comfyui_frontend import API_PREFIXES, comfyui_static_root, static_file
 from engine.api.errors import error_response
 from engine.settings import Settings, is_loopback
 
@@ -43,12 +45,16 @@ _CORS_HEADERS = "Authorization, Content-Type"
 SECRET_QUERY_KEYS = frozenset({"token", "auth_token", "access_token", "api_key", "apikey", "key", "password"})
 
 
-def is_editor_static(request: web.Request) -> bool:
-    """The editor's static files, served without auth so the login-less editor can load."""
+def is_editor_static(request: web.Request, comfyui_root: Path | None = None) -> bool:
+    """The editor's static files, served without auth so the login-less editor can load: Loom's (``/``,
+    ``/frontend/...``), and with ``--frontend comfyui`` the files of ComfyUI's frontend folder ``comfyui_root``."""
     if request.method not in ("GET", "HEAD"):
         return False
     path = request.path
-    return path == "/" or path.startswith("/frontend/")
+    if path == "/" or path.startswith("/frontend/"):
+        return True
+    rel = path.lstrip("/")
+    return comfyui_root is not None and not rel.startswith(API_PREFIXES) and static_file(comfyui_root, rel) is not None
 
 
 # --------------------------------------------------------------------------- host / origin parsing
@@ -169,10 +175,11 @@ async def _with_cors(request: web.Request, handler: Handler, origin: str) -> web
 def auth_middleware(settings: Settings) -> Middleware:
     token = settings.auth_token
     expected = token.encode() if token else b""
+    comfyui_root = comfyui_static_root(settings) if settings.frontend == "comfyui" else None
 
     @web.middleware
     async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if not expected or is_editor_static(request):
+        if not expected or is_editor_static(request, comfyui_root):
             return await handler(request)
         if _presented_token_ok(request, expected):
             return await handler(request)

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from engine.api.comfyui_frontend import comfyui_static_root, static_handler
 from engine.api.context import ApiContext
 from engine.api.errors import error_middleware
 from engine.api.hub import Hub
@@ -60,6 +61,8 @@ def create_app(
                     app.router.add_get(_route_pattern(path), handler)
                 else:
                     app.router.add_route(op.method, _route_pattern(path), handler)
+    if settings.frontend == "comfyui":  # after every route: what none of them answers is a static file or a 404
+        app.router.add_get("/{tail:.+}", static_handler(comfyui_static_root(settings)))
     return app
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from aiohttp import web
 
+from engine.api.comfyui_frontend import comfyui_static_root, file_response
 from engine.api.context import ApiContext, blocking
 from engine.api.errors import ApiError
 from engine.api.operation import Param, route
@@ -42,10 +43,13 @@ class EditorRoutes:
 
     def __init__(self, ctx: ApiContext) -> None:
         self.ctx = ctx
+        self.comfyui_root = comfyui_static_root(ctx.settings) if ctx.settings.frontend == "comfyui" else None
 
-    @route("GET", "/", "The graph editor (index.html of the frontend folder).", "frontend", response=_STR,
-           response_types=("text/html",), prefixed=False)
+    @route("GET", "/", "The graph editor (index.html of the frontend folder; ComfyUI's with --frontend comfyui).",
+           "frontend", response=_STR, response_types=("text/html",), prefixed=False)
     async def index(self, request: web.Request) -> web.StreamResponse:
+        if self.comfyui_root is not None:
+            return file_response(self.comfyui_root / "index.html", "index.html")
         index = self.ctx.settings.frontend_dir / "index.html"
         if index.is_file():
             return web.FileResponse(index, headers={**_NO_CACHE, "Content-Type": STATIC_TYPES[".html"]})
