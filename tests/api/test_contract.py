@@ -126,7 +126,7 @@ def test_event_schemas_are_made_from_the_event_dataclasses(contract: Contract) -
 def _requests(run: Run) -> tuple[dict[str, str], dict[str, str], dict[str, Any]]:
     """(path parameter values, query strings by operation, JSON bodies by operation)."""
     path_values = {"prompt_id": run.prompt_id, "node_class": "KSampler", "folder": "checkpoints",
-                   "path": "src/api.js"}
+                   "path": "src/api.js", "directory_type": "output"}
     queries = {"view": f"?filename={run.image['filename']}&type=output&subfolder={run.image['subfolder']}",
                "get_history": "?max_items=5"}
     bodies = {
@@ -175,6 +175,8 @@ ERROR_PROBES: list[tuple[str, str, str, Any]] = [
     ("/view", "GET", "/view?filename=missing.png", None),
     ("/view", "GET", "/view?filename=../secret.png", None),
     ("/models/{folder}", "GET", "/models/not_a_folder", None),
+    ("/experiment/models/{folder}", "GET", "/experiment/models/not_a_folder", None),
+    ("/internal/files/{directory_type}", "GET", "/internal/files/models", None),
     ("/prompt", "POST", "/prompt", {}),
     ("/prompt", "POST", "/prompt", {"prompt": {"1": {"class_type": "KSampler", "inputs": {}}}}),
     ("/queue", "POST", "/queue", {"delete": "not a list"}),

@@ -2,19 +2,20 @@
 
 ``prompt``: prompts, queue, history, interrupt, free and the websocket. ``files``: /view and
 uploads. ``system``: node classes, models, system stats, flags and /openapi.json. ``editor``: the
-editor's static files and its /loom/* helpers.
+editor's static files and its /loom/* helpers. ``comfyui``: what ComfyUI's own frontend reads besides those.
 """
 
 from __future__ import annotations
 
 from engine.api.operation import Operation, declared
+from engine.api.routes.comfyui import ComfyFrontendRoutes
 from engine.api.routes.editor import EditorRoutes
 from engine.api.routes.files import FileRoutes
 from engine.api.routes.prompt import PromptRoutes
 from engine.api.routes.system import SystemRoutes
 
 #: Every route class, in the order the OpenAPI document lists their routes.
-ROUTE_CLASSES: tuple[type, ...] = (PromptRoutes, FileRoutes, SystemRoutes, EditorRoutes)
+ROUTE_CLASSES: tuple[type, ...] = (PromptRoutes, FileRoutes, SystemRoutes, EditorRoutes, ComfyFrontendRoutes)
 
 
 def operations() -> tuple[Operation, ...]:
@@ -22,4 +23,6 @@ def operations() -> tuple[Operation, ...]:
     return tuple(op for cls in ROUTE_CLASSES for op in declared(cls))
 
 
-__all__ = ["ROUTE_CLASSES", "EditorRoutes", "FileRoutes", "PromptRoutes", "SystemRoutes", "operations"]
+__all__ = [
+    "ROUTE_CLASSES", "ComfyFrontendRoutes", "EditorRoutes", "FileRoutes", "PromptRoutes", "SystemRoutes", "operations",
+]
