@@ -119,6 +119,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     _setting(parser, "--frontend-dir", "frontend_dir", type=Path, default=_checkout_default("frontend_dir"),
              note="With --frontend comfyui: the static folder of a ComfyUI frontend build.")
     _setting(parser, "--preview-method", "preview_method", choices=["none", "auto", "latent2rgb", "taesd"])
+    _setting(parser, "--user-dir", "user_dir", type=Path)
+    _setting(parser, "--multi-user", "multi_user", action="store_true")
     _setting(parser, "--cluster", "cluster", metavar="auto|ADDRESS",
              note="Needs Ray: pip install -e '.[cluster]'. An address is e.g. ray://HOST:10001.")
     _setting(parser, "--cluster-workers", "cluster_workers", type=int, metavar="N")
@@ -143,7 +145,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
             fields["comfyui_frontend_dir"], frontend_dir = frontend_dir, _checkout_default("frontend_dir")
         fields.update(host=args.listen, port=args.port, frontend=args.frontend, frontend_dir=frontend_dir,
                       auth_token=args.auth_token or os.environ.get("LOOM_AUTH_TOKEN") or None,
-                      preview_method=args.preview_method, cluster=args.cluster,
+                      preview_method=args.preview_method, user_dir=args.user_dir, multi_user=args.multi_user,
+                      cluster=args.cluster,
                       cluster_workers=args.cluster_workers, worker_cpus=args.worker_cpus,
                       extra_nodes=tuple(args.extra_nodes))
     return Settings(**fields)

@@ -62,6 +62,10 @@ class Settings(BaseModel):
     output_dir: Path = Path("output")
     temp_dir: Path = Path("temp")
     data_dir: Path = Field(Path("data"), description="Queue and history database live here.")
+    user_dir: Path = Field(Path("user"), description="Settings and files of the frontend's users (ComfyUI's user "
+                           "folder): default/ for the one user, or users.json and a folder per user with multi_user.")
+    multi_user: bool = Field(False, description="Keep settings and files per user, picked by the Comfy-User request "
+                             "header (ComfyUI's --multi-user). It separates users; it does not authenticate them.")
     frontend_dir: Path = Field(Path("frontend"), description="Static files of the graph editor.")
     frontend: Literal["loom", "comfyui"] = Field(
         "loom", description="The editor served at /: Loom's (frontend_dir), or ComfyUI's official frontend "
@@ -75,6 +79,8 @@ class Settings(BaseModel):
                              description="Output cache budget in bytes (default: RAM/8, at most 2 GiB).")
     cache_entries: int = Field(10_000, ge=0, description="Output cache budget in entries.")
     max_upload_bytes: int = Field(100 * 1024**2, gt=0)
+    max_userdata_bytes: int = Field(10 * 1024**2, gt=0, description="Largest user data file (POST /userdata/{file}) "
+                                    "and settings file, in bytes; larger is refused with 413.")
     max_image_pixels: int = Field(64 * 1024 * 1024, gt=0, description="Largest image accepted, in pixels.")
     max_queue: int = Field(1000, gt=0, description="Most pending prompts before POST /prompt is refused.")
     max_history: int = Field(10_000, gt=0, description="History entries kept (oldest dropped first).")

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from engine.files import FileStore
 from engine.folders import Folders
+from engine.userdata import UserData
 
 if TYPE_CHECKING:
     from engine.api.hub import Hub
@@ -35,10 +36,13 @@ class ApiContext:
     port: int | None = None
     folders: Folders = field(init=False)
     store: FileStore = field(init=False)
+    userdata: UserData = field(init=False)
 
     def __post_init__(self) -> None:
         self.folders = self.settings.folders()
         self.store = FileStore(self.folders)
+        self.userdata = UserData(self.settings.user_dir, multi_user=self.settings.multi_user,
+                                 max_bytes=self.settings.max_userdata_bytes)
 
 
 async def blocking(fn: Callable[..., T], *args: Any) -> T:

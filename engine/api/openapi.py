@@ -45,7 +45,8 @@ def _limits(op: Operation, settings: Settings) -> dict[str, Any]:
     doc: dict[str, Any] = {}
     notes: list[str] = []
     if op.request is not None:
-        doc[MAX_BODY_KEY] = max_body_bytes(settings.max_upload_bytes)
+        doc[MAX_BODY_KEY] = (getattr(settings, op.body_limit) if op.body_limit
+                             else max_body_bytes(settings.max_upload_bytes))
         notes.append(f"The request body is at most {doc[MAX_BODY_KEY]} bytes (413 beyond).")
     if op.limits:
         doc[LIMITS_KEY] = {name: getattr(settings, name) for name in op.limits}
@@ -67,12 +68,15 @@ def _operation(op: Operation, path: str, settings: Settings) -> dict[str, Any]:
         doc["parameters"] = _parameters(op)
     if op.request is not None:
         doc["requestBody"] = {"required": op.request_required,
-                              "content": {op.request_type: {"schema": p.ref(op.request)}}}
+                              "content": {op.request_type: {"schema": _schema_of(op.request)}}}
     ok: dict[str, Any] = {"description": op.response_description}
     if op.response is not None:
         ok["content"] = {ctype: {"schema": _schema_of(op.response)} for ctype in op.response_types}
     responses: dict[str, Any] = {str(op.status): ok}
     too_large = (413,) if op.request is not None else ()
+    for status, schema in op.error_bodies.items():
+        responses[str(status)] = {"description": _ERROR_TEXT.get(status, "Error"),
+                                  "content": {"application/json": {"schema": schema}}}
     for status in (*op.errors, *too_large, *_ALWAYS_ERRORS):
         responses.setdefault(str(status), {"$ref": f"#/components/responses/Error{status}"})
     doc["responses"] = responses
@@ -109,7 +113,8 @@ def build_document(version: str, operations: Iterable[Operation], settings: Sett
             "version": version,
             "description": (
                 "ComfyUI-compatible HTTP and websocket API of Loom. Every route is served at /x and "
-                "/api/x. Every 4xx/5xx JSON response has the ErrorResponse shape. With an auth token "
+                "/api/x. Every 4xx/5xx JSON response has the ErrorResponse shape, except where a route documents "
+                "ComfyUI's own error shape for a status (POST /users). With an auth token "
                 "configured, send 'Authorization: Bearer <token>' (or ?token= on /ws and /view). "
                 "Every request body is bounded (x-loom-max-body-bytes); other limits of a route are listed "
                 "in its x-loom-limits and description; a request over a limit gets 413. "

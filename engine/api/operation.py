@@ -37,10 +37,12 @@ class Param:
 class Operation:
     """One route: method, path (without the /api prefix) and what it takes and gives.
 
-    ``response`` is a pydantic model, a JSON schema, or None for an empty body. ``response_types``
-    are the content types the body may have (a schema applies to JSON ones only). ``limits`` name the
-    :class:`engine.settings.Settings` fields that bound this route besides the request body (which
-    :func:`max_body_bytes` bounds for every route); the OpenAPI document states their values.
+    ``request`` and ``response`` are pydantic models, JSON schemas, or None for no/an empty body.
+    ``response_types`` are the content types the body may have (a schema applies to JSON ones only).
+    ``limits`` name the :class:`engine.settings.Settings` fields that bound this route besides the
+    request body (which :func:`max_body_bytes` bounds for every route, or the field ``body_limit``
+    names); the OpenAPI document states their values. ``error_bodies`` document error statuses whose
+    body is not the one error schema (ComfyUI's own shape, where its frontend reads it).
     """
 
     method: str
@@ -48,7 +50,7 @@ class Operation:
     name: str
     summary: str
     tag: str
-    request: type[BaseModel] | None = None
+    request: type[BaseModel] | dict[str, Any] | None = None
     request_type: str = "application/json"
     request_required: bool = False
     response: type[BaseModel] | dict[str, Any] | None = None
@@ -59,6 +61,8 @@ class Operation:
     status: int = 200
     prefixed: bool = True  # also served under /api
     limits: tuple[str, ...] = ()
+    body_limit: str | None = None
+    error_bodies: dict[int, dict[str, Any]] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
 

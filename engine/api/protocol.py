@@ -229,6 +229,64 @@ class FeatureFlags(BaseModel):
     max_upload_size: int
 
 
+# --------------------------------------------------------------------------- users, settings, user data
+
+
+class NewUser(_Lenient):
+    """``POST /users`` (multi-user servers)."""
+
+    username: str = Field(description="The new user's name; its id is made from it (ComfyUI's rules).")
+
+
+class UserError(BaseModel):
+    """ComfyUI's own error body of ``POST /users``: its frontend shows ``error`` to the person signing up."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    error: str
+
+
+class SingleUserConfig(BaseModel):
+    """``GET /users`` of a single-user server (ComfyUI's shape)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    storage: Literal["server"] = "server"
+    migrated: bool = Field(description="Whether the user's folder exists (settings or files were stored).")
+
+
+class MultiUserConfig(BaseModel):
+    """``GET /users`` of a multi-user server (ComfyUI's shape)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    storage: Literal["server"] = "server"
+    users: dict[str, str] = Field(description="{user_id: name}; send the id as the Comfy-User header.")
+
+
+class UserFileInfo(BaseModel):
+    """A user data file (ComfyUI's ``full_info``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: str = Field(description="Relative path, '/'-separated.")
+    size: int
+    modified: int = Field(description="Modification time, milliseconds since the epoch.")
+    created: int = Field(description="Creation (inode change) time, milliseconds since the epoch.")
+
+
+class UserDataEntry(BaseModel):
+    """A file or folder of ``GET /v2/userdata`` (ComfyUI's shape)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    path: str = Field(description="Path relative to the user's folder, '/'-separated.")
+    type: Literal["file", "directory"]
+    size: int | None = Field(None, description="Files only: bytes.")
+    modified: float | None = Field(None, description="Files only: modification time, seconds since the epoch.")
+
+
 # --------------------------------------------------------------------------- websocket messages (hub-made)
 
 
@@ -277,5 +335,6 @@ WS_MESSAGE = ref("WsMessage")
 COMPONENT_MODELS: tuple[type[BaseModel], ...] = (
     ErrorResponse, PromptRequest, PromptResponse, PromptStatus, QueueResponse, QueueOperation, HistoryOperation,
     HistoryEntry, InterruptRequest, FreeRequest, UploadForm, UploadResponse, NodeInfo, SystemStats, FeatureFlags,
-    StatusData, ClientFeatureFlags, FileRef,
+    StatusData, ClientFeatureFlags, FileRef, NewUser, UserError, SingleUserConfig, MultiUserConfig, UserFileInfo,
+    UserDataEntry,
 )

@@ -19,14 +19,43 @@ def json_ok(data: Any, status: int = 200) -> web.Response:
     return web.Response(text=dumps_compact(data), status=status, content_type="application/json")
 
 
+def _unreadable(exc: Exception) -> ApiError:
+    """A body that cannot be read, e.g. Content-Encoding: gzip on a body that is not gzip."""
+    return ApiError(400, "invalid_body", "Request body could not be read",
+                    f"{ascii(str(exc))[1:-1][:300]}; send the body as its Content-Encoding says, or without one")
+
+
 async def read_json(request: web.Request, *, required: bool) -> Any:
     """The JSON body, parsed strictly (no NaN/Infinity, no lone surrogates); ``{}`` when empty unless required."""
     try:
         raw = await request.read()
-    except web.RequestPayloadError as exc:  # e.g. Content-Encoding: gzip on a body that is not gzip
-        raise ApiError(400, "invalid_body", "Request body could not be read",
-                       f"{ascii(str(exc))[1:-1][:300]}; send the body as its Content-Encoding says, or without one"
-                       ) from exc
+    except web.RequestPayloadError as exc:
+        raise _unreadable(exc) from exc
+    return parse_json(raw, required=required)
+
+
+async def read_body(request: web.Request, limit: int, limit_name: str) -> bytes:
+    """The raw body, at most ``limit`` bytes: 413 beyond it (before reading, when Content-Length says so)."""
+    too_large = f"the limit is {limit} bytes ({limit_name})"
+    if request.content_length is not None and request.content_length > limit:
+        raise ApiError(413, "payload_too_large", "Request body too large",
+                       f"the body is {request.content_length} bytes; {too_large}")
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in request.content.iter_chunked(1 << 16):
+            size += len(chunk)
+            if size > limit:
+                raise ApiError(413, "payload_too_large", "Request body too large",
+                               f"the body is more than {limit} bytes; {too_large}")
+            chunks.append(chunk)
+    except web.RequestPayloadError as exc:
+        raise _unreadable(exc) from exc
+    return b"".join(chunks)
+
+
+def parse_json(raw: bytes, *, required: bool) -> Any:
+    """A request body parsed as JSON, strictly; ``{}`` when empty unless required (then a 400)."""
     if not raw.strip():
         if required:
             raise ApiError(400, "invalid_json", "Request body is empty", "send a JSON object as the request body")

@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 _DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 _QUERY_TOKEN_PATHS = frozenset({"/ws", "/api/ws", "/view", "/api/view"})
 _CORS_METHODS = "GET, POST, PUT, PATCH, DELETE, OPTIONS"
-_CORS_HEADERS = "Authorization, Content-Type"
+_CORS_HEADERS = "Authorization, Content-Type, Comfy-User"  # ComfyUI's frontend sends Comfy-User on every call
 #: Query parameters whose values are credentials: the access log shows them as ``REDACTED``.
 SECRET_QUERY_KEYS = frozenset({"token", "auth_token", "access_token", "api_key", "apikey", "key", "password"})
 

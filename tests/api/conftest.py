@@ -172,8 +172,8 @@ def start_live_server(root: Path, *, hub_options: dict[str, Any] | None = None,
     replaces the local PromptWorker (the cluster tests pass a ClusterRunner)."""
     options: dict[str, Any] = {
         "host": "127.0.0.1", "port": 0, "input_dir": root / "input", "output_dir": root / "output",
-        "temp_dir": root / "temp", "data_dir": root / "data", "frontend_dir": root / "frontend",
-        "models_dirs": (root / "models",),
+        "temp_dir": root / "temp", "data_dir": root / "data", "user_dir": root / "user",
+        "frontend_dir": root / "frontend", "models_dirs": (root / "models",),
     }
     options.update(overrides)
     settings = Settings(**options)

@@ -58,7 +58,10 @@ class Run:
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     root = tmp_path_factory.mktemp("contract")
-    server = start_live_server(root, models_dirs=(REPO / "models",), frontend_dir=REPO / "frontend")
+    (root / "user").mkdir()  # multi-user, so that POST /users answers 2xx; requests without Comfy-User are "default"
+    (root / "user" / "users.json").write_text(json.dumps({"default": "default"}))
+    server = start_live_server(root, models_dirs=(REPO / "models",), frontend_dir=REPO / "frontend",
+                               multi_user=True)
     (root / "input").mkdir(exist_ok=True)
     (root / "input" / "original.png").write_bytes(png_bytes((8, 8), text={"note": "kept"}))
     yield server
@@ -126,9 +129,11 @@ def test_event_schemas_are_made_from_the_event_dataclasses(contract: Contract) -
 def _requests(run: Run) -> tuple[dict[str, str], dict[str, str], dict[str, Any]]:
     """(path parameter values, query strings by operation, JSON bodies by operation)."""
     path_values = {"prompt_id": run.prompt_id, "node_class": "KSampler", "folder": "checkpoints",
-                   "path": "src/api.js", "directory_type": "output"}
+                   "path": "src/api.js", "directory_type": "output", "id": "Comfy.Locale",
+                   "file": "contract%2Fdoc.json", "dest": "contract%2Fmoved.json"}
     queries = {"view": f"?filename={run.image['filename']}&type=output&subfolder={run.image['subfolder']}",
-               "get_history": "?max_items=5"}
+               "get_history": "?max_items=5", "list_userdata": "?dir=contract&recurse=true&full_info=true",
+               "list_userdata_v2": "?path=contract", "post_userdata": "?full_info=true"}
     bodies = {
         "post_prompt": {"prompt": chain_prompt(11), "client_id": "contract"},
         "post_queue": {"clear": False, "delete": ["no-such-prompt"]},
@@ -137,6 +142,9 @@ def _requests(run: Run) -> tuple[dict[str, str], dict[str, str], dict[str, Any]]
         "post_free": {"unload_models": False, "free_memory": False},
         "workflow_to_api": json.loads((REPO / "workflows" / "txt2img.json").read_text()),
         "workflow_to_editor": txt2img(),
+        "post_settings": {"Comfy.Locale": "en"},
+        "post_setting": "en",
+        "post_userdata": {"nodes": []},
     }
     return path_values, queries, bodies
 
@@ -148,6 +156,16 @@ def _call(live: LiveServer, op: Operation, url: str, run: Run) -> Reply:
         ref = json.dumps({"filename": "original.png", "subfolder": "", "type": "input"})
         fields = {"original_ref": ref} if op.name == "upload_mask" else {}
         return live.upload(url, png_bytes((8, 8), (0, 0, 0, 128)), f"{op.name}.png", fields=fields)
+    if op.tag == "userdata":  # the file each user data route names is there
+        doc = live.settings.user_dir / "default" / "contract" / "doc.json"
+        doc.parent.mkdir(parents=True, exist_ok=True)
+        doc.write_text('{"nodes": []}')
+    if op.name == "post_users":
+        return live.post(url, {"username": f"contract {uuid.uuid4().hex[:8]}"})
+    if op.name == "move_userdata":
+        return live.request("POST", url)
+    if op.method == "DELETE":
+        return live.request("DELETE", url)
     if op.method == "POST":
         return live.post(url, bodies[op.name])
     return live.get(url)
@@ -175,6 +193,14 @@ ERROR_PROBES: list[tuple[str, str, str, Any]] = [
     ("/view", "GET", "/view?filename=missing.png", None),
     ("/view", "GET", "/view?filename=../secret.png", None),
     ("/models/{folder}", "GET", "/models/not_a_folder", None),
+    ("/users", "POST", "/users", {"username": "  "}),
+    ("/users", "POST", "/users", {"name": "no username"}),
+    ("/settings", "POST", "/settings", [1]),
+    ("/userdata", "GET", "/userdata", None),
+    ("/userdata", "GET", "/userdata?dir=..", None),
+    ("/userdata/{file}", "GET", "/userdata/missing.json", None),
+    ("/userdata/{file}", "GET", "/userdata/..%2Fusers.json", None),
+    ("/v2/userdata", "GET", "/v2/userdata?path=missing", None),
     ("/experiment/models/{folder}", "GET", "/experiment/models/not_a_folder", None),
     ("/internal/files/{directory_type}", "GET", "/internal/files/models", None),
     ("/prompt", "POST", "/prompt", {}),

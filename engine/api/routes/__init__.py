@@ -1,8 +1,9 @@
 """The HTTP routes, one class per concern; each handler declares its route with ``@route``.
 
 ``prompt``: prompts, queue, history, interrupt, free and the websocket. ``files``: /view and
-uploads. ``system``: node classes, models, system stats, flags and /openapi.json. ``editor``: the
-editor's static files and its /loom/* helpers. ``comfyui``: what ComfyUI's own frontend reads besides those.
+uploads. ``system``: node classes, models, system stats, flags and /openapi.json. ``userdata``: the
+users, settings and files ComfyUI's frontend stores. ``editor``: the editor's static files and its
+/loom/* helpers. ``comfyui``: what ComfyUI's own frontend reads besides those.
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ from engine.api.routes.editor import EditorRoutes
 from engine.api.routes.files import FileRoutes
 from engine.api.routes.prompt import PromptRoutes
 from engine.api.routes.system import SystemRoutes
+from engine.api.routes.userdata import UserDataRoutes
 
 #: Every route class, in the order the OpenAPI document lists their routes.
-ROUTE_CLASSES: tuple[type, ...] = (PromptRoutes, FileRoutes, SystemRoutes, EditorRoutes, ComfyFrontendRoutes)
+ROUTE_CLASSES: tuple[type, ...] = (PromptRoutes, FileRoutes, SystemRoutes, UserDataRoutes, EditorRoutes,
+                                   ComfyFrontendRoutes)
 
 
 def operations() -> tuple[Operation, ...]:
@@ -24,5 +27,6 @@ def operations() -> tuple[Operation, ...]:
 
 
 __all__ = [
-    "ROUTE_CLASSES", "ComfyFrontendRoutes", "EditorRoutes", "FileRoutes", "PromptRoutes", "SystemRoutes", "operations",
+    "ROUTE_CLASSES", "ComfyFrontendRoutes", "EditorRoutes", "FileRoutes", "PromptRoutes", "SystemRoutes",
+    "UserDataRoutes", "operations",
 ]
