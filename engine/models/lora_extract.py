@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from engine.backend.text import TextEncoder
 from engine.backend.unet import UNetModel
 from engine.errors import ModelError
-from engine.models.lora_keys import kohya_unet_key, text_key_map, unet_key_map
+from engine.models.lora_keys import kohya_unet_names, text_key_map
 from engine.models.safetensors_writer import TensorEntry
 
 __all__ = [
@@ -83,16 +83,7 @@ class DiffPart:
 def unet_part(unet: UNetModel, read: ReadWeight) -> DiffPart:
     """The weights of a difference UNet under kohya's names (LDM paths when a module has no diffusers name)."""
     paths = [name for name, module in unet.named_modules() if name and _holds_parameters(module)]
-    key_map = unet_key_map(paths, unet.config)
-    names: dict[str, str] = {}
-    for path in paths:
-        try:
-            name = kohya_unet_key(path, unet.config)
-        except KeyError:
-            name = f"lora_unet_{path.replace('.', '_')}"
-        if key_map.get(name) == path:
-            names[path] = name
-    return _part("UNet", unet, names, read)
+    return _part("UNet", unet, kohya_unet_names(paths, unet.config), read)
 
 
 def text_part(encoder: TextEncoder, read: ReadWeight) -> DiffPart:

@@ -40,6 +40,7 @@ __all__ = [
     "is_text_key",
     "kohya_text_key",
     "kohya_unet_key",
+    "kohya_unet_names",
     "text_key_map",
     "unet_key_map",
 ]
@@ -141,6 +142,22 @@ def kohya_unet_key(ldm_module_path: str, config: UNetConfig) -> str:
     if config.adm_in_channels is None:
         path = unet_names(UNetLayout.from_config(config)).to_diffusers(path)
     return f"lora_unet_{_underscored(path)}"
+
+
+def kohya_unet_names(module_paths: Iterable[str], config: UNetConfig) -> dict[str, str]:
+    """Module path -> the kohya name a LoRA writer should use for it (:func:`kohya_unet_key`, else the LDM
+    path underscored), for the paths whose name :func:`unet_key_map` maps back to that very module."""
+    paths = list(module_paths)
+    key_map = unet_key_map(paths, config)
+    names: dict[str, str] = {}
+    for path in paths:
+        try:
+            name = kohya_unet_key(path, config)
+        except KeyError:
+            name = f"lora_unet_{_underscored(path)}"
+        if key_map.get(name) == path:
+            names[path] = name
+    return names
 
 
 def kohya_text_key(module_path: str, encoder: int | None = None) -> str:

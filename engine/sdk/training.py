@@ -52,7 +52,7 @@ from engine.files import next_counter
 from engine.models.handles import FileRef, ModelHandle, WeightPatch
 from engine.models.lora_formats import Adapter as FileAdapter
 from engine.models.lora_formats import LoHaAdapter, LoKrAdapter, LoRAAdapter
-from engine.models.lora_keys import is_text_key, kohya_unet_key, unet_key_map
+from engine.models.lora_keys import is_text_key, kohya_unet_names, unet_key_map
 from engine.models.patching import read_lora
 from engine.models.safetensors_writer import TensorEntry, write_safetensors
 from engine.sdk import ops
@@ -108,17 +108,7 @@ def steps_in_name(name: str) -> int:
 def lora_targets(unet: UNetModel) -> dict[str, str]:
     """The UNet's Linear and Conv2d modules that a kohya LoRA name reaches: module path -> that name (the name
     Loom's LoRA loader maps back to the same module)."""
-    paths = list(adaptable_modules(unet))
-    key_map = unet_key_map(paths, unet.config)
-    targets: dict[str, str] = {}
-    for path in paths:
-        try:
-            name = kohya_unet_key(path, unet.config)
-        except KeyError:
-            name = f"lora_unet_{path.replace('.', '_')}"
-        if key_map.get(name) == path:
-            targets[path] = name
-    return targets
+    return kohya_unet_names(adaptable_modules(unet), unet.config)
 
 
 def train_lora(ctx: RunContext, model: ModelHandle, latents: Mapping[str, Any], positive: Sequence[Any],
