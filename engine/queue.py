@@ -548,6 +548,12 @@ class PromptQueue:
         return self._db.execute("SELECT prompt_id, entry FROM history ORDER BY seq LIMIT ? OFFSET ?",
                                 (limit, sql_int(max(offset, 0))))
 
+    def history_ids(self) -> list[str]:
+        """The prompt ids of every history entry, oldest first (no entry is read)."""
+        with self._cond:
+            self._check_open()
+            return [row[0] for row in self._db.execute("SELECT prompt_id FROM history ORDER BY seq")]
+
     def history_entry(self, prompt_id: str) -> dict[str, Any] | None:
         """One prompt's history entry, or None when it has none."""
         with self._cond:

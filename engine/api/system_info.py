@@ -13,6 +13,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from engine.api.comfyui_packages import REQUIRED_FRONTEND_VERSION, REQUIRED_TEMPLATES_VERSION, installed_version
 from engine.settings import Settings
 
 LOOM_VERSION = "0.1.0"
@@ -106,8 +107,9 @@ def system_stats(settings: Settings) -> dict[str, Any]:
         "system": {
             "os": os.name, "ram_total": ram_total, "ram_free": ram_free,
             "comfyui_version": COMFYUI_API_VERSION, "loom_version": LOOM_VERSION,
-            "required_frontend_version": "", "installed_templates_version": "",
-            "required_templates_version": "",
+            "required_frontend_version": REQUIRED_FRONTEND_VERSION,
+            "installed_templates_version": installed_version("comfyui-workflow-templates"),
+            "required_templates_version": REQUIRED_TEMPLATES_VERSION,
             "python_version": sys.version, "pytorch_version": torch_version(),
             "embedded_python": False, "argv": scrub_argv(list(sys.argv), settings.auth_token),
         },

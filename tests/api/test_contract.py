@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import http.client
+import importlib.util
 import json
 import uuid
 from collections.abc import Iterator
@@ -130,7 +131,7 @@ def _requests(run: Run) -> tuple[dict[str, str], dict[str, str], dict[str, Any]]
     """(path parameter values, query strings by operation, JSON bodies by operation)."""
     path_values = {"prompt_id": run.prompt_id, "node_class": "KSampler", "folder": "checkpoints",
                    "path": "src/api.js", "directory_type": "output", "id": "Comfy.Locale",
-                   "file": "contract%2Fdoc.json", "dest": "contract%2Fmoved.json"}
+                   "file": "contract%2Fdoc.json", "dest": "contract%2Fmoved.json", "job_id": run.prompt_id}
     queries = {"view": f"?filename={run.image['filename']}&type=output&subfolder={run.image['subfolder']}",
                "get_history": "?max_items=5", "list_userdata": "?dir=contract&recurse=true&full_info=true",
                "list_userdata_v2": "?path=contract", "post_userdata": "?full_info=true"}
@@ -145,6 +146,8 @@ def _requests(run: Run) -> tuple[dict[str, str], dict[str, str], dict[str, Any]]
         "post_settings": {"Comfy.Locale": "en"},
         "post_setting": "en",
         "post_userdata": {"nodes": []},
+        "cancel_job": None,
+        "cancel_jobs": {"job_ids": ["no-such-prompt"]},
     }
     return path_values, queries, bodies
 
@@ -171,6 +174,9 @@ def _call(live: LiveServer, op: Operation, url: str, run: Run) -> Reply:
     return live.get(url)
 
 
+#: Routes serving files of ComfyUI's optional data packages: (the package, a file it has).
+PACKAGE_FILES = {"template_file": ("comfyui_workflow_templates_json", "index.json"),
+                 "docs_file": ("comfyui_embedded_docs", "KSampler/en.md")}
 HTTP_ROUTES = [(op, path) for op in operations() if op.name != "websocket" for path in served_paths(op)]
 
 
@@ -178,6 +184,10 @@ HTTP_ROUTES = [(op, path) for op in operations() if op.name != "websocket" for p
 def test_every_route_answers_as_documented(live: LiveServer, contract: Contract, run: Run, op: Operation,
                                            path: str) -> None:
     path_values, _, _ = _requests(run)
+    if op.name in PACKAGE_FILES:
+        if importlib.util.find_spec(PACKAGE_FILES[op.name][0]) is None:
+            pytest.skip(f"{PACKAGE_FILES[op.name][0]} is not installed (pip install -e '.[comfyui-frontend]')")
+        path_values = {**path_values, "path": PACKAGE_FILES[op.name][1]}
     reply = _call(live, op, path.format(**path_values), run)
     assert 200 <= reply.status < 300, reply.body[:500]
     assert contract.reply_errors(path, op.method.lower(), reply) == []
@@ -206,6 +216,9 @@ ERROR_PROBES: list[tuple[str, str, str, Any]] = [
     ("/prompt", "POST", "/prompt", {}),
     ("/prompt", "POST", "/prompt", {"prompt": {"1": {"class_type": "KSampler", "inputs": {}}}}),
     ("/queue", "POST", "/queue", {"delete": "not a list"}),
+    ("/jobs", "GET", "/jobs?status=done", None),
+    ("/jobs/{job_id}", "GET", "/jobs/no-such-prompt", None),
+    ("/jobs/cancel", "POST", "/jobs/cancel", {"job_ids": []}),
     ("/frontend/{path}", "GET", "/frontend/missing.js", None),
     ("/loom/workflow/api", "POST", "/loom/workflow/api", []),
 ]

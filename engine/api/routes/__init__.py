@@ -1,6 +1,7 @@
 """The HTTP routes, one class per concern; each handler declares its route with ``@route``.
 
-``prompt``: prompts, queue, history, interrupt, free and the websocket. ``files``: /view and
+``prompt``: prompts, queue, history, interrupt, free and the websocket. ``jobs``: ComfyUI's jobs API over
+the queue and history. ``files``: /view and
 uploads. ``system``: node classes, models, system stats, flags and /openapi.json. ``userdata``: the
 users, settings and files ComfyUI's frontend stores. ``editor``: the editor's static files and its
 /loom/* helpers. ``comfyui``: what ComfyUI's own frontend reads besides those.
@@ -12,12 +13,13 @@ from engine.api.operation import Operation, declared
 from engine.api.routes.comfyui import ComfyFrontendRoutes
 from engine.api.routes.editor import EditorRoutes
 from engine.api.routes.files import FileRoutes
+from engine.api.routes.jobs import JobRoutes
 from engine.api.routes.prompt import PromptRoutes
 from engine.api.routes.system import SystemRoutes
 from engine.api.routes.userdata import UserDataRoutes
 
 #: Every route class, in the order the OpenAPI document lists their routes.
-ROUTE_CLASSES: tuple[type, ...] = (PromptRoutes, FileRoutes, SystemRoutes, UserDataRoutes, EditorRoutes,
+ROUTE_CLASSES: tuple[type, ...] = (PromptRoutes, JobRoutes, FileRoutes, SystemRoutes, UserDataRoutes, EditorRoutes,
                                    ComfyFrontendRoutes)
 
 
@@ -27,6 +29,6 @@ def operations() -> tuple[Operation, ...]:
 
 
 __all__ = [
-    "ROUTE_CLASSES", "ComfyFrontendRoutes", "EditorRoutes", "FileRoutes", "PromptRoutes", "SystemRoutes",
+    "ROUTE_CLASSES", "ComfyFrontendRoutes", "EditorRoutes", "FileRoutes", "JobRoutes", "PromptRoutes", "SystemRoutes",
     "UserDataRoutes", "operations",
 ]

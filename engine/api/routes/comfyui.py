@@ -1,5 +1,7 @@
 """The informational routes ComfyUI's frontend asks for (issue 20): translations, node replacements, global
-subgraphs, custom-node templates, the model browser's ``/experiment/models`` and the ``/internal/*`` helpers.
+subgraphs, custom-node templates, the model browser's ``/experiment/models``, the ``/internal/*`` helpers, and
+the workflow templates (``/templates/*``) and node docs (``/docs/*``) of ComfyUI's data packages when they are
+installed (engine/api/comfyui_packages.py).
 Shapes are ComfyUI's (facts of its server and internal routes); Loom has no custom-node translations, node
 replacements, subgraph blueprints or custom-node templates yet, so those answer empty, as ComfyUI does without
 custom nodes. None of them imports torch.
@@ -13,6 +15,8 @@ from typing import Any
 
 from aiohttp import web
 
+from engine.api.comfyui_frontend import file_response
+from engine.api.comfyui_packages import docs_root, find_file, template_roots
 from engine.api.context import ApiContext, blocking
 from engine.api.errors import ApiError
 from engine.api.operation import Param, route
@@ -25,6 +29,8 @@ _ARRAY = {"type": "array"}
 #: Model kinds the model browser leaves out (ComfyUI's list).
 _HIDDEN_KINDS = ("configs", "custom_nodes")
 _FILE_KINDS = ("input", "output", "temp")
+_PACKAGE_FILE = {"description": "The file's bytes (JSON for the indexes and workflows)."}
+_PACKAGE_FILE_TYPES = ("application/json", "image/webp", "image/png", "image/jpeg", "text/markdown", "text/plain")
 
 
 def model_folders(folders: Folders) -> list[dict[str, Any]]:
@@ -73,6 +79,9 @@ class ComfyFrontendRoutes:
 
     def __init__(self, ctx: ApiContext) -> None:
         self.ctx = ctx
+        self.template_roots = template_roots()
+        docs = docs_root()
+        self.docs_roots = (docs,) if docs is not None else ()
 
     @route("GET", "/i18n", "Translations of custom nodes by locale (none in Loom: {}).", "frontend", response=_OBJECT)
     async def i18n(self, request: web.Request) -> web.Response:
@@ -133,3 +142,24 @@ class ComfyFrontendRoutes:
            response=_OBJECT, prefixed=False)
     async def logs_raw(self, request: web.Request) -> web.Response:
         return json_ok({"entries": [], "size": {"cols": 80, "rows": 24}})
+
+    @route("GET", "/templates/{path}", "A file of the installed workflow templates: index.json (and per locale), "
+           "index_logo.json, <name>.json, thumbnails, logos. Plain-text 404 when missing.", "frontend",
+           response=_PACKAGE_FILE, response_types=_PACKAGE_FILE_TYPES, errors=(404,), prefixed=False,
+           params=(Param("path", "path", _STR, required=True),))
+    async def template_file(self, request: web.Request) -> web.StreamResponse:
+        return _package_file(self.template_roots, request.match_info["path"])
+
+    @route("GET", "/docs/{path}", "A file of the installed node docs: <Node>/<locale>.md and its pictures. "
+           "Plain-text 404 when missing.", "frontend", response=_PACKAGE_FILE, response_types=_PACKAGE_FILE_TYPES,
+           errors=(404,), prefixed=False, params=(Param("path", "path", _STR, required=True),))
+    async def docs_file(self, request: web.Request) -> web.StreamResponse:
+        return _package_file(self.docs_roots, request.match_info["path"])
+
+
+def _package_file(roots: tuple[Path, ...], rel: str) -> web.StreamResponse:
+    """The file, or a plain-text 404: the frontend reads a template index only when it is JSON."""
+    path = find_file(roots, rel)
+    if path is None:
+        return web.Response(status=404, text="404: Not Found", content_type="text/plain")
+    return file_response(path, rel)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import math
+import time
 import uuid
 from collections.abc import Mapping
 from typing import Any
@@ -178,8 +179,10 @@ def check_extra_data_size(extra_data: Mapping[str, Any] | None, limit: int) -> N
 
 
 def _extra_data(body: p.PromptRequest, ui_workflow: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The queued extra_data: the client's, with the editor workflow for PNG metadata and the client_id."""
+    """The queued extra_data: the client's, with the editor workflow for PNG metadata, the client_id and, as
+    ComfyUI stamps it, ``create_time`` (ms since the epoch; the jobs API orders by it)."""
     extra_data = dict(body.extra_data or {})
+    extra_data["create_time"] = int(time.time() * 1000)
     if ui_workflow is not None:
         pnginfo = extra_data.get("extra_pnginfo")
         pnginfo = dict(pnginfo) if isinstance(pnginfo, dict) else {}
