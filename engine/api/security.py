@@ -12,6 +12,10 @@
    websocket (``/ws``) and ``GET /view`` (``<img src>`` cannot send headers) may pass it as
    ``?token=``. Exempt: ``GET /`` and ``GET /frontend/...``, the editor's static files, so the
    editor can load and then ask for the token. Comparison uses :func:`hmac.compare_digest`.
+   A browser signs in once by opening ``/?token=<token>``: the reply sets the token as an ``HttpOnly``,
+   ``SameSite=Strict`` cookie (:data:`TOKEN_COOKIE`) and redirects to ``/``; the cookie then stands for the
+   header on every request, the websocket included. This is how ComfyUI's own frontend, which knows nothing
+   of tokens, runs on a server that requires one. The origin check above keeps other sites from riding it.
 
 The access log (:class:`RedactingAccessLogger`) writes ``?token=`` and other credential query values
 as ``REDACTED`` and never logs request headers such as ``Authorization``.
@@ -39,6 +43,8 @@ log = logging.getLogger(__name__)
 
 _DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 _QUERY_TOKEN_PATHS = frozenset({"/ws", "/api/ws", "/view", "/api/view"})
+#: The cookie a browser gets by opening ``/?token=<token>`` (see the module docstring).
+TOKEN_COOKIE = "loom_token"
 _CORS_METHODS = "GET, POST, PUT, PATCH, DELETE, OPTIONS"
 _CORS_HEADERS = "Authorization, Content-Type, Comfy-User"  # ComfyUI's frontend sends Comfy-User on every call
 #: Query parameters whose values are credentials: the access log shows them as ``REDACTED``.
@@ -179,6 +185,8 @@ def auth_middleware(settings: Settings) -> Middleware:
 
     @web.middleware
     async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if expected and request.path == "/" and "token" in request.query:
+            return _sign_in(request, expected)
         if not expected or is_editor_static(request, comfyui_root):
             return await handler(request)
         if _presented_token_ok(request, expected):
@@ -191,7 +199,23 @@ def auth_middleware(settings: Settings) -> Middleware:
     return auth
 
 
+def _sign_in(request: web.Request, expected: bytes) -> web.StreamResponse:
+    """``/?token=``: a right token becomes the cookie and the browser goes on to ``/`` (the token leaves the
+    address bar and its history); a wrong one is a 401."""
+    token = request.query.get("token", "")
+    if not hmac.compare_digest(token.encode(), expected):
+        return error_response(401, "unauthorized", "Wrong token",
+                              "open /?token=<token> with the token the server was started with")
+    response = web.Response(status=303, headers={hdrs.LOCATION: "/", hdrs.CACHE_CONTROL: "no-store"})
+    response.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="Strict", path="/",
+                        secure=request.secure)
+    return response
+
+
 def _presented_token_ok(request: web.Request, expected: bytes) -> bool:
+    cookie = request.cookies.get(TOKEN_COOKIE)
+    if cookie and hmac.compare_digest(cookie.encode(), expected):
+        return True
     header = request.headers.get(hdrs.AUTHORIZATION, "")
     scheme, _, value = header.partition(" ")
     if scheme.lower() == "bearer" and value.strip():

@@ -6,15 +6,19 @@ installs) checks that its index.html and every file it loads are served. Loom's 
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 import subprocess
 import sys
 from collections.abc import Callable
+from http.cookies import SimpleCookie
 from pathlib import Path
 
 import pytest
+import websocket
 
 from engine.api.comfyui_frontend import FrontendMissing, comfyui_static_root
+from engine.api.security import TOKEN_COOKIE
 from engine.settings import Settings
 from tests.api.conftest import LiveServer
 
@@ -67,6 +71,29 @@ def test_static_files_need_no_token_but_the_api_does(make_server: Callable[..., 
     assert live.get("/api/object_info", auth=False).status == 401
     assert live.get("/no-such-file.js", auth=False).status == 401  # not a static file: guarded like the API
     assert live.get("/object_info").status == 200
+
+
+def test_a_browser_signs_in_once_with_the_token_in_the_address(make_server: Callable[..., LiveServer],
+                                                                build: Path) -> None:
+    live = make_server(frontend="comfyui", comfyui_frontend_dir=build, auth_token=TOKEN)
+    wrong = live.get("/?token=not-the-token", auth=False)
+    assert wrong.status == 401 and "Set-Cookie" not in wrong.headers
+    signed_in = live.get(f"/?token={TOKEN}", auth=False)
+    assert signed_in.status == 303 and signed_in.headers["Location"] == "/"
+    cookie = SimpleCookie(signed_in.headers["Set-Cookie"])[TOKEN_COOKIE]
+    assert cookie.value == TOKEN and cookie["httponly"] and cookie["samesite"] == "Strict" and cookie["path"] == "/"
+    with_cookie = {"Cookie": f"{TOKEN_COOKIE}={TOKEN}"}
+    assert live.get("/object_info", auth=False, headers=with_cookie).status == 200
+    assert live.get("/api/settings", auth=False, headers={"Cookie": f"{TOKEN_COOKIE}=wrong"}).status == 401
+    assert live.get("/api/settings", headers={"Cookie": f"{TOKEN_COOKIE}=wrong"}).status == 200  # header still counts
+    foreign = live.get("/api/settings", auth=False, headers={**with_cookie, "Origin": "http://evil.example"})
+    assert foreign.status == 403
+    ws = websocket.create_connection(f"ws://127.0.0.1:{live.port}/ws?clientId=c1", timeout=10,
+                                     cookie=f"{TOKEN_COOKIE}={TOKEN}")
+    try:
+        assert json.loads(ws.recv())["type"] == "status"
+    finally:
+        ws.close()
 
 
 def test_loom_editor_stays_the_default(make_server: Callable[..., LiveServer], build: Path) -> None:
