@@ -72,13 +72,8 @@ def path_problem(part: str, *, from_request: bool = False) -> str | None:
     return None
 
 
-def resolve_inside(root: Path, *parts: str) -> Path:
-    """Join ``parts`` under ``root`` and return the real path, or raise PathOutsideRoot.
-
-    Each part must pass :func:`path_problem`. Symlinks are resolved before the final check, so a
-    link that leads out of ``root`` is refused.
-    """
-    root_real = root.resolve()
+def _checked_pieces(parts: Iterable[str]) -> list[str]:
+    """The path segments of ``parts``, each part checked by :func:`path_problem` (PathOutsideRoot if not)."""
     pieces: list[str] = []
     for part in parts:
         if not part:
@@ -87,6 +82,27 @@ def resolve_inside(root: Path, *parts: str) -> Path:
         if problem is not None:
             raise PathOutsideRoot(f"path {part!r} {problem}")
         pieces.extend(seg for seg in part.replace("\\", "/").split("/") if seg and seg != ".")
+    return pieces
+
+
+def join_inside(root: Path, *parts: str) -> Path:
+    """Join ``parts`` under ``root``, checking the names only (lexically): PathOutsideRoot for ``..``,
+    absolute paths and NULs. Symlinks that the folder itself holds are followed wherever they lead: in a
+    model folder they are the operator's choice (one models folder shared with ComfyUI or AUTOMATIC1111, a
+    large file linked from another disk), unlike a name a request makes up. Folders that clients write or
+    read files of (input, output, temp) use :func:`resolve_inside`, which refuses links out.
+    """
+    return root.joinpath(*_checked_pieces(parts))
+
+
+def resolve_inside(root: Path, *parts: str) -> Path:
+    """Join ``parts`` under ``root`` and return the real path, or raise PathOutsideRoot.
+
+    Each part must pass :func:`path_problem`. Symlinks are resolved before the final check, so a
+    link that leads out of ``root`` is refused.
+    """
+    root_real = root.resolve()
+    pieces = _checked_pieces(parts)
     candidate = root_real.joinpath(*pieces).resolve()
     if candidate != root_real and root_real not in candidate.parents:
         raise PathOutsideRoot(f"{'/'.join(pieces)!r} resolves outside {root_real}")
@@ -177,7 +193,7 @@ class Folders:
         """Relative model file names in a model folder (all roots merged), sorted, unique."""
         names: set[str] = set()
         for directory in self.model_dirs(folder):
-            names.update(_list_tree(directory, extensions))
+            names.update(_list_tree(directory, extensions, follow_links=True))
         return sorted(names)
 
     def embedding_names(self) -> list[str]:
@@ -186,22 +202,31 @@ class Folders:
         return sorted({os.path.splitext(name)[0] for name in self.list_models("embeddings")})
 
     def model_path(self, folder: str, name: str) -> Path:
-        """The file of model ``name`` in ``folder``; FileNotFoundError names where it looked."""
+        """The file of model ``name`` in ``folder`` (symlinks the folder holds followed: :func:`join_inside`);
+        FileNotFoundError names where it looked."""
         dirs = self.model_dirs(folder)
         for directory in dirs:
-            path = resolve_inside(directory, name)
+            path = join_inside(directory, name)
             if path.is_file():
                 return path
         looked = ", ".join(str(d) for d in dirs) or "no such folder under any model root"
         raise FileNotFoundError(f"model {name!r} not found in {folder} ({looked})")
 
 
-def _list_tree(root: Path, extensions: Iterable[str]) -> list[str]:
+def _list_tree(root: Path, extensions: Iterable[str], *, follow_links: bool = False) -> list[str]:
+    """Files under ``root`` by relative name; ``follow_links`` descends into linked folders too (each real
+    folder once, so a link loop ends)."""
     exts = tuple(e.lower() for e in extensions)
     if not root.is_dir():
         return []
     out: list[str] = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+    seen: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=follow_links):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            dirnames[:] = []
+            continue
+        seen.add(real)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         rel_dir = Path(dirpath).relative_to(root)
         for name in filenames:

@@ -118,9 +118,17 @@ def text_chunks(image: Image.Image) -> dict[str, str]:
 # --------------------------------------------------------------------------- encoding
 
 
+def to_8bit(array: np.ndarray) -> np.ndarray:
+    """Float pixels in 0..1 as ``uint8`` the way ComfyUI converts them: scaled by 255, clipped to 0..255,
+    then truncated (0.999 -> 254, 1/255 - eps -> 0), so a saved image matches ComfyUI's byte for byte. NaN
+    becomes 0. Every IMAGE that becomes 8-bit pixels (saved, previewed, sent) goes through here."""
+    scaled = np.clip(np.asarray(array, dtype=np.float32) * np.float32(255.0), 0.0, 255.0)
+    return np.nan_to_num(scaled, nan=0.0).astype(np.uint8)
+
+
 def array_to_image(array: np.ndarray) -> Image.Image:
-    """A float ``[H, W, C]`` array in 0..1 (C = 1, 3 or 4) as an 8-bit image, rounded to nearest."""
-    pixels = np.round(np.clip(np.asarray(array, dtype=np.float32), 0.0, 1.0) * 255.0).astype(np.uint8)
+    """A float ``[H, W, C]`` array in 0..1 (C = 1, 3 or 4) as an 8-bit image (:func:`to_8bit`)."""
+    pixels = to_8bit(array)
     if pixels.ndim == 3 and pixels.shape[-1] == 1:
         pixels = pixels[..., 0]
     return Image.fromarray(pixels)

@@ -29,7 +29,7 @@ def latent_to_rgb(latent: Tensor, latent_format: str) -> Tensor:
     weight = torch.tensor(factors, dtype=torch.float32)
     rgb = torch.einsum("chw,cr->hwr", latent[0, : weight.shape[0]].float().cpu(), weight)
     rgb = rgb + torch.tensor(bias, dtype=torch.float32)
-    return ((rgb + 1.0) / 2.0).clamp(0.0, 1.0).mul(255).round().to(torch.uint8)
+    return ((rgb + 1.0) / 2.0).clamp(0.0, 1.0).mul(255).to(torch.uint8)  # truncated, as ComfyUI previews
 
 
 def preview_jpeg(latent: Tensor, latent_format: str, max_size: int = 512, quality: int = 80) -> bytes:
@@ -45,7 +45,7 @@ def preview_jpeg(latent: Tensor, latent_format: str, max_size: int = 512, qualit
 def decoded_jpeg(images: Tensor, max_size: int = 512, quality: int = 80) -> bytes:
     """A JPEG of the first of decoded ``images`` ``[B, 3, H, W]`` (about -1..1), shrunk to fit ``max_size``
     (bilinear; never enlarged): a TAESD preview."""
-    rgb = ((images[0].float().cpu() + 1.0) / 2.0).clamp(0.0, 1.0).mul(255).round().to(torch.uint8)
+    rgb = ((images[0].float().cpu() + 1.0) / 2.0).clamp(0.0, 1.0).mul(255).to(torch.uint8)  # truncated
     image = Image.fromarray(rgb.permute(1, 2, 0).contiguous().numpy())
     image.thumbnail((max_size, max_size), Image.Resampling.BILINEAR)
     out = io.BytesIO()

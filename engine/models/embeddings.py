@@ -30,7 +30,7 @@ from safetensors.torch import load_file
 
 from engine.backend.prompt_weights import EmbeddingLookup
 from engine.errors import PathOutsideRoot
-from engine.folders import EMBEDDING_SUFFIXES, Folders, resolve_inside
+from engine.folders import EMBEDDING_SUFFIXES, Folders, join_inside
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ def find_embedding(folders: Folders, name: str) -> Path | None:
     for directory in folders.model_dirs(FOLDER):
         for candidate in (name, *(name + suffix for suffix in SUFFIXES)):
             try:
-                path = resolve_inside(directory, candidate)
+                path = join_inside(directory, candidate)
             except PathOutsideRoot as exc:
                 log.warning("embedding:%s refused: %s", name, exc)
                 return None

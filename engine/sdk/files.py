@@ -76,7 +76,7 @@ def png_bytes(image: Tensor, prompt: Mapping[str, Any] | None, extra_pnginfo: Ma
 
 def animated_png_bytes(batch: Tensor, fps: float, compress_level: int, prompt: Mapping[str, Any] | None,
                        extra_pnginfo: Mapping[str, Any] | None) -> bytes:
-    """An IMAGE batch as one APNG (a frame per item, 8-bit, rounded) with ComfyUI's ``comf`` metadata chunks."""
+    """An IMAGE batch as one APNG (a frame per item, 8-bit as ComfyUI converts) with its ``comf`` metadata chunks."""
     frames = [images.array_to_image(array) for array in frame_arrays(batch)]
     return images.encode_animated_png(frames, frame_duration_ms(fps), prompt=prompt,
                                       extra_pnginfo=extra_pnginfo, compress_level=compress_level)

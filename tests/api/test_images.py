@@ -23,11 +23,23 @@ def test_decode_refuses_non_images_and_too_many_pixels() -> None:
 
 def test_encode_png_carries_the_workflow_and_text() -> None:
     picture = images.array_to_image(np.full((4, 6, 3), 0.5, dtype=np.float32))
-    assert picture.size == (6, 4) and picture.getpixel((0, 0)) == (128, 128, 128)
+    assert picture.size == (6, 4) and picture.getpixel((0, 0)) == (127, 127, 127)  # 127.5 truncated
     data = images.encode_png(picture, prompt={"1": {"class_type": "X"}}, extra_pnginfo={"workflow": {"nodes": []}},
                              text={"note": "hello"})
     assert read_png_metadata(data) == {"prompt": {"1": {"class_type": "X"}}, "workflow": {"nodes": []}}
     assert images.text_chunks(images.decode_image(data, 100))["note"] == "hello"
+
+
+def test_8bit_conversion_clips_then_truncates_as_comfyui() -> None:
+    eps = 1e-6
+    values = np.array([0.0, 0.999, 0.5, 1 / 255 - eps, 1 / 255, 2 / 255 - eps, -0.3, 1.0, 1.7, np.nan, np.inf,
+                       -np.inf], dtype=np.float32)
+    assert images.to_8bit(values).tolist() == [0, 254, 127, 0, 1, 1, 0, 255, 255, 0, 255, 0]
+    comfyui = np.clip(255.0 * values[:9], 0, 255).astype(np.uint8)  # ComfyUI's SaveImage, finite values
+    assert images.to_8bit(values[:9]).tolist() == comfyui.tolist()
+    assert images.to_8bit(values).dtype == np.uint8
+    picture = images.array_to_image(np.array([[[0.999, 0.5, 1.2, 0.25]]], dtype=np.float32))
+    assert picture.mode == "RGBA" and picture.getpixel((0, 0)) == (254, 127, 255, 63)
 
 
 def test_frames_of_an_animation_and_their_pixel_limit() -> None:

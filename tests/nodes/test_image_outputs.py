@@ -42,8 +42,8 @@ def _frames(count: int = 3, height: int = 6, width: int = 5, channels: int = 3) 
 
 
 def _levels(images: torch.Tensor) -> np.ndarray:
-    """What an 8-bit encoder must store: each value rounded to the nearest level."""
-    return np.round(images.numpy() * 255.0).astype(np.uint8)
+    """What an 8-bit encoder must store: each value scaled by 255, clipped and truncated (ComfyUI's conversion)."""
+    return np.clip(images.numpy() * 255.0, 0, 255).astype(np.uint8)
 
 
 def _with_workflow(ctx: RunContext) -> RunContext:
