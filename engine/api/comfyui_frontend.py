@@ -9,7 +9,9 @@ Loom's answers is looked up in that folder (the catch-all is registered after ev
   (``immutable``), everything else is revalidated (``no-cache``), ``index.html`` included;
 * anything else is a plain-text 404 (a JSON body would be refused as CSS or script by the browser), except
   paths under ``/api/`` and ``/internal/``, which keep the API's JSON 404;
-* paths that leave the folder are refused like missing files.
+* paths that leave the folder are refused like missing files;
+* HTML pages carry a Content-Security-Policy that lets the page connect to Loom only (:data:`CONNECT_POLICY`):
+  nothing leaves the machine by default, even the requests the frontend makes without asking its settings.
 
 These files are public, as Loom's own editor files are: the access token guards the API, not the page that asks
 for it (engine/api/security.py).
@@ -28,7 +30,7 @@ from engine.errors import LoomError, PathOutsideRoot
 from engine.folders import resolve_inside
 from engine.settings import Settings
 
-__all__ = ["API_PREFIXES", "FrontendMissing", "comfyui_static_root", "file_response", "static_file",
+__all__ = ["API_PREFIXES", "CONNECT_POLICY", "FrontendMissing", "comfyui_static_root", "file_response", "static_file",
            "static_handler"]
 
 #: Paths whose misses stay JSON errors of the API.
@@ -41,6 +43,10 @@ _TYPES = {
     ".ico": "image/x-icon", ".woff2": "font/woff2", ".woff": "font/woff", ".ttf": "font/ttf",
     ".webp": "image/webp", ".jpg": "image/jpeg", ".webmanifest": "application/manifest+json",
 }
+#: The page may fetch and open websockets to Loom only: ComfyUI's frontend has no setting for some requests to
+#: other hosts (a HEAD to the model host for each missing model's size, on every graph load), so the browser
+#: refuses them. Pictures, fonts and styles are not restricted.
+CONNECT_POLICY = "connect-src 'self'"
 _IMMUTABLE = "public, max-age=31536000, immutable"
 _REVALIDATE = "no-cache"
 
@@ -79,7 +85,10 @@ def static_file(root: Path, rel: str) -> Path | None:
 def file_response(path: Path, rel: str) -> web.FileResponse:
     ctype = _TYPES.get(path.suffix.lower()) or mimetypes.guess_type(path.name)[0] or "application/octet-stream"
     cache = _IMMUTABLE if rel.startswith("assets/") else _REVALIDATE
-    return web.FileResponse(path, headers={"Content-Type": ctype, "Cache-Control": cache})
+    headers = {"Content-Type": ctype, "Cache-Control": cache}
+    if path.suffix.lower() == ".html":
+        headers["Content-Security-Policy"] = CONNECT_POLICY
+    return web.FileResponse(path, headers=headers)
 
 
 def static_handler(root: Path) -> Handler:

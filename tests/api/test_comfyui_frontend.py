@@ -50,6 +50,8 @@ def test_the_build_is_served_at_the_root_with_types_caching_and_plain_404s(
     index = live.get("/")
     assert index.status == 200 and index.headers["Content-Type"].startswith("text/html")
     assert b"app-1a2b.js" in index.body and index.headers["Cache-Control"] == "no-cache"
+    assert index.headers["Content-Security-Policy"] == "connect-src 'self'"  # the page may reach Loom only
+    assert live.get("/index.html").headers["Content-Security-Policy"] == "connect-src 'self'"
     script = live.get("/assets/app-1a2b.js")
     assert script.status == 200 and script.headers["Content-Type"].startswith("text/javascript")
     assert "immutable" in script.headers["Cache-Control"]  # content-hashed names never change
