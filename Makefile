@@ -1,5 +1,6 @@
 # Loom: one command to run, one to test, on a fresh machine (Python 3.11+ and make).
 #   make run    set up .venv, copy the example inputs to input/, serve Loom on http://127.0.0.1:8188
+#               (ARGS="--frontend comfyui" also installs and serves ComfyUI's official frontend)
 #   make test   set up .venv with the test extras and run the test suite
 #   make bench  run the benchmarks (JSON on stdout)
 # The editor's browser tests drive Debian's chromium (/usr/bin/chromium): make test installs it with apt-get
@@ -67,6 +68,7 @@ chromium:
 	  echo "chromium not installed (needs apt-get as root or sudo): the editor's browser tests will be skipped"
 
 run: setup inputs
+	$(if $(findstring comfyui,$(ARGS)),$(PIP_INSTALL) -e '.[comfyui-frontend]')
 	$(BIN)/python main.py $(ARGS)
 
 # The example workflows' input images and datasets (workflows/inputs, subfolders included) in Loom's input

@@ -64,6 +64,9 @@ def test_the_token_guards_them(make_server: Callable[..., LiveServer]) -> None:
     for path in ("/api/experiment/models", "/internal/folder_paths", "/internal/files/output", "/i18n"):
         assert live.get(path, auth=False).status == 401, path
         assert live.get(path).status == 200, path
+    for path in ("/templates/index.json", "/docs/KSampler/en.md"):  # answered or 404 by what is installed
+        assert live.get(path, auth=False).status == 401, path
+        assert live.get(path).status in (200, 404), path
 
 
 needs_templates = pytest.mark.skipif(
