@@ -5,6 +5,7 @@ Derandomized (the same examples every run) and without deadlines, so they are re
 
 from __future__ import annotations
 
+import os
 import struct
 import zlib
 from pathlib import Path
@@ -14,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from engine.errors import LoomError, PathOutsideRoot, ValidationFailed
-from engine.folders import Folders, path_problem, resolve_inside
+from engine.folders import Folders, join_inside, path_problem, resolve_inside
 from engine.pngmeta import PNG_SIGNATURE, read_png_metadata
 from engine.validate import validate_prompt
 from engine.workflow import is_ui_workflow, parse_api_prompt, ui_to_api
@@ -153,6 +154,21 @@ def test_resolve_inside_never_leaves_the_root(tmp_path_factory: Any, parts: list
     except ValueError:  # e.g. a name the OS cannot represent; still never a path outside
         return
     assert path == root or root in path.parents
+    for part in parts:
+        assert path_problem(part) is None
+
+
+@FAST
+@given(st.lists(path_parts, max_size=4))
+def test_join_inside_never_names_a_path_outside_the_root(tmp_path_factory: Any, parts: list[str]) -> None:
+    """Model names: checked lexically (links the folder holds are followed on purpose), never '..' out."""
+    root = _folders(tmp_path_factory).input_dir.resolve()
+    try:
+        path = join_inside(root, *parts)
+    except PathOutsideRoot:
+        return
+    normalized = Path(os.path.normpath(path))
+    assert normalized == root or root in normalized.parents
     for part in parts:
         assert path_problem(part) is None
 
