@@ -14,6 +14,7 @@ import numpy as np
 import websocket
 from PIL import Image
 
+from engine.images import to_8bit
 from tests.api.conftest import TIMEOUT, LiveServer, recv_json
 
 PREVIEW_IMAGE, PREVIEW_IMAGE_WITH_METADATA, PNG = 1, 4, 2
@@ -81,7 +82,8 @@ def test_frames_reach_the_queueing_client_without_previews(server: LiveServer) -
         ws.close()
         bystander.close()
     assert len(frames) == 2 and leaked == []
-    for frame, expected in zip(frames, (pixels, 255 - pixels), strict=True):
+    inverted = to_8bit(1.0 - pixels.astype(np.float32) / np.float32(255.0))  # ComfyUI's truncation: 86.99.. -> 86
+    for frame, expected in zip(frames, (pixels, inverted), strict=True):
         assert struct.unpack(">II", frame[:8]) == (PREVIEW_IMAGE, PNG)
         assert frame[8:16] == b"\x89PNG\r\n\x1a\n"
         assert np.array_equal(_png_pixels(frame[8:]), expected)
