@@ -40,8 +40,9 @@ log = logging.getLogger("loom")
 HERE = Path(__file__).parent
 
 
-def build_registry(extra_node_modules: Sequence[str] = ()) -> NodeRegistry:
-    """The built-in nodes plus any ``--extra-nodes`` modules (each exposes ``register(registry)``)."""
+def build_registry(extra_node_modules: Sequence[str] = (), settings: Settings | None = None) -> NodeRegistry:
+    """The built-in nodes, any ``--extra-nodes`` modules (each exposes ``register(registry)``) and, with
+    ``settings``, the ComfyUI custom node packs of its custom nodes folders (unless disabled)."""
     from nodes import register_builtin_nodes
 
     registry = NodeRegistry()
@@ -49,6 +50,10 @@ def build_registry(extra_node_modules: Sequence[str] = ()) -> NodeRegistry:
     for name in extra_node_modules:
         module = importlib.import_module(name)
         module.register(registry)
+    if settings is not None and not settings.disable_custom_nodes:
+        from engine.custom_nodes.packs import load_packs
+
+        load_packs(settings.custom_nodes_dirs, registry, settings.folders())
     return registry
 
 
@@ -93,6 +98,9 @@ def _common_arguments(parser: argparse.ArgumentParser) -> None:
     _setting(parser, "--cache-bytes", "cache_bytes", type=int)
     _setting(parser, "--extra-nodes", "extra_nodes", action="append", default=[], metavar="MODULE",
              note="Repeatable.")
+    _setting(parser, "--custom-nodes-dir", "custom_nodes_dirs", action="append", default=[], type=Path,
+             metavar="DIR", note=f"Repeatable (default: {_checkout_default('custom_nodes_dirs')[0]}).")
+    _setting(parser, "--disable-custom-nodes", "disable_custom_nodes", action="store_true")
     _setting(parser, "--device", "device")
     _setting(parser, "--vram", "vram_mode", choices=get_args(Settings.model_fields["vram_mode"].annotation))
     _setting(parser, "--vram-budget", "vram_budget", type=int, metavar="BYTES")
@@ -137,6 +145,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
         "input_dir": args.input_dir, "output_dir": args.output_dir, "temp_dir": args.temp_dir,
         "data_dir": args.data_dir, "cache_bytes": args.cache_bytes, "device": args.device,
         "vram_mode": args.vram, "vram_budget": args.vram_budget, "ram_budget": args.ram_budget,
+        "custom_nodes_dirs": tuple(args.custom_nodes_dir or _checkout_default("custom_nodes_dirs")),
+        "disable_custom_nodes": args.disable_custom_nodes,
     }
     if args.command == "serve":
         frontend_dir = args.frontend_dir
@@ -297,7 +307,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         settings = settings_from(args)
-        registry = build_registry(args.extra_nodes)
+        registry = build_registry(args.extra_nodes, settings)
         if args.command == "run":
             return run_headless(settings, registry, args.workflow, args.set)
         serve(settings, registry)

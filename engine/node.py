@@ -176,6 +176,9 @@ class Node:
     input_is_list: ClassVar[bool] = False
     #: Inputs whose built-in checks (choices, min, max) :meth:`validate_inputs` replaces.
     validated_inputs: ClassVar[tuple[str, ...]] = ()
+    #: Shown as such in the node library (ComfyUI's DEPRECATED and EXPERIMENTAL flags).
+    deprecated: ClassVar[bool] = False
+    experimental: ClassVar[bool] = False
 
     @classmethod
     def validate_inputs(cls, folders: Folders, inputs: Mapping[str, Any]) -> str | None:

@@ -17,6 +17,10 @@ class NodeRegistry:
     def __init__(self) -> None:
         self._classes: dict[str, type[Node]] = {}
         self._aliases: dict[str, str] = {}
+        #: The ComfyUI custom node packs loaded into this registry, as reported by
+        #: engine/custom_nodes/packs.py (PackReport), and the runtime they share (CompatRuntime), if any.
+        self.custom_packs: list[Any] = []
+        self.custom_runtime: Any = None
 
     def register(self, cls: type[Node]) -> type[Node]:
         """Add a node class (usable as a decorator). Refuses duplicates and bad declarations."""
@@ -55,6 +59,7 @@ class NodeRegistry:
         if optional:
             order["optional"] = list(optional)
         description = cls.description or (cls.__doc__ or "").strip()
+        flags = {flag: True for flag in ("deprecated", "experimental") if getattr(cls, flag)}
         return {
             "input": inputs,
             "input_order": order,
@@ -68,6 +73,7 @@ class NodeRegistry:
             "python_module": cls.python_module,
             "category": cls.category,
             "output_node": cls.output_node,
+            **flags,
         }
 
     def object_info(self, folders: Folders) -> dict[str, Any]:

@@ -105,6 +105,9 @@ class Settings(BaseModel):
                                         "or per worker_cpus CPUs on a cluster without GPUs).")
     worker_cpus: float = Field(1.0, gt=0, description="CPUs each worker takes on a cluster without GPUs.")
     extra_nodes: tuple[str, ...] = Field((), description="Modules whose register(registry) adds nodes.")
+    custom_nodes_dirs: tuple[Path, ...] = Field((Path("custom_nodes"),), description="Folders of ComfyUI custom "
+                                                "node packs, loaded at start (they run with the server's rights).")
+    disable_custom_nodes: bool = Field(False, description="Load no custom node packs.")
 
     @field_validator("auth_token")
     @classmethod

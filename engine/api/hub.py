@@ -220,6 +220,26 @@ class Hub:
         except RuntimeError:  # the loop closed under us: the server is gone
             log.debug("dropping %s: the event loop is closed", event.type)
 
+    def send_message(self, message_type: str, data: Any, client_id: str | None = None) -> None:
+        """Send ``{"type", "data"}`` to one client (None: every client), from any thread: what custom nodes
+        send with ``PromptServer.instance.send_sync``."""
+        loop = self._loop
+        if loop is None:
+            return
+        payload = dumps({"type": message_type, "data": data})
+        try:
+            loop.call_soon_threadsafe(self._send_text, payload, client_id)
+        except RuntimeError:
+            log.debug("dropping a %s message: the event loop is closed", message_type)
+
+    def _send_text(self, payload: str, client_id: str | None) -> None:
+        if client_id is None:
+            self._broadcast(payload)
+            return
+        conn = self._clients.get(client_id)
+        if conn is not None:
+            conn.send(payload)
+
     def _on_queue_change(self) -> None:
         """Queue listener (any thread): read the count now, broadcast it in order with the events."""
         loop = self._loop

@@ -61,6 +61,8 @@ def create_app(
                     app.router.add_get(_route_pattern(path), handler)
                 else:
                     app.router.add_route(op.method, _route_pattern(path), handler)
+    if registry.custom_runtime is not None:  # custom node packs' own routes and messages
+        registry.custom_runtime.prompt_server.attach(app, hub)
     if settings.frontend == "comfyui":  # after every route: what none of them answers is a static file or a 404
         app.router.add_get("/{tail:.+}", static_handler(comfyui_static_root(settings)))
     return app

@@ -4,13 +4,15 @@
 the queue and history. ``files``: /view and
 uploads. ``system``: node classes, models, system stats, flags and /openapi.json. ``userdata``: the
 users, settings and files ComfyUI's frontend stores. ``editor``: the editor's static files and its
-/loom/* helpers. ``comfyui``: what ComfyUI's own frontend reads besides those.
+/loom/* helpers. ``comfyui``: what ComfyUI's own frontend reads besides those. ``custom_nodes``: custom
+node packs' reports and frontend extensions.
 """
 
 from __future__ import annotations
 
 from engine.api.operation import Operation, declared
 from engine.api.routes.comfyui import ComfyFrontendRoutes
+from engine.api.routes.custom_nodes import CustomNodeRoutes
 from engine.api.routes.editor import EditorRoutes
 from engine.api.routes.files import FileRoutes
 from engine.api.routes.jobs import JobRoutes
@@ -20,7 +22,7 @@ from engine.api.routes.userdata import UserDataRoutes
 
 #: Every route class, in the order the OpenAPI document lists their routes.
 ROUTE_CLASSES: tuple[type, ...] = (PromptRoutes, JobRoutes, FileRoutes, SystemRoutes, UserDataRoutes, EditorRoutes,
-                                   ComfyFrontendRoutes)
+                                   ComfyFrontendRoutes, CustomNodeRoutes)
 
 
 def operations() -> tuple[Operation, ...]:
@@ -29,6 +31,6 @@ def operations() -> tuple[Operation, ...]:
 
 
 __all__ = [
-    "ROUTE_CLASSES", "ComfyFrontendRoutes", "EditorRoutes", "FileRoutes", "JobRoutes", "PromptRoutes", "SystemRoutes",
-    "UserDataRoutes", "operations",
+    "ROUTE_CLASSES", "ComfyFrontendRoutes", "CustomNodeRoutes", "EditorRoutes", "FileRoutes", "JobRoutes",
+    "PromptRoutes", "SystemRoutes", "UserDataRoutes", "operations",
 ]

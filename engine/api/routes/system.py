@@ -77,10 +77,6 @@ class SystemRoutes:
     async def features(self, request: web.Request) -> web.Response:
         return json_ok(self.ctx.hub.feature_flags)
 
-    @route("GET", "/extensions", "Frontend extension scripts (none).", "system", response=_STR_LIST)
-    async def extensions(self, request: web.Request) -> web.Response:
-        return json_ok([])
-
     @route("GET", "/openapi.json", "This document.", "system", response={"type": "object"})
     async def openapi(self, request: web.Request) -> web.Response:
         if self._openapi is None:
