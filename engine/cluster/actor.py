@@ -136,6 +136,10 @@ class LoomWorker:
         self.folders = Folders(scratch / "input", scratch / "output", scratch / "temp", tuple(settings.models_dirs))
         self.folders.ensure()
         self.registry = build_registry(config.node_modules)
+        if not settings.disable_custom_nodes:  # the same ComfyUI custom node packs as the front
+            from engine.custom_nodes.packs import load_packs
+
+            load_packs(settings.custom_nodes_dirs, self.registry, self.folders)
         self.models = ModelManager(pick_device(settings.device), vram=settings.vram_mode,
                                    vram_budget=settings.vram_budget, ram_budget=settings.ram_budget)
         self.executor = Executor(self.registry, self.folders, OutputCache(settings.cache_bytes, settings.cache_entries),
