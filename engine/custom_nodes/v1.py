@@ -29,6 +29,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from engine.context import RunContext
+from engine.custom_nodes.bridge import from_pack, to_pack
 from engine.custom_nodes.runtime import running
 from engine.folders import Folders
 from engine.node import Input, Node, NodeOutput, Output
@@ -175,23 +176,32 @@ def _accepted(fn: Callable[..., Any], values: Mapping[str, Any]) -> dict[str, An
     return taken if all(name in taken for name in needed) else None
 
 
-def _result(outputs: int, result: Any) -> NodeOutput:
+def _result(outputs: tuple[Output, ...], result: Any) -> NodeOutput:
     """A V1 function's return value as a NodeOutput (missing outputs are None, as in ComfyUI)."""
     ui = expand = None
     if isinstance(result, Mapping):
         ui, expand = result.get("ui"), result.get("expand")
         result = result.get("result", ())
     values = tuple(result) if isinstance(result, list | tuple) else (() if result is None else (result,))
-    values = values[:outputs] + (None,) * max(outputs - len(values), 0)
-    return NodeOutput(values, ui=ui, expand=expand)
+    values = values[:len(outputs)] + (None,) * max(len(outputs) - len(values), 0)
+    converted = tuple([from_pack(item) for item in value] if output.is_list and isinstance(value, list | tuple)
+                      else from_pack(value) for output, value in zip(outputs, values, strict=True))
+    return NodeOutput(converted, ui=ui, expand=expand)
+
+
+def _pack_inputs(inputs: Mapping[str, Any], as_lists: bool) -> dict[str, Any]:
+    if as_lists:
+        return {name: [to_pack(item) for item in value] if isinstance(value, list) else to_pack(value)
+                for name, value in inputs.items()}
+    return {name: to_pack(value) for name, value in inputs.items()}
 
 
 def _run(self: Any, ctx: RunContext, **inputs: Any) -> NodeOutput:
     cls = type(self)
     function = getattr(self.comfy_node, cls.comfy_function)
     with running(ctx):
-        result = function(**inputs, **_hidden_values(cls.comfy_hidden, ctx))
-    return _result(len(cls.outputs), result)
+        result = function(**_pack_inputs(inputs, cls.input_is_list), **_hidden_values(cls.comfy_hidden, ctx))
+    return _result(cls.outputs, result)
 
 
 def _check_lazy_status(self: Any, ctx: RunContext, **inputs: Any) -> Sequence[str]:
