@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -213,13 +213,9 @@ class Folders:
         raise FileNotFoundError(f"model {name!r} not found in {folder} ({looked})")
 
 
-def _list_tree(root: Path, extensions: Iterable[str], *, follow_links: bool = False) -> list[str]:
-    """Files under ``root`` by relative name; ``follow_links`` descends into linked folders too (each real
-    folder once, so a link loop ends)."""
-    exts = tuple(e.lower() for e in extensions)
-    if not root.is_dir():
-        return []
-    out: list[str] = []
+def walk_tree(root: Path, *, follow_links: bool = False) -> Iterator[tuple[str, list[str], list[str]]]:
+    """``os.walk`` of ``root`` with hidden folders skipped and the rest in name order; ``follow_links``
+    descends into linked folders too, each real folder once (so a link loop ends)."""
     seen: set[str] = set()
     for dirpath, dirnames, filenames in os.walk(root, followlinks=follow_links):
         real = os.path.realpath(dirpath)
@@ -228,6 +224,16 @@ def _list_tree(root: Path, extensions: Iterable[str], *, follow_links: bool = Fa
             continue
         seen.add(real)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        yield dirpath, dirnames, filenames
+
+
+def _list_tree(root: Path, extensions: Iterable[str], *, follow_links: bool = False) -> list[str]:
+    """Files under ``root`` by relative name (:func:`walk_tree`)."""
+    exts = tuple(e.lower() for e in extensions)
+    if not root.is_dir():
+        return []
+    out: list[str] = []
+    for dirpath, _, filenames in walk_tree(root, follow_links=follow_links):
         rel_dir = Path(dirpath).relative_to(root)
         for name in filenames:
             if name.startswith(".") or (exts and not name.lower().endswith(exts)):

@@ -24,7 +24,7 @@ from engine.custom_nodes.compat.folder_table import FolderTable
 from engine.custom_nodes.compat.save_paths import get_save_image_path
 from engine.custom_nodes.runtime import active
 from engine.errors import PathOutsideRoot
-from engine.folders import join_inside, path_problem, resolve_inside, split_annotation
+from engine.folders import join_inside, path_problem, resolve_inside, split_annotation, walk_tree
 
 __all__ = [
     "add_model_folder_path", "annotated_filepath", "exists_annotated_filepath", "filter_files_extensions",
@@ -102,15 +102,7 @@ def filter_files_extensions(files: Collection[str], extensions: Collection[str])
 
 def _walk(directory: Path) -> Iterator[tuple[str, list[str], list[str]]]:
     """``os.walk`` following links, each real folder once (a link loop ends), hidden folders skipped."""
-    seen: set[str] = set()
-    for dirpath, dirnames, filenames in os.walk(directory, followlinks=True):
-        real = os.path.realpath(dirpath)
-        if real in seen:
-            dirnames[:] = []
-            continue
-        seen.add(real)
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        yield dirpath, dirnames, filenames
+    return walk_tree(directory, follow_links=True)
 
 
 def recursive_search(directory: str, excluded_dir_names: list[str] | None = None) -> tuple[list[str], dict[str, float]]:
