@@ -3,8 +3,9 @@
 A pack is a folder with ``__init__.py`` or a single ``.py`` file in a custom nodes folder (names ending in
 ``.disabled`` or starting with ``.`` or ``__`` are skipped, as ComfyUI skips them). It is imported under its own
 name, as ComfyUI imports it, so its relative imports work; then its ``NODE_CLASS_MAPPINGS`` (with
-``NODE_DISPLAY_NAME_MAPPINGS``) are adapted (:mod:`engine.custom_nodes.v1`) and registered, and its
-``WEB_DIRECTORY`` is remembered for ``/extensions``. A pack that fails to import is logged with its traceback
+``NODE_DISPLAY_NAME_MAPPINGS``) are adapted (:mod:`engine.custom_nodes.v1`) and registered, then the nodes of its
+V3 extension (``comfy_entrypoint``, :mod:`engine.custom_nodes.v3`), and its ``WEB_DIRECTORY`` is remembered for
+``/extensions``. A pack that fails to import is logged with its traceback
 and reported; the others load. A node whose name is taken (by Loom or an earlier pack) is skipped and named in
 its pack's report: packs add nodes, they never replace Loom's.
 """
@@ -26,6 +27,8 @@ from engine.custom_nodes.compat import install
 from engine.custom_nodes.compat.server import PromptServer
 from engine.custom_nodes.runtime import CompatRuntime
 from engine.custom_nodes.v1 import adapt
+from engine.custom_nodes.v3 import adapt as adapt_v3
+from engine.custom_nodes.v3 import extension_nodes
 from engine.folders import Folders
 from engine.registry import NodeRegistry
 
@@ -121,6 +124,26 @@ def _register_nodes(module: ModuleType, report: PackReport, registry: NodeRegist
         report.nodes.append(node_name)
 
 
+def _register_v3_nodes(module: ModuleType, report: PackReport, registry: NodeRegistry) -> None:
+    """The nodes of the pack's V3 extension; a failing entrypoint or ``get_node_list`` fails the pack."""
+    for cls in extension_nodes(module) or ():
+        label = str(getattr(cls, "__name__", cls))
+        try:
+            node = adapt_v3(cls, pack=report.name)
+        except Exception as exc:  # noqa: BLE001 - one bad node class must not lose the pack's others
+            report.skipped[label] = f"{type(exc).__name__}: {exc}"
+            continue
+        if node.type_name in registry:
+            report.skipped[node.type_name] = "a node of this name is already registered (Loom's or an earlier pack's)"
+            continue
+        try:
+            registry.register(node)
+        except Exception as exc:  # noqa: BLE001 - a declaration Loom refuses skips that node only
+            report.skipped[node.type_name] = f"{type(exc).__name__}: {exc}"
+            continue
+        report.nodes.append(node.type_name)
+
+
 def load_pack(pack: Path, registry: NodeRegistry) -> PackReport:
     """Import one pack and register its nodes; a failure is reported, never raised."""
     report = PackReport(_module_name(pack), str(pack), "loaded")
@@ -128,6 +151,7 @@ def load_pack(pack: Path, registry: NodeRegistry) -> PackReport:
     try:
         module = import_pack(pack)
         _register_nodes(module, report, registry)
+        _register_v3_nodes(module, report, registry)
         report.web_directory = _web_directory(pack, module)
     except (Exception, SystemExit) as exc:  # noqa: BLE001 - a pack's import runs arbitrary code
         report.status = "failed"

@@ -26,6 +26,11 @@ MODULES: dict[str, str] = {
     "comfy.sd": "engine.custom_nodes.compat.comfy.sd",
     "comfy.supported_models": "engine.custom_nodes.compat.comfy.supported_models",
     "comfy.model_detection": "engine.custom_nodes.compat.comfy.model_detection",
+    "comfy_api": "engine.custom_nodes.compat.comfy_api",
+    "comfy_api.latest": "engine.custom_nodes.compat.comfy_api.latest",
+    "comfy_api.latest._io": "engine.custom_nodes.compat.comfy_api.latest._io",
+    "comfy_api.latest._ui": "engine.custom_nodes.compat.comfy_api.latest._ui",
+    "comfy_api.v0_0_2": "engine.custom_nodes.compat.comfy_api.latest",
     "nodes": "engine.custom_nodes.compat.nodes",
     "server": "engine.custom_nodes.compat.server",
 }
