@@ -184,12 +184,17 @@ def _result(outputs: tuple[Output, ...], result: Any) -> NodeOutput:
         result = result.get("result", ())
     values = tuple(result) if isinstance(result, list | tuple) else (() if result is None else (result,))
     values = values[:len(outputs)] + (None,) * max(len(outputs) - len(values), 0)
-    converted = tuple([from_pack(item) for item in value] if output.is_list and isinstance(value, list | tuple)
-                      else from_pack(value) for output, value in zip(outputs, values, strict=True))
-    return NodeOutput(converted, ui=ui, expand=expand)
+    return NodeOutput(loom_values(outputs, values), ui=ui, expand=expand)
 
 
-def _pack_inputs(inputs: Mapping[str, Any], as_lists: bool) -> dict[str, Any]:
+def loom_values(outputs: tuple[Output, ...], values: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A pack's output values for Loom's nodes (ComfyUI-style MODEL/CLIP/VAE objects back to handles)."""
+    return tuple([from_pack(item) for item in value] if output.is_list and isinstance(value, list | tuple)
+                 else from_pack(value) for output, value in zip(outputs, values, strict=True))
+
+
+def pack_inputs(inputs: Mapping[str, Any], as_lists: bool) -> dict[str, Any]:
+    """Loom's input values for a pack's function (handles as ComfyUI-style MODEL/CLIP/VAE objects)."""
     if as_lists:
         return {name: [to_pack(item) for item in value] if isinstance(value, list) else to_pack(value)
                 for name, value in inputs.items()}
@@ -200,7 +205,7 @@ def _run(self: Any, ctx: RunContext, **inputs: Any) -> NodeOutput:
     cls = type(self)
     function = getattr(self.comfy_node, cls.comfy_function)
     with running(ctx):
-        result = function(**_pack_inputs(inputs, cls.input_is_list), **_hidden_values(cls.comfy_hidden, ctx))
+        result = function(**pack_inputs(inputs, cls.input_is_list), **_hidden_values(cls.comfy_hidden, ctx))
     return _result(cls.outputs, result)
 
 

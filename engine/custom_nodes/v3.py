@@ -33,7 +33,7 @@ from engine.context import RunContext
 from engine.custom_nodes.compat.comfy_api.latest._io_node import ComfyNode, HiddenHolder, Schema, overrides
 from engine.custom_nodes.compat.comfy_api.latest._io_node import NodeOutput as ComfyOutput
 from engine.custom_nodes.runtime import running
-from engine.custom_nodes.v1 import DynamicPrompt, NodeAdaptError, make_input
+from engine.custom_nodes.v1 import DynamicPrompt, NodeAdaptError, loom_values, make_input, pack_inputs
 from engine.folders import Folders
 from engine.node import Input, Node, NodeOutput, Output
 
@@ -141,14 +141,15 @@ def _result(node_cls: Any, result: Any) -> NodeOutput:
     ui = output.ui.as_dict() if hasattr(output.ui, "as_dict") else output.ui
     count = len(node_cls.outputs)
     values = tuple(output.args[:count]) + (None,) * max(count - len(output.args), 0)
-    return NodeOutput(values, ui=dict(ui) if ui is not None else None, expand=output.expand)
+    return NodeOutput(loom_values(node_cls.outputs, values), ui=dict(ui) if ui is not None else None,
+                      expand=output.expand)
 
 
 def _run(self: Any, ctx: RunContext, **inputs: Any) -> NodeOutput:
     node_cls = type(self)
     node = _bound(node_cls.comfy_class, ctx)
     with running(ctx):
-        result = wait_for(node.execute(**inputs))
+        result = wait_for(node.execute(**pack_inputs(inputs, node_cls.input_is_list)))
     return _result(node_cls, result)
 
 
