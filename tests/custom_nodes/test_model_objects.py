@@ -28,12 +28,10 @@ from tests.api.conftest import LiveServer, start_live_server
 REPO = Path(__file__).resolve().parents[2]
 PACKS = Path(__file__).parent / "packs_models"
 CHECKPOINT = "tiny-shapes.safetensors"
-COMFY_NAMES = ("nodes", "server", "folder_paths", "comfy", "comfy.utils", "comfy.model_management", "comfy.samplers")
 
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    saved = {name: sys.modules.get(name) for name in COMFY_NAMES}
     root = tmp_path_factory.mktemp("loom-model-pack")
     folders = Folders(root / "input", root / "output", root / "temp", (REPO / "models",))
 
@@ -43,11 +41,6 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     server = start_live_server(root, extra_nodes=packs, models_dirs=(REPO / "models",))
     yield server
     server.stop()
-    for name, module in saved.items():
-        if module is None:
-            sys.modules.pop(name, None)
-        else:
-            sys.modules[name] = module
 
 
 def calls() -> Any:

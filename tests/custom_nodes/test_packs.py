@@ -6,7 +6,6 @@ route, a frontend extension, a failing pack and a single-file pack."""
 from __future__ import annotations
 
 import json
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,12 +19,10 @@ from engine.registry import NodeRegistry
 from tests.api.conftest import LiveServer, collect_until_done, start_live_server
 
 PACKS = Path(__file__).parent / "packs"
-COMFY_NAMES = ("nodes", "server", "folder_paths", "comfy", "comfy.utils", "comfy.model_management", "comfy.samplers")
 
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    saved = {name: sys.modules.get(name) for name in COMFY_NAMES}
     root = tmp_path_factory.mktemp("loom-packs")
     (root / "models" / "checkpoints").mkdir(parents=True)
     (root / "models" / "checkpoints" / "a.safetensors").write_bytes(b"")
@@ -37,11 +34,6 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     server = start_live_server(root, extra_nodes=packs)
     yield server
     server.stop()
-    for name, module in saved.items():
-        if module is None:
-            sys.modules.pop(name, None)
-        else:
-            sys.modules[name] = module
 
 
 def run(live: LiveServer, prompt: dict[str, Any]) -> dict[str, Any]:

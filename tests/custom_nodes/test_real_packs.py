@@ -35,7 +35,6 @@ from engine.custom_nodes.packs import load_packs
 from engine.folders import Folders
 from engine.registry import NodeRegistry
 from tests.api.conftest import LiveServer, start_live_server
-from tests.custom_nodes.test_packs import COMFY_NAMES
 
 REPO = Path(__file__).resolve().parents[2]
 REAL_PACKS = {"comfyui-tooling-nodes==0.1.0": ("comfyui_tooling_nodes", 5),
@@ -62,7 +61,6 @@ def seed_civitai_history(pack: Path) -> None:
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    saved = {name: sys.modules.get(name) for name in COMFY_NAMES}
     root = tmp_path_factory.mktemp("loom-real-packs")
     custom = root / "custom_nodes"
     install_packs(custom)
@@ -76,11 +74,6 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     server = start_live_server(root, extra_nodes=packs, models_dirs=(REPO / "models", root / "models"))
     yield server
     server.stop()
-    for name, module in saved.items():
-        if module is None:
-            sys.modules.pop(name, None)
-        else:
-            sys.modules[name] = module
 
 
 def png_base64(size: tuple[int, int]) -> str:

@@ -16,7 +16,6 @@ from typing import Any
 
 import pytest
 
-from engine.custom_nodes.compat import MODULES
 from engine.custom_nodes.packs import load_packs
 from engine.custom_nodes.v3 import wait_for
 from engine.folders import Folders
@@ -33,7 +32,6 @@ def _pack_module(name: str) -> bool:
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    saved = {name: sys.modules.get(name) for name in MODULES}
     root = tmp_path_factory.mktemp("loom-v3-packs")
     folders = Folders(root / "input", root / "output", root / "temp", (root / "models",))
 
@@ -43,11 +41,6 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     server = start_live_server(root, extra_nodes=packs)
     yield server
     server.stop()
-    for name, module in saved.items():
-        if module is None:
-            sys.modules.pop(name, None)
-        else:
-            sys.modules[name] = module
     for name in [name for name in sys.modules if _pack_module(name)]:
         sys.modules.pop(name)
 

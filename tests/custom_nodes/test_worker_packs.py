@@ -9,7 +9,6 @@ from pathlib import Path
 
 from engine.cluster.actor import LoomWorker, WorkerConfig
 from engine.settings import Settings
-from tests.custom_nodes.test_packs import COMFY_NAMES
 
 PACK = '''
 class Shout:
@@ -30,7 +29,6 @@ NODE_CLASS_MAPPINGS = {"LoomWorkerShout": Shout}
 
 
 def test_a_worker_registers_the_packs_of_its_settings(tmp_path: Path) -> None:
-    saved = {name: sys.modules.get(name) for name in COMFY_NAMES}
     custom = tmp_path / "custom_nodes"
     custom.mkdir()
     name = f"loom_worker_pack_{uuid.uuid4().hex[:8]}"
@@ -46,8 +44,3 @@ def test_a_worker_registers_the_packs_of_its_settings(tmp_path: Path) -> None:
         assert "LoomWorkerShout" not in bare.registry and bare.registry.custom_packs == []
     finally:
         sys.modules.pop(name, None)
-        for module_name, module in saved.items():
-            if module is None:
-                sys.modules.pop(module_name, None)
-            else:
-                sys.modules[module_name] = module
