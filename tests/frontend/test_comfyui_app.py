@@ -8,7 +8,9 @@ fails its test on an uncaught error; the boot test also fails on any request for
 from __future__ import annotations
 
 import json
+import sys
 import urllib.parse
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,9 @@ from typing import Any
 import pytest
 from PIL import Image
 
+from engine.custom_nodes.compat import MODULES
+from engine.custom_nodes.packs import load_packs
+from engine.folders import Folders
 from tests.api.conftest import LiveServer, start_live_server
 from tests.frontend.comfyui_app import (
     CHROMIUM,
@@ -327,3 +332,54 @@ def test_subgraph_made_in_the_frontend_runs(app: tuple[Any, NetworkRecord], tmp_
     assert image["width"] == 64
     assert record.posts_to("/api/prompt")
     shots.take(page, "subgraph-image")
+
+
+PACK_NODE = '''
+class Echo:
+    CATEGORY = "loom browser test"
+    RETURN_TYPES = ("STRING",)
+    FUNCTION = "echo"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"text": ("STRING", {"default": "hi"})}}
+
+    def echo(self, text):
+        return (text,)
+
+
+NODE_CLASS_MAPPINGS = {"LoomBrowserEcho": Echo}
+WEB_DIRECTORY = "./web"
+'''
+PACK_SCRIPT = """import { app } from "../../scripts/app.js";
+import "../../extensions/core/groupNode.js";
+app.registerExtension({ name: "loom.test.browserpack", async setup() { window.__loomPackSetup = true; } });
+"""
+
+
+def test_a_custom_node_packs_frontend_extension_runs(browser: Any, tmp_path: Path) -> None:
+    name = f"loom_browser_pack_{uuid.uuid4().hex[:8]}"
+    pack = tmp_path / "custom_nodes" / name
+    (pack / "web").mkdir(parents=True)
+    (pack / "__init__.py").write_text(PACK_NODE)
+    (pack / "web" / "echo.js").write_text(PACK_SCRIPT)
+    root = tmp_path / "root"
+    folders = Folders(root / "input", root / "output", root / "temp", (REPO / "models",))
+    saved = {module: sys.modules.get(module) for module in MODULES}
+    live = start_live_server(root, frontend="comfyui", models_dirs=(REPO / "models",),
+                             extra_nodes=lambda registry: load_packs([tmp_path / "custom_nodes"], registry, folders))
+    try:
+        live.request("POST", "/api/settings", json_body=RETURNING_USER)
+        with open_app(browser, live) as (page, record):
+            page.wait_for_function("window.__loomPackSetup === true", timeout=30_000)
+            assert page.evaluate("!!window.LiteGraph.registered_node_types['LoomBrowserEcho']")
+            assert any(a.url.endswith(f"/extensions/{name}/echo.js") and a.status == 200 for a in record.answers)
+            Shots(tmp_path).take(page, "pack-extension-loaded")
+    finally:
+        live.stop()
+        for module_name, module in saved.items():
+            if module is None:
+                sys.modules.pop(module_name, None)
+            else:
+                sys.modules[module_name] = module
+    assert record.page_errors == [] and record.loom_errors() == []

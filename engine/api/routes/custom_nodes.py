@@ -1,6 +1,7 @@
 """What ComfyUI custom node packs add to the API: their load reports (``/loom/custom_nodes``), their frontend
 extensions (``/extensions`` lists the scripts of every pack's ``WEB_DIRECTORY``, served at
-``/extensions/PACK/...``). Their own HTTP routes are added by engine/custom_nodes/compat/server.py."""
+``/extensions/PACK/...``; with ``--frontend comfyui`` the frontend's own ``extensions/core/...`` modules are
+served there too). Their own HTTP routes are added by engine/custom_nodes/compat/server.py."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from engine.api.comfyui_frontend import file_response
+from engine.api.comfyui_frontend import comfyui_static_root, file_response, static_file
 from engine.api.context import ApiContext, blocking
 from engine.api.operation import Param, route
 from engine.api.request import json_ok
@@ -69,5 +70,13 @@ class CustomNodeRoutes:
             except PathOutsideRoot:
                 path = None
         if path is None or not path.is_file():
+            path = self._frontend_file(request.match_info["path"])
+        if path is None:
             return web.Response(status=404, text="404: Not Found", content_type="text/plain")
         return file_response(path, rel)
+
+    def _frontend_file(self, rel: str) -> Path | None:
+        """ComfyUI's frontend ships its own ``extensions/core/...`` modules, which packs' scripts import."""
+        if self.ctx.settings.frontend != "comfyui":
+            return None
+        return static_file(comfyui_static_root(self.ctx.settings), f"extensions/{rel}")
