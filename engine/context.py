@@ -36,6 +36,8 @@ class RunContext:
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("loom.node"))
     #: Which run of the node this is when it runs once per list item (0 otherwise).
     call_index: int = 0
+    #: The websocket client the prompt came from (``client_id`` of POST /prompt), if it named one.
+    client_id: str | None = None
     _graphs: int = 0
 
     def graph_builder(self) -> GraphBuilder:

@@ -187,7 +187,8 @@ class PromptRun:
             interrupt=self.interrupt, prompt=self.prompt,
             extra_pnginfo=self.extra_data.get("extra_pnginfo") or {}, models=self.executor.models,
             previews=self.executor.previews, preview_method=self.executor.preview_method,
-            log=logging.getLogger(f"loom.node.{node.cls.type_name}"), call_index=call_index)
+            log=logging.getLogger(f"loom.node.{node.cls.type_name}"), call_index=call_index,
+            client_id=_client_id(self.extra_data))
 
     def _lazy_needs(self, node: GraphNode, instance: Node, calls: list[dict[str, Any]]) -> list[str]:
         """The sources of lazy inputs the node asks for that are not computed yet."""
@@ -317,3 +318,8 @@ class PromptRun:
 def _is_lazy(cls: type[Node], name: str) -> bool:
     spec = cls.input_named(name)
     return spec is not None and spec.lazy
+
+
+def _client_id(extra_data: Mapping[str, Any]) -> str | None:
+    client_id = extra_data.get("client_id")
+    return client_id if isinstance(client_id, str) else None

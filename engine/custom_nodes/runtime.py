@@ -68,7 +68,12 @@ def current_run() -> RunContext | None:
 
 @contextmanager
 def running(ctx: RunContext) -> Iterator[RunContext]:
-    """Mark ``ctx`` as the node running now for the span of a pack's call."""
+    """Mark ``ctx`` as the node running now for the span of a pack's call; ``PromptServer.instance`` names its
+    client (``client_id``, when the prompt's events go to one) and node (``last_node_id``), as in ComfyUI."""
+    server = _ACTIVE[0].prompt_server if _ACTIVE else None
+    if server is not None:
+        server.client_id = ctx.client_id
+        server.last_node_id = ctx.node_id
     token = _CURRENT.set(ctx)
     try:
         yield ctx

@@ -57,7 +57,7 @@ def test_reports_say_what_loaded_and_what_failed(live: LiveServer) -> None:
     reports = {r["name"]: r for r in live.get("/loom/custom_nodes").json()}
     assert set(reports) == {"loom_test_v1_pack", "loom_test_broken_pack", "loom_test_single_file"}
     good = reports["loom_test_v1_pack"]
-    assert good["status"] == "loaded" and good["error"] == "" and len(good["nodes"]) == 11
+    assert good["status"] == "loaded" and good["error"] == "" and len(good["nodes"]) == 12
     assert "already registered" in good["skipped"]["KSampler"] and good["load_time"] >= 0
     broken = reports["loom_test_broken_pack"]
     assert broken["status"] == "failed" and broken["nodes"] == []
@@ -175,6 +175,13 @@ def test_a_custom_route_and_its_websocket_message(live: LiveServer) -> None:
         ws.close()
     foreign = live.get("/loom_test/hello", headers={"Origin": "http://evil.example"})
     assert foreign.status == 403  # the packs' routes sit behind the same checks as Loom's
+
+
+def test_prompt_server_names_the_prompts_client_and_node(live: LiveServer) -> None:
+    client = uuid.uuid4().hex
+    entry = live.wait_history(live.queue_prompt({"7": {"class_type": "LoomTestWhoAsked", "inputs": {}}},
+                                                client_id=client))
+    assert entry["outputs"]["7"]["text"] == [f"{client}/7"]
 
 
 def test_the_frontend_extension_is_listed_and_served(live: LiveServer) -> None:

@@ -6,7 +6,7 @@ from server import PromptServer
 
 from .image_nodes import ImageTimes, InvertWithCore, PreviewTinted
 from .logic_nodes import CountTo, Expand, LazySwitch, SumList
-from .misc_nodes import AlwaysNew, CheckedValue, Countdown, ShowInfo
+from .misc_nodes import AlwaysNew, CheckedValue, Countdown, ShowInfo, WhoAsked
 
 WEB_DIRECTORY = "./web"
 
@@ -22,6 +22,7 @@ NODE_CLASS_MAPPINGS = {
     "LoomTestCountdown": Countdown,
     "LoomTestAlwaysNew": AlwaysNew,
     "LoomTestCheckedValue": CheckedValue,
+    "LoomTestWhoAsked": WhoAsked,
     "KSampler": ImageTimes,  # a name Loom already has: skipped, never replacing Loom's
 }
 NODE_DISPLAY_NAME_MAPPINGS = {"LoomTestImageTimes": "Image × Factor (test pack)"}

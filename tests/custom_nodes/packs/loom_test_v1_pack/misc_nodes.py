@@ -4,6 +4,7 @@ import time
 import comfy.model_management
 import comfy.utils
 import folder_paths
+from server import PromptServer
 
 
 class ShowInfo:
@@ -78,3 +79,20 @@ class CheckedValue:
 
     def run(self, name, ckpt):
         return {"ui": {"text": [f"{name}:{ckpt}"]}, "result": (f"{name}:{ckpt}",)}
+
+
+class WhoAsked:
+    """Tells which client's prompt runs it, from PromptServer.instance as packs read it."""
+
+    CATEGORY = "loom test/server"
+    RETURN_TYPES = ()
+    OUTPUT_NODE = True
+    FUNCTION = "tell"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {}}
+
+    def tell(self):
+        server = PromptServer.instance
+        return {"ui": {"text": [f"{server.client_id}/{server.last_node_id}"]}}
