@@ -31,6 +31,9 @@ class Prediction(StrEnum):
     X0 = "x0"  # the output is the denoised latent
     LCM = "lcm"  # eps, then the consistency model's boundary-condition skip / out scalings
     IMG_TO_IMG = "img_to_img"  # x0 output and an unscaled input (Lotus-style image-to-image models)
+    #: Rectified flow (SD3, Flux, AuraFlow; ComfyUI's CONST): ``x = (1 - sigma) x0 + sigma noise``, the network
+    #: predicts the velocity ``noise - x0`` from the unscaled input.
+    FLOW = "flow"
 
 
 #: LCM's boundary-condition constants (Luo et al. 2023; diffusers' LCMScheduler: sigma_data 0.5, timestep_scaling 10).
@@ -154,7 +157,7 @@ class ModelSampling:
     def calculate_input(self, sigma: Tensor, x: Tensor) -> Tensor:
         """The network input ``x / sqrt(sigma^2 + sigma_data^2)`` (c_in of Karras et al. 2022);
         ``x`` itself for img_to_img models."""
-        if self.prediction is Prediction.IMG_TO_IMG:
+        if self.prediction in (Prediction.IMG_TO_IMG, Prediction.FLOW):
             return x
         return x / (_expand(sigma, x) ** 2 + self.sigma_data**2) ** 0.5
 
@@ -170,7 +173,7 @@ class ModelSampling:
         """
         s = _expand(sigma, model_output)
         kind = self.prediction
-        if kind is Prediction.EPS:
+        if kind in (Prediction.EPS, Prediction.FLOW):  # flow: x - sigma * (noise - x0) = x0
             return x - model_output * s
         if kind in (Prediction.X0, Prediction.IMG_TO_IMG):
             return model_output
@@ -191,13 +194,18 @@ class ModelSampling:
         return c_out * x0 + c_skip * x
 
     def noise_scaling(self, sigma: Tensor | float, noise: Tensor, latent: Tensor, max_denoise: bool = False) -> Tensor:
-        """The starting point: ``latent + noise * (sqrt(1 + sigma^2) if max_denoise else sigma)``."""
+        """The starting point: ``latent + noise * (sqrt(1 + sigma^2) if max_denoise else sigma)``; for flow
+        models the interpolation ``sigma * noise + (1 - sigma) * latent``."""
         s = _expand(sigma, noise)
+        if self.prediction is Prediction.FLOW:
+            return s * noise + (1.0 - s) * latent
         scale = torch.sqrt(1.0 + s**2) if max_denoise else s
         return noise * scale + latent
 
     def inverse_noise_scaling(self, sigma: Tensor | float, latent: Tensor) -> Tensor:
-        """Identity for eps / v models (flow models would undo their scaling here)."""
+        """Identity for eps / v models; flow models divide by ``1 - sigma`` (1 at the end of a full run)."""
+        if self.prediction is Prediction.FLOW:
+            return latent / (1.0 - _expand(sigma, latent))
         return latent
 
 
@@ -276,6 +284,75 @@ class ContinuousVSampling(ContinuousEDMSampling):
         return (torch.as_tensor(timestep) * math.pi / 2).tan()
 
 
+def time_snr_shift(shift: float, t: Tensor | float) -> Tensor:
+    """SD3's timestep shift (Esser et al. 2024, Sec. 5.3.2): ``shift * t / (1 + (shift - 1) * t)``."""
+    t = torch.as_tensor(t, dtype=torch.float32)
+    return t if shift == 1.0 else shift * t / (1 + (shift - 1) * t)
+
+
+def flux_time_shift(mu: float, t: Tensor | float) -> Tensor:
+    """Flux's resolution-dependent shift: ``e^mu / (e^mu + (1 / t - 1))``."""
+    t = torch.as_tensor(t, dtype=torch.float32)
+    return math.exp(mu) / (math.exp(mu) + (1.0 / t - 1.0))
+
+
+class DiscreteFlowSampling(ModelSampling):
+    """Rectified-flow noise levels ``sigma(t) = shift(t / multiplier)`` for t = 1..1000 / 1000 * multiplier,
+    with the network's timestep ``sigma * multiplier`` (ComfyUI's ModelSamplingDiscreteFlow: SD3 and SD3.5
+    with multiplier 1000, AuraFlow with 1)."""
+
+    def __init__(self, shift: float = 1.0, multiplier: float = 1000.0, timesteps: int = 1000) -> None:
+        self.shift = float(shift)
+        self.multiplier = float(multiplier)
+        steps = torch.arange(1, timesteps + 1, dtype=torch.float32) / timesteps
+        super().__init__(time_snr_shift(self.shift, steps), Prediction.FLOW)
+
+    def timestep(self, sigma: Tensor) -> Tensor:
+        return torch.as_tensor(sigma) * self.multiplier
+
+    def sigma(self, timestep: Tensor | float) -> Tensor:
+        return time_snr_shift(self.shift, torch.as_tensor(timestep) / self.multiplier)
+
+    def percent_to_sigma(self, percent: float) -> float:
+        """1 at the start of the diffusion (0), 0 at its end (1), shifted in between."""
+        if percent <= 0.0:
+            return 1.0
+        if percent >= 1.0:
+            return 0.0
+        return float(time_snr_shift(self.shift, 1.0 - percent))
+
+
+class FluxSampling(DiscreteFlowSampling):
+    """Flux's flow noise levels: ``sigma(t) = flux_time_shift(shift, t)`` over 10000 steps, the network's
+    timestep being sigma itself (ComfyUI's ModelSamplingFlux)."""
+
+    def __init__(self, shift: float = 1.15, timesteps: int = 10000) -> None:
+        self.shift = float(shift)
+        self.multiplier = 1.0
+        steps = torch.arange(1, timesteps + 1, dtype=torch.float32) / timesteps
+        ModelSampling.__init__(self, flux_time_shift(self.shift, steps), Prediction.FLOW)
+
+    def timestep(self, sigma: Tensor) -> Tensor:
+        return torch.as_tensor(sigma)
+
+    def sigma(self, timestep: Tensor | float) -> Tensor:
+        return flux_time_shift(self.shift, timestep)
+
+    def percent_to_sigma(self, percent: float) -> float:
+        if percent <= 0.0:
+            return 1.0
+        if percent >= 1.0:
+            return 0.0
+        return float(flux_time_shift(self.shift, 1.0 - percent))
+
+
+def flux_shift(max_shift: float, base_shift: float, width: int, height: int) -> float:
+    """ModelSamplingFlux's shift for an image size: linear in the number of 2x2 latent patches, base_shift at
+    256 patches and max_shift at 4096 (a 1024x1024 image)."""
+    slope = (max_shift - base_shift) / (4096 - 256)
+    return (width * height / (8 * 8 * 2 * 2)) * slope + base_shift - slope * 256
+
+
 class SamplingSpec(Protocol):
     """What :func:`model_sampling_for` reads of a MODEL's model-sampling choice
     (``engine.models.handles.ModelSamplingSpec`` fits)."""
@@ -298,9 +375,16 @@ class SamplingSpec(Protocol):
     @property
     def sigma_data(self) -> float: ...
 
+    @property
+    def shift(self) -> float: ...
 
-#: The kinds of :class:`SamplingSpec`: ComfyUI's ModelSamplingDiscrete / ContinuousEDM / ContinuousV.
-SAMPLING_KINDS = ("discrete", "continuous_edm", "continuous_v")
+    @property
+    def multiplier(self) -> float: ...
+
+
+#: The kinds of :class:`SamplingSpec`: ComfyUI's ModelSamplingDiscrete / ContinuousEDM / ContinuousV, and the
+#: flow kinds of ModelSamplingSD3 / ModelSamplingAuraFlow ("discrete_flow") and ModelSamplingFlux ("flux").
+SAMPLING_KINDS = ("discrete", "continuous_edm", "continuous_v", "discrete_flow", "flux")
 
 
 def model_sampling_for(prediction: str, spec: SamplingSpec | None = None,
@@ -318,6 +402,10 @@ def model_sampling_for(prediction: str, spec: SamplingSpec | None = None,
         if kind is Prediction.LCM:
             return DistilledModelSampling(betas.sigmas, kind)
         return ModelSampling(betas.sigmas, kind)
+    if spec.kind == "discrete_flow":
+        return DiscreteFlowSampling(spec.shift, spec.multiplier)
+    if spec.kind == "flux":
+        return FluxSampling(spec.shift)
     if spec.kind not in ("continuous_edm", "continuous_v"):
         raise ValueError(f"unknown model sampling kind {spec.kind!r}; choose one of {', '.join(SAMPLING_KINDS)}")
     if spec.sigma_min is None or spec.sigma_max is None:

@@ -89,11 +89,13 @@ class PreCfgOperation:
 
 @dataclass(frozen=True)
 class ModelSamplingSpec:
-    """A model-sampling node's choice (ModelSamplingDiscrete / ContinuousEDM / ContinuousV).
+    """A model-sampling node's choice (ModelSamplingDiscrete / ContinuousEDM / ContinuousV / SD3 / AuraFlow /
+    Flux).
 
     ``kind``: "discrete" (SD's 1000 noise levels; LCM keeps 50 of them), "continuous_edm" or
-    "continuous_v" (sigmas in [sigma_min, sigma_max]). ``prediction``: eps, v_prediction, edm, x0,
-    lcm or img_to_img. ``zsnr`` rescales the discrete schedule to zero terminal SNR.
+    "continuous_v" (sigmas in [sigma_min, sigma_max]), "discrete_flow" or "flux" (rectified flow, with
+    ``shift`` and ``multiplier``). ``prediction``: eps, v_prediction, edm, x0, lcm, img_to_img or flow.
+    ``zsnr`` rescales the discrete schedule to zero terminal SNR.
     ``latent_format`` names a latent format the model needs instead of its family's
     ("playground_v2.5"), or None. engine.backend.model_sampling.model_sampling_for builds it.
     """
@@ -105,6 +107,9 @@ class ModelSamplingSpec:
     sigma_max: float | None = None
     sigma_data: float = 1.0
     latent_format: str | None = None
+    #: The flow kinds' timestep shift and timestep multiplier ("discrete_flow": SD3 1000, AuraFlow 1).
+    shift: float = 1.0
+    multiplier: float = 1000.0
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from engine.backend import model_sampling as model_sampling_module
 from engine.backend import schedules, sigma_tools, step_tables
 from engine.backend.epsilon_scaling import EpsilonScaling
 from engine.backend.model_sampling import ModelSampling, model_sampling_for
@@ -17,7 +18,8 @@ from engine.models.handles import ModelHandle, ModelSamplingSpec
 
 __all__ = [
     "AYS_MODEL_TYPES", "EDM_SAMPLINGS", "DISCRETE_SAMPLINGS", "EpsilonScaling", "ModelSampling", "align_your_steps",
-    "basic", "beta", "continuous_edm_spec", "continuous_v_spec", "discrete_spec", "exponential",
+    "basic", "beta", "continuous_edm_spec", "continuous_v_spec", "discrete_flow_spec", "discrete_spec", "exponential",
+    "flux_spec",
     "extend_intermediate", "flip", "gits", "karras", "laplace", "model_sampling", "percent_to_sigma",
     "polyexponential", "sd_turbo", "set_first", "split", "split_denoise", "vp",
 ]
@@ -97,6 +99,17 @@ def continuous_v_spec(sigma_max: float, sigma_min: float) -> ModelSamplingSpec:
     _check_range(sigma_max, sigma_min)
     return ModelSamplingSpec(kind="continuous_v", prediction="v_prediction", sigma_min=sigma_min,
                              sigma_max=sigma_max)
+
+
+def discrete_flow_spec(shift: float, multiplier: float) -> ModelSamplingSpec:
+    """ModelSamplingSD3's / ModelSamplingAuraFlow's choice: rectified flow on shifted discrete timesteps."""
+    return ModelSamplingSpec(kind="discrete_flow", prediction="flow", shift=shift, multiplier=multiplier)
+
+
+def flux_spec(max_shift: float, base_shift: float, width: int, height: int) -> ModelSamplingSpec:
+    """ModelSamplingFlux's choice: rectified flow with Flux's shift for this image size."""
+    shift = model_sampling_module.flux_shift(max_shift, base_shift, width, height)
+    return ModelSamplingSpec(kind="flux", prediction="flow", shift=shift)
 
 
 def _check_range(sigma_max: float, sigma_min: float) -> None:
