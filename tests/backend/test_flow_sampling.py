@@ -105,3 +105,12 @@ def _sample_exact_velocity(sampler: str, scheduler: str) -> torch.Tensor:
     sigmas = calculate_sigmas(ms, scheduler, 8)
     noise = torch.randn(1, 16, 8, 8, generator=torch.Generator().manual_seed(1))
     return ksample(model, ms, sampler, sigmas, noise, torch.zeros(1, 16, 8, 8), seed=1)
+
+
+def test_sd3_and_flux_latent_formats_shift_then_scale() -> None:
+    from engine.backend.latent_formats import FLUX, SD3, latent_format
+
+    latent = torch.randn(1, 16, 4, 4)
+    torch.testing.assert_close(SD3.to_model(latent), (latent - 0.0609) * 1.5305)
+    torch.testing.assert_close(FLUX.to_vae(FLUX.to_model(latent)), latent, atol=1e-6, rtol=0)
+    assert latent_format("sd3", 0.18215) is SD3 and latent_format(None, 0.18215).shift == 0.0
