@@ -1,4 +1,4 @@
-"""The latent-diffusion autoencoder (AutoencoderKL, LDM layout) used by SD1.x, SD2.x and SDXL.
+"""The latent-diffusion autoencoder (AutoencoderKL, LDM layout) used by SD1.x, SD2.x, SDXL, SD3 and Flux.
 
 Parameter names equal the checkpoint keys with ``first_stage_model.`` removed:
 ``encoder.conv_in``, ``encoder.down.N.block.M.(norm1|conv1|norm2|conv2|nin_shortcut)``,
@@ -6,6 +6,11 @@ Parameter names equal the checkpoint keys with ``first_stage_model.`` removed:
 ``encoder.conv_out``, ``quant_conv``, ``post_quant_conv``, and the decoder mirrored with
 ``decoder.up.N.block.M`` / ``decoder.up.N.upsample.conv``. ``up.N`` is indexed by resolution level
 (0 = full resolution), so the decoder runs ``up`` in reverse index order, as the checkpoint expects.
+
+SD3/SD3.5 and Flux use the same network with 16 latent channels and without ``quant_conv`` /
+``post_quant_conv`` (:attr:`VAEConfig.use_quant_conv` False; SD3 single-file checkpoints keep it under
+``first_stage_model.``, Flux's ``ae.safetensors`` has bare ``encoder.`` / ``decoder.`` keys). Their
+latent scale and shift are not applied here (see :mod:`engine.backend.latent_formats`).
 
 The mid-block attention (``attn_1``: ``norm``, ``q``, ``k``, ``v``, ``proj_out``) is stored as 1x1
 convs ``[C, C, 1, 1]`` in SD checkpoints and as ``[C, C]`` matrices in some converted files; both
@@ -22,7 +27,7 @@ Loading without a second copy (the intended path for the model loader)::
 
 Images are ``[B, 3, H, W]`` in -1..1 on both sides; latents are unscaled (multiply by
 :data:`SD1_SCALE_FACTOR` / :data:`SDXL_SCALE_FACTOR` before the UNet, divide before decoding: that
-is the caller's business). The SDXL VAE overflows in fp16; run it in bf16 or fp32.
+is the caller's business; SD3 and Flux also shift). The SDXL VAE overflows in fp16; run it in bf16 or fp32.
 """
 
 from __future__ import annotations
@@ -56,7 +61,10 @@ SDXL_SCALE_FACTOR = 0.13025
 class VAEConfig:
     """Structure of an AutoencoderKL: base width ``ch``, per-level multipliers ``ch_mult``,
     ``num_res_blocks`` per encoder level (the decoder has one more), ``z_channels`` (encoder output
-    and decoder input width) and ``embed_dim`` (latent channels after ``quant_conv``)."""
+    and decoder input width) and ``embed_dim`` (latent channels after ``quant_conv``).
+
+    ``use_quant_conv`` False (SD3, Flux) drops ``quant_conv`` and ``post_quant_conv``: the latent is
+    the encoder's output itself, so ``embed_dim`` must equal ``z_channels``."""
 
     in_channels: int = 3
     out_channels: int = 3
@@ -65,16 +73,22 @@ class VAEConfig:
     num_res_blocks: int = 2
     z_channels: int = 4
     embed_dim: int = 4
+    use_quant_conv: bool = True
 
     SD15: ClassVar[VAEConfig]
     SD21: ClassVar[VAEConfig]
     SDXL: ClassVar[VAEConfig]
+    SD3: ClassVar[VAEConfig]
+    FLUX: ClassVar[VAEConfig]
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ch_mult", tuple(int(m) for m in self.ch_mult))
         bad = [self.ch * m for m in self.ch_mult if (self.ch * m) % 32]
         if bad:
             raise ValueError(f"invalid VAEConfig: widths {bad} are not multiples of 32 (GroupNorm groups)")
+        if not self.use_quant_conv and self.embed_dim != self.z_channels:
+            raise ValueError(f"invalid VAEConfig: without quant_conv embed_dim ({self.embed_dim}) must equal "
+                             f"z_channels ({self.z_channels})")
 
     @property
     def downscale(self) -> int:
@@ -83,11 +97,16 @@ class VAEConfig:
 
     @classmethod
     def from_state_dict(cls, shapes: Mapping[str, Any], prefix: str = "") -> VAEConfig:
-        """Infer the configuration from names and shapes (tuples, ``torch.Size`` or tensors)."""
+        """Infer the configuration from names and shapes (tuples, ``torch.Size`` or tensors).
+
+        ValueError naming the key when the weights are not an AutoencoderKL this module can build.
+        """
         s = {k[len(prefix):]: tuple(v.shape if hasattr(v, "shape") else v) for k, v in shapes.items()
              if k.startswith(prefix)}
-        if "encoder.conv_in.weight" not in s:
-            raise ValueError(f"no VAE weights: {prefix}encoder.conv_in.weight is missing")
+        for key in ("encoder.conv_in.weight", "encoder.conv_out.weight", "decoder.conv_in.weight",
+                    "decoder.conv_out.weight", "encoder.down.0.block.0.conv1.weight"):
+            if key not in s:
+                raise ValueError(f"no VAE weights: {prefix}{key} is missing")
         if any(".attn." in k for k in s if k.startswith(("encoder.down.", "decoder.up."))):
             raise ValueError("VAEs with attention inside the resolution levels are not supported")
         ch, in_channels = s["encoder.conv_in.weight"][:2]
@@ -98,14 +117,16 @@ class VAEConfig:
         num_res_blocks = 0
         while f"encoder.down.0.block.{num_res_blocks}.conv1.weight" in s:
             num_res_blocks += 1
+        z_channels, embed_dim, use_quant_conv = _latent_widths(s, prefix)
         return cls(
             in_channels=in_channels,
             out_channels=s["decoder.conv_out.weight"][0],
             ch=ch,
             ch_mult=ch_mult,
             num_res_blocks=num_res_blocks,
-            z_channels=s["decoder.conv_in.weight"][1],
-            embed_dim=s["post_quant_conv.weight"][1],
+            z_channels=z_channels,
+            embed_dim=embed_dim,
+            use_quant_conv=use_quant_conv,
         )
 
     def expected_shapes(self) -> dict[str, tuple[int, ...]]:
@@ -115,8 +136,27 @@ class VAEConfig:
         return {name: tuple(p.shape) for name, p in model.state_dict().items()}
 
 
-# SD1.x, SD2.x and SDXL share one VAE architecture (they differ in weights and scale factor only).
+def _latent_widths(s: Mapping[str, tuple[int, ...]], prefix: str) -> tuple[int, int, bool]:
+    """``(z_channels, embed_dim, use_quant_conv)`` from the shapes (prefix removed) of a VAE's
+    ``encoder.conv_out`` (2 x z_channels: mean and log-variance), ``decoder.conv_in`` (z_channels in)
+    and, when present, ``quant_conv`` / ``post_quant_conv`` (embed_dim)."""
+    z_channels = s["decoder.conv_in.weight"][1]
+    if s["encoder.conv_out.weight"][0] != 2 * z_channels:
+        raise ValueError(f"not a KL autoencoder: {prefix}encoder.conv_out.weight has {s['encoder.conv_out.weight'][0]} "
+                         f"output channels, expected 2 x {z_channels} ({prefix}decoder.conv_in.weight's inputs)")
+    present = [name for name in ("quant_conv.weight", "post_quant_conv.weight") if name in s]
+    if len(present) == 1:
+        raise ValueError(f"unsupported VAE: {prefix}{present[0]} without its counterpart "
+                         "(quant_conv and post_quant_conv come as a pair or not at all)")
+    if not present:
+        return z_channels, z_channels, False
+    return z_channels, s["post_quant_conv.weight"][1], True
+
+
+# SD1.x, SD2.x and SDXL share one VAE architecture (they differ in weights and scale factor only);
+# SD3/SD3.5 and Flux share the 16-channel one without quant convs.
 VAEConfig.SD15 = VAEConfig.SD21 = VAEConfig.SDXL = VAEConfig()
+VAEConfig.SD3 = VAEConfig.FLUX = VAEConfig(z_channels=16, embed_dim=16, use_quant_conv=False)
 
 
 def _norm(channels: int) -> nn.GroupNorm:
@@ -285,8 +325,13 @@ class AutoencoderKL(nn.Module):
         self.config = config
         self.encoder = Encoder(config)
         self.decoder = Decoder(config)
-        self.quant_conv = nn.Conv2d(2 * config.z_channels, 2 * config.embed_dim, 1)
-        self.post_quant_conv = nn.Conv2d(config.embed_dim, config.z_channels, 1)
+        # Without quant convs (SD3, Flux) Identity keeps the forward path and adds no parameters.
+        self.quant_conv: nn.Module = (
+            nn.Conv2d(2 * config.z_channels, 2 * config.embed_dim, 1) if config.use_quant_conv else nn.Identity()
+        )
+        self.post_quant_conv: nn.Module = (
+            nn.Conv2d(config.embed_dim, config.z_channels, 1) if config.use_quant_conv else nn.Identity()
+        )
 
     @classmethod
     def from_state_dict(
@@ -302,7 +347,8 @@ class AutoencoderKL(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.quant_conv.weight.dtype
+        """The parameters' dtype (inputs are cast to it)."""
+        return self.encoder.conv_in.weight.dtype
 
     def encode_moments(self, images: Tensor) -> tuple[Tensor, Tensor]:
         """Posterior ``(mean, logvar)`` for ``images`` ``[B, C, H, W]`` in -1..1; logvar clamped to [-30, 20]."""
