@@ -87,7 +87,7 @@ def test_v_prediction_recovers_x0() -> None:
     v = (eps - s * x0) / (1 + s**2).sqrt()
     torch.testing.assert_close(ms.calculate_denoised(sigma, v, x), x0, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError):
-        ModelSampling.from_betas("flow")
+        ModelSampling.from_betas("velocity")  # not a prediction Loom knows
 
 
 def test_zero_terminal_snr_makes_the_last_sigma_huge(ms: ModelSampling) -> None:
