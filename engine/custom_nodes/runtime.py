@@ -42,6 +42,8 @@ class CompatRuntime:
     extra_extensions: dict[str, set[str]] = field(default_factory=dict)
     #: The ``server.PromptServer`` instance packs reach (engine/custom_nodes/compat/server.py), once made.
     prompt_server: Any = None
+    #: ComfyUI-style classes over Loom's nodes, made once per name (engine/custom_nodes/compat/nodes.py).
+    core_classes: dict[str, type] = field(default_factory=dict)
 
 
 _ACTIVE: list[CompatRuntime] = []  # at most one: the runtime of the Loom instance that loaded custom nodes

@@ -162,7 +162,7 @@ def _hidden_values(hidden: Mapping[str, str], ctx: RunContext) -> dict[str, Any]
     return {name: values[kind] for name, kind in hidden.items()}
 
 
-def _accepted(fn: Callable[..., Any], values: Mapping[str, Any]) -> dict[str, Any] | None:
+def accepted_kwargs(fn: Callable[..., Any], values: Mapping[str, Any]) -> dict[str, Any] | None:
     """The keyword arguments of ``values`` that ``fn`` takes; None when it needs one that is not there."""
     try:
         params = inspect.signature(fn).parameters
@@ -222,7 +222,7 @@ def _fingerprint(cls: Any, folders: Folders, inputs: Mapping[str, Any]) -> str |
     is_changed = getattr(cls.comfy_class, "IS_CHANGED", None)
     if is_changed is None:
         return None
-    kwargs = _accepted(is_changed, inputs)
+    kwargs = accepted_kwargs(is_changed, inputs)
     if kwargs is None:  # it needs a linked input's value, which is not known yet: run every time
         return uuid.uuid4().hex
     value = is_changed(**kwargs)
@@ -235,7 +235,7 @@ def _validate_inputs(cls: Any, folders: Folders, inputs: Mapping[str, Any]) -> s
     validate = getattr(cls.comfy_class, "VALIDATE_INPUTS", None)
     if validate is None:
         return None
-    kwargs = _accepted(validate, inputs)
+    kwargs = accepted_kwargs(validate, inputs)
     if kwargs is None:
         return None  # checked with the linked values ComfyUI would pass: not known before the run
     verdict = validate(**kwargs)

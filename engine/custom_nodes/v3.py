@@ -24,7 +24,7 @@ import contextvars
 import inspect
 import math
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from types import ModuleType
 from typing import Any
@@ -33,7 +33,14 @@ from engine.context import RunContext
 from engine.custom_nodes.compat.comfy_api.latest._io_node import ComfyNode, HiddenHolder, Schema, overrides
 from engine.custom_nodes.compat.comfy_api.latest._io_node import NodeOutput as ComfyOutput
 from engine.custom_nodes.runtime import running
-from engine.custom_nodes.v1 import DynamicPrompt, NodeAdaptError, loom_values, make_input, pack_inputs
+from engine.custom_nodes.v1 import (
+    DynamicPrompt,
+    NodeAdaptError,
+    accepted_kwargs,
+    loom_values,
+    make_input,
+    pack_inputs,
+)
 from engine.folders import Folders
 from engine.node import Input, Node, NodeOutput, Output
 
@@ -107,17 +114,6 @@ def _bound(cls: type, ctx: RunContext | None) -> Any:
                                        "__qualname__": cls.__qualname__})
 
 
-def _accepted(fn: Callable[..., Any], values: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The keyword arguments of ``values`` that ``fn`` takes; None when it needs one that is not there."""
-    params = inspect.signature(fn).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return dict(values)
-    taken = {name: value for name, value in values.items() if name in params}
-    needed = [name for name, p in params.items() if p.default is inspect.Parameter.empty
-              and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
-    return taken if all(name in taken for name in needed) else None
-
-
 def _as_comfy_output(result: Any) -> ComfyOutput:
     if result is None:
         return ComfyOutput()
@@ -167,7 +163,7 @@ def _fingerprint(cls: Any, folders: Folders, inputs: Mapping[str, Any]) -> str |
     if not overrides(cls.comfy_class, "fingerprint_inputs"):
         return None
     node = _bound(cls.comfy_class, None)
-    kwargs = _accepted(node.fingerprint_inputs, inputs)
+    kwargs = accepted_kwargs(node.fingerprint_inputs, inputs)
     if kwargs is None:  # it needs a linked input's value, which is not known yet: run every time
         return uuid.uuid4().hex
     value = wait_for(node.fingerprint_inputs(**kwargs))
@@ -180,7 +176,7 @@ def _validate_inputs(cls: Any, folders: Folders, inputs: Mapping[str, Any]) -> s
     if not overrides(cls.comfy_class, "validate_inputs"):
         return None
     node = _bound(cls.comfy_class, None)
-    kwargs = _accepted(node.validate_inputs, inputs)
+    kwargs = accepted_kwargs(node.validate_inputs, inputs)
     if kwargs is None:
         return None  # checked with the linked values ComfyUI would pass: not known before the run
     verdict = wait_for(node.validate_inputs(**kwargs))

@@ -250,6 +250,18 @@ def collect_until_done(ws: websocket.WebSocket, prompt_id: str, timeout: float =
     raise AssertionError(f"no end of prompt {prompt_id}; got {[m['type'] for m in messages]}")
 
 
+def run_collecting(live: LiveServer, prompt: dict[str, Any], timeout: float = TIMEOUT
+                   ) -> tuple[str, list[dict[str, Any]]]:
+    """Queue ``prompt`` from a fresh websocket client; its id and the text messages up to its end."""
+    client = uuid.uuid4().hex
+    ws = live.ws(client)
+    try:
+        prompt_id = live.queue_prompt(prompt, client_id=client)
+        return prompt_id, collect_until_done(ws, prompt_id, timeout)
+    finally:
+        ws.close()
+
+
 def chain_prompt(value: int, *, show: bool = True, middle: str = "StubAdd", **middle_inputs: Any
                  ) -> dict[str, Any]:
     """StubInt(value) -> middle -> StubShow."""

@@ -115,8 +115,13 @@ def test_system_stats_name_the_pinned_frontend_and_templates(server: LiveServer)
     assert stats["installed_templates_version"] == importlib.metadata.version("comfyui-workflow-templates")
 
 
-def test_without_the_packages_templates_and_docs_are_404(server: LiveServer, monkeypatch: pytest.MonkeyPatch
-                                                         ) -> None:
+def test_without_the_packages_templates_and_docs_are_404(make_server: Callable[..., LiveServer],
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(comfyui_packages.importlib.util, "find_spec", lambda name: None)
     assert comfyui_packages.template_roots() == () and comfyui_packages.docs_root() is None
     assert comfyui_packages.installed_version("no-such-distribution-loom") == ""
+    live = make_server()  # its routes find no package folders
+    for path in ("/templates/index.json", "/docs/KSampler/en.md"):
+        reply = live.get(path)
+        assert reply.status == 404 and reply.headers["Content-Type"].startswith("text/plain"), path
+    assert json.loads(live.get("/api/workflow_templates").body) == {}  # an empty map, never a JSON 404

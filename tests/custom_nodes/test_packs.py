@@ -16,7 +16,7 @@ import pytest
 from engine.custom_nodes.packs import find_packs, load_packs
 from engine.folders import Folders
 from engine.registry import NodeRegistry
-from tests.api.conftest import LiveServer, collect_until_done, start_live_server
+from tests.api.conftest import LiveServer, collect_until_done, run_collecting, start_live_server
 
 PACKS = Path(__file__).parent / "packs"
 
@@ -110,13 +110,7 @@ def test_lists_lazy_inputs_and_expansion_run(live: LiveServer) -> None:
         "9": {"class_type": "LoomTestExpand", "inputs": {"size": 4}},
         "10": {"class_type": "PreviewImage", "inputs": {"images": ["9", 0]}},
     }
-    client = uuid.uuid4().hex
-    ws = live.ws(client)
-    try:
-        prompt_id = live.queue_prompt(prompt, client_id=client)
-        messages = collect_until_done(ws, prompt_id)
-    finally:
-        ws.close()
+    prompt_id, messages = run_collecting(live, prompt)
     assert "execution_success" in [m["type"] for m in messages]
     entry = live.wait_history(prompt_id)
     assert entry["outputs"]["3"]["text"] == ["value=16 node=3 class=LoomTestShowInfo nodes=9"]  # 0+1+2+3 + 10

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -20,7 +19,7 @@ from engine.custom_nodes.packs import load_packs
 from engine.custom_nodes.v3 import wait_for
 from engine.folders import Folders
 from engine.registry import NodeRegistry
-from tests.api.conftest import LiveServer, collect_until_done, start_live_server
+from tests.api.conftest import LiveServer, run_collecting, start_live_server
 
 PACKS = Path(__file__).parent / "packs_v3"
 PACK_MODULES = ("loom_test_v3_pack", "loom_test_v3_broken")
@@ -142,13 +141,7 @@ def test_lazy_inputs_run_only_when_asked_for(live: LiveServer) -> None:
         "4": {"class_type": "LoomV3AsyncAdd", "inputs": {"a": ["3", 0], "b": 0}},
         "5": {"class_type": "LoomV3ShowText", "inputs": {"text": ["4", 1]}},
     }
-    client = uuid.uuid4().hex
-    ws = live.ws(client)
-    try:
-        prompt_id = live.queue_prompt(prompt, client_id=client)
-        messages = collect_until_done(ws, prompt_id)
-    finally:
-        ws.close()
+    prompt_id, messages = run_collecting(live, prompt)
     assert "execution_success" in [m["type"] for m in messages]
     assert live.wait_history(prompt_id)["outputs"]["5"]["text"] == ["node=4 sum=300"]
     ran = {m["data"]["node"] for m in messages if m["type"] == "executing" and m["data"]["node"]}

@@ -83,8 +83,15 @@ def comfy_class(node_cls: type[Node]) -> type:
 
 
 def _core_class(name: str) -> type | None:
-    node_cls = active().registry.get(name)
-    return None if node_cls is None else comfy_class(node_cls)
+    """The ComfyUI-style class of Loom's node ``name`` (made once per runtime), or None."""
+    runtime = active()
+    made = runtime.core_classes.get(name)
+    if made is None:
+        node_cls = runtime.registry.get(name)
+        if node_cls is None:
+            return None
+        made = runtime.core_classes.setdefault(name, comfy_class(node_cls))
+    return made
 
 
 class SaveImage:
