@@ -1,5 +1,5 @@
 """Nodes of the rectified-flow families (SD3, SD3.5, Flux, AuraFlow): their model sampling, their 16-channel
-empty latent and Flux's guidance strength. Names, inputs and defaults are ComfyUI's.
+empty latent, Flux's guidance strength and skip-layer guidance. Names, inputs and defaults are ComfyUI's.
 
 ModelSamplingSD3 / AuraFlow / Flux make any MODEL read its output as a flow velocity on shifted noise levels
 (ComfyUI's CONST prediction): every sampler and scheduler then works on flow models unchanged.
@@ -7,9 +7,10 @@ ModelSamplingSD3 / AuraFlow / Flux make any MODEL read its output as a flow velo
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
-from engine.sdk import CONDITIONING, FLOAT, INT, LATENT, MODEL, Input, ModelHandle, Node, Output, RunContext
+from engine.sdk import CONDITIONING, FLOAT, INT, LATENT, MODEL, STRING, Input, ModelHandle, Node, Output, RunContext
 from nodes.conditioning import with_values
 from nodes.image_ops import MAX_RESOLUTION
 
@@ -97,4 +98,64 @@ class FluxGuidance(Node):
         return (with_values(conditioning, guidance=guidance),)
 
 
-FLOW_MODEL_NODES = (ModelSamplingSD3, ModelSamplingAuraFlow, ModelSamplingFlux, EmptySD3LatentImage, FluxGuidance)
+def _percent(name: str, default: float) -> Input:
+    return Input(name, FLOAT, default=default, min=0.0, max=1.0, step=0.001)
+
+
+def _layers(text: str) -> tuple[int, ...]:
+    """Every integer in ``text`` ("7, 8, 9"), as ComfyUI reads its layer lists."""
+    return tuple(int(number) for number in re.findall(r"\d+", text))
+
+
+class SkipLayerGuidanceDiT(Node):
+    """Guide away from the model's own prediction with some blocks skipped (double: SD3's joint blocks or Flux's
+    double blocks; single: Flux's single blocks), between two fractions of the schedule."""
+
+    category = "advanced/guidance"
+    description = "Generic version of SkipLayerGuidance node that can be used on every DiT model."
+    experimental = True
+    inputs = (
+        Input("model", MODEL),
+        Input("double_layers", STRING, default="7, 8, 9"),
+        Input("single_layers", STRING, default="7, 8, 9"),
+        Input("scale", FLOAT, default=3.0, min=0.0, max=10.0, step=0.1),
+        _percent("start_percent", 0.01),
+        _percent("end_percent", 0.15),
+        Input("rescaling_scale", FLOAT, default=0.0, min=0.0, max=10.0, step=0.01),
+    )
+    outputs = (Output(MODEL),)
+
+    def run(self, ctx: RunContext, model: ModelHandle, scale: float, start_percent: float, end_percent: float,
+            double_layers: str = "", single_layers: str = "", rescaling_scale: float = 0.0) -> tuple[ModelHandle]:
+        from engine.sdk import guidance
+
+        blocks = guidance.SkippedBlocks(_layers(double_layers), _layers(single_layers))
+        if not (blocks.double or blocks.single):
+            return (model,)
+        patch = guidance.SkipLayerGuidancePatch(blocks, scale, start_percent, end_percent, rescaling_scale)
+        return (model.with_sampling_patch(patch),)
+
+
+class SkipLayerGuidanceSD3(Node):
+    """Skip-layer guidance for SD3/SD3.5: the listed joint blocks are skipped in a second positive pass (SD3.5
+    medium's recommended layers are 7, 8, 9)."""
+
+    category = "advanced/guidance"
+    description = "Generic version of SkipLayerGuidance node that can be used on every DiT model."
+    experimental = True
+    inputs = (
+        Input("model", MODEL),
+        Input("layers", STRING, default="7, 8, 9", multiline=False),
+        Input("scale", FLOAT, default=3.0, min=0.0, max=10.0, step=0.1),
+        _percent("start_percent", 0.01),
+        _percent("end_percent", 0.15),
+    )
+    outputs = (Output(MODEL),)
+
+    def run(self, ctx: RunContext, model: ModelHandle, layers: str, scale: float, start_percent: float,
+            end_percent: float) -> tuple[ModelHandle]:
+        return SkipLayerGuidanceDiT().run(ctx, model, scale, start_percent, end_percent, double_layers=layers)
+
+
+FLOW_MODEL_NODES = (ModelSamplingSD3, ModelSamplingAuraFlow, ModelSamplingFlux, EmptySD3LatentImage, FluxGuidance,
+                    SkipLayerGuidanceDiT, SkipLayerGuidanceSD3)

@@ -83,7 +83,7 @@ class CheckpointLoaderSimple(Node):
         ref = FileRef.of(path)
         family = files.checkpoint_family(path)
         ctx.log.info("%s: %s", ckpt_name, family.label)
-        return ModelHandle(ref, family), ClipHandle(ref, family), VaeHandle(ref, files.VAE_PREFIX)
+        return ModelHandle(ref, family), ClipHandle(ref, family), VaeHandle(ref, family.checkpoint_vae_prefix)
 
 
 class VAELoader(Node):

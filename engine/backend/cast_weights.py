@@ -18,7 +18,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-__all__ = ["FLOAT8_DTYPES", "CastConv2d", "CastGroupNorm", "CastLayerNorm", "CastLinear", "cast_at_forward"]
+__all__ = [
+    "FLOAT8_DTYPES", "CastConv2d", "CastGroupNorm", "CastLayerNorm", "CastLinear", "cast_at_forward", "cast_parameters",
+]
 
 #: UNETLoader's weight_dtype names of the float8 storage dtypes ("fp8_e4m3fn_fast" stores as fp8_e4m3fn).
 FLOAT8_DTYPES: dict[str, torch.dtype] = {
@@ -65,12 +67,14 @@ _CASTING: dict[type[nn.Module], type[nn.Module]] = {
 }
 
 
-def cast_at_forward(model: nn.Module, compute_dtype: torch.dtype) -> int:
+def cast_at_forward(model: nn.Module, compute_dtype: torch.dtype, *, strict: bool = True) -> int:
     """Make every Linear / Conv2d / GroupNorm / LayerNorm of ``model`` compute in ``compute_dtype`` whatever
     dtype its parameters are stored in; returns how many layers were switched.
 
     Call it before the weights are stored in the other dtype. ValueError when another kind of module holds
-    parameters of its own (it could not compute from float8 weights).
+    parameters of its own (it could not compute from float8 weights), unless ``strict`` is False: then those
+    modules are left as they are, and their weights must stay in the compute dtype (:func:`cast_parameters`
+    names the ones that may be stored otherwise).
     """
     switched = 0
     for name, module in model.named_modules():
@@ -82,7 +86,13 @@ def cast_at_forward(model: nn.Module, compute_dtype: torch.dtype) -> int:
         elif isinstance(module, _CastWeights):
             module.compute_dtype = compute_dtype
             switched += 1
-        elif any(p is not None for p in module._parameters.values()):
+        elif strict and any(p is not None for p in module._parameters.values()):
             raise ValueError(f"{name or type(model).__name__} ({type(module).__name__}) holds weights that cannot "
                              "be cast at forward time; keep this model's weights in the compute dtype")
     return switched
+
+
+def cast_parameters(model: nn.Module) -> set[str]:
+    """Names of the parameters of ``model``'s casting layers: the ones that may be stored in another dtype."""
+    return {f"{name}.{leaf}" if name else leaf for name, module in model.named_modules()
+            if isinstance(module, _CastWeights) for leaf, value in module._parameters.items() if value is not None}

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from engine.backend.flow_apply import FLUX_DEFAULT_GUIDANCE, FlowTransformerCall
 from engine.backend.gligen import gligen_patch
 from engine.backend.hook_schedule import HookRunner
 from engine.backend.unet import PatchContext, UNetModel
@@ -68,6 +69,8 @@ class CondSpec:
     hooks: Any = None
     #: ConditioningSetDefaultCombine's entries: they weigh in only where the others of their side leave room.
     default: bool = False
+    #: FluxGuidance's distilled guidance scale (Flux.1 dev); None: the model's default.
+    guidance: float | None = None
 
     def active_at(self, sigma: float) -> bool:
         """Whether the entry takes part at ``sigma`` (ComfyUI's timestep_start / timestep_end test)."""
@@ -101,7 +104,8 @@ def prepare(conditioning: Sequence[Sequence[Any]], latent_shape: Sequence[int], 
             control=extras.get("control"),
             mask=None if mask is None else (mask * float(extras.get("mask_strength", 1.0))).to(dtype),
             sigma_start=sigma_start, sigma_end=sigma_end, gligen=extras.get("gligen"), hooks=extras.get("hooks"),
-            default=bool(extras.get("default", False))))
+            default=bool(extras.get("default", False)),
+            guidance=None if extras.get("guidance") is None else float(extras["guidance"])))
     return specs
 
 
@@ -306,6 +310,12 @@ def _fully_covered(specs: Sequence[CondSpec]) -> bool:
     return any(s.area is None and s.mask is None and s.strength > 0 for s in specs)
 
 
+def _row_guidance(spec: CondSpec, chunk: Tensor) -> Tensor:
+    """Flux's distilled guidance for each row of an entry's chunk (FluxGuidance's, else Flux's default)."""
+    value = FLUX_DEFAULT_GUIDANCE if spec.guidance is None else spec.guidance
+    return torch.full((chunk.shape[0],), value, device=chunk.device, dtype=torch.float32)
+
+
 def _repeat_tokens(context: Tensor, length: int) -> Tensor:
     return context.repeat(1, length // context.shape[1], 1) if context.shape[1] != length else context
 
@@ -320,12 +330,15 @@ class UNetApply:
     ``torch.compile`` where it can (:func:`engine.backend.unet_patches.compiled_unet`).
     """
 
-    def __init__(self, unet: UNetModel, control_fn: Callable[..., Any] | None = None,
+    def __init__(self, unet: UNetModel | FlowTransformerCall, control_fn: Callable[..., Any] | None = None,
                  concat: Tensor | None = None, patches: Mapping[str, Sequence[Any]] | None = None,
                  hooks: HookRunner | None = None) -> None:
         """``concat`` [B, k, H, W] is appended to the latent channels (inpainting models: mask + image);
-        ``patches`` are the UNet patches of the MODEL (``GuidanceHooks.unet_patches``), by hook point."""
+        ``patches`` are the UNet patches of the MODEL (``GuidanceHooks.unet_patches``), by hook point. An SD3 or
+        Flux transformer comes wrapped in a :class:`FlowTransformerCall`: it gets the patches as they are and
+        (Flux) each row's distilled guidance."""
         self.unet = unet
+        self.flow = isinstance(unet, FlowTransformerCall)
         self.control_fn = control_fn
         self.concat = concat
         self.hooks = hooks
@@ -333,7 +346,7 @@ class UNetApply:
                         if entries and point != "torch_compile"}
         self.run_unet: Callable[..., Tensor] = unet
         backends = tuple((patches or {}).get("torch_compile", ()))
-        if backends:
+        if backends and isinstance(unet, UNetModel):
             from engine.backend.unet_patches import compiled_unet
             self.run_unet = compiled_unet(unet, backends[-1])
 
@@ -391,7 +404,11 @@ class UNetApply:
         grounding = gligen_patch(row_groups, x_in.shape, context) if any(s.gligen for _, s in members) else None
         if grounding is not None:  # GLIGEN boxes of some entries (engine.backend.gligen): their rows only
             patches = {**patches, "middle_patch": (*patches.get("middle_patch", ()), grounding)}
-        if patches:  # the keyword only when there are patches: the plain call stays the plain call
+        if self.flow:
+            guidance = torch.cat([_row_guidance(spec, chunk) for (_, spec), chunk in zip(members, xs, strict=True)])
+            pred = self.run_unet(x_in, t_in, context, y=y, control=control, patches=patches, guidance=guidance)
+        elif patches:  # the keyword only when there are patches: the plain call stays the plain call
+            assert isinstance(self.unet, UNetModel)
             ctx = PatchContext(patches, t_in, tuple(x_in.shape), self.unet.config.model_channels, row_groups)
             pred = self.run_unet(x_in, t_in, context, y=y, control=control, patches=ctx)
         else:

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -340,26 +340,30 @@ class Flux(nn.Module):
         self.final_layer = LastLayer(c.hidden_size, c.out_channels)
 
     def forward(
-        self, x: Tensor, timesteps: Tensor, context: Tensor, y: Tensor | None = None, guidance: Tensor | None = None
+        self, x: Tensor, timesteps: Tensor, context: Tensor, y: Tensor | None = None, guidance: Tensor | None = None,
+        skip_double: Collection[int] = (), skip_single: Collection[int] = (),
     ) -> Tensor:
         """Predict the flow velocity for latent ``x`` ``[B, C, H, W]`` (C = in_channels / 4).
 
         ``timesteps`` ``[B]`` is sigma in 0..1, ``context`` ``[B, L, context_in_dim]`` the T5 tokens, ``y``
         ``[B, vec_in_dim]`` the pooled CLIP vector (zeros when None), ``guidance`` ``[B]`` the distilled
         guidance scale (ignored by models without ``guidance_in``; skipped when None, as ComfyUI does).
-        An odd H or W is padded circularly to the patch grid and cropped off the result.
+        An odd H or W is padded circularly to the patch grid and cropped off the result. ``skip_double`` /
+        ``skip_single`` leave those blocks out (skip-layer guidance).
         """
         b, _, h, w = x.shape
         padded = F.pad(x, (0, (-w) % PATCH, 0, (-h) % PATCH), mode="circular")
         rows, cols = padded.shape[2] // PATCH, padded.shape[3] // PATCH
         img_ids = image_ids(b, rows, cols, device=x.device)
         txt_ids = torch.zeros(b, context.shape[1], 3, device=x.device)
-        tokens = self.forward_tokens(patchify(padded), img_ids, context, txt_ids, timesteps, y, guidance)
+        tokens = self.forward_tokens(patchify(padded), img_ids, context, txt_ids, timesteps, y, guidance,
+                                     skip_double=skip_double, skip_single=skip_single)
         return unpatchify(tokens, rows, cols)[:, :, :h, :w]
 
     def forward_tokens(
         self, img: Tensor, img_ids: Tensor, txt: Tensor, txt_ids: Tensor, timesteps: Tensor,
         y: Tensor | None = None, guidance: Tensor | None = None,
+        skip_double: Collection[int] = (), skip_single: Collection[int] = (),
     ) -> Tensor:
         """The transformer on packed tokens: ``img`` ``[B, N, in_channels]`` -> ``[B, N, out_channels]``.
 
@@ -369,11 +373,13 @@ class Flux(nn.Module):
         rope = rope_frequencies(torch.cat((txt_ids, img_ids), dim=1), self.config.axes_dim, self.config.theta)
         img = self.img_in(img)
         txt = self.txt_in(txt)
-        for double in self.double_blocks:
-            img, txt = double(img, txt, vec, rope)
+        for index, double in enumerate(self.double_blocks):
+            if index not in skip_double:
+                img, txt = double(img, txt, vec, rope)
         joint = torch.cat((txt, img), dim=1)
-        for single in self.single_blocks:
-            joint = single(joint, vec, rope)
+        for index, single in enumerate(self.single_blocks):
+            if index not in skip_single:
+                joint = single(joint, vec, rope)
         return self.final_layer(joint[:, txt.shape[1]:], vec)
 
     def embed_vector(self, timesteps: Tensor, y: Tensor | None, guidance: Tensor | None, dtype: torch.dtype) -> Tensor:

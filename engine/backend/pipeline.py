@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from engine.backend import conditioning, control_apply, guiders, model_sampling
+from engine.backend.flow_apply import FlowTransformerCall
 from engine.backend.guidance import (
     CFGDenoiser,
     CfgFunction,
@@ -55,8 +56,9 @@ from engine.backend.x4_upscaler import x4_concat, x4_label, x4_source
 Latent = dict[str, Any]
 #: (step done, steps in all, the denoised estimate of this step or None): progress and previews.
 StepCallback = Callable[[int, int, Tensor | None], None]
-#: (latent shape, whether CFG doubles the batch) -> the UNet, kept on the device for the run.
-UNetSession = Callable[[tuple[int, ...], bool], AbstractContextManager[UNetModel]]
+#: (latent shape, whether CFG doubles the batch) -> the diffusion model (a UNet, or an SD3/Flux transformer), kept
+#: on the device for the run.
+UNetSession = Callable[[tuple[int, ...], bool], AbstractContextManager[Any]]
 #: Patch the run's UNet with these (file, strength, kind) on top of the model's own patches (hooks).
 HookWeights = Callable[[tuple[tuple[Any, float, str], ...]], None]
 
@@ -71,10 +73,11 @@ class ModelTraits:
     """What sampling needs to know of a model family."""
 
     label: str  # for messages, e.g. "SDXL"
-    prediction: Literal["eps", "v"]
+    prediction: Literal["eps", "v", "flow"]
     latent_channels: int
     latent_format: LatentFormat  # VAE latent <-> model latent
-    adm: Literal["sdxl", "sdxl_refiner", "unclip", "x4_upscaler"] | None  # how conditioning extras become y
+    #: How conditioning extras become y ("pooled": SD3's and Flux's pooled text vector as it is).
+    adm: Literal["sdxl", "sdxl_refiner", "unclip", "x4_upscaler", "pooled"] | None
     inpaint: bool  # a 9-channel inpainting UNet
     preview_format: str  # latent2rgb factors: "sd1", "sdxl" or "playground_v2.5"
     pre_cfg: tuple[OperationSpec, ...] = ()  # operations on each step's guidance before CFG (in order)
@@ -228,13 +231,17 @@ def _model_latent(latent: Tensor, traits: ModelTraits) -> Tensor:
     return latent.new_zeros((latent.shape[0], channels, *latent.shape[2:]))
 
 
-def _denoiser(request: CustomRequest, traits: ModelTraits, unet: UNetModel, ms: ModelSampling,
+def _denoiser(request: CustomRequest, traits: ModelTraits, unet: Any, ms: ModelSampling,
               load_controlnet: control_apply.Resolve, latent: Tensor, device: torch.device,
               dtype: torch.dtype, force_uncond: bool = False,
               runner: HookRunner | None = None) -> tuple[CFGDenoiser, Tensor | None, GuidanceHooks]:
     """The guided denoiser over the prepared conditioning, the inpaint noise mask (if any) and the MODEL's hooks."""
     guidance = request.guidance
-    adm = adm_builder(traits.adm, request.noise.seed, unet.config.adm_in_channels or 0)
+    model: UNetModel | FlowTransformerCall = unet if isinstance(unet, UNetModel) else FlowTransformerCall(unet)
+    if isinstance(model, FlowTransformerCall):
+        adm = adm_builder("pooled", request.noise.seed, model.pooled_width)
+    else:
+        adm = adm_builder(traits.adm, request.noise.seed, model.config.adm_in_channels or 0)
 
     def prepare(conds: list[Any]) -> list[conditioning.CondSpec]:
         return conditioning.prepare(conds, latent.shape, device=device, dtype=dtype, adm=adm,
@@ -259,9 +266,15 @@ def _denoiser(request: CustomRequest, traits: ModelTraits, unet: UNetModel, ms: 
     hooks = gather_hooks(traits.patches, ms)
     extra = [prepare(c) for c in hooks.extra_conditioning]
     middle = prepare(guidance.middle) if guidance.uses_middle else []
-    control_fn = control_apply.control_function([pos, neg, *extra, *([middle] if middle else [])], ms,
-                                                load_controlnet, unet.config, unet=unet)
-    apply = conditioning.UNetApply(unet, control_fn, concat=concat, patches=hooks.unet_patches, hooks=runner)
+    conds = [pos, neg, *extra, *([middle] if middle else [])]
+    if isinstance(model, FlowTransformerCall):
+        control_fn = None
+        if any(spec.control is not None for specs in conds for spec in specs):
+            raise ValueError(f"ControlNets are not supported on {traits.label} models in Loom yet; remove the "
+                             "ControlNet apply node from this graph")
+    else:
+        control_fn = control_apply.control_function(conds, ms, load_controlnet, model.config, unet=model)
+    apply = conditioning.UNetApply(model, control_fn, concat=concat, patches=hooks.unet_patches, hooks=runner)
     denoiser = guided_denoiser(conditioning.ScheduledModel(ParameterizedModel(apply, ms), runner), guidance, hooks,
                                pos, neg, middle, extra, pre_cfg=operation_hooks(traits.pre_cfg, ms),
                                force_uncond=force_uncond)
@@ -317,6 +330,8 @@ def adm_builder(kind: str | None, seed: int = 0, channels: int = 0) -> condition
         return _unclip_adm(seed, channels)
     if kind == "x4_upscaler":
         return lambda extras, width, height: x4_label(extras)
+    if kind == "pooled":
+        return _pooled_adm(channels)
     if kind == "sdxl":
         def base(extras: Mapping[str, Any], width: int, height: int) -> Tensor:
             w, h = extras.get("width", 768), extras.get("height", 768)  # ComfyUI's defaults
@@ -330,6 +345,20 @@ def adm_builder(kind: str | None, seed: int = 0, channels: int = 0) -> condition
                                     extras.get("crop_w", 0), extras.get("crop_h", 0))
         return refiner
     return None
+
+
+def _pooled_adm(channels: int) -> conditioning.AdmFn:
+    """SD3's and Flux's y: the entry's pooled text vector (zeros where it has none, as ComfyUI's Flux)."""
+    def build(extras: Mapping[str, Any], width: int, height: int) -> Tensor:
+        pooled = extras.get("pooled_output")
+        if pooled is None:
+            return torch.zeros((1, channels))
+        if pooled.shape[-1] != channels:
+            raise ValueError(f"the conditioning's pooled output has {pooled.shape[-1]} values but this model takes "
+                             f"{channels}; encode the prompt with this model's text encoders (CLIP-L + CLIP-G for "
+                             "SD3, CLIP-L for Flux)")
+        return pooled
+    return build
 
 
 def _unclip_adm(seed: int, channels: int) -> conditioning.AdmFn:

@@ -1,7 +1,7 @@
 """Latent previews: a cheap linear latent -> RGB projection (or a TAESD decode), encoded as a small JPEG.
 
-The projection is a per-family 4x3 matrix (plus bias) that approximates what the VAE would decode,
-good enough to watch a sampler converge. Previews are sent only to clients that ask for them.
+The projection is a per-family channels x 3 matrix (plus bias; ComfyUI's factors) that approximates what the
+VAE would decode, good enough to watch a sampler converge. Previews are sent only to clients that ask for them.
 """
 
 from __future__ import annotations
@@ -20,11 +20,23 @@ LATENT_RGB: dict[str, tuple[tuple[tuple[float, float, float], ...], tuple[float,
               (-0.3165, -0.2492, -0.2188)), (0.1084, -0.0175, -0.0011)),
     "playground_v2.5": (((0.3920, 0.4054, 0.4549), (-0.2634, -0.0196, 0.0653), (0.0568, 0.1687, -0.0755),
                          (-0.3112, -0.2359, -0.2076)), (0.0, 0.0, 0.0)),
+    "sd3": (((-0.0922, -0.0175, 0.0749), (0.0311, 0.0633, 0.0954), (0.1994, 0.0927, 0.0458),
+             (0.0856, 0.0339, 0.0902), (0.0587, 0.0272, -0.0496), (-0.0006, 0.1104, 0.0309),
+             (0.0978, 0.0306, 0.0427), (-0.0042, 0.1038, 0.1358), (-0.0194, 0.0020, 0.0669),
+             (-0.0488, 0.0130, -0.0268), (0.0922, 0.0988, 0.0951), (-0.0278, 0.0524, -0.0542),
+             (0.0332, 0.0456, 0.0895), (-0.0069, -0.0030, -0.0810), (-0.0596, -0.0465, -0.0293),
+             (-0.1448, -0.1463, -0.1189)), (0.2394, 0.2135, 0.1925)),
+    "flux": (((-0.0346, 0.0244, 0.0681), (0.0034, 0.0210, 0.0687), (0.0275, -0.0668, -0.0433),
+              (-0.0174, 0.0160, 0.0617), (0.0859, 0.0721, 0.0329), (0.0004, 0.0383, 0.0115),
+              (0.0405, 0.0861, 0.0915), (-0.0236, -0.0185, -0.0259), (-0.0245, 0.0250, 0.1180),
+              (0.1008, 0.0755, -0.0421), (-0.0515, 0.0201, 0.0011), (0.0428, -0.0012, -0.0036),
+              (0.0817, 0.0765, 0.0749), (-0.1264, -0.0522, -0.1103), (-0.0280, -0.0881, -0.0499),
+              (-0.1262, -0.0982, -0.0778)), (-0.0329, -0.0718, -0.0851)),
 }
 
 
 def latent_to_rgb(latent: Tensor, latent_format: str) -> Tensor:
-    """The first item of a model-space latent [B, 4, h, w] as RGB uint8 [h, w, 3]."""
+    """The first item of a model-space latent [B, C, h, w] (4 or 16 channels) as RGB uint8 [h, w, 3]."""
     factors, bias = LATENT_RGB.get(latent_format, LATENT_RGB["sd1"])
     weight = torch.tensor(factors, dtype=torch.float32)
     rgb = torch.einsum("chw,cr->hwr", latent[0, : weight.shape[0]].float().cpu(), weight)

@@ -25,12 +25,13 @@ def checkpoint_family(path: Path) -> ModelFamily:
 
 
 def vae_prefix(path: Path, name: str) -> str:
-    """The key prefix of the VAE in ``path``: ``first_stage_model.`` in a checkpoint, ``""`` in a VAE file.
+    """The key prefix of the VAE in ``path``: ``first_stage_model.`` (or Flux's ``vae.``) in a checkpoint, ``""`` in a
+    VAE file.
 
     ValueError naming ``name`` when the file holds no VAE decoder.
     """
     with CheckpointFile(path) as ckpt:
-        prefix = VAE_PREFIX if ckpt.has_prefix(VAE_PREFIX) else ""
+        prefix = next((p for p in (VAE_PREFIX, "vae.") if ckpt.has_prefix(p + "decoder.")), "")
         if not ckpt.has_prefix(prefix + "decoder.conv_in."):
             raise ValueError(f"{name} holds no VAE decoder (no {prefix}decoder.conv_in.weight); pick a VAE file")
     return prefix

@@ -239,6 +239,9 @@ def detect_family(ckpt: CheckpointFile, prediction: str | None = None) -> ModelF
     """Recognise a checkpoint from its keys (structure) and one tensor statistic for SD2 eps/v."""
     first_conv = UNET_PREFIX + "input_blocks.0.0.weight"
     if first_conv not in ckpt:
+        flow = _flow_family(ckpt)
+        if flow is not None:
+            return flow
         raise UnsupportedModel(_describe_unknown(ckpt))
     in_channels = ckpt.shape(first_conv)[1]
     if in_channels == X4_UPSCALER_CHANNELS and UNET_PREFIX + "label_emb.weight" in ckpt:
@@ -272,6 +275,18 @@ def detect_family(ckpt: CheckpointFile, prediction: str | None = None) -> ModelF
     return ModelFamily(name=name, prediction=prediction, in_channels=in_channels, unclip=name == "sd2" and has_label)
 
 
+def _flow_family(ckpt: CheckpointFile) -> ModelFamily | None:
+    """SD3/SD3.5 or Flux.1 (engine/models/flow_models.py) when the checkpoint's diffusion model is one."""
+    from engine.models.flow_models import flow_family, is_flow_layout
+
+    if not is_flow_layout(ckpt.keys(), UNET_PREFIX):
+        return None
+    try:
+        return flow_family(ckpt.shapes(UNET_PREFIX), "", ckpt.path.name)
+    except ValueError as exc:
+        raise UnsupportedModel(str(exc)) from None
+
+
 def _guess_prediction(ckpt: CheckpointFile) -> str:
     key = UNET_PREFIX + "output_blocks.11.1.transformer_blocks.0.norm1.bias"
     if key not in ckpt:
@@ -296,9 +311,12 @@ def _describe_unknown(ckpt: CheckpointFile) -> str:
         return f"{name} is a ControlNet: put it in models/controlnet and use ControlNetLoader"
     if any(k.startswith(("encoder.conv_in.", "decoder.conv_in.", "first_stage_model.")) for k in keys):
         return f"{name} is a VAE without a UNet: put it in models/vae and use VAELoader"
-    if any(k.startswith(("double_blocks.", "joint_blocks.", "model.diffusion_model.double_blocks."))
-           for k in keys):
-        return f"{name} is a Flux/SD3-style transformer model; Loom runs SD1.x, SD2.x and SDXL"
+    if any(k.startswith(("double_blocks.", "joint_blocks.")) for k in keys):
+        return (f"{name} is an SD3/Flux diffusion model without text encoders or VAE: put it in "
+                "models/diffusion_models and use UNETLoader (Load Diffusion Model)")
+    if any(k.startswith(("transformer_blocks.", "single_transformer_blocks.")) for k in keys):
+        return (f"{name} is a diffusers-format SD3/Flux transformer; Loom reads the single-file layout "
+                "(joint_blocks.* / double_blocks.*): use the original (BFL / Stability AI) release of the file")
     sample = ", ".join(sorted(keys)[:5])
     return (f"{name} holds no Stable Diffusion UNet (no {UNET_PREFIX}input_blocks.0.0.weight); "
             f"{len(keys)} tensors, e.g. {sample}")

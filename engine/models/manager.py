@@ -29,9 +29,11 @@ import torch
 from torch import nn
 
 from engine.backend.attention import load_weights
-from engine.backend.cast_weights import FLOAT8_DTYPES, cast_at_forward
+from engine.backend.cast_weights import FLOAT8_DTYPES, cast_at_forward, cast_parameters
 from engine.backend.control_lora import ControlLora
 from engine.backend.controlnet import ControlNet
+from engine.backend.flux import Flux
+from engine.backend.mmdit import MMDiT
 from engine.backend.t2i_adapter import T2IAdapter
 from engine.backend.taesd import TinyAutoencoder
 from engine.backend.text import TextEncoder, load_text_encoder
@@ -41,6 +43,9 @@ from engine.models import parts
 from engine.models.addon_caches import clear_addon_caches
 from engine.models.control_lora_load import is_control_lora, load_control_lora
 from engine.models.control_models import cache_part, load_control_model
+from engine.models.families import FLOW_FAMILIES
+from engine.models.flow_text_load import load_flow_text_encoder
+from engine.models.flow_models import build_flow_model
 from engine.models.handles import (
     CHECKPOINT_UNET,
     ClipHandle,
@@ -51,7 +56,13 @@ from engine.models.handles import (
     VaeHandle,
 )
 from engine.models.loaders import CheckpointFile
-from engine.models.memory import DeviceBudget, Residency, VramMode, working_memory_bytes
+from engine.models.memory import (
+    DeviceBudget,
+    Residency,
+    VramMode,
+    transformer_working_memory_bytes,
+    working_memory_bytes,
+)
 from engine.models.merging import load_merged_unet, merge_text_encoders
 from engine.models.patching import LoraPatcher
 from engine.models.streaming import BlockStreamer, Placement, module_bytes, stream_units
@@ -59,7 +70,12 @@ from engine.models.taesd_load import load_tiny_vae
 
 log = logging.getLogger(__name__)
 
-_TEXT_PREFIXES = ("cond_stage_model.", "conditioner.")
+#: What MODEL handles load into: an SD1/SD2/SDXL UNet, an SD3/SD3.5 MMDiT or a Flux.1 transformer.
+DiffusionModel = UNetModel | MMDiT | Flux
+_DIFFUSION_MODELS = (UNetModel, MMDiT, Flux)
+
+#: Where checkpoints keep their text encoders: SD1/SD2, SDXL, and SD3 / Flux (``text_encoders.clip_l.`` ...).
+_TEXT_PREFIXES = ("cond_stage_model.", "conditioner.", "text_encoders.")
 #: VAE weights; VAE training files also hold e.g. ``loss.discriminator.*``, which is not the model.
 _VAE_PARTS = ("encoder.", "decoder.", "quant_conv.", "post_quant_conv.")
 
@@ -131,12 +147,13 @@ class ModelManager:
         #: CPUs the patched buffers are reused (fresh allocations' page faults dominate there).
         self.patcher = LoraPatcher(max_files=4, reuse_buffers=self.device.type == "cpu")
 
-    def unet(self, handle: ModelHandle) -> UNetModel:
-        """The UNet with exactly ``handle.patches`` applied (the original weights when there are none)."""
+    def unet(self, handle: ModelHandle) -> DiffusionModel:
+        """The diffusion model (UNet, MMDiT or Flux) with exactly ``handle.patches`` applied (the original
+        weights when there are none)."""
         with self._lock:
             key = self._unet_key(handle)
             module = self._get(key, lambda: self._load_unet(handle, self.unet_dtype(handle)))
-            assert isinstance(module, UNetModel)
+            assert isinstance(module, _DIFFUSION_MODELS)
             self._use(key, module)
             self.patcher.apply(module, handle.patches, handle.family.label)
             return module
@@ -156,7 +173,8 @@ class ModelManager:
         return _Key(handle.checkpoint, "unet", str(handle.compute_dtype), source)
 
     @contextmanager
-    def sampling(self, handle: ModelHandle, latent_shape: tuple[int, ...], *, cfg: bool = True) -> Iterator[UNetModel]:
+    def sampling(self, handle: ModelHandle, latent_shape: tuple[int, ...], *,
+                 cfg: bool = True) -> Iterator[DiffusionModel]:
         """The UNet for a sampling run, with room made for the step's working memory (see
         :func:`~engine.models.memory.working_memory_bytes`); it is not offloaded until the run ends."""
         key = self._unet_key(handle)
@@ -165,9 +183,8 @@ class ModelManager:
             self._pinned.add(key)
             try:
                 loaded = self._get(key, lambda: self._load_unet(handle, dtype))
-                assert isinstance(loaded, UNetModel)
-                self._reserve = working_memory_bytes(latent_shape, dtype, cfg=cfg,
-                                                     model_channels=loaded.config.model_channels)
+                assert isinstance(loaded, _DIFFUSION_MODELS)
+                self._reserve = _working_memory(loaded, latent_shape, dtype, cfg)
                 unet = self.unet(handle)  # placed with room for the working memory, or streamed
                 self._make_room(self._reserve + self._largest_unit(unet), keep={key})
             except BaseException:
@@ -387,22 +404,30 @@ class ModelManager:
             return 0
         return max(module_bytes(unit) for unit in stream_units(unet, per_layer=self.mode is VramMode.NONE))
 
-    def _load_unet(self, handle: ModelHandle, dtype: torch.dtype) -> UNetModel:
+    def _load_unet(self, handle: ModelHandle, dtype: torch.dtype) -> DiffusionModel:
         if handle.merge is not None:
-            model = load_merged_unet(handle, self.patcher.files, device=self.offload_device, dtype=dtype)
+            merged = load_merged_unet(handle, self.patcher.files, device=self.offload_device, dtype=dtype)
             log.info("built the merged UNet of %s and %s (%s)", handle.merge.base.checkpoint.name,
                      handle.merge.other.checkpoint.name, str(dtype).removeprefix("torch."))
-            return model
+            return merged
         ref, layout = handle.checkpoint, handle.unet_layout
         storage = FLOAT8_DTYPES.get(str(handle.weight_dtype), dtype)
+        model: DiffusionModel
         with CheckpointFile(ref.path) as ckpt:
-            config = UNetConfig.from_state_dict(parts.unet_shapes(ckpt, layout))
-            with torch.device("meta"):
-                model = UNetModel(config)
+            shapes = parts.unet_shapes(ckpt, layout)
+            if handle.family.is_flow:
+                built = build_flow_model(handle.family, shapes)
+                assert isinstance(built, (MMDiT, Flux))
+                model = built
+            else:
+                with torch.device("meta"):
+                    model = UNetModel(UNetConfig.from_state_dict(shapes))
+            tensors = parts.unet_tensors(ckpt, layout)
             if storage != dtype:  # float8 weights, each layer cast to the compute dtype as it runs
-                cast_at_forward(model, dtype)
-            load_weights(model, parts.unet_tensors(ckpt, layout), device=self.offload_device, dtype=storage)
-        log.info("loaded UNet of %s (%s%s)", ref.name, str(dtype).removeprefix("torch."),
+                cast_at_forward(model, dtype, strict=not handle.family.is_flow)
+                tensors = _stored_as(tensors, cast_parameters(model), storage, dtype)
+            load_weights(model, tensors, device=self.offload_device, dtype=None if storage != dtype else dtype)
+        log.info("loaded %s of %s (%s%s)", type(model).__name__, ref.name, str(dtype).removeprefix("torch."),
                  "" if storage == dtype else f", weights stored in {handle.weight_dtype}")
         if self.device.type == "cpu" and dtype != torch.float32:
             log.warning("%s's UNet computes in %s on the CPU (ModelComputeDtype), many times slower than fp32 there",
@@ -439,6 +464,9 @@ class ModelManager:
         return encoder
 
     def _load_text(self, ref: FileRef, family: str, sources: tuple[TextEncoderFile, ...] = ()) -> TextEncoder:
+        if family in FLOW_FAMILIES:  # SD3 / Flux: CLIP-L, CLIP-G and T5-XXL towers, each optional for SD3
+            return load_flow_text_encoder(ref, family, sources, dtype=self.dtype, device=self.offload_device,
+                                          compute_device=self.device)
         if sources:  # text-encoder files, read as if under their checkpoint prefixes
             state = parts.text_state(sources, self.dtype)
         else:
@@ -448,6 +476,24 @@ class ModelManager:
         encoder = load_text_encoder(state, family, dtype=self.dtype, device=self.offload_device)
         log.info("loaded text encoder of %s", ref.name)
         return encoder.requires_grad_(False).eval()
+
+
+def _stored_as(tensors: Iterator[tuple[str, torch.Tensor]], cast: set[str], storage: torch.dtype,
+               dtype: torch.dtype) -> Iterator[tuple[str, torch.Tensor]]:
+    """Floating tensors in ``storage`` where their layer casts at forward time (``cast``), else in ``dtype``
+    (the transformers' norm scales and position table stay in the compute dtype)."""
+    for name, tensor in tensors:
+        if tensor.is_floating_point():
+            tensor = tensor.to(storage if name in cast else dtype)
+        yield name, tensor
+
+
+def _working_memory(model: DiffusionModel, latent_shape: tuple[int, ...], dtype: torch.dtype, cfg: bool) -> int:
+    """The activations of one evaluation of ``model`` on a latent of ``latent_shape``."""
+    if isinstance(model, UNetModel):
+        return working_memory_bytes(latent_shape, dtype, cfg=cfg, model_channels=model.config.model_channels)
+    return transformer_working_memory_bytes(latent_shape, dtype, cfg=cfg, hidden=model.config.hidden_size,
+                                            heads=model.config.num_heads)
 
 
 def _dtype_name(module: nn.Module) -> str:

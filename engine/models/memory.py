@@ -91,6 +91,18 @@ def working_memory_bytes(latent_shape: tuple[int, ...], dtype: torch.dtype, *, c
     return int(features + attention)
 
 
+def transformer_working_memory_bytes(latent_shape: tuple[int, ...], dtype: torch.dtype, *, cfg: bool = True,
+                                     hidden: int = 1536, heads: int = 24, text_tokens: int = 333) -> int:
+    """An estimate of the activations one SD3/Flux transformer evaluation needs: the image tokens (2x2 latent
+    patches) and ``text_tokens`` text tokens, a dozen ``hidden``-wide tensors per token (the 4x MLP included)
+    and one attention score matrix over all tokens (the math-kernel worst case)."""
+    batch, _channels, height, width = latent_shape
+    batch *= 2 if cfg else 1
+    element = torch.empty((), dtype=dtype).element_size()
+    tokens = (height // 2) * (width // 2) + text_tokens
+    return int(batch * hidden * tokens * element * 12 + batch * heads * tokens * tokens * element)
+
+
 _K = TypeVar("_K", bound=Hashable)
 
 

@@ -20,6 +20,13 @@ checkpoint's. Towers are told apart by width where it is a real one (768 CLIP-L,
 OpenCLIP-bigG); the tiny test towers of other widths by layout (transformers: CLIP-L; OpenCLIP: H alone,
 bigG beside a CLIP-L).
 
+SD3 / Flux text-encoder files (CLIPLoader / DualCLIPLoader types sd3 and flux, TripleCLIPLoader) hold a CLIP
+tower or a T5 encoder (bare ``encoder.block.N...`` / ``shared.weight`` keys, as ComfyUI's ``t5xxl_*`` files,
+or under ``text_encoders.t5xxl.transformer.``). :func:`find_flow_text_part` says which (CLIP-L 768, CLIP-G
+1280; tiny towers: OpenCLIP layout is CLIP-G, transformers' CLIP-L, and of two tiny towers the wider is
+CLIP-G) and :func:`flow_clip` checks a loader's files against its recipe and places each under the prefix
+single-file SD3 / Flux checkpoints keep it at (``text_encoders.clip_l.transformer.`` ...).
+
 A diffusers folder (``model_index.json``, ``unet/``, ``text_encoder/``, ``text_encoder_2/``, ``vae/``):
 :func:`read_diffusers_folder`. Its VAE's names are converted while read (:func:`vae_tensors`).
 """
@@ -31,20 +38,24 @@ import logging
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from dataclasses import replace as dataclass_replace
 from pathlib import Path
 
 import torch
 
+from engine.backend.flow_text import FLOW_TOWER_PREFIXES
+from engine.backend.t5 import find_t5_prefix, is_t5_state_dict
 from engine.backend.text import FAMILY_LAYOUTS
 from engine.models.convert_diffusers import UNetLayout, diffusers_vae_key_to_ldm, unet_names
 from engine.models.families import ModelFamily
+from engine.models.flow_models import FLOW_ROOTS, flow_family, is_flow_layout
 from engine.models.handles import CHECKPOINT_UNET, FileRef, KeyLayout, TextEncoderFile
 from engine.models.loaders import _V_PREDICTION_STD, CheckpointFile, UnsupportedModel
 
 __all__ = [
-    "DiffusersParts", "Tower", "dual_clip", "find_towers", "find_unet_layout", "read_diffusers_folder",
-    "single_clip", "text_state", "unet_family", "unet_keys", "unet_shapes", "unet_tensors", "vae_shapes",
-    "vae_tensors",
+    "DiffusersParts", "FlowTextPart", "Tower", "dual_clip", "find_flow_text_part", "find_towers", "find_unet_layout",
+    "flow_clip", "read_diffusers_folder", "single_clip", "text_state", "unet_family", "unet_keys", "unet_shapes",
+    "unet_tensors", "vae_shapes", "vae_tensors",
 ]
 
 log = logging.getLogger(__name__)
@@ -65,6 +76,10 @@ def find_unet_layout(ckpt: CheckpointFile) -> KeyLayout:
     keys = ckpt.keys()
     if CHECKPOINT_UNET.prefix + _LDM_FIRST in ckpt:
         return CHECKPOINT_UNET
+    names = set(keys)
+    for prefix in (CHECKPOINT_UNET.prefix, "diffusion_model.", "model.", ""):
+        if is_flow_layout(names, prefix):  # an SD3/Flux transformer (engine/models/flow_models.py)
+            return KeyLayout(prefix)
     for key in keys:
         if key.endswith(_LDM_FIRST) and not key.startswith(("control_model.", "lora_")):
             return KeyLayout(key[: -len(_LDM_FIRST)])
@@ -73,15 +88,21 @@ def find_unet_layout(ckpt: CheckpointFile) -> KeyLayout:
         if key.endswith(_DIFFUSERS_FIRST) and f"{prefix}down_blocks.0.resnets.0.conv1.weight" in ckpt:
             return KeyLayout(prefix, "diffusers")
     sample = ", ".join(sorted(keys)[:4]) or "no tensors"
-    raise UnsupportedModel(f"{ckpt.path.name} holds no SD1/SD2/SDXL UNet (no input_blocks.0.0.weight or diffusers "
-                           f"conv_in + down_blocks keys; found {sample})")
+    if any(key.startswith(("transformer_blocks.", "single_transformer_blocks.")) for key in keys):
+        raise UnsupportedModel(f"{ckpt.path.name} is a diffusers-format SD3/Flux transformer; Loom reads the "
+                               "single-file layout (joint_blocks.* / double_blocks.*): use the original "
+                               "(Stability AI / Black Forest Labs) release of the file")
+    raise UnsupportedModel(f"{ckpt.path.name} holds no SD1/SD2/SDXL UNet, SD3 MMDiT or Flux transformer (no "
+                           f"input_blocks.0.0.weight, diffusers conv_in + down_blocks, joint_blocks.* or "
+                           f"double_blocks.* keys; found {sample})")
 
 
 def _diffusers_names(ckpt: CheckpointFile, layout: KeyLayout) -> dict[str, str]:
     """file key -> LDM name (without prefix) of every UNet key."""
     keys = [key[len(layout.prefix):] for key in ckpt.keys() if key.startswith(layout.prefix)]
     if layout.naming == "ldm":
-        return {layout.prefix + key: key for key in keys if key.startswith(_UNET_ROOTS)}
+        roots = FLOW_ROOTS if is_flow_layout(ckpt.keys(), layout.prefix) else _UNET_ROOTS
+        return {layout.prefix + key: key for key in keys if key.startswith(roots)}
     names = unet_names(UNetLayout.from_diffusers_keys(keys))
     try:
         return {layout.prefix + key: names.to_ldm(key) for key in keys}
@@ -110,6 +131,12 @@ def unet_family(ckpt: CheckpointFile, layout: KeyLayout, prediction: str | None 
     """The family of the UNet alone (see the module docstring); UnsupportedModel naming what was found."""
     names = _diffusers_names(ckpt, layout)
     shapes = {ldm: ckpt.shape(key) for key, ldm in names.items()}
+    try:
+        flow = flow_family(shapes, "", ckpt.path.name)
+    except ValueError as exc:
+        raise UnsupportedModel(str(exc)) from None
+    if flow is not None:
+        return flow
     in_channels = shapes[_LDM_FIRST][1]
     if in_channels not in (4, 8, 9):
         raise UnsupportedModel(f"{ckpt.path.name}: a UNet with {in_channels} input channels (4, 8 or 9 supported: "
@@ -150,7 +177,7 @@ _OPENCLIP_TOKEN = "token_embedding.weight"
 _OPENCLIP_LAYER = "transformer.resblocks.0.ln_1.weight"
 _REAL_WIDTHS = {768: "clip_l", 1024: "clip_h", 1280: "clip_g"}
 _TEXT_ROOTS = ("text_model.", "text_projection", "embeddings.", "encoder.", "final_layer_norm.", "token_embedding.",
-               "positional_embedding", "transformer.", "ln_final.", "logit_scale")
+               "positional_embedding", "transformer.", "ln_final.", "logit_scale", "shared.", "scaled_fp8")
 
 
 @dataclass(frozen=True)
@@ -222,6 +249,93 @@ def dual_clip(first: Path, second: Path, what: tuple[str, str]) -> tuple[str, tu
     clip_l, clip_g = (towers[1], towers[0]) if big[0] else (towers[0], towers[1])
     layouts = FAMILY_LAYOUTS["sdxl"]
     return "sdxl", (clip_l.placed(layouts[0].prefix), clip_g.placed(layouts[1].prefix))
+
+
+_FLOW_KIND_WIDTHS = {768: "clip_l", 1024: "clip_h", 1280: "clip_g"}
+_FLOW_LABELS = {"clip_l": "CLIP-L", "clip_g": "CLIP-G", "clip_h": "OpenCLIP-H", "t5xxl": "T5-XXL"}
+#: What each SD3 / Flux loader accepts: (family, allowed kinds, the kinds it must have, the recipe in words).
+FLOW_RECIPES = {
+    "sd3": ("sd3", ("clip_l", "clip_g", "t5xxl"), (), "distinct text encoders among CLIP-L, CLIP-G and T5-XXL"),
+    "flux": ("flux", ("clip_l", "t5xxl"), ("clip_l", "t5xxl"), "one CLIP-L and one T5-XXL text encoder"),
+}
+
+
+@dataclass(frozen=True)
+class FlowTextPart:
+    """A text encoder found in a file for SD3 / Flux: clip_l, clip_g, clip_h or t5xxl, its prefix there and
+    width; ``tiny`` marks a CLIP tower of a width no real one has (told apart by layout or by its partner)."""
+
+    file: FileRef
+    prefix: str
+    kind: str
+    width: int
+    tiny: bool = False
+
+    def describe(self, what: str) -> str:
+        """``clip_name1 'x.safetensors' is CLIP-G (width 1280)`` for ``what`` ``Node clip_name1 'x.safetensors'``."""
+        return f"{what.split(' ', 1)[-1]} is {_FLOW_LABELS[self.kind]} (width {self.width})"
+
+    def placed(self) -> TextEncoderFile:
+        return TextEncoderFile(self.file, self.prefix, FLOW_TOWER_PREFIXES[self.kind])
+
+
+def _t5_width(ckpt: CheckpointFile, prefix: str) -> int:
+    for name in ("shared.weight", "encoder.embed_tokens.weight"):
+        if f"{prefix}{name}" in ckpt:
+            return ckpt.shape(f"{prefix}{name}")[1]
+    raise UnsupportedModel(f"{ckpt.path.name}: a T5 encoder without its token embedding ('{prefix}shared.weight')")
+
+
+def find_flow_text_part(path: Path, what: str) -> FlowTextPart:
+    """The one CLIP tower or T5 encoder in the file at ``path`` (``what`` names the node and input in errors)."""
+    towers = find_towers(path)
+    t5: FlowTextPart | None = None
+    with CheckpointFile(path) as ckpt:
+        keys = dict.fromkeys(ckpt.keys())
+        if is_t5_state_dict(keys):
+            prefix = find_t5_prefix(keys)
+            t5 = FlowTextPart(FileRef.of(path), prefix, "t5xxl", _t5_width(ckpt, prefix))
+    count = len(towers) + (t5 is not None)
+    if count > 1:
+        raise UnsupportedModel(f"{what}: {path.name} holds {count} text encoders; it is a checkpoint: load it with "
+                               "CheckpointLoaderSimple, or pick a file with one text encoder")
+    if t5 is not None:
+        return t5
+    if not towers:
+        sample = ", ".join(sorted(keys)[:4]) or "no tensors"
+        raise UnsupportedModel(f"{what}: {path.name} holds no CLIP or T5 text encoder (no text_model.embeddings."
+                               f"token_embedding.weight, OpenCLIP token_embedding or T5 encoder.block.0 keys; "
+                               f"found {sample})")
+    tower = towers[0]
+    if tower.width in _FLOW_KIND_WIDTHS:
+        return FlowTextPart(tower.file, tower.prefix, _FLOW_KIND_WIDTHS[tower.width], tower.width)
+    kind = "clip_g" if tower.layout == "openclip" else "clip_l"
+    return FlowTextPart(tower.file, tower.prefix, kind, tower.width, tiny=True)
+
+
+def _tell_tiny_towers(found: list[FlowTextPart]) -> list[FlowTextPart]:
+    """Two tiny CLIP towers of different widths: the wider is CLIP-G, the narrower CLIP-L."""
+    tiny = [part for part in found if part.tiny]
+    if len(tiny) != 2 or tiny[0].width == tiny[1].width:
+        return found
+    wider = max(tiny, key=lambda part: part.width)
+    return [dataclass_replace(part, kind="clip_g" if part is wider else "clip_l") if part.tiny else part
+            for part in found]
+
+
+def flow_clip(paths: tuple[Path, ...], what: tuple[str, ...], recipe: str) -> tuple[str, tuple[TextEncoderFile, ...]]:
+    """(family, sources) of an SD3 / Flux loader's files (``recipe`` "sd3" or "flux"), in any order; sources come
+    in the order clip_l, clip_g, t5xxl. UnsupportedModel names each input and what it holds when the files do not
+    make the recipe (a kind it does not take, one twice, or one it needs missing)."""
+    family, allowed, required, words = FLOW_RECIPES[recipe]
+    found = _tell_tiny_towers([find_flow_text_part(path, name) for path, name in zip(paths, what, strict=True)])
+    kinds = [part.kind for part in found]
+    wrong = [kind for kind in kinds if kind not in allowed]
+    if wrong or len(set(kinds)) != len(kinds) or not set(required) <= set(kinds):
+        got = ", ".join(part.describe(name) for part, name in zip(found, what, strict=True))
+        raise UnsupportedModel(f"type {recipe} needs {words}; {got}")
+    ordered = sorted(found, key=lambda part: ("clip_l", "clip_g", "t5xxl").index(part.kind))
+    return family, tuple(part.placed() for part in ordered)
 
 
 def text_state(sources: tuple[TextEncoderFile, ...], dtype: torch.dtype) -> dict[str, torch.Tensor]:

@@ -62,14 +62,19 @@ class Placement:
                 tensor.data = home
 
 
+#: The block lists streamed one block at a time: the UNet's, the MMDiT's and Flux's.
+_BLOCK_LISTS = ("input_blocks", "output_blocks", "joint_blocks", "double_blocks", "single_blocks")
+
+
 def stream_units(unet: nn.Module, per_layer: bool) -> list[nn.Module]:
-    """The UNet's units in forward order: every module with weights of its own (``per_layer``), or the
-    input blocks, middle block and output blocks one by one plus the small top-level parts."""
+    """The diffusion model's units in forward order: every module with weights of its own (``per_layer``), or
+    the blocks of its block lists (UNet input/output blocks and middle block, MMDiT joint blocks, Flux double
+    and single blocks) one by one plus the small top-level parts."""
     if per_layer:
         return [m for m in unet.modules() if _own_tensors(m, recurse=False)]
     units: list[nn.Module] = []
     for name, child in unet.named_children():
-        if name in ("input_blocks", "output_blocks"):
+        if name in _BLOCK_LISTS:
             units.extend(child.children())
         else:
             units.append(child)

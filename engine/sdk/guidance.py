@@ -7,6 +7,7 @@ A node imports this module inside ``run`` (``from engine.sdk import guidance``) 
 
 from __future__ import annotations
 
+from engine.backend.flow_apply import SkipLayerGuidancePatch, SkippedBlocks
 from engine.backend.guidance_patches import (
     APG,
     TCFG,
@@ -20,5 +21,6 @@ from engine.backend.guidance_patches import (
 )
 
 __all__ = [
-    "APG", "CFGNorm", "CFGZeroStar", "DifferentialDiffusion", "FreSca", "Mahiro", "PerpNeg", "RescaleCFG", "TCFG",
+    "APG", "CFGNorm", "CFGZeroStar", "DifferentialDiffusion", "FreSca", "Mahiro", "PerpNeg", "RescaleCFG",
+    "SkipLayerGuidancePatch", "SkippedBlocks", "TCFG",
 ]

@@ -38,7 +38,8 @@ def unet_handle(path: Path, where: str, weight_dtype: str = "default", predictio
             family = parts.unet_family(ckpt, layout, prediction)
     except UnsupportedModel as exc:
         raise ModelError(f"{where}: {exc}; a UNet file (models/diffusion_models) holds input_blocks.* / "
-                         "middle_block.* keys or a diffusers UNet's") from None
+                         "middle_block.* keys or a diffusers UNet's, or an SD3 joint_blocks.* / Flux double_blocks.* "
+                         "transformer") from None
     log.info("%s: %s UNet (%s keys%s)", path.name, family.label, layout.naming,
              f" under {layout.prefix!r}" if layout.prefix else "")
     weights = None if weight_dtype == "default" else weight_dtype

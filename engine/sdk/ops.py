@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from engine.backend.conditioning_edit import average, concat_tokens, zeroed
+from engine.backend.flow_text import FlowTextEncoder
 from engine.backend.control_attach import attach_control
 from engine.backend.guiders import Guidance, Guider, NoiseSource, SamplerChoice
 from engine.backend.latent_formats import latent_format
@@ -40,7 +41,15 @@ from engine.context import RunContext
 from engine.errors import ModelError
 from engine.models.embeddings import embedding_lookup, embeddings_fingerprint
 from engine.models.families import ModelFamily
-from engine.models.handles import ClipHandle, FileRef, ModelHandle, PreCfgOperation, VaeHandle, WeightPatch
+from engine.models.handles import (
+    ClipHandle,
+    FileRef,
+    ModelHandle,
+    ModelSamplingSpec,
+    PreCfgOperation,
+    VaeHandle,
+    WeightPatch,
+)
 from engine.models.hooks import clip_schedule
 from engine.vae_approx import preview_decoder, tiny_vae_for
 
@@ -60,15 +69,27 @@ def model_traits(family: ModelFamily, pre_cfg: tuple[PreCfgOperation, ...] = (),
     adm = family.name if family.name in ("sdxl", "sdxl_refiner") else ("unclip" if family.unclip else None)
     if family.is_x4_upscaler:
         adm = "x4_upscaler"
-    format_name = getattr(sampling_spec, "latent_format", None)
+    if family.is_flow:
+        adm = "pooled"
+        sampling_spec = sampling_spec or default_flow_sampling(family)
+    format_name = getattr(sampling_spec, "latent_format", None) or family.latent_format
     preview = format_name or ("sdxl" if family.is_sdxl else "sd1")
-    return ModelTraits(label=family.label, prediction="v" if family.prediction == "v" else "eps",
+    prediction = family.prediction if family.prediction in ("v", "flow") else "eps"
+    return ModelTraits(label=family.label, prediction=prediction,  # type: ignore[arg-type]  # checked just above
                        latent_channels=family.latent_channels,
                        latent_format=latent_format(format_name, family.latent_scale_factor),
                        adm=adm,  # type: ignore[arg-type]  # one of the names set just above
                        inpaint=family.is_inpaint, preview_format=preview,
                        pre_cfg=pre_cfg, patches=patches, sampling_spec=sampling_spec, ip2p=family.is_ip2p,
                        x4_upscaler=family.is_x4_upscaler, schedule=(family.linear_start, family.linear_end))
+
+
+def default_flow_sampling(family: ModelFamily) -> ModelSamplingSpec:
+    """The model sampling of an SD3/Flux model no ModelSampling* node changed (ComfyUI's defaults): SD3 and
+    SD3.5 shift 3.0 on 1000 timesteps; Flux dev shift 1.15 (Flux's own time shift); schnell shift 1.0."""
+    if family.name == "flux":
+        return ModelSamplingSpec(kind="flux", prediction="flow", shift=1.0 if family.variant == "schnell" else 1.15)
+    return ModelSamplingSpec(kind="discrete_flow", prediction="flow", shift=3.0, multiplier=1000.0)
 
 
 def sample(ctx: RunContext, model: ModelHandle, request: SamplingRequest) -> Latent:
@@ -118,10 +139,11 @@ def _previewer(ctx: RunContext, traits: ModelTraits) -> Callable[[Tensor], bytes
     """How a step's model-space denoised latent becomes a preview JPEG under ``ctx.preview_method``: the
     TAESD decoder of the family (loaded once by the model manager, then reused), or latent2rgb."""
     is_sdxl = traits.preview_format != "sd1"
-    # No TAESD reads the x4 upscaler's 4x latents (nor has ComfyUI one): latent2rgb for it.
-    path = None if traits.x4_upscaler else preview_decoder(ctx.folders, ctx.preview_method, is_sdxl)
+    # No TAESD reads the x4 upscaler's 4x latents (nor has ComfyUI one); Loom has no TAESD3/TAEF1: latent2rgb.
+    own_taesd = not traits.x4_upscaler and traits.latent_channels == 4
+    path = preview_decoder(ctx.folders, ctx.preview_method, is_sdxl) if own_taesd else None
     if path is None:
-        if ctx.preview_method == "taesd" and not traits.x4_upscaler:
+        if ctx.preview_method == "taesd" and own_taesd:
             ctx.log.warning("TAESD previews asked for, but models/vae_approx has no %s_decoder; using latent2rgb",
                             tiny_vae_for(is_sdxl))
         return lambda denoised: preview_jpeg(denoised, traits.preview_format)
@@ -192,15 +214,19 @@ def _encoded(ctx: RunContext, clip: ClipHandle, tokens: dict[str, TokenizedPromp
              extras: dict[str, Any]) -> list[Any]:
     encoder = ctx.models.text_encoder(clip)
     with torch.inference_mode():
-        cond, pooled = encoder.encode(_pad_chunks(encoder, tokens), layer_idx=clip.layer_idx)
+        cond, pooled = encoder.encode(_pad_chunks(encoder, tokens), layer_idx=clip.layer_idx,
+                                      attention_scale=clip.attention_scale)
     return [cond.float().cpu(), {"pooled_output": pooled.float().cpu(), **extras}]
 
 
 def tokenize_per_tower(ctx: RunContext, clip: ClipHandle, text_for: Callable[[str], str]
                        ) -> dict[str, TokenizedPrompt]:
-    """Each text tower's tokens of its own text (``text_for(tower key)``: SDXL's text_l and text_g)."""
+    """Each text tower's tokens of its own text (``text_for(tower key)``: SDXL's text_l and text_g; SD3's and
+    Flux's clip_l, clip_g and t5xxl)."""
     encoder = ctx.models.text_encoder(clip)
     lookup = embedding_lookup(ctx.folders)
+    if isinstance(encoder, FlowTextEncoder):
+        return {key: encoder.tokenize_tower(key, text_for(key), embedding_lookup=lookup) for key in encoder.towers}
     return {key: _tower(encoder, key).tokenize(text_for(key), embedding_lookup=lookup) for key in encoder.towers}
 
 
@@ -211,11 +237,13 @@ def _tower(encoder: TextEncoder, key: str) -> ClipTower:
 
 
 def _pad_chunks(encoder: TextEncoder, tokens: dict[str, TokenizedPrompt]) -> dict[str, TokenizedPrompt]:
-    """Give every tower the same number of 77-token chunks (the shorter ones get empty chunks)."""
-    longest = max(len(t.ids) for t in tokens.values())
+    """Give every CLIP tower the same number of 77-token chunks (the shorter ones get empty chunks); a T5
+    sequence (SD3, Flux) is left as it is."""
+    chunked = {key for key in tokens if isinstance(encoder.towers[key], ClipTower)}
+    longest = max((len(tokens[key].ids) for key in chunked), default=0)
     padded = {}
     for key, prompt in tokens.items():
-        missing = longest - len(prompt.ids)
+        missing = longest - len(prompt.ids) if key in chunked else 0
         if missing:
             empty = _tower(encoder, key).tokenizer.empty_chunk()
             prompt = TokenizedPrompt(ids=[*prompt.ids, *[empty] * missing],

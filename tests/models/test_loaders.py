@@ -205,10 +205,12 @@ def test_random_tensor_file_is_refused_with_what_it_holds(tmp_path: Path) -> Non
     assert "3 tensors" in message and "alpha.weight" in message
 
 
-def test_flux_style_file_is_refused_by_name(tmp_path: Path) -> None:
+def test_bare_flux_file_in_checkpoints_is_sent_to_unet_loader(tmp_path: Path) -> None:
     path = tmp_path / "flux.safetensors"
     save_file({"double_blocks.0.img_attn.qkv.weight": torch.zeros(6, 2)}, str(path))
-    assert "Flux/SD3-style" in _refusal(path)
+    message = _refusal(path)
+    assert "SD3/Flux diffusion model without text encoders or VAE" in message
+    assert "models/diffusion_models" in message and "UNETLoader" in message
 
 
 def test_unet_with_unsupported_input_channels_is_refused(tmp_path: Path) -> None:

@@ -1,5 +1,6 @@
 """ComfyUI's interface for the rectified-flow nodes: nodes_model_advanced.py's ModelSamplingSD3,
-ModelSamplingAuraFlow and ModelSamplingFlux, nodes_sd3.py's EmptySD3LatentImage, nodes_flux.py's FluxGuidance."""
+ModelSamplingAuraFlow and ModelSamplingFlux, nodes_sd3.py's EmptySD3LatentImage and SkipLayerGuidanceSD3,
+nodes_flux.py's FluxGuidance, nodes_slg.py's SkipLayerGuidanceDiT."""
 
 from __future__ import annotations
 
@@ -32,4 +33,20 @@ EXPECTED: dict[str, dict[str, Any]] = {
         ("conditioning", "CONDITIONING", {}),
         ("guidance", "FLOAT", {"default": 3.5, "min": 0.0, "max": 100.0, "step": 0.1}),
     ], "optional": [], "output": ["CONDITIONING"]},
+    "SkipLayerGuidanceDiT": {"required": [
+        MODEL,
+        ("double_layers", "STRING", {"default": "7, 8, 9"}),
+        ("single_layers", "STRING", {"default": "7, 8, 9"}),
+        ("scale", "FLOAT", {"default": 3.0, "min": 0.0, "max": 10.0, "step": 0.1}),
+        ("start_percent", "FLOAT", {"default": 0.01, "min": 0.0, "max": 1.0, "step": 0.001}),
+        ("end_percent", "FLOAT", {"default": 0.15, "min": 0.0, "max": 1.0, "step": 0.001}),
+        ("rescaling_scale", "FLOAT", {"default": 0.0, "min": 0.0, "max": 10.0, "step": 0.01}),
+    ], "optional": [], "output": ["MODEL"]},
+    "SkipLayerGuidanceSD3": {"required": [
+        MODEL,
+        ("layers", "STRING", {"default": "7, 8, 9", "multiline": False}),
+        ("scale", "FLOAT", {"default": 3.0, "min": 0.0, "max": 10.0, "step": 0.1}),
+        ("start_percent", "FLOAT", {"default": 0.01, "min": 0.0, "max": 1.0, "step": 0.001}),
+        ("end_percent", "FLOAT", {"default": 0.15, "min": 0.0, "max": 1.0, "step": 0.001}),
+    ], "optional": [], "output": ["MODEL"]},
 }

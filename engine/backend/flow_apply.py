@@ -1,0 +1,130 @@
+"""Running the rectified-flow transformers (SD3/SD3.5 MMDiT, Flux.1) where the sampler runs a UNet, and
+skip-layer guidance.
+
+:class:`FlowTransformerCall` takes the UNet's call (``x, timestep, context, y=, control=, patches=``) that
+:class:`engine.backend.conditioning.UNetApply` makes, plus Flux's per-row ``guidance``, and calls the MMDiT
+or Flux. Of the UNet patch points only ``skip_layers`` means something here (the blocks skip-layer guidance
+leaves out); ControlNets and other UNet patches (FreeU, attention replacements, ...) are refused with a
+message naming the model, since their UNet-shaped hooks have no place in a transformer.
+
+:class:`SkipLayerGuidancePatch` is ComfyUI's SkipLayerGuidanceDiT (and SkipLayerGuidanceSD3, its double-block
+form): a post-CFG hook that, while the noise level is within ``[sigma(end_percent), sigma(start_percent)]``,
+runs the positive prompt again with some blocks skipped and adds ``(cond - skipped) * scale``, optionally
+rescaled towards the cond's spread.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from torch import Tensor, nn
+
+from engine.backend.flux import Flux
+from engine.backend.mmdit import MMDiT
+
+#: The patch point carrying the blocks to skip: entries are :class:`SkippedBlocks`.
+SKIP_LAYERS = "skip_layers"
+#: Flux's distilled guidance when a conditioning entry sets none (ComfyUI's Flux default).
+FLUX_DEFAULT_GUIDANCE = 3.5
+
+
+@dataclass(frozen=True)
+class SkippedBlocks:
+    """Blocks a model call leaves out: ``double`` (MMDiT joint blocks, Flux double blocks) and ``single``
+    (Flux single blocks)."""
+
+    double: tuple[int, ...] = ()
+    single: tuple[int, ...] = ()
+
+
+class FlowTransformerCall:
+    """An MMDiT or Flux called as UNetApply calls a UNet."""
+
+    def __init__(self, model: nn.Module) -> None:
+        if not isinstance(model, (MMDiT, Flux)):
+            raise TypeError(f"{type(model).__name__} is not an MMDiT or Flux transformer")
+        self.model = model
+        self.config = model.config
+        self.label = "SD3" if isinstance(model, MMDiT) else "Flux"
+
+    @property
+    def pooled_width(self) -> int:
+        """Width of the pooled text vector ``y`` the model takes."""
+        if isinstance(self.model, MMDiT):
+            return self.model.config.pooled_dim
+        return self.model.config.vec_in_dim
+
+    @property
+    def takes_guidance(self) -> bool:
+        """Whether the model embeds a distilled guidance scale (Flux.1 dev)."""
+        return isinstance(self.model, Flux) and self.model.config.guidance_embed
+
+    def __call__(self, x: Tensor, timestep: Tensor, context: Tensor, *, y: Tensor | None = None,
+                 control: Any = None, patches: Mapping[str, Sequence[Any]] | None = None,
+                 guidance: Tensor | None = None) -> Tensor:
+        if control is not None:
+            raise ValueError(f"ControlNets are not supported on {self.label} models in Loom yet; remove the "
+                             "ControlNet apply node (SD1/SD2/SDXL ControlNets do not fit these models either)")
+        skipped = _skipped(patches or {}, self.label)
+        if y is None:
+            y = x.new_zeros((x.shape[0], self.pooled_width))
+        if isinstance(self.model, MMDiT):
+            if skipped.single:
+                raise ValueError("skip-layer guidance: SD3 models have no single blocks; list joint blocks under "
+                                 "double_layers")
+            return self.model(x, timestep, context, y, skip_layers=skipped.double)
+        return self.model(x, timestep, context, y, guidance=guidance if self.takes_guidance else None,
+                          skip_double=skipped.double, skip_single=skipped.single)
+
+
+def _skipped(patches: Mapping[str, Sequence[Any]], label: str) -> SkippedBlocks:
+    unknown = sorted(point for point, entries in patches.items() if entries and point != SKIP_LAYERS)
+    if unknown:
+        raise ValueError(f"{', '.join(unknown)} patches (FreeU, attention or block patches made for UNets) do not "
+                         f"apply to {label} models; remove the node that adds them")
+    double: set[int] = set()
+    single: set[int] = set()
+    for entry in patches.get(SKIP_LAYERS, ()):
+        double.update(entry.double)
+        single.update(entry.single)
+    return SkippedBlocks(tuple(sorted(double)), tuple(sorted(single)))
+
+
+@dataclass(frozen=True)
+class SkipLayerGuidancePatch:
+    """SkipLayerGuidanceDiT / SkipLayerGuidanceSD3 on a MODEL (a sampling patch: ``install(hooks, ms)``)."""
+
+    blocks: SkippedBlocks
+    scale: float
+    start_percent: float
+    end_percent: float
+    rescaling_scale: float = 0.0
+
+    def install(self, hooks: Any, model_sampling: Any) -> None:
+        if not (self.blocks.double or self.blocks.single):
+            return
+        sigma_start = float(model_sampling.percent_to_sigma(self.start_percent))
+        sigma_end = float(model_sampling.percent_to_sigma(self.end_percent))
+        hooks.post_cfg.append(_SkipLayerHook(self, sigma_start, sigma_end))
+
+
+@dataclass(frozen=True)
+class _SkipLayerHook:
+    patch: SkipLayerGuidancePatch
+    sigma_start: float
+    sigma_end: float
+
+    def __call__(self, step: Any, denoised: Tensor) -> Tensor:
+        sigma = float(step.sigma.reshape(-1)[0])
+        if self.patch.scale <= 0 or not self.sigma_end <= sigma <= self.sigma_start:
+            return denoised
+        patches: dict[str, Sequence[Any]] = dict(step.kwargs.get("unet_patches") or {})
+        patches[SKIP_LAYERS] = (*patches.get(SKIP_LAYERS, ()), self.patch.blocks)
+        skipped = step.model_fn(step.x, step.sigma, [step.cond], **{**step.kwargs, "unet_patches": patches})
+        result = denoised + (step.cond_denoised - skipped) * self.patch.scale
+        if self.patch.rescaling_scale:
+            factor = step.cond_denoised.std() / result.std()
+            result = result * (self.patch.rescaling_scale * factor + (1 - self.patch.rescaling_scale))
+        return result
