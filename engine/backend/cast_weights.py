@@ -19,7 +19,8 @@ import torch
 from torch import Tensor, nn
 
 __all__ = [
-    "FLOAT8_DTYPES", "CastConv2d", "CastGroupNorm", "CastLayerNorm", "CastLinear", "cast_at_forward", "cast_parameters",
+    "FLOAT8_DTYPES", "FP8_ONLY_SUFFIXES", "WEIGHT_SCALE_SUFFIXES", "CastConv2d", "CastGroupNorm", "CastLayerNorm",
+    "CastLinear", "cast_at_forward", "cast_parameters", "set_weight_scales",
 ]
 
 #: UNETLoader's weight_dtype names of the float8 storage dtypes ("fp8_e4m3fn_fast" stores as fp8_e4m3fn).
@@ -31,14 +32,23 @@ FLOAT8_DTYPES: dict[str, torch.dtype] = {
 
 
 class _CastWeights:
-    """``weight`` and ``bias`` read as the stored parameters cast to ``compute_dtype``."""
+    """``weight`` and ``bias`` read as the stored parameters cast to ``compute_dtype``; a ``weight_scale`` buffer
+    (the "scaled fp8" files: float8 weights with one float32 scale per layer or per output channel) multiplies
+    the weight as it is read."""
 
     compute_dtype: torch.dtype = torch.float32
     _parameters: dict[str, Any]
+    _buffers: dict[str, Any]
 
     @property
     def weight(self) -> Tensor:
-        return self._parameters["weight"].to(self.compute_dtype)
+        weight = self._parameters["weight"].to(self.compute_dtype)
+        scale = self._buffers.get("weight_scale")
+        if scale is None:
+            return weight
+        if scale.numel() > 1:  # one scale per output channel
+            scale = scale.reshape(-1, *([1] * (weight.ndim - 1)))
+        return weight * scale.to(self.compute_dtype)
 
     @property
     def bias(self) -> Tensor | None:
@@ -90,6 +100,22 @@ def cast_at_forward(model: nn.Module, compute_dtype: torch.dtype, *, strict: boo
             raise ValueError(f"{name or type(model).__name__} ({type(module).__name__}) holds weights that cannot "
                              "be cast at forward time; keep this model's weights in the compute dtype")
     return switched
+
+
+#: How scaled-fp8 files name a layer's weight scale: ComfyUI's first ``scaled_fp8`` files and the newer ones.
+WEIGHT_SCALE_SUFFIXES = (".scale_weight", ".weight_scale")
+#: Keys of scaled-fp8 files that only fp8 matrix multiplication reads (activation scales) or that mark the format.
+FP8_ONLY_SUFFIXES = (".scale_input", ".input_scale", "scaled_fp8")
+
+
+def set_weight_scales(model: nn.Module, scales: dict[str, Tensor]) -> None:
+    """Give each casting layer named in ``scales`` (layer name -> float32 scale) its ``weight_scale`` buffer."""
+    for name, scale in scales.items():
+        module = model.get_submodule(name)
+        if not isinstance(module, _CastWeights):
+            raise ValueError(f"{name} has a weight scale but is not a layer that casts its weights "
+                             f"({type(module).__name__})")
+        module.register_buffer("weight_scale", scale.float(), persistent=False)
 
 
 def cast_parameters(model: nn.Module) -> set[str]:

@@ -22,6 +22,12 @@ Scaling: ``alpha`` (the ``TARGET.alpha`` tensor) divided by the rank (``down.sha
 LoKr with two full factors). The final change is ``strength * scale * delta``, computed in float32.
 DoRA (``dora_scale``), OFT/BOFT, GLoRA and ``w_norm``/``set_weight`` are recognised and reported as
 unsupported.
+
+A model whose checkpoint fuses weights that a LoRA trains apart (SD3's and Flux's ``qkv`` from diffusers'
+``to_q`` / ``to_k`` / ``to_v``, Flux's ``linear1`` also from ``proj_mlp``) gets one :class:`RowBlocksAdapter`
+per fused weight: each part's adapter (any of the above, with its own alpha and rank) changes only its
+block of rows, optionally with the block's two halves swapped (diffusers' (scale, shift) order of a
+modulation the checkpoint stores as (shift, scale)).
 """
 
 from __future__ import annotations
@@ -40,6 +46,8 @@ __all__ = [
     "LoKrAdapter",
     "LoRAAdapter",
     "ParsedLora",
+    "RowBlock",
+    "RowBlocksAdapter",
     "fits",
     "parse_lora",
     "split_key",
@@ -312,6 +320,60 @@ class DiffAdapter(Adapter):
 
     def delta(self, device: torch.device) -> Tensor:
         return _f32(self.diff, device)
+
+
+@dataclass(frozen=True)
+class RowBlock:
+    """Rows ``start .. start + rows`` of a weight (and its bias); ``swap_halves``: the adapter's first half of
+    rows lands on the block's second half and its second half on the first."""
+
+    start: int
+    rows: int
+    swap_halves: bool = False
+
+    def shape_in(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The shape of this block of a weight of ``shape``."""
+        return (self.rows, *shape[1:])
+
+    def within(self, shape: tuple[int, ...]) -> bool:
+        """Whether the block lies inside a weight of ``shape`` (and has two equal halves to swap)."""
+        if not shape or self.rows <= 0 or self.start < 0 or self.start + self.rows > shape[0]:
+            return False
+        return not self.swap_halves or self.rows % 2 == 0
+
+
+@dataclass(frozen=True, eq=False)
+class RowBlocksAdapter(Adapter):
+    """Adapters that each change one block of rows of a weight of ``shape``; their changes add up (a file that
+    has both a fused target and its parts changes the shared rows by both)."""
+
+    shape: tuple[int, ...]
+    blocks: tuple[tuple[RowBlock, Adapter], ...]
+    kind = "row blocks"
+
+    def delta_shape(self) -> tuple[int, ...]:
+        return self.shape
+
+    def delta(self, device: torch.device) -> Tensor:
+        out = torch.zeros(self.shape, dtype=torch.float32, device=device)
+        self.add_to(out, 1.0)
+        return out
+
+    def added(self, weight: Tensor, strength: float, out: Tensor | None = None) -> Tensor:
+        result = weight.clone() if out is None else out.copy_(weight)
+        self.add_to(result, strength)
+        return result
+
+    def add_to(self, weight: Tensor, strength: float) -> None:
+        for block, adapter in self.blocks:
+            rows = weight.narrow(0, block.start, block.rows)  # a view: changing it changes the weight
+            if not block.swap_halves:
+                adapter.add_to(rows, strength)
+                continue
+            half = block.rows // 2
+            delta = adapter.delta(weight.device).reshape(rows.shape)
+            rows[:half].add_(delta[half:], alpha=strength)
+            rows[half:].add_(delta[:half], alpha=strength)
 
 
 @dataclass

@@ -18,7 +18,12 @@ Text encoders (``M`` = ``encoder.layers.N.self_attn.q_proj`` etc., HF names):
 * one tower (SD1 clip_l, SD2 clip_h, SDXL refiner clip_g): ``lora_te_text_model_{M with _}`` and
   ``text_encoder.text_model.M``; SD1 also accepts ``lora_te1_``;
 * SDXL: clip_l as ``lora_te1_`` (and ``lora_te_``) / ``text_encoder.``, clip_g as ``lora_te2_`` /
-  ``text_encoder_2.``; ``..._text_projection`` for the projection of a tower that has one.
+  ``text_encoder_2.``; ``..._text_projection`` for the projection of a tower that has one;
+* SD3 / Flux (a FlowTextEncoder): clip_l and clip_g as for SDXL whichever towers are present; the T5-XXL
+  (``T`` = its HF module path, ``encoder.block.N.layer.0.SelfAttention.q`` etc.) as ``lora_te{i}_{T with _}``
+  where ``i`` counts it after the CLIP towers present (ComfyUI's and OneTrainer's numbering: ``lora_te3_`` on
+  SD3 with both CLIPs; ``lora_te2_`` and ``lora_te3_`` after CLIP-L alone, i.e. Flux) and as diffusers'
+  ``text_encoder_3.T`` (SD3) / ``text_encoder_2.T`` (Flux).
 
 For making LoRAs (the demo model's is trained by tools/): :func:`kohya_unet_key` and
 :func:`kohya_text_key` give the kohya name a trainer should write for a module.
@@ -27,7 +32,6 @@ For making LoRAs (the demo model's is trained by tools/): :func:`kohya_unet_key`
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import cast
 
 from torch import nn
 
@@ -48,12 +52,16 @@ __all__ = [
 #: Target prefixes that address a text encoder (everything else is looked up in the UNet).
 TEXT_KEY_PREFIXES: tuple[str, ...] = (
     "lora_te_", "lora_te1_", "lora_te2_", "lora_te3_", "lora_prior_te_",
-    "text_encoder.", "text_encoder_2.", "text_encoders.", "te.", "te1.", "te2.",
+    "text_encoder.", "text_encoder_2.", "text_encoder_3.", "text_encoders.", "te.", "te1.", "te2.",
 )
 #: Prefixes of a second (SDXL clip_g) text encoder.
 SECOND_TOWER_PREFIXES: tuple[str, ...] = ("lora_te2_", "text_encoder_2.", "te2.")
 
 _ATTENTION_PROJECTIONS = (".to_q", ".to_k", ".to_v")
+#: Text-encoder families whose towers are named by key (FlowTextEncoder: clip_l, clip_g, t5xxl, each optional).
+_FLOW_TEXT_FAMILIES = ("sd3", "flux")
+_FLOW_CLIP_PREFIXES = {"clip_l": (("lora_te1_", "lora_te_"), ("text_encoder.",)),
+                       "clip_g": (("lora_te2_",), ("text_encoder_2.",))}
 
 
 def is_text_key(target: str) -> bool:
@@ -108,24 +116,50 @@ def _tower_prefixes(towers: list[str], key: str) -> tuple[tuple[str, ...], tuple
 def text_key_map(encoder: TextEncoder) -> dict[str, str]:
     """Every LoRA target name of the encoder's LoRA-able modules -> module path within ``encoder``."""
     paths = {id(module): name for name, module in encoder.named_modules()}
-    towers = list(encoder.towers.keys())
+    clips = [key for key, tower in encoder.towers.items() if isinstance(tower, ClipTower)]
+    flow = encoder.family in _FLOW_TEXT_FAMILIES
     key_map: dict[str, str] = {}
-    for key, tower_module in encoder.towers.items():
-        tower = cast(ClipTower, tower_module)  # nn.ModuleDict is untyped; TextEncoder holds ClipTowers
-        base = paths[id(tower.text_model)]
-        kohya, diffusers = _tower_prefixes(towers, key)
-        for module in clip_layer_modules(tower.num_layers):
-            for prefix in kohya:
-                key_map[f"{prefix}text_model_{_underscored(module)}"] = f"{base}.{module}"
-            for prefix in diffusers:
-                key_map[f"{prefix}text_model.{module}"] = f"{base}.{module}"
-        projection = getattr(tower.model, "text_projection", None)
-        if isinstance(projection, nn.Module):
-            for prefix in kohya:
-                key_map[f"{prefix}text_projection"] = paths[id(projection)]
-            for prefix in diffusers:
-                key_map[f"{prefix}text_projection"] = paths[id(projection)]
+    for key, tower in encoder.towers.items():
+        if isinstance(tower, ClipTower):
+            prefixes = _FLOW_CLIP_PREFIXES.get(key) if flow else None
+            _add_clip_tower(key_map, tower, paths, prefixes or _tower_prefixes(clips, key))
+        elif flow:
+            _add_t5_tower(key_map, tower, paths, clips, encoder.family)
     return key_map
+
+
+def _add_clip_tower(key_map: dict[str, str], tower: ClipTower, paths: dict[int, str],
+                    prefixes: tuple[tuple[str, ...], tuple[str, ...]]) -> None:
+    base = paths[id(tower.text_model)]
+    kohya, diffusers = prefixes
+    for module in clip_layer_modules(tower.num_layers):
+        for prefix in kohya:
+            key_map[f"{prefix}text_model_{_underscored(module)}"] = f"{base}.{module}"
+        for prefix in diffusers:
+            key_map[f"{prefix}text_model.{module}"] = f"{base}.{module}"
+    projection = getattr(tower.model, "text_projection", None)
+    if isinstance(projection, nn.Module):
+        for prefix in (*kohya, *diffusers):
+            key_map[f"{prefix}text_projection"] = paths[id(projection)]
+
+
+def _add_t5_tower(key_map: dict[str, str], tower: nn.Module, paths: dict[int, str], clips: list[str],
+                  family: str) -> None:
+    """The T5-XXL of an SD3 / Flux text encoder (the module docstring's numbering)."""
+    model = getattr(tower, "model", None)
+    if not isinstance(model, nn.Module):
+        return
+    base = paths[id(model)]
+    index = 1 + len(clips)
+    kohya = [f"lora_te{index}_"]
+    if clips == ["clip_l"]:  # OneTrainer's Flux numbering beside ComfyUI's
+        kohya.append("lora_te3_")
+    diffusers = "text_encoder_3." if family == "sd3" else "text_encoder_2."
+    for name, module in model.named_modules():
+        if name and isinstance(getattr(module, "weight", None), nn.Parameter):
+            key_map[f"{diffusers}{name}"] = f"{base}.{name}"
+            for prefix in kohya:
+                key_map[f"{prefix}{_underscored(name)}"] = f"{base}.{name}"
 
 
 def kohya_unet_key(ldm_module_path: str, config: UNetConfig) -> str:

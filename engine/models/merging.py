@@ -31,11 +31,13 @@ from torch import Tensor, nn
 from engine.backend.unet import UNetConfig, UNetModel, load_weights
 from engine.errors import ModelError
 from engine.models import parts
+from engine.models.flow_models import build_flow_model
 from engine.models.handles import ClipHandle, MergeSpec, ModelHandle, WeightPatch
 from engine.models.loaders import CheckpointFile
 from engine.models.lora_formats import Adapter
 from engine.models.lora_plan import build_plan, describe_part
 from engine.models.patching import LoraCache
+from engine.models.weight_storage import model_shapes
 
 __all__ = ["WeightSource", "check_same_family", "load_merged_unet", "merge_text_encoders", "unet_weights"]
 
@@ -135,21 +137,29 @@ def _lora_targets(patches: Sequence[WeightPatch], source: WeightSource, family_l
 
 
 def load_merged_unet(handle: ModelHandle, loras: LoraCache, *, device: torch.device,
-                     dtype: torch.dtype) -> UNetModel:
-    """Build the UNet of a merged ``handle`` (its own patches left to the caller), one weight at a time."""
+                     dtype: torch.dtype) -> nn.Module:
+    """Build the diffusion model (UNet, MMDiT or Flux) of a merged ``handle`` (its own patches left to the
+    caller), one weight at a time."""
     if handle.merge is None:
         raise ValueError("load_merged_unet needs a handle with a merge")
     with ExitStack() as files:
         source = unet_weights(handle, files, loras, patched=False)
-        config = UNetConfig.from_state_dict(source.shapes)
-        with torch.device("meta"):
-            model = UNetModel(config)
-        load_weights(model, _each(source), device=device, dtype=dtype)
+        shapes = model_shapes(source.shapes)
+        if len(shapes) != len(source.shapes):
+            raise ModelError(f"{handle.checkpoint.name}: merging scaled-fp8 files is not supported; merge the "
+                             "fp16/bf16 release of the model")
+        model: nn.Module
+        if handle.family.is_flow:  # an SD3/Flux transformer: merged in the compute dtype like a UNet
+            model = build_flow_model(handle.family, shapes)
+        else:
+            with torch.device("meta"):
+                model = UNetModel(UNetConfig.from_state_dict(shapes))
+        load_weights(model, _each(source, shapes), device=device, dtype=dtype)
     return model.requires_grad_(False).eval()
 
 
-def _each(source: WeightSource) -> Iterator[tuple[str, Tensor]]:
-    for name in source.shapes:
+def _each(source: WeightSource, shapes: Mapping[str, tuple[int, ...]]) -> Iterator[tuple[str, Tensor]]:
+    for name in shapes:
         yield name, source.tensor(name)
 
 

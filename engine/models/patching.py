@@ -1,7 +1,8 @@
 """Reversible weight patches: LoRA files applied to loaded modules (never to a copy), with strengths.
 
 A MODEL or CLIP handle lists its patches (``WeightPatch(file, strength)``, in order). The
-ModelManager hands every module it returns to :meth:`LoraPatcher.apply` with the handle's patches;
+ModelManager hands every module it returns (a UNet, a text encoder, an SD3/SD3.5 MMDiT or a Flux.1
+transformer) to :meth:`LoraPatcher.apply` with the handle's patches;
 the patcher makes the module's weights exactly ``original + sum(strength * scale * delta)`` for
 that list and remembers what is applied:
 
@@ -16,8 +17,10 @@ that list and remembers what is applied:
 * keys that match nothing are named in one warning per file and model part; a LoRA made for another
   model family raises :class:`~engine.errors.LoraMismatch` before any weight is touched.
 
-File formats and adapter arithmetic: engine/models/lora_formats.py; key names: engine/models/lora_keys.py;
-resolving a file against a model and the family checks: engine/models/lora_plan.py.
+File formats and adapter arithmetic: engine/models/lora_formats.py; key names: engine/models/lora_keys.py
+(UNet, text encoders) and engine/models/lora_flow_keys.py (SD3, Flux: separate q/k/v of a fused weight land on
+its rows); resolving a file against a model and the family checks: engine/models/lora_plan.py and
+engine/models/lora_families.py.
 A module is not re-entrant: the manager serialises ``apply`` and nodes use the module it returns
 before asking for the same module with other patches.
 """
@@ -163,10 +166,11 @@ class LoraPatcher:
         plans = [(self._plan(state, ref, kind), strength) for ref, strength, kind in wanted]
         params = dict(module.named_parameters())
         contributions = _contributions(plans)
+        scales = _weight_scales(module)
         with torch.no_grad(), torch.inference_mode(False):  # patched weights must be normal tensors
             self._restore(state, params)
             try:
-                self._patch(state, params, contributions)
+                self._patch(state, params, contributions, scales)
             except Exception:
                 self._restore(state, params)
                 raise
@@ -218,33 +222,48 @@ class LoraPatcher:
         state.applied = ()
 
     def _patch(self, state: _ModuleState, params: Mapping[str, nn.Parameter],
-               contributions: Mapping[str, list[tuple[Adapter, float]]]) -> None:
+               contributions: Mapping[str, list[tuple[Adapter, float]]], scales: Mapping[str, Tensor]) -> None:
         for name, items in contributions.items():
             param = params[name]
             original = param.data
             spare = state.spare.pop(name, None)
             fits_spare = spare is not None and (spare.shape, spare.dtype, spare.device) == (
                 original.shape, original.dtype, original.device) and spare.is_contiguous()
-            patched = _patched(original, items, spare if fits_spare else None)
+            patched = _patched(original, items, spare if fits_spare else None, scales.get(name))
             state.backups[name] = original if self.backup_device is None else original.to(self.backup_device, copy=True)
             param.data = patched
 
 
-def _patched(original: Tensor, items: Sequence[tuple[Adapter, float]], out: Tensor | None) -> Tensor:
+def _weight_scales(module: nn.Module) -> dict[str, Tensor]:
+    """``layer.weight`` -> the layer's ``weight_scale`` (scaled-fp8 weights: the weight is stored / scale)."""
+    return {f"{name}.weight" if name else "weight": scale for name, layer in module.named_modules()
+            if isinstance(scale := layer._buffers.get("weight_scale"), Tensor)}
+
+
+def _patched(original: Tensor, items: Sequence[tuple[Adapter, float]], out: Tensor | None,
+             scale: Tensor | None = None) -> Tensor:
     """``original`` plus every contribution, computed in float32, in the original dtype, written into
-    ``out`` (same shape and dtype) or a new tensor; ``original`` is only read."""
-    if original.dtype == torch.float32:
+    ``out`` (same shape and dtype) or a new tensor; ``original`` is only read. A scaled-fp8 weight (``scale``)
+    is patched as ``original * scale`` and stored divided by the scale again."""
+    if scale is not None:
+        scale = scale.float().reshape(-1, *([1] * (original.ndim - 1))) if scale.numel() > 1 else scale.float()
+    if original.dtype == torch.float32 and scale is None:
         (first, strength), rest = items[0], items[1:]
         result = first.added(original, strength, out)  # reads the original, writes the result: one pass
     else:
         result, rest = original.float(), items
+        if scale is not None:
+            result = result * scale
     relative = None  # the float32 original, for a model used as a LoRA after other patches
     for adapter, strength in rest:
         if isinstance(adapter, ModelDiffAdapter):
-            relative = original.float() if relative is None else relative
+            if relative is None:
+                relative = original.float() if scale is None else original.float() * scale
             adapter.add_to_patched(result, relative, strength)
         else:
             adapter.add_to(result, strength)
+    if scale is not None:
+        result = result / scale
     if result.dtype == original.dtype:
         return result
     return result.to(original.dtype) if out is None else out.copy_(result)
