@@ -15,6 +15,7 @@ def register_builtin_nodes(registry: NodeRegistry) -> None:
     from nodes.custom_sampling import CUSTOM_SAMPLING_NODES
     from nodes.diff_controlnet import DIFF_CONTROLNET_NODES
     from nodes.flow_models import FLOW_MODEL_NODES
+    from nodes.flow_text import FLOW_TEXT_NODES
     from nodes.gligen import GLIGEN_NODES
     from nodes.guidance import GUIDANCE_NODES
     from nodes.hooks import HOOK_NODES
@@ -49,7 +50,7 @@ def register_builtin_nodes(registry: NodeRegistry) -> None:
     from nodes.vae import VAE_NODES
 
     groups: tuple[tuple[type[Node], ...], ...] = (
-        MODEL_LOADER_NODES, PART_LOADER_NODES, FLOW_MODEL_NODES,
+        MODEL_LOADER_NODES, PART_LOADER_NODES, FLOW_MODEL_NODES, FLOW_TEXT_NODES,
         CONDITIONING_NODES, SAMPLING_NODES, VAE_NODES, IMAGE_IO_NODES, IMAGE_OPS_NODES,
         LATENT_NODES, LATENT_IO_NODES, INPAINT_NODES, MASK_NODES, CONTROLNET_NODES, PREPROCESS_NODES, LORA_NODES,
         DIFF_CONTROLNET_NODES,

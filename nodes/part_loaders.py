@@ -1,6 +1,11 @@
 """Loaders of model parts stored on their own, with ComfyUI's names and inputs: UNETLoader ("Load Diffusion
-Model", models/diffusion_models), CLIPLoader and DualCLIPLoader (models/text_encoders), CheckpointLoader
-(a checkpoint with a config name) and DiffusersLoader (a diffusers-format folder in models/diffusers).
+Model", models/diffusion_models), CLIPLoader, DualCLIPLoader and TripleCLIPLoader (models/text_encoders),
+CheckpointLoader (a checkpoint with a config name) and DiffusersLoader (a diffusers-format folder in
+models/diffusers).
+
+SD3 / SD3.5 and Flux text encoders: CLIPLoader type sd3 takes one of CLIP-L, CLIP-G and T5-XXL, DualCLIPLoader
+type sd3 two different ones and type flux a CLIP-L and a T5-XXL, TripleCLIPLoader all three of SD3's, each in
+any order; T5's tokenizer file is kept beside the T5 file (engine/backend/t5_tokenizer.py says where).
 
 Like CheckpointLoaderSimple they return light handles; the family comes from each part's own keys
 (engine/models/parts.py), and the model manager loads the weights when a node needs them.
@@ -30,7 +35,7 @@ from nodes.model_loaders import CheckpointLoaderSimple, file_fingerprint
 
 #: UNETLoader's weight_dtype choices (ComfyUI's order); fp8_e4m3fn_fast stores as fp8_e4m3fn.
 WEIGHT_DTYPES = ("default", "fp8_e4m3fn", "fp8_e4m3fn_fast", "fp8_e5m2")
-#: ComfyUI's CLIPLoader and DualCLIPLoader types; Loom loads stable_diffusion and sdxl, the others say so.
+#: ComfyUI's CLIPLoader and DualCLIPLoader types; Loom loads stable_diffusion, sdxl, sd3 and flux, the others say so.
 CLIP_TYPES = ("stable_diffusion", "stable_cascade", "sd3", "stable_audio", "mochi", "ltxv", "pixart", "cosmos",
               "lumina2", "wan", "hidream", "chroma", "ace", "omnigen2", "qwen_image", "hunyuan_image", "flux2",
               "ovis", "longcat_image")
@@ -88,12 +93,12 @@ class UNETLoader(Node):
 
 class CLIPLoader(Node):
     """Load one text encoder: type stable_diffusion reads SD1's CLIP-L or SD2's OpenCLIP-H (and bigG alone,
-    the SDXL refiner's), in transformers' or OpenCLIP's layout."""
+    the SDXL refiner's), in transformers' or OpenCLIP's layout; type sd3 one of SD3's CLIP-L, CLIP-G, T5-XXL."""
 
     display_name = "Load CLIP"
     category = "advanced/loaders"
-    description = ("[Recipes]\n\nstable_diffusion: clip-l (SD1.x) or OpenCLIP-H (SD2.x); other types name model "
-                   "families Loom does not run yet")
+    description = ("[Recipes]\n\nstable_diffusion: clip-l (SD1.x) or OpenCLIP-H (SD2.x)\nsd3: t5 xxl / clip-g / "
+                   "clip-l\nother types name model families Loom does not run yet")
     inputs = (Input("clip_name", COMBO, choices=_text_encoders, file_folder="text_encoders"),
               Input("type", COMBO, choices=CLIP_TYPES), _DEVICE)
     outputs = (Output(CLIP),)
@@ -114,11 +119,13 @@ class CLIPLoader(Node):
 
 
 class DualCLIPLoader(Node):
-    """Load SDXL's two text encoders (type sdxl: CLIP-L and OpenCLIP-bigG, in either order)."""
+    """Load two text encoders, in either order: SDXL's (type sdxl: CLIP-L and OpenCLIP-bigG), two of SD3's (type
+    sd3: CLIP-L, CLIP-G, T5-XXL) or Flux's (type flux: CLIP-L and T5-XXL)."""
 
     display_name = "DualCLIPLoader"
     category = "advanced/loaders"
-    description = "[Recipes]\n\nsdxl: clip-l, clip-g; other types name model families Loom does not run yet"
+    description = ("[Recipes]\n\nsdxl: clip-l, clip-g\nsd3: clip-l, clip-g / clip-l, t5 / clip-g, t5\nflux: "
+                   "clip-l, t5\nother types name model families Loom does not run yet")
     inputs = (Input("clip_name1", COMBO, choices=_text_encoders, file_folder="text_encoders"),
               Input("clip_name2", COMBO, choices=_text_encoders, file_folder="text_encoders"),
               Input("type", COMBO, choices=DUAL_CLIP_TYPES), _DEVICE)
@@ -138,6 +145,29 @@ class DualCLIPLoader(Node):
         second = ctx.folders.model_path("text_encoders", clip_name2)
         where = (f"DualCLIPLoader clip_name1 {clip_name1!r}", f"DualCLIPLoader clip_name2 {clip_name2!r}")
         return (model_parts.dual_clip_handle(first, second, where, type),)
+
+
+class TripleCLIPLoader(Node):
+    """Load SD3's three text encoders (CLIP-L, CLIP-G and T5-XXL), in any order."""
+
+    category = "advanced/loaders"
+    description = "[Recipes]\n\nsd3: clip-l, clip-g, t5"
+    inputs = tuple(Input(f"clip_name{index}", COMBO, choices=_text_encoders, file_folder="text_encoders")
+                   for index in (1, 2, 3))
+    outputs = (Output(CLIP),)
+
+    @classmethod
+    def fingerprint(cls, folders: Folders, inputs: Any) -> str | None:
+        names = (inputs["clip_name1"], inputs["clip_name2"], inputs["clip_name3"])
+        return "|".join(file_fingerprint(folders, "text_encoders", name) for name in names)
+
+    def run(self, ctx: RunContext, clip_name1: str, clip_name2: str, clip_name3: str) -> tuple[ClipHandle]:
+        from engine.sdk import model_parts
+
+        names = (clip_name1, clip_name2, clip_name3)
+        first, second, third = (ctx.folders.model_path("text_encoders", name) for name in names)
+        where1, where2, where3 = (f"TripleCLIPLoader clip_name{index} {name!r}" for index, name in enumerate(names, 1))
+        return (model_parts.triple_clip_handle((first, second, third), (where1, where2, where3)),)
 
 
 class CheckpointLoader(Node):
@@ -187,4 +217,4 @@ class DiffusersLoader(Node):
         return model, clip, vae
 
 
-PART_LOADER_NODES = (UNETLoader, CLIPLoader, DualCLIPLoader, CheckpointLoader, DiffusersLoader)
+PART_LOADER_NODES = (UNETLoader, CLIPLoader, DualCLIPLoader, TripleCLIPLoader, CheckpointLoader, DiffusersLoader)

@@ -11,6 +11,10 @@ message naming the model, since their UNet-shaped hooks have no place in a trans
 form): a post-CFG hook that, while the noise level is within ``[sigma(end_percent), sigma(start_percent)]``,
 runs the positive prompt again with some blocks skipped and adds ``(cond - skipped) * scale``, optionally
 rescaled towards the cond's spread.
+
+:func:`flux_concat` makes the extra input channels of Flux.1 Fill (the masked image's latent and the mask,
+each latent pixel's 8x8 mask pixels as 64 channels) and of the Depth/Canny models (the control image's
+latent), from what InpaintModelConditioning / InstructPixToPixConditioning put on the conditioning.
 """
 
 from __future__ import annotations
@@ -19,10 +23,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from engine.backend.flux import Flux
+from engine.backend.latent_formats import LatentFormat
 from engine.backend.mmdit import MMDiT
+from engine.backend.resample import center_crop_to_aspect
 
 #: The patch point carrying the blocks to skip: entries are :class:`SkippedBlocks`.
 SKIP_LAYERS = "skip_layers"
@@ -128,3 +136,39 @@ class _SkipLayerHook:
             factor = step.cond_denoised.std() / result.std()
             result = result * (self.patch.rescaling_scale * factor + (1 - self.patch.rescaling_scale))
         return result
+
+
+def flux_concat(sources: Mapping[str, Any], model_latent: Tensor, denoise_mask: Tensor | None,
+                latent_format: LatentFormat, fill: bool) -> Tensor:
+    """The channels Flux Fill (``fill``: 16 image + 64 mask) or Flux Depth/Canny (16 image) take after the latent.
+
+    ``sources`` holds ``concat_latent_image`` (a VAE latent; zeros without one, as ComfyUI) and for Fill
+    ``concat_mask`` (pixels; else the noise mask; else all ones). Both are resized bilinearly to the latent
+    (the mask to 8x its size) and repeated to its batch.
+    """
+    batch, _, height, width = model_latent.shape
+    image = sources.get("concat_latent_image")
+    if image is None:
+        image = torch.zeros_like(model_latent)
+    image = _fit(image.float().to(model_latent.device), height, width, batch)
+    image = latent_format.to_model(image)
+    if not fill:
+        return image
+    mask = sources.get("concat_mask")
+    if mask is None:
+        mask = denoise_mask if denoise_mask is not None else torch.ones_like(model_latent[:, :1])
+    mask = mask.float().to(model_latent.device)
+    mask = mask.unsqueeze(1) if mask.ndim == 3 else mask
+    mask = _fit(mask.mean(dim=1, keepdim=True), height * 8, width * 8, batch)
+    mask = mask.view(batch, 1, height, 8, width, 8).permute(0, 1, 3, 5, 2, 4).reshape(batch, 64, height, width)
+    return torch.cat((image, mask), dim=1)
+
+
+def _fit(tensor: Tensor, height: int, width: int, batch: int) -> Tensor:
+    """``tensor`` [b, c, h, w] resized (bilinear, centre-cropped to the aspect) and repeated to ``batch``."""
+    if tensor.shape[-2:] != (height, width):
+        tensor = F.interpolate(center_crop_to_aspect(tensor, width, height), size=(height, width), mode="bilinear",
+                               align_corners=False)
+    if tensor.shape[0] < batch:
+        tensor = tensor.repeat(-(-batch // tensor.shape[0]), 1, 1, 1)
+    return tensor[:batch]

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from engine.backend import conditioning, control_apply, guiders, model_sampling
-from engine.backend.flow_apply import FlowTransformerCall
+from engine.backend.flow_apply import FlowTransformerCall, flux_concat
 from engine.backend.guidance import (
     CFGDenoiser,
     CfgFunction,
@@ -86,6 +86,7 @@ class ModelTraits:
     ip2p: bool = False  # an 8-channel InstructPix2Pix UNet (engine/backend/image_concat.py)
     x4_upscaler: bool = False  # the 7-channel SD x4 upscaler (engine/backend/x4_upscaler.py)
     schedule: tuple[float, float] = (0.00085, 0.012)  # the first and last beta of the scaled-linear schedule
+    flux_concat: Literal["fill", "control"] | None = None  # Flux Fill / Depth-Canny extra input channels
 
 
 @dataclass(frozen=True)
@@ -260,6 +261,9 @@ def _denoiser(request: CustomRequest, traits: ModelTraits, unet: Any, ms: ModelS
     elif traits.ip2p:
         concat = ip2p_concat(ip2p_source(guidance.positive, request.latent), traits.latent_format.to_model(latent),
                              traits.latent_format).to(device)
+    elif traits.flux_concat is not None:
+        concat = flux_concat(inpaint_sources(request.latent, guidance.positive), traits.latent_format.to_model(latent),
+                             denoise_mask, traits.latent_format, fill=traits.flux_concat == "fill").to(device)
     elif traits.x4_upscaler:
         image, augmentation = x4_source(guidance.positive)
         concat = x4_concat(image, latent, augmentation, request.noise.seed).to(device)

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from engine.backend.attention import load_weights
-from engine.backend.cast_weights import FLOAT8_DTYPES, cast_at_forward, cast_parameters
+from engine.backend.cast_weights import FLOAT8_DTYPES, cast_at_forward, cast_parameters, set_weight_scales
 from engine.backend.control_lora import ControlLora
 from engine.backend.controlnet import ControlNet
 from engine.backend.flux import Flux
@@ -44,8 +44,8 @@ from engine.models.addon_caches import clear_addon_caches
 from engine.models.control_lora_load import is_control_lora, load_control_lora
 from engine.models.control_models import cache_part, load_control_model
 from engine.models.families import FLOW_FAMILIES
-from engine.models.flow_text_load import load_flow_text_encoder
 from engine.models.flow_models import build_flow_model
+from engine.models.flow_text_load import load_flow_text_encoder
 from engine.models.handles import (
     CHECKPOINT_UNET,
     ClipHandle,
@@ -55,7 +55,7 @@ from engine.models.handles import (
     TextEncoderFile,
     VaeHandle,
 )
-from engine.models.loaders import CheckpointFile
+from engine.models.loaders import CheckpointFile, UnsupportedModel
 from engine.models.memory import (
     DeviceBudget,
     Residency,
@@ -67,6 +67,7 @@ from engine.models.merging import load_merged_unet, merge_text_encoders
 from engine.models.patching import LoraPatcher
 from engine.models.streaming import BlockStreamer, Placement, module_bytes, stream_units
 from engine.models.taesd_load import load_tiny_vae
+from engine.models.weight_storage import file_float8, model_shapes, split_scales, stored_as
 
 log = logging.getLogger(__name__)
 
@@ -407,32 +408,47 @@ class ModelManager:
     def _load_unet(self, handle: ModelHandle, dtype: torch.dtype) -> DiffusionModel:
         if handle.merge is not None:
             merged = load_merged_unet(handle, self.patcher.files, device=self.offload_device, dtype=dtype)
+            assert isinstance(merged, _DIFFUSION_MODELS)
             log.info("built the merged UNet of %s and %s (%s)", handle.merge.base.checkpoint.name,
                      handle.merge.other.checkpoint.name, str(dtype).removeprefix("torch."))
             return merged
-        ref, layout = handle.checkpoint, handle.unet_layout
-        storage = FLOAT8_DTYPES.get(str(handle.weight_dtype), dtype)
-        model: DiffusionModel
+        ref = handle.checkpoint
         with CheckpointFile(ref.path) as ckpt:
-            shapes = parts.unet_shapes(ckpt, layout)
-            if handle.family.is_flow:
-                built = build_flow_model(handle.family, shapes)
-                assert isinstance(built, (MMDiT, Flux))
-                model = built
-            else:
-                with torch.device("meta"):
-                    model = UNetModel(UNetConfig.from_state_dict(shapes))
-            tensors = parts.unet_tensors(ckpt, layout)
-            if storage != dtype:  # float8 weights, each layer cast to the compute dtype as it runs
-                cast_at_forward(model, dtype, strict=not handle.family.is_flow)
-                tensors = _stored_as(tensors, cast_parameters(model), storage, dtype)
-            load_weights(model, tensors, device=self.offload_device, dtype=None if storage != dtype else dtype)
+            model, storage = self._read_unet(ckpt, handle, dtype)
         log.info("loaded %s of %s (%s%s)", type(model).__name__, ref.name, str(dtype).removeprefix("torch."),
-                 "" if storage == dtype else f", weights stored in {handle.weight_dtype}")
+                 "" if storage == dtype else f", weights stored in {str(storage).removeprefix('torch.')}")
         if self.device.type == "cpu" and dtype != torch.float32:
             log.warning("%s's UNet computes in %s on the CPU (ModelComputeDtype), many times slower than fp32 there",
                         ref.name, str(dtype).removeprefix("torch."))
         return model.requires_grad_(False).eval()
+
+    def _read_unet(self, ckpt: CheckpointFile, handle: ModelHandle,
+                   dtype: torch.dtype) -> tuple[DiffusionModel, torch.dtype]:
+        """The diffusion model of ``handle`` read from ``ckpt`` and the dtype its layer weights are stored in
+        (engine/models/weight_storage.py: float8 when asked for or when the file stores float8)."""
+        layout = handle.unet_layout
+        shapes = model_shapes(parts.unet_shapes(ckpt, layout))
+        chosen = FLOAT8_DTYPES.get(str(handle.weight_dtype))
+        storage = chosen or file_float8(ckpt, parts.unet_keys(ckpt, layout)) or dtype
+        model: DiffusionModel
+        if handle.family.is_flow:
+            built = build_flow_model(handle.family, shapes)
+            assert isinstance(built, (MMDiT, Flux))
+            model = built
+        else:
+            with torch.device("meta"):
+                model = UNetModel(UNetConfig.from_state_dict(shapes))
+        scales: dict[str, torch.Tensor] = {}
+        tensors = split_scales(parts.unet_tensors(ckpt, layout), scales)
+        if storage != dtype:  # float8 weights, each layer cast to the compute dtype as it runs
+            cast_at_forward(model, dtype, strict=not handle.family.is_flow)
+            tensors = stored_as(tensors, cast_parameters(model), storage, dtype, from_file=chosen is None)
+        load_weights(model, tensors, device=self.offload_device, dtype=None if storage != dtype else dtype)
+        if scales:
+            if storage == dtype:
+                raise UnsupportedModel(f"{ckpt.path.name} has scaled-fp8 weight scales but no float8 weights")
+            set_weight_scales(model, {name: scale.to(self.offload_device) for name, scale in scales.items()})
+        return model, storage
 
     def _load_vae(self, ref: FileRef, prefix: str) -> AutoencoderKL:
         with CheckpointFile(ref.path) as ckpt:
@@ -476,16 +492,6 @@ class ModelManager:
         encoder = load_text_encoder(state, family, dtype=self.dtype, device=self.offload_device)
         log.info("loaded text encoder of %s", ref.name)
         return encoder.requires_grad_(False).eval()
-
-
-def _stored_as(tensors: Iterator[tuple[str, torch.Tensor]], cast: set[str], storage: torch.dtype,
-               dtype: torch.dtype) -> Iterator[tuple[str, torch.Tensor]]:
-    """Floating tensors in ``storage`` where their layer casts at forward time (``cast``), else in ``dtype``
-    (the transformers' norm scales and position table stay in the compute dtype)."""
-    for name, tensor in tensors:
-        if tensor.is_floating_point():
-            tensor = tensor.to(storage if name in cast else dtype)
-        yield name, tensor
 
 
 def _working_memory(model: DiffusionModel, latent_shape: tuple[int, ...], dtype: torch.dtype, cfg: bool) -> int:

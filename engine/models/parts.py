@@ -253,10 +253,12 @@ def dual_clip(first: Path, second: Path, what: tuple[str, str]) -> tuple[str, tu
 
 _FLOW_KIND_WIDTHS = {768: "clip_l", 1024: "clip_h", 1280: "clip_g"}
 _FLOW_LABELS = {"clip_l": "CLIP-L", "clip_g": "CLIP-G", "clip_h": "OpenCLIP-H", "t5xxl": "T5-XXL"}
-#: What each SD3 / Flux loader accepts: (family, allowed kinds, the kinds it must have, the recipe in words).
+_FLOW_KINDS = ("clip_l", "clip_g", "t5xxl")
+#: What each SD3 / Flux loader accepts: (family, the kinds it must have, the recipe in words); no kind twice.
 FLOW_RECIPES = {
-    "sd3": ("sd3", ("clip_l", "clip_g", "t5xxl"), (), "distinct text encoders among CLIP-L, CLIP-G and T5-XXL"),
-    "flux": ("flux", ("clip_l", "t5xxl"), ("clip_l", "t5xxl"), "one CLIP-L and one T5-XXL text encoder"),
+    "sd3": ("sd3", (), "type sd3 needs different text encoders among CLIP-L, CLIP-G and T5-XXL"),
+    "flux": ("flux", ("clip_l", "t5xxl"), "type flux needs one CLIP-L and one T5-XXL text encoder"),
+    "triple": ("sd3", _FLOW_KINDS, "needs one CLIP-L, one CLIP-G and one T5-XXL text encoder"),
 }
 
 
@@ -324,17 +326,19 @@ def _tell_tiny_towers(found: list[FlowTextPart]) -> list[FlowTextPart]:
 
 
 def flow_clip(paths: tuple[Path, ...], what: tuple[str, ...], recipe: str) -> tuple[str, tuple[TextEncoderFile, ...]]:
-    """(family, sources) of an SD3 / Flux loader's files (``recipe`` "sd3" or "flux"), in any order; sources come
-    in the order clip_l, clip_g, t5xxl. UnsupportedModel names each input and what it holds when the files do not
-    make the recipe (a kind it does not take, one twice, or one it needs missing)."""
-    family, allowed, required, words = FLOW_RECIPES[recipe]
+    """(family, sources) of an SD3 / Flux loader's files in any order (``recipe``: "sd3" and "flux", CLIPLoader's
+    and DualCLIPLoader's types, or "triple", TripleCLIPLoader's); sources come in the order clip_l, clip_g, t5xxl.
+    UnsupportedModel names the node, each input and what it holds when the files do not make the recipe (a kind
+    SD3 / Flux does not use, one twice, or one it needs missing); ``what`` is ``Node input 'file'`` per file."""
+    family, required, words = FLOW_RECIPES[recipe]
+    allowed = _FLOW_KINDS if family == "sd3" else required
     found = _tell_tiny_towers([find_flow_text_part(path, name) for path, name in zip(paths, what, strict=True)])
     kinds = [part.kind for part in found]
     wrong = [kind for kind in kinds if kind not in allowed]
     if wrong or len(set(kinds)) != len(kinds) or not set(required) <= set(kinds):
         got = ", ".join(part.describe(name) for part, name in zip(found, what, strict=True))
-        raise UnsupportedModel(f"type {recipe} needs {words}; {got}")
-    ordered = sorted(found, key=lambda part: ("clip_l", "clip_g", "t5xxl").index(part.kind))
+        raise UnsupportedModel(f"{what[0].split(' ', 1)[0]} {words}; {got}")
+    ordered = sorted(found, key=lambda part: _FLOW_KINDS.index(part.kind))
     return family, tuple(part.placed() for part in ordered)
 
 

@@ -1,5 +1,5 @@
 """Torch-backed SDK: handles for model parts stored on their own (UNETLoader, CLIPLoader, DualCLIPLoader,
-DiffusersLoader). A node imports this module inside ``run``.
+TripleCLIPLoader, DiffusersLoader). A node imports this module inside ``run``.
 
 Each function reads only names and shapes (and, for SD2 UNets, one small tensor), recognises the family
 from the part's own keys (engine/models/parts.py) and returns the handles; the model manager loads the
@@ -14,12 +14,13 @@ from pathlib import Path
 
 from engine.errors import ModelError
 from engine.models import parts
-from engine.models.families import ModelFamily
+from engine.models.families import FLOW_FAMILIES, ModelFamily
 from engine.models.handles import ClipHandle, FileRef, ModelHandle, TextEncoderFile, VaeHandle
 from engine.models.inspection import vae_prefix
 from engine.models.loaders import CheckpointFile, UnsupportedModel
 
-__all__ = ["WEIGHT_DTYPES", "clip_handle", "diffusers_handles", "dual_clip_handle", "unet_handle"]
+__all__ = ["WEIGHT_DTYPES", "clip_handle", "diffusers_handles", "dual_clip_handle", "triple_clip_handle",
+           "unet_handle"]
 
 log = logging.getLogger(__name__)
 
@@ -47,19 +48,35 @@ def unet_handle(path: Path, where: str, weight_dtype: str = "default", predictio
 
 
 def _clip(family: str, sources: tuple[TextEncoderFile, ...]) -> ClipHandle:
+    if family in FLOW_FAMILIES:  # SD3 / Flux: 16-channel latents, flow prediction
+        return ClipHandle(sources[0].file, ModelFamily(family, "flow", 16, 16), sources=sources)
     return ClipHandle(sources[0].file, ModelFamily(family, "eps", 4), sources=sources)
 
 
 #: CLIPLoader types Loom loads, and DualCLIPLoader's.
-SINGLE_CLIP_TYPES = ("stable_diffusion",)
-DUAL_CLIP_TYPES = ("sdxl",)
+SINGLE_CLIP_TYPES = ("stable_diffusion", "sd3")
+DUAL_CLIP_TYPES = ("sdxl", "sd3", "flux")
+
+
+def _flow_clip(paths: tuple[Path, ...], where: tuple[str, ...], clip_type: str) -> ClipHandle:
+    """CLIP for SD3's (any of CLIP-L, CLIP-G, T5-XXL) or Flux's (CLIP-L + T5-XXL) text-encoder files, any order;
+    ``clip_type`` sd3, flux or triple (TripleCLIPLoader: all three of SD3's)."""
+    try:
+        family, sources = parts.flow_clip(paths, where, clip_type)
+    except UnsupportedModel as exc:
+        raise ModelError(str(exc)) from None
+    return _clip(family, sources)
 
 
 def clip_handle(path: Path, where: str, clip_type: str) -> ClipHandle:
-    """CLIP for one text-encoder file: SD1 CLIP-L, SD2 OpenCLIP-H, or OpenCLIP-bigG alone (SDXL refiner)."""
+    """CLIP for one text-encoder file: SD1 CLIP-L, SD2 OpenCLIP-H, or OpenCLIP-bigG alone (SDXL refiner); with
+    type sd3, one of SD3's CLIP-L, CLIP-G and T5-XXL."""
     if clip_type not in SINGLE_CLIP_TYPES:
         raise ModelError(f"{where.split()[0]} type: {clip_type!r} text encoders are not supported yet; Loom runs "
-                         "SD1.x/SD2.x/SDXL: use type stable_diffusion (CLIP-L for SD1, OpenCLIP-H for SD2)")
+                         "SD1.x/SD2.x/SDXL and SD3: use type stable_diffusion (CLIP-L for SD1, OpenCLIP-H for SD2) "
+                         "or sd3 (CLIP-L, CLIP-G or T5-XXL)")
+    if clip_type == "sd3":
+        return _flow_clip((path,), (where,), clip_type)
     try:
         family, sources = parts.single_clip(path, where)
     except UnsupportedModel as exc:
@@ -68,15 +85,24 @@ def clip_handle(path: Path, where: str, clip_type: str) -> ClipHandle:
 
 
 def dual_clip_handle(first: Path, second: Path, where: tuple[str, str], clip_type: str) -> ClipHandle:
-    """CLIP for SDXL's pair of text-encoder files (CLIP-L and OpenCLIP-bigG, either order)."""
+    """CLIP for a pair of text-encoder files, either order: SDXL's CLIP-L and OpenCLIP-bigG; two of SD3's CLIP-L,
+    CLIP-G and T5-XXL; Flux's CLIP-L and T5-XXL."""
     if clip_type not in DUAL_CLIP_TYPES:
         raise ModelError(f"{where[0].split()[0]} type: {clip_type!r} text encoders are not supported yet; Loom "
-                         "runs SD1.x/SD2.x/SDXL: use type sdxl with a CLIP-L and an OpenCLIP-bigG file")
+                         "runs SD1.x/SD2.x/SDXL, SD3 and Flux: use type sdxl (CLIP-L + OpenCLIP-bigG), sd3 (two of "
+                         "CLIP-L, CLIP-G, T5-XXL) or flux (CLIP-L + T5-XXL)")
+    if clip_type in FLOW_FAMILIES:
+        return _flow_clip((first, second), where, clip_type)
     try:
         family, sources = parts.dual_clip(first, second, where)
     except UnsupportedModel as exc:
         raise ModelError(f"{where[0].split()[0]}: {exc}") from None
     return _clip(family, sources)
+
+
+def triple_clip_handle(paths: tuple[Path, Path, Path], where: tuple[str, str, str]) -> ClipHandle:
+    """CLIP for SD3's three text-encoder files (TripleCLIPLoader): CLIP-L, CLIP-G and T5-XXL, in any order."""
+    return _flow_clip(paths, where, "triple")
 
 
 def diffusers_handles(folder: Path, where: str) -> tuple[ModelHandle, ClipHandle, VaeHandle]:

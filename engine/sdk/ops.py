@@ -9,14 +9,14 @@ its edges and leaves the tensor work to engine/backend and the ModelProvider.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
 from engine.backend.conditioning_edit import average, concat_tokens, zeroed
-from engine.backend.flow_text import FlowTextEncoder
 from engine.backend.control_attach import attach_control
+from engine.backend.flow_text import FlowTextEncoder
 from engine.backend.guiders import Guidance, Guider, NoiseSource, SamplerChoice
 from engine.backend.latent_formats import latent_format
 from engine.backend.model_sampling import ModelSampling
@@ -81,7 +81,15 @@ def model_traits(family: ModelFamily, pre_cfg: tuple[PreCfgOperation, ...] = (),
                        adm=adm,  # type: ignore[arg-type]  # one of the names set just above
                        inpaint=family.is_inpaint, preview_format=preview,
                        pre_cfg=pre_cfg, patches=patches, sampling_spec=sampling_spec, ip2p=family.is_ip2p,
-                       x4_upscaler=family.is_x4_upscaler, schedule=(family.linear_start, family.linear_end))
+                       x4_upscaler=family.is_x4_upscaler, schedule=(family.linear_start, family.linear_end),
+                       flux_concat=_flux_concat(family))
+
+
+def _flux_concat(family: ModelFamily) -> Literal["fill", "control"] | None:
+    """Flux Fill's and Flux Depth/Canny's extra input channels (engine/backend/flow_apply.py)."""
+    if family.name != "flux":
+        return None
+    return "fill" if family.variant == "fill" else "control" if family.variant == "control" else None
 
 
 def default_flow_sampling(family: ModelFamily) -> ModelSamplingSpec:

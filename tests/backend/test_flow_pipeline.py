@@ -28,7 +28,7 @@ from engine.backend.pipeline import SamplingRequest, sample
 from engine.backend.schedules import sigmas_for
 from engine.errors import ModelError
 from engine.models.families import ModelFamily
-from engine.models.handles import FileRef, ModelHandle
+from engine.models.handles import FileRef, ModelHandle, WeightPatch
 from engine.models.loaders import CheckpointFile, UnsupportedModel, detect_family
 from engine.models.manager import ModelManager
 from engine.sdk import model_parts
@@ -236,3 +236,99 @@ def test_diffusers_format_transformers_are_refused_with_a_way_out(tmp_path: Path
         model_parts.unet_handle(path, "UNETLoader unet_name 'diffusers-flux'")
     with CheckpointFile(path) as ckpt, pytest.raises(UnsupportedModel, match="diffusers-format"):
         detect_family(ckpt)
+
+
+@pytest.mark.parametrize("scale_key", ["scale_weight", "weight_scale"])
+def test_scaled_fp8_files_keep_float8_weights_and_their_scales(flux_file: tuple[Path, Flux], tmp_path: Path,
+                                                               scale_key: str) -> None:
+    """ComfyUI's scaled-fp8 releases: float8 weights, one float32 scale per layer, activation scales unused."""
+    _, model = flux_file
+    stored: dict[str, Tensor] = {"scaled_fp8": torch.zeros(0, dtype=torch.float8_e4m3fn)}
+    dequantized: dict[str, Tensor] = {}
+    for key, value in model.state_dict().items():
+        if not _cast(key) or not key.endswith(".weight"):
+            stored[key] = dequantized[key] = value
+            continue
+        scale = value.abs().max() / 448.0
+        quantized = (value / scale).to(torch.float8_e4m3fn)
+        layer = key.removesuffix(".weight")
+        stored |= {key: quantized, f"{layer}.{scale_key}": scale.reshape(()), f"{layer}.scale_input": torch.ones(())}
+        dequantized[key] = quantized.float() * scale
+    path = tmp_path / "flux-fp8-scaled.safetensors"
+    save_file(stored, str(path))
+    reference = _write(_loaded(Flux(FLUX_CONFIG), dequantized), tmp_path / "dequantized.safetensors", "")
+    positive, negative = _conds(32, 24), _conds(32, 24)
+    manager = ModelManager("cpu")
+    handle = model_parts.unet_handle(path, "UNETLoader")  # weight_dtype default: the file's float8 is kept
+    out = _run(manager, handle, positive, negative)
+    loaded = dict(manager.unet(handle).named_parameters())
+    assert loaded["single_blocks.0.linear1.weight"].dtype == torch.float8_e4m3fn
+    expected = _run(ModelManager("cpu"), model_parts.unet_handle(reference, "UNETLoader"), positive, negative)
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-5)
+
+
+def test_flux_fill_gets_the_masked_image_and_the_unshuffled_mask(tmp_path: Path) -> None:
+    """Flux.1 Fill: 16 latent + 16 masked-image + 64 mask channels (each latent pixel's 8x8 mask pixels)."""
+    config = FluxConfig(**{**FLUX_CONFIG.__dict__, "in_channels": 384})
+    model = _randomized(Flux(config), 4)
+    assert isinstance(model, Flux)
+    handle = model_parts.unet_handle(_write(model, tmp_path / "fill.safetensors", ""), "UNETLoader")
+    assert handle.family.variant == "fill"
+    generator = torch.Generator().manual_seed(5)
+    image = torch.randn(1, 16, 8, 8, generator=generator)
+    mask = (torch.rand(1, 1, 64, 64, generator=generator) > 0.5).float()
+    inpaint = {"concat_latent_image": image, "concat_mask": mask}
+    positive, negative = _conds(32, 24), _conds(32, 24)
+    positive = [[positive[0][0], {**positive[0][1], **inpaint}]]
+    negative = [[negative[0][0], {**negative[0][1], **inpaint}]]
+    out = _run(ModelManager("cpu"), handle, positive, negative)
+    concat = torch.cat([FLUX.to_model(image), torch.nn.functional.pixel_unshuffle(mask, 8)], dim=1)
+
+    def velocity(x: Tensor, sigma: Tensor, which: int) -> Tensor:
+        context, extras = (positive, negative)[which][0]
+        return model(torch.cat([x, concat], dim=1), sigma.reshape(1), context, extras["pooled_output"],
+                     guidance=torch.tensor([3.5]))
+
+    expected = _euler(velocity, FluxSampling(1.15), FLUX)
+    torch.testing.assert_close(out, expected, rtol=0, atol=2e-5)
+
+
+def test_two_sd3_models_merge_weight_by_weight(sd3_file: tuple[Path, MMDiT], tmp_path: Path) -> None:
+    path, model = sd3_file
+    other_model = _randomized(MMDiT(SD3_CONFIG), 9)
+    other_path = _write(other_model, tmp_path / "other-sd3.safetensors", "model.diffusion_model.")
+    with CheckpointFile(path) as ckpt:
+        family = detect_family(ckpt)
+    base, other = ModelHandle(FileRef.of(path), family), ModelHandle(FileRef.of(other_path), family)
+    merged = ModelManager("cpu").unet(base.merged_with(other, rules=(), default=(0.25, 0.75)))
+    assert isinstance(merged, MMDiT)
+    mine, theirs = model.state_dict(), other_model.state_dict()
+    for name, value in merged.state_dict().items():
+        torch.testing.assert_close(value, 0.25 * mine[name] + 0.75 * theirs[name], rtol=0, atol=1e-6)
+
+
+def test_a_lora_on_a_scaled_fp8_layer_patches_the_dequantized_weight(tmp_path: Path) -> None:
+    model = _randomized(Flux(FLUX_CONFIG), 6)
+    stored: dict[str, Tensor] = {}
+    for key, value in model.state_dict().items():
+        if key == "double_blocks.0.img_attn.qkv.weight":
+            scale = value.abs().max() / 448.0
+            stored |= {key: (value / scale).to(torch.float8_e4m3fn), "double_blocks.0.img_attn.qkv.scale_weight": scale}
+        else:
+            stored[key] = value
+    path = tmp_path / "scaled.safetensors"
+    save_file(stored, str(path))
+    generator = torch.Generator().manual_seed(3)
+    down, up = torch.randn(4, 64, generator=generator) * 0.1, torch.randn(192, 4, generator=generator) * 0.1
+    lora = tmp_path / "lora.safetensors"
+    save_file({"lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight": down,
+               "lora_unet_double_blocks_0_img_attn_qkv.lora_up.weight": up,
+               "lora_unet_double_blocks_0_img_attn_qkv.alpha": torch.tensor(2.0)}, str(lora))
+    handle = model_parts.unet_handle(path, "UNETLoader")
+    manager = ModelManager("cpu")
+    layer = manager.unet(handle.with_patch(WeightPatch(FileRef.of(lora), 0.8))).double_blocks[0].img_attn.qkv
+    quantized, scale = stored["double_blocks.0.img_attn.qkv.weight"], stored["double_blocks.0.img_attn.qkv.scale_weight"]
+    patched = quantized.float() * scale + 0.8 * (2.0 / 4) * (up @ down)
+    torch.testing.assert_close(layer.weight, (patched / scale).to(torch.float8_e4m3fn).float() * scale, rtol=0, atol=0)
+    unpatched = manager.unet(handle).double_blocks[0].img_attn.qkv
+    torch.testing.assert_close(unpatched.weight, quantized.float() * scale, rtol=0, atol=0)

@@ -146,9 +146,9 @@ def test_wrong_files_and_types_name_the_node_and_input(demo_parts: dict[str, Pat
     with pytest.raises(ModelError, match=r"CLIPLoader clip_name.*holds 2 text encoders.*CheckpointLoaderSimple"):
         model_parts.clip_handle(build_checkpoint(tiny / "x.safetensors", "sdxl"), "CLIPLoader clip_name",
                                 "stable_diffusion")
-    with pytest.raises(ModelError, match=r"CLIPLoader type: 'sd3' text encoders are not supported yet"):
-        model_parts.clip_handle(demo_parts["clip0"], "CLIPLoader clip_name", "sd3")
-    with pytest.raises(ModelError, match=r"DualCLIPLoader type: 'flux'"):
+    with pytest.raises(ModelError, match=r"CLIPLoader type: 'mochi' text encoders are not supported yet"):
+        model_parts.clip_handle(demo_parts["clip0"], "CLIPLoader clip_name", "mochi")
+    with pytest.raises(ModelError, match=r"DualCLIPLoader type flux needs one CLIP-L and one T5-XXL"):
         model_parts.dual_clip_handle(demo_parts["clip0"], demo_parts["clip0"], ("DualCLIPLoader clip_name1",
                                      "DualCLIPLoader clip_name2"), "flux")
     with pytest.raises(ModelError, match=r"one CLIP-L and one OpenCLIP-bigG.*clip_name1"):

@@ -151,8 +151,8 @@ def test_wrong_files_name_the_node_and_input(executor: Executor) -> None:
         shutil.copyfile(executor.folders.model_path("vae", "vae.safetensors"),
                         executor.folders.model_dirs("text_encoders")[0] / "vae.safetensors")
         CLIPLoader().run(ctx, "vae.safetensors", "stable_diffusion")
-    with pytest.raises(ModelError, match=r"CLIPLoader type: 'sd3' text encoders are not supported yet"):
-        CLIPLoader().run(ctx, "clip_l.safetensors", "sd3")
+    with pytest.raises(ModelError, match=r"CLIPLoader type: 'mochi' text encoders are not supported yet"):
+        CLIPLoader().run(ctx, "clip_l.safetensors", "mochi")
     with pytest.raises(ModelError, match=r"DualCLIPLoader.*one CLIP-L and one OpenCLIP-bigG"):
         DualCLIPLoader().run(ctx, "clip_l.safetensors", "sdxl_clip_l.safetensors", "sdxl")
     with pytest.raises(FileNotFoundError, match="nothing"):

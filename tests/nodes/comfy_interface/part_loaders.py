@@ -1,6 +1,6 @@
 """ComfyUI's interface for the part loaders (nodes.py): UNETLoader, CLIPLoader, DualCLIPLoader, CheckpointLoader,
 DiffusersLoader. The CLIPLoader / DualCLIPLoader type lists are those of one ComfyUI release (the 19 and 12 types
-of late 2025); Loom loads stable_diffusion and sdxl and names the others as not supported yet."""
+of late 2025); Loom loads stable_diffusion, sdxl, sd3 and flux and names the others as not supported yet."""
 
 from __future__ import annotations
 
