@@ -25,9 +25,9 @@ if TYPE_CHECKING:
     from engine.backend.t2i_adapter import T2IAdapter
     from engine.backend.taesd import TinyAutoencoder
     from engine.backend.text import TextEncoder
-    from engine.backend.unet import UNetModel
     from engine.backend.vae import AutoencoderKL
     from engine.models.handles import ClipHandle, ControlNetHandle, ModelHandle, VaeHandle
+    from engine.models.manager import DiffusionModel
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +40,9 @@ class ModelProvider(Protocol):
     @property
     def dtype(self) -> torch.dtype: ...
 
-    def unet(self, handle: ModelHandle) -> UNetModel: ...
+    def unet(self, handle: ModelHandle) -> DiffusionModel: ...
     def sampling(self, handle: ModelHandle, latent_shape: tuple[int, ...], *,
-                 cfg: bool = True) -> AbstractContextManager[UNetModel]: ...
+                 cfg: bool = True) -> AbstractContextManager[DiffusionModel]: ...
     def text_encoder(self, handle: ClipHandle) -> TextEncoder: ...
     def vae(self, handle: VaeHandle) -> AutoencoderKL | TinyAutoencoder: ...
     def controlnet(self, handle: ControlNetHandle) -> ControlNet | T2IAdapter | ControlLora: ...
@@ -74,11 +74,11 @@ class NoModels:
     def dtype(self) -> torch.dtype:
         raise self._missing("a dtype")
 
-    def unet(self, handle: ModelHandle) -> UNetModel:
+    def unet(self, handle: ModelHandle) -> DiffusionModel:
         raise self._missing("a UNet")
 
     def sampling(self, handle: ModelHandle, latent_shape: tuple[int, ...], *,
-                 cfg: bool = True) -> AbstractContextManager[UNetModel]:
+                 cfg: bool = True) -> AbstractContextManager[DiffusionModel]:
         raise self._missing("a UNet")
 
     def text_encoder(self, handle: ClipHandle) -> TextEncoder:
@@ -164,11 +164,11 @@ class DeferredModels:
     def dtype(self) -> torch.dtype:
         return self.provider().dtype
 
-    def unet(self, handle: ModelHandle) -> UNetModel:
+    def unet(self, handle: ModelHandle) -> DiffusionModel:
         return self.provider().unet(handle)
 
     def sampling(self, handle: ModelHandle, latent_shape: tuple[int, ...], *,
-                 cfg: bool = True) -> AbstractContextManager[UNetModel]:
+                 cfg: bool = True) -> AbstractContextManager[DiffusionModel]:
         return self.provider().sampling(handle, latent_shape, cfg=cfg)
 
     def text_encoder(self, handle: ClipHandle) -> TextEncoder:

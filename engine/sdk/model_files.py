@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from engine.backend.unet import UNetModel
+from engine.errors import ModelError
 from engine.models.handles import ClipHandle, ModelHandle
 from engine.models.lora_extract import LORA_TYPES, DiffPart, changed_unnamed, lora_entries, text_part, unet_part
 from engine.models.safetensors_writer import TensorEntry, write_safetensors
@@ -42,6 +44,9 @@ def extract_lora(models: ModelProvider, model_diff: ModelHandle | None, text_enc
     parts: list[DiffPart] = []
     if model_diff is not None:
         unet = models.unet(model_diff)
+        if not isinstance(unet, UNetModel):
+            raise ModelError(f"LoraSave: extracting LoRAs from {model_diff.family.label} models is not supported yet; "
+                             "use SD1.x/SD2.x/SDXL models")
         parts.append(unet_part(unet, _reader(lambda: models.unet(model_diff))))
     if text_encoder_diff is not None:
         encoder = models.text_encoder(text_encoder_diff)

@@ -126,7 +126,11 @@ def train_lora(ctx: RunContext, model: ModelHandle, latents: Mapping[str, Any], 
     if (class_latents is None) != (class_positive is None):
         raise LoomError(f"{NODE}: prior preservation needs both class_latents and class_positive; connect both "
                         "or neither")
+    if model.family.is_flow:
+        raise ModelError(f"{NODE}: training LoRAs of {traits.label} models is not supported yet; train on an "
+                         "SD1.x/SD2.x/SDXL model")
     unet = ctx.models.unet(model)
+    assert isinstance(unet, UNetModel)
     model_sampling = ops.model_sampling(model)
     adm = adm_builder(traits.adm, settings.seed, unet.config.adm_in_channels or 0)
     prepare = _Preparation(traits.latent_format, adm, model_sampling, unet.config.in_channels)
