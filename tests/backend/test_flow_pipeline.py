@@ -327,7 +327,8 @@ def test_a_lora_on_a_scaled_fp8_layer_patches_the_dequantized_weight(tmp_path: P
     handle = model_parts.unet_handle(path, "UNETLoader")
     manager = ModelManager("cpu")
     layer = manager.unet(handle.with_patch(WeightPatch(FileRef.of(lora), 0.8))).double_blocks[0].img_attn.qkv
-    quantized, scale = stored["double_blocks.0.img_attn.qkv.weight"], stored["double_blocks.0.img_attn.qkv.scale_weight"]
+    quantized = stored["double_blocks.0.img_attn.qkv.weight"]
+    scale = stored["double_blocks.0.img_attn.qkv.scale_weight"]
     patched = quantized.float() * scale + 0.8 * (2.0 / 4) * (up @ down)
     torch.testing.assert_close(layer.weight, (patched / scale).to(torch.float8_e4m3fn).float() * scale, rtol=0, atol=0)
     unpatched = manager.unet(handle).double_blocks[0].img_attn.qkv
