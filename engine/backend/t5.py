@@ -24,8 +24,9 @@ attention's max distance 128, the RMS-norm epsilon 1e-6. T5-XXL comes out as d_m
 24 layers, 64 heads of 64, 32 buckets, vocabulary 32128.
 
 Weights stored in float16, bfloat16 or (unscaled) float8 are cast to the compute dtype (float32 by
-default, which is what the CPU path uses). Files in ComfyUI's *scaled* fp8 format (a ``scaled_fp8`` key
-and per-weight ``scale_weight`` tensors) are refused with a clear error. UMT5 (a relative-attention
+default, which is what the CPU path uses) by :func:`build_t5_encoder`. Files in ComfyUI's *scaled* fp8 format
+(a ``scaled_fp8`` key and per-weight ``scale_weight`` tensors) are refused here: the model manager's loader
+(engine/models/flow_text_load.py) keeps float8 weights and their scales instead. UMT5 (a relative-attention
 bias in every block) is refused too.
 
 Encoding follows ComfyUI for SD3 and Flux: the last hidden state (after the final layer norm), no
@@ -157,8 +158,9 @@ def _check_not_scaled_fp8(keys: Mapping[str, object], prefix: str) -> None:
     scaled = f"{prefix}scaled_fp8" in keys or "scaled_fp8" in keys
     if scaled or any(key.startswith(prefix) and key.endswith(".scale_weight") for key in keys):
         raise ValueError(
-            "this T5 file is in ComfyUI's scaled fp8 format (scaled_fp8 / scale_weight), which Loom does not load "
-            "yet; use t5xxl_fp16.safetensors or an unscaled t5xxl_fp8_e4m3fn.safetensors"
+            "this T5 file is in ComfyUI's scaled fp8 format (scaled_fp8 / scale_weight): its weights mean nothing "
+            "without their scales; load it through the model manager (CLIPLoader / DualCLIPLoader / "
+            "TripleCLIPLoader, engine/models/flow_text_load.py), which keeps the scales"
         )
 
 

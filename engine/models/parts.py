@@ -51,6 +51,7 @@ from engine.models.families import ModelFamily
 from engine.models.flow_models import FLOW_ROOTS, flow_family, is_flow_layout
 from engine.models.handles import CHECKPOINT_UNET, FileRef, KeyLayout, TextEncoderFile
 from engine.models.loaders import _V_PREDICTION_STD, CheckpointFile, UnsupportedModel
+from engine.models.weight_storage import FLOAT8
 
 __all__ = [
     "DiffusersParts", "FlowTextPart", "Tower", "dual_clip", "find_flow_text_part", "find_towers", "find_unet_layout",
@@ -342,15 +343,18 @@ def flow_clip(paths: tuple[Path, ...], what: tuple[str, ...], recipe: str) -> tu
     return family, tuple(part.placed() for part in ordered)
 
 
-def text_state(sources: tuple[TextEncoderFile, ...], dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """The towers' tensors under their checkpoint prefixes, converted to ``dtype`` while read."""
+def text_state(sources: tuple[TextEncoderFile, ...], dtype: torch.dtype, *,
+               keep_float8: bool = False) -> dict[str, torch.Tensor]:
+    """The towers' tensors under their checkpoint prefixes, converted to ``dtype`` while read (float8 ones kept
+    as they are with ``keep_float8``)."""
     state: dict[str, torch.Tensor] = {}
     for source in sources:
         with CheckpointFile(source.file.path) as ckpt:
             for key in ckpt.keys():
                 rest = key[len(source.prefix):]
                 if key.startswith(source.prefix) and rest.startswith(_TEXT_ROOTS):
-                    state[source.tower + rest] = ckpt.load(key, dtype)
+                    keep = keep_float8 and ckpt.dtype(key) in FLOAT8
+                    state[source.tower + rest] = ckpt.load(key, None if keep else dtype)
     return state
 
 

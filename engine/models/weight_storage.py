@@ -19,9 +19,10 @@ from torch import Tensor
 from engine.backend.cast_weights import FP8_ONLY_SUFFIXES, WEIGHT_SCALE_SUFFIXES
 from engine.models.loaders import CheckpointFile
 
-__all__ = ["file_float8", "model_shapes", "split_scales", "stored_as"]
+__all__ = ["FLOAT8", "file_float8", "model_shapes", "split_scales", "stored_as"]
 
-_FLOAT8 = (torch.float8_e4m3fn, torch.float8_e5m2)
+#: The float8 dtypes a file may store weights in.
+FLOAT8 = (torch.float8_e4m3fn, torch.float8_e5m2)
 
 
 def _scale_or_marker(name: str) -> bool:
@@ -37,7 +38,7 @@ def file_float8(ckpt: CheckpointFile, keys: Mapping[str, str]) -> torch.dtype | 
     """The float8 dtype the file stores layer weights in (``keys``: model name -> file key), or None; files that
     keep some layers (embedders, final layers) in 16 bits still count."""
     for name, key in keys.items():
-        if name.endswith(".weight") and len(ckpt.shape(key)) >= 2 and ckpt.dtype(key) in _FLOAT8:
+        if name.endswith(".weight") and len(ckpt.shape(key)) >= 2 and ckpt.dtype(key) in FLOAT8:
             return ckpt.dtype(key)
     return None
 
@@ -64,9 +65,9 @@ def stored_as(tensors: Iterable[tuple[str, Tensor]], cast: set[str], storage: to
     """
     for name, tensor in tensors:
         if tensor.is_floating_point():
-            in_float8 = name in cast and (not from_file or tensor.dtype in _FLOAT8)
+            in_float8 = name in cast and (not from_file or tensor.dtype in FLOAT8)
             target = storage if in_float8 else dtype
-            if tensor.dtype != target and tensor.dtype in _FLOAT8 and target in _FLOAT8:
+            if tensor.dtype != target and tensor.dtype in FLOAT8 and target in FLOAT8:
                 tensor = tensor.float()
             tensor = tensor.to(target)
         yield name, tensor

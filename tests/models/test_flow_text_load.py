@@ -188,3 +188,37 @@ def test_text_elements_count_the_t5_embedding(root: Path, towers: Towers) -> Non
 def test_t5_compute_dtype() -> None:
     assert t5_compute_dtype(torch.float32, torch.device("cpu")) == torch.float32
     assert t5_compute_dtype(torch.float16, torch.device("cpu")) == torch.float16
+
+
+@pytest.mark.parametrize("scaled", [False, True])
+def test_float8_t5_files_keep_float8_weights(root: Path, towers: Towers, tmp_path: Path, scaled: bool) -> None:
+    """t5xxl_fp8_e4m3fn (and ComfyUI's *_scaled with per-layer scales): the linear weights stay float8 and the
+    encoder equals the full-precision T5 with those weights rounded through float8."""
+    from tests.backend.flow_text_files import tower_state
+
+    stored: dict[str, torch.Tensor] = {"scaled_fp8": torch.zeros(0, dtype=torch.float8_e4m3fn)} if scaled else {}
+    rounded: dict[str, torch.Tensor] = {}
+    for key, value in tower_state(towers, "t5xxl").items():
+        if key.startswith("encoder.block.") and key.endswith(("q.weight", "k.weight", "v.weight", "o.weight",
+                                                               "wi_0.weight", "wi_1.weight", "wo.weight")):
+            scale = value.abs().max() / 448.0 if scaled else torch.tensor(1.0)
+            stored[key] = (value / scale).to(torch.float8_e4m3fn)
+            rounded[key] = stored[key].float() * scale
+            if scaled:
+                stored[key.removesuffix(".weight") + ".scale_weight"] = scale
+        else:
+            stored[key] = rounded[key] = value
+    folder = tmp_path / "text_encoders"
+    folder.mkdir()
+    shutil.copytree(root / "text_encoders" / "t5_tokenizer", folder / "t5_tokenizer")
+    save_file(stored, str(folder / "t5_fp8.safetensors"))
+    save_file(rounded, str(folder / "t5_rounded.safetensors"))
+    manager = ModelManager("cpu")
+    fp8 = manager.text_encoder(model_parts.clip_handle(folder / "t5_fp8.safetensors", "CLIPLoader clip_name", "sd3"))
+    weights = dict(fp8.named_parameters())
+    assert weights["towers.t5xxl.model.encoder.block.0.layer.0.SelfAttention.q.weight"].dtype == torch.float8_e4m3fn
+    assert weights["towers.t5xxl.model.shared.weight"].dtype == torch.float32
+    reference = manager.text_encoder(model_parts.clip_handle(folder / "t5_rounded.safetensors", "CLIPLoader", "sd3"))
+    cond, _ = _encode(fp8)
+    expected, _ = _encode(reference)
+    torch.testing.assert_close(cond, expected, rtol=0, atol=1e-5)
