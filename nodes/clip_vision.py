@@ -1,10 +1,11 @@
-"""CLIP vision, style model and unCLIP nodes (SDXL Revision and T2I-Adapter style workflows).
+"""CLIP vision, style model and unCLIP nodes (SDXL Revision, T2I-Adapter style and Flux Redux workflows).
 
 CLIPVisionLoader and StyleModelLoader return small handles (the file); the tower and the style model are
 loaded into a small cache on first use. CLIPVisionEncode returns the CLIP_VISION_OUTPUT (image embeds and
-hidden states); StyleModelApply appends style tokens to the conditioning; unCLIPConditioning records the
-image embeddings in the conditioning, and the sampler turns them into SDXL's pooled vector (noise
-augmented, seeded from the sampler's seed).
+hidden states; a SigLIP tower's, for Flux Redux, are its post-layernorm tokens); StyleModelApply appends style
+tokens to the conditioning (Redux: 729 tokens on Flux's T5 context); unCLIPConditioning records the image
+embeddings in the conditioning, and the sampler turns them into SDXL's pooled vector (noise augmented, seeded
+from the sampler's seed).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from engine.sdk import (
     ClipHandle,
     Folders,
     Input,
+    LoomError,
     ModelError,
     ModelHandle,
     Node,
@@ -58,12 +60,13 @@ def _style_models(folders: Folders) -> list[str]:
 
 
 class CLIPVisionLoader(Node):
-    """Load a CLIP vision tower (OpenAI ViT-L/14, OpenCLIP ViT-H/14 or ViT-bigG) from models/clip_vision."""
+    """Load a vision tower (CLIP ViT-L/14, ViT-H/14, ViT-bigG/14; SigLIP so400m for Flux Redux) from
+    models/clip_vision."""
 
     display_name = "Load CLIP Vision"
     category = "loaders"
     inputs = (Input("clip_name", COMBO, choices=_clip_visions, file_folder="clip_vision",
-                    tooltip="The CLIP vision file (transformers or OpenCLIP key layout)."),)
+                    tooltip="The CLIP vision file (CLIP in transformers' or OpenCLIP's key layout, or SigLIP)."),)
     outputs = (Output(CLIP_VISION),)
 
     @classmethod
@@ -73,7 +76,11 @@ class CLIPVisionLoader(Node):
     def run(self, ctx: RunContext, clip_name: str) -> tuple[ClipVisionHandle]:
         from engine.sdk import vision
 
-        handle = vision.clip_vision_handle(ctx, ctx.folders.model_path("clip_vision", clip_name))
+        path = ctx.folders.model_path("clip_vision", clip_name)
+        try:
+            handle = vision.clip_vision_handle(ctx, path)
+        except LoomError as exc:
+            raise ModelError(f"CLIPVisionLoader (node {ctx.node_id}), input clip_name: {exc}") from exc
         ctx.log.info("%s: %s", clip_name, handle.label)
         return (handle,)
 
@@ -100,13 +107,14 @@ class unCLIPCheckpointLoader(Node):  # noqa: N801 - ComfyUI's node name
 
 
 class CLIPVisionEncode(Node):
-    """Encode images with a CLIP vision tower (CLIP's resize, optional centre crop and normalisation)."""
+    """Encode images with a vision tower (resize to its resolution, optional centre crop, its normalisation)."""
 
     display_name = "CLIP Vision Encode"
     category = "conditioning"
     inputs = (Input("clip_vision", CLIP_VISION), Input("image", IMAGE),
               Input("crop", COMBO, choices=["center", "none"],
-                    tooltip="center: resize the short side to 224 and crop the middle; none: squash to 224x224."))
+                    tooltip="center: resize the short side to the tower's size (224, SigLIP 384) and crop the "
+                            "middle; none: squash the whole image to that square."))
     outputs = (Output(CLIP_VISION_OUTPUT),)
 
     def run(self, ctx: RunContext, clip_vision: ClipVisionHandle, image: Tensor,
@@ -132,7 +140,11 @@ class StyleModelLoader(Node):
     def run(self, ctx: RunContext, style_model_name: str) -> tuple[StyleModelHandle]:
         from engine.sdk import vision
 
-        return (vision.style_model_handle(ctx.folders.model_path("style_models", style_model_name)),)
+        path = ctx.folders.model_path("style_models", style_model_name)
+        try:
+            return (vision.style_model_handle(path),)
+        except LoomError as exc:
+            raise ModelError(f"StyleModelLoader (node {ctx.node_id}), input style_model_name: {exc}") from exc
 
 
 class StyleModelApply(Node):
@@ -158,8 +170,15 @@ class StyleModelApply(Node):
 
         if strength_type == "attn_bias" and strength != 1.0:
             raise ModelError(f"StyleModelApply (node {ctx.node_id}): strength_type 'attn_bias' with strength "
-                             f"{strength} needs attention masks, which Loom does not support yet; use "
-                             "strength_type 'multiply' (or strength 1.0)")
+                             f"{strength} needs an attention bias on the style tokens, which Loom does not "
+                             "support yet; use strength_type 'multiply' (it scales the style tokens, e.g. Flux "
+                             "Redux's image tokens) or strength 1.0")
+        width, tower = vision.style_model_input(style_model)
+        got = clip_vision_output.last_hidden_state.shape[-1]
+        if width and got != width:
+            raise ModelError(f"StyleModelApply (node {ctx.node_id}), input clip_vision_output: tokens of width "
+                             f"{got}, but this style model takes width {width}; encode the image with {tower} "
+                             "in CLIPVisionLoader")
         return (vision.apply_style_model(conditioning, style_model, clip_vision_output, strength, strength_type),)
 
 
@@ -184,6 +203,10 @@ class unCLIPConditioning(Node):  # noqa: N801 - ComfyUI's node name
 
         if strength == 0:
             return (conditioning,)
+        if clip_vision_output.image_embeds.ndim != 2:
+            raise ModelError(f"unCLIPConditioning (node {ctx.node_id}), input clip_vision_output: it holds token "
+                             "embeds (a SigLIP tower's), not one image embedding per image; use a CLIP vision "
+                             "tower (e.g. clip_vision_g.safetensors) here, and SigLIP with StyleModelApply")
         return (vision.add_unclip(conditioning, clip_vision_output, strength, noise_augmentation),)
 
 

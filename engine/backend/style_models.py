@@ -7,7 +7,12 @@ Two kinds, told apart by their keys:
   ``ln_pre``, ``n_layes`` CLIP residual attention blocks (torch ``MultiheadAttention``, QuickGELU MLP)
   and ``ln_post`` on the learned tokens only, then ``@ proj`` (width -> context_dim). Sizes come from
   the shapes; the head count is not in the file (ComfyUI uses 8).
-* Flux Redux (``redux_up`` / ``redux_down``): ``redux_down(silu(redux_up(tokens)))``, for SigLIP tokens.
+* Flux Redux (``redux_up`` / ``redux_down``): ``redux_down(silu(redux_up(tokens)))`` on every token of a
+  SigLIP ``last_hidden_state`` (so400m at 384 px: 729 tokens of 1152 -> 729 tokens of T5's 4096, appended to
+  Flux's T5 context; the release's hidden width is 3 x 4096).
+
+Each model records the token width it takes (``input_width``) and which vision tower gives it (``tower``),
+so StyleModelApply can name the right CLIP vision file when it is handed another tower's output.
 """
 
 from __future__ import annotations
@@ -49,8 +54,11 @@ class _ResidualAttentionBlock(nn.Module):
 class StyleAdapter(nn.Module):
     """The T2I-Adapter style model: ``[N, tokens, width]`` vision tokens -> ``[N, num_token, context_dim]``."""
 
+    tower = "CLIP ViT-L/14 (e.g. clip_vision_l.safetensors)"
+
     def __init__(self, width: int, context_dim: int, heads: int, layers: int, num_token: int) -> None:
         super().__init__()
+        self.input_width = width
         self.transformer_layes = nn.Sequential(*[_ResidualAttentionBlock(width, heads) for _ in range(layers)])
         self.num_token = num_token
         self.style_embedding = nn.Parameter(torch.zeros(1, num_token, width))
@@ -68,8 +76,11 @@ class StyleAdapter(nn.Module):
 class ReduxImageEncoder(nn.Module):
     """Flux Redux: SigLIP tokens -> T5-width context tokens."""
 
+    tower = "SigLIP so400m/14 at 384 px (sigclip_vision_patch14_384.safetensors)"
+
     def __init__(self, redux_dim: int, txt_dim: int, hidden: int) -> None:
         super().__init__()
+        self.input_width = redux_dim
         self.redux_up = nn.Linear(redux_dim, hidden)
         self.redux_down = nn.Linear(hidden, txt_dim)
 

@@ -1,18 +1,28 @@
-"""Loading CLIP vision towers and style models from files, never from a hub.
+"""Loading CLIP and SigLIP vision towers and style models from files, never from a hub.
 
-A CLIP vision file is in one of two key layouts:
+A CLIP vision file is in one of three key layouts:
 
 * transformers' (``vision_model.embeddings.*``, ``vision_model.encoder.layers.N.*``,
   ``visual_projection.weight``): OpenAI ViT-L/14 and ComfyUI's clip_vision_g / ViT-H files;
 * OpenCLIP's (``visual.class_embedding``, ``visual.conv1.weight``, ``visual.transformer.resblocks.N.*``
   with a fused ``attn.in_proj_weight``, ``visual.proj``), converted here (in_proj split into q/k/v,
-  ``proj`` transposed, ln/mlp names mapped).
+  ``proj`` transposed, ln/mlp names mapped);
+* transformers' ``SiglipVisionModel`` (``vision_model.embeddings.patch_embedding.{weight,bias}``, no class
+  embedding, no pre-layernorm, ``vision_model.post_layernorm``, ``vision_model.head.*``): ComfyUI's
+  ``sigclip_vision_patch14_384.safetensors`` for Flux Redux. The attention-pooling head is dropped, as
+  ComfyUI does (its SigLIP outputs are the post-layernorm tokens).
 
 The ``CLIPVisionConfig`` comes from the shapes: hidden size, MLP width, layer count, patch size,
 image size (from the position count), projection size. What shapes do not tell: 16 heads (every
 ViT-L/14, ViT-H/14 and ViT-bigG/14 has 16; a width not divisible by 16 gets width // 64) and the
 activation (quick_gelu for OpenAI's width 1024, gelu for the OpenCLIP H and bigG towers and others).
-Loaded towers are cached by file (size and mtime included), two at a time.
+The ``SiglipVisionConfig`` likewise (hidden size, MLP width, layers, patch size; image size patch x the side of
+the square position grid, except so400m/14's 27 x 27 = 729 positions, which ComfyUI and the release read at
+384 px: 27 patches of 14 cover 378 and the convolution drops the rest); not in the shapes: the heads (16 for width 1152,
+so400m's 16 x 72 as in ComfyUI's clip_vision_siglip_384.json; width // 64 otherwise, SigLIP base's 12 and
+large's 16), the activation (tanh-approximated GELU) and the layer-norm epsilon (1e-6, the release's; ComfyUI
+uses torch's default 1e-5, a difference far below fp16 resolution). A linear patch embedding (SigLIP 2
+NaFlex) is refused. Loaded towers are cached by file (size and mtime included), two at a time.
 """
 
 from __future__ import annotations
@@ -25,20 +35,35 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
-from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+from transformers import (
+    CLIPVisionConfig,
+    CLIPVisionModelWithProjection,
+    PretrainedConfig,
+    SiglipVisionConfig,
+    SiglipVisionModel,
+)
 
 from engine.backend.style_models import build_style_model
 from engine.models.handles import FileRef
 from engine.models.loaders import CheckpointFile, UnsupportedModel
 
 __all__ = ["describe_clip_vision", "load_clip_vision", "load_style_model", "openclip_to_transformers",
-           "vision_config"]
+           "siglip_config", "vision_config"]
 
 log = logging.getLogger(__name__)
 
 _OPENCLIP = "visual.transformer.resblocks.0.attn.in_proj_weight"
 _HF_MARK = "vision_model.encoder.layers.0.layer_norm1.weight"
-_NAMES = {(1024, 24): "ViT-L/14", (1280, 32): "ViT-H/14", (1664, 48): "ViT-bigG/14"}
+_CLASS = "vision_model.embeddings.class_embedding"
+_PATCH = "vision_model.embeddings.patch_embedding.weight"
+_POSITIONS = "vision_model.embeddings.position_embedding.weight"
+_NAMES = {(1024, 24): "ViT-L/14", (1280, 32): "ViT-H/14", (1664, 48): "ViT-bigG/14", (1152, 27): "SigLIP so400m/14"}
+#: SigLIP head counts the shapes cannot tell (so400m: 16 heads of 72); other widths get width // 64.
+_SIGLIP_HEADS = {1152: 16}
+#: Released SigLIP resolutions that are not a multiple of the patch, by (patch, grid side): so400m/14 reads
+#: 384 px (27 patches of 14 cover 378; the convolution drops the rest). Others: patch x side.
+_SIGLIP_SIZES = {(14, 27): 384}
+VisionTower = CLIPVisionModelWithProjection | SiglipVisionModel
 _TOP = {
     "class_embedding": "vision_model.embeddings.class_embedding",
     "conv1.weight": "vision_model.embeddings.patch_embedding.weight",
@@ -79,10 +104,10 @@ def _block_tensors(name: str, tensor: Tensor) -> dict[str, Tensor]:
 
 def vision_config(shapes: Mapping[str, tuple[int, ...]]) -> CLIPVisionConfig:
     """The ``CLIPVisionConfig`` of a transformers-layout tower from its ``{key: shape}``."""
-    hidden = shapes["vision_model.embeddings.class_embedding"][0]
-    patch = shapes["vision_model.embeddings.patch_embedding.weight"][-1]
-    positions = shapes["vision_model.embeddings.position_embedding.weight"][0]
-    layers = 1 + max(int(k.split(".")[3]) for k in shapes if k.startswith("vision_model.encoder.layers."))
+    hidden = shapes[_CLASS][0]
+    patch = shapes[_PATCH][-1]
+    positions = shapes[_POSITIONS][0]
+    layers = _layer_count(shapes)
     side = math.isqrt(positions - 1)
     if side * side != positions - 1 or "visual_projection.weight" not in shapes:
         raise ValueError("position embedding or projection of an unexpected shape")
@@ -91,6 +116,27 @@ def vision_config(shapes: Mapping[str, tuple[int, ...]]) -> CLIPVisionConfig:
         num_hidden_layers=layers, num_attention_heads=16 if hidden % 16 == 0 else max(1, hidden // 64),
         patch_size=patch, image_size=side * patch, projection_dim=shapes["visual_projection.weight"][0],
         hidden_act="quick_gelu" if hidden == 1024 else "gelu", layer_norm_eps=1e-5, num_channels=3)
+
+
+def _layer_count(shapes: Mapping[str, tuple[int, ...]]) -> int:
+    return 1 + max(int(k.split(".")[3]) for k in shapes if k.startswith("vision_model.encoder.layers."))
+
+
+def siglip_config(shapes: Mapping[str, tuple[int, ...]]) -> SiglipVisionConfig:
+    """The ``SiglipVisionConfig`` (no pooling head) of a transformers-layout SigLIP tower from its shapes."""
+    patch_shape = shapes[_PATCH]
+    if len(patch_shape) != 4:
+        raise ValueError("a linear patch embedding (SigLIP 2 NaFlex), which Loom does not load")
+    hidden, _, patch, _ = patch_shape
+    positions = shapes[_POSITIONS][0]
+    side = math.isqrt(positions)
+    if side * side != positions:
+        raise ValueError(f"{positions} positions, not a square grid of patches")
+    return SiglipVisionConfig(
+        hidden_size=hidden, intermediate_size=shapes["vision_model.encoder.layers.0.mlp.fc1.weight"][0],
+        num_hidden_layers=_layer_count(shapes), num_attention_heads=_SIGLIP_HEADS.get(hidden, max(1, hidden // 64)),
+        patch_size=patch, image_size=_SIGLIP_SIZES.get((patch, side), side * patch),
+        hidden_act="gelu_pytorch_tanh", layer_norm_eps=1e-6, num_channels=patch_shape[1], vision_use_head=False)
 
 
 def _read_tensors(path: Path, prefix: str = "") -> dict[str, Tensor]:
@@ -106,27 +152,52 @@ def _read_tensors(path: Path, prefix: str = "") -> dict[str, Tensor]:
         if _HF_MARK not in keys:
             raise UnsupportedModel(f"{path.name} is not a CLIP vision model: it has neither transformers' "
                                    f"'{_HF_MARK}' nor OpenCLIP's '{_OPENCLIP}'; put a CLIP vision file "
-                                   "(e.g. clip_vision_g.safetensors) in models/clip_vision")
+                                   "(e.g. clip_vision_g.safetensors, or sigclip_vision_patch14_384.safetensors "
+                                   "for Flux Redux) in models/clip_vision")
         return {k: ckpt.load(k) for k in keys if k.startswith(("vision_model.", "visual_projection."))}
 
 
-def _config_of(path: Path, tensors: Mapping[str, Tensor]) -> CLIPVisionConfig:
+def _config_of(path: Path, tensors: Mapping[str, Tensor]) -> CLIPVisionConfig | SiglipVisionConfig:
+    shapes = {k: tuple(t.shape) for k, t in tensors.items()}
+    kind = "CLIP" if _CLASS in shapes else "SigLIP"
     try:
-        return vision_config({k: tuple(t.shape) for k, t in tensors.items()})
+        return vision_config(shapes) if kind == "CLIP" else siglip_config(shapes)
     except (KeyError, ValueError, IndexError) as exc:
-        raise UnsupportedModel(f"{path.name}: CLIP vision weights of an unknown structure ({exc})") from exc
+        raise UnsupportedModel(f"{path.name}: {kind} vision weights of an unknown structure ({exc})") from exc
 
 
-def describe_clip_vision(config: CLIPVisionConfig) -> str:
-    name = _NAMES.get((config.hidden_size, config.num_hidden_layers), "CLIP vision")
+def describe_clip_vision(config: PretrainedConfig) -> str:
+    """A one-line description of a CLIP or SigLIP vision config (family, layers, width, resolution)."""
+    default = "SigLIP vision" if isinstance(config, SiglipVisionConfig) else "CLIP vision"
+    name = _NAMES.get((config.hidden_size, config.num_hidden_layers), default)
+    if isinstance(config, SiglipVisionConfig):
+        size, patch = config.image_size, config.patch_size
+        tokens = (size // patch) ** 2 if isinstance(size, int) and isinstance(patch, int) else "?"
+        return (f"{name} ({config.num_hidden_layers} layers, width {config.hidden_size}, "
+                f"{config.image_size}px, {tokens} tokens)")
     return (f"{name} ({config.num_hidden_layers} layers, width {config.hidden_size}, "
             f"{config.image_size}px, embeds {config.projection_dim})")
 
 
-def _adopt(config: CLIPVisionConfig, tensors: Mapping[str, Tensor], name: str, device: torch.device,
-           dtype: torch.dtype) -> CLIPVisionModelWithProjection:
-    with torch.device("meta"):
-        model = CLIPVisionModelWithProjection(config)
+def _siglip_tensors(tensors: Mapping[str, Tensor], name: str) -> dict[str, Tensor]:
+    """A SigLIP file's tensors under ``SiglipVisionModel``'s names (``vision_model.`` dropped), without the
+    attention-pooling head ComfyUI does not use."""
+    head = [k for k in tensors if k.startswith("vision_model.head.")]
+    if head:
+        log.debug("%s: leaving out the SigLIP pooling head (%d tensors), as ComfyUI does", name, len(head))
+    return {k.removeprefix("vision_model."): t for k, t in tensors.items() if k not in head}
+
+
+def _adopt(config: CLIPVisionConfig | SiglipVisionConfig, tensors: Mapping[str, Tensor], name: str,
+           device: torch.device, dtype: torch.dtype) -> VisionTower:
+    model: VisionTower
+    if isinstance(config, SiglipVisionConfig):
+        tensors = _siglip_tensors(tensors, name)
+        with torch.device("meta"):
+            model = SiglipVisionModel(config)
+    else:
+        with torch.device("meta"):
+            model = CLIPVisionModelWithProjection(config)
     placed = {k: t.to(device=device, dtype=dtype) for k, t in tensors.items()}
     result = model.load_state_dict(placed, strict=False, assign=True)
     if result.unexpected_keys:
@@ -138,14 +209,14 @@ def _adopt(config: CLIPVisionConfig, tensors: Mapping[str, Tensor], name: str, d
             owner.register_buffer("position_ids", positions, persistent=False)
     missing = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     if missing:
-        raise UnsupportedModel(f"{name}: the CLIP vision file lacks {len(missing)} weights, e.g. {missing[:4]}")
+        raise UnsupportedModel(f"{name}: the vision tower file lacks {len(missing)} weights, e.g. {missing[:4]}")
     return model.eval().requires_grad_(False)
 
 
 @functools.lru_cache(maxsize=2)
 def load_clip_vision(file: FileRef, device: str = "cpu", dtype: torch.dtype = torch.float32,
-                     prefix: str = "") -> tuple[CLIPVisionModelWithProjection, str]:
-    """The CLIP vision tower of ``file`` (under ``prefix``: an OpenCLIP tower inside a checkpoint) on
+                     prefix: str = "") -> tuple[VisionTower, str]:
+    """The CLIP or SigLIP vision tower of ``file`` (under ``prefix``: an OpenCLIP tower inside a checkpoint) on
     ``device`` in ``dtype``, and its description; cached per file version, device, dtype and prefix (two
     towers at most; outside the model manager's accounting)."""
     path = Path(file.path)

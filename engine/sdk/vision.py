@@ -1,7 +1,8 @@
 """Torch-backed SDK for CLIP vision, style models and unCLIP conditioning (imported inside ``run``).
 
 * :func:`clip_vision_handle` / :func:`encode_image`: CLIPVisionLoader and CLIPVisionEncode;
-* :func:`style_model_handle` / :func:`apply_style_model`: StyleModelLoader and StyleModelApply;
+* :func:`style_model_handle` / :func:`apply_style_model`: StyleModelLoader and StyleModelApply
+  (:func:`style_model_input`: the token width a style model takes);
 * :func:`add_unclip`: unCLIPConditioning (the sampler turns the entries into SDXL's pooled vector).
 """
 
@@ -12,9 +13,9 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from transformers import CLIPVisionConfig
 
-from engine.backend.clip_vision import ClipVisionOutput, encode, preprocess
+from engine.backend.clip_vision import ClipVisionOutput
+from engine.backend.clip_vision import encode_image as encode_with_tower
 from engine.backend.style_models import apply_style
 from engine.context import RunContext
 from engine.errors import LoomError
@@ -23,7 +24,7 @@ from engine.models.handles import FileRef
 from engine.models.vision_handles import ClipVisionHandle, StyleModelHandle
 
 __all__ = ["ClipVisionHandle", "ClipVisionOutput", "StyleModelHandle", "add_unclip", "apply_style_model",
-           "clip_vision_handle", "encode_image", "style_model_handle"]
+           "clip_vision_handle", "encode_image", "style_model_handle", "style_model_input"]
 
 Conditioning = list[list[Any]]
 
@@ -45,17 +46,21 @@ def clip_vision_handle(ctx: RunContext, path: Path, prefix: str = "") -> ClipVis
 
 
 def encode_image(ctx: RunContext, handle: ClipVisionHandle, image: Tensor, crop: bool) -> ClipVisionOutput:
-    """CLIPVisionEncode: CLIP's preprocessing at the tower's resolution, then the tower."""
+    """CLIPVisionEncode: the tower's preprocessing (CLIP's or SigLIP's, at its resolution), then the tower."""
     model, _ = load_clip_vision(handle.file, *_placement(ctx), handle.prefix)
-    config: CLIPVisionConfig = model.config
-    size = config.image_size
-    return encode(model, preprocess(image, size=size if isinstance(size, int) else 224, crop=crop))
+    return encode_with_tower(model, image, crop)
 
 
 def style_model_handle(path: Path) -> StyleModelHandle:
     file = FileRef.of(path)
     model = load_style_model(file)
     return StyleModelHandle(file, type(model).__name__)
+
+
+def style_model_input(handle: StyleModelHandle) -> tuple[int, str]:
+    """The token width a style model takes and the vision tower that gives it."""
+    model = load_style_model(handle.file)
+    return int(getattr(model, "input_width", 0)), str(getattr(model, "tower", "its CLIP vision tower"))
 
 
 def apply_style_model(conditioning: Conditioning, handle: StyleModelHandle, output: ClipVisionOutput,
