@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from engine.backend.taesd import TinyAutoencoder
     from engine.backend.text import TextEncoder
     from engine.backend.vae import AutoencoderKL
+    from engine.models.flow_controlnet_load import FlowControlNet
     from engine.models.handles import ClipHandle, ControlNetHandle, ModelHandle, VaeHandle
     from engine.models.manager import DiffusionModel
 
@@ -45,7 +46,7 @@ class ModelProvider(Protocol):
                  cfg: bool = True) -> AbstractContextManager[DiffusionModel]: ...
     def text_encoder(self, handle: ClipHandle) -> TextEncoder: ...
     def vae(self, handle: VaeHandle) -> AutoencoderKL | TinyAutoencoder: ...
-    def controlnet(self, handle: ControlNetHandle) -> ControlNet | T2IAdapter | ControlLora: ...
+    def controlnet(self, handle: ControlNetHandle) -> ControlNet | T2IAdapter | ControlLora | FlowControlNet: ...
 
     def stats(self) -> dict[str, Any]:
         """Mode, devices, byte counts and loaded parts (for /system_stats)."""
@@ -177,7 +178,7 @@ class DeferredModels:
     def vae(self, handle: VaeHandle) -> AutoencoderKL | TinyAutoencoder:
         return self.provider().vae(handle)
 
-    def controlnet(self, handle: ControlNetHandle) -> ControlNet | T2IAdapter | ControlLora:
+    def controlnet(self, handle: ControlNetHandle) -> ControlNet | T2IAdapter | ControlLora | FlowControlNet:
         return self.provider().controlnet(handle)
 
     def stats(self) -> dict[str, Any]:

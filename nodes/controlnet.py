@@ -43,7 +43,8 @@ def _controlnets(folders: Folders) -> list[str]:
 
 
 class ControlNetLoader(Node):
-    """Load a ControlNet (LDM or diffusers layout, SD1.x / SD2.x / SDXL) from models/controlnet."""
+    """Load a ControlNet (SD1.x / SD2.x / SDXL in LDM or diffusers layout; SD3; InstantX or XLabs Flux) from
+    models/controlnet."""
 
     display_name = "Load ControlNet Model"
     category = "loaders"
@@ -106,21 +107,24 @@ class ControlNetApplyAdvanced(Node):
         Input("end_percent", FLOAT, default=1.0, min=0.0, max=1.0, step=0.001,
               tooltip="When the ControlNet stops acting (1 = the last step)."),
         Input("vae", VAE, optional=True,
-              tooltip="Only for ControlNets that take latent hints; the SD1.x/SD2.x/SDXL ones Loom runs do not."),
+              tooltip="For SD3 and InstantX Flux ControlNets, which read the hint image as a latent: the model's VAE."),
     )
     outputs = (Output(CONDITIONING, "positive"), Output(CONDITIONING, "negative"))
 
     def run(self, ctx: RunContext, positive: Conditioning, negative: Conditioning, control_net: ControlNetHandle,
             image: Tensor, strength: float, start_percent: float, end_percent: float,
             vae: Any = None) -> tuple[Conditioning, Conditioning]:
-        from engine.sdk import ops
+        from engine.sdk import control_hints, ops
 
         if strength == 0:
             return positive, negative
         _check_window(ctx, start_percent, end_percent)
         shared: dict[int, Any] = {}  # one new spec per previous spec, across positive and negative
-        return (ops.attach_control(positive, control_net, image, strength, start_percent, end_percent, False, shared),
-                ops.attach_control(negative, control_net, image, strength, start_percent, end_percent, False, shared))
+        encoder = None if vae is None else control_hints.hint_encoder(ctx, vae)
+        return (ops.attach_control(positive, control_net, image, strength, start_percent, end_percent, False, shared,
+                                   vae=encoder),
+                ops.attach_control(negative, control_net, image, strength, start_percent, end_percent, False, shared,
+                                   vae=encoder))
 
 
 CONTROLNET_NODES: tuple[type[Node], ...] = (ControlNetLoader, ControlNetApply, ControlNetApplyAdvanced,

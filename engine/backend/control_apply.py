@@ -42,8 +42,9 @@ __all__ = ["ControlApplier", "ControlSpec", "Residuals", "control_function", "fi
 log = logging.getLogger(__name__)
 
 Residuals = dict[str, list[Tensor | None]]
-#: Turns ``ControlSpec.net`` (a CONTROL_NET handle) into a loaded :class:`ControlNet`.
-Resolve = Callable[[Any], ControlNet | T2IAdapter | ControlLora]
+#: Turns ``ControlSpec.net`` (a CONTROL_NET handle) into a loaded :class:`ControlNet`, T2I-Adapter or Control-LoRA
+#: (or an SD3/Flux ControlNet, engine/backend/flow_control.py).
+Resolve = Callable[[Any], Any]
 
 
 @dataclass(frozen=True, eq=False)
@@ -63,6 +64,9 @@ class ControlSpec:
     end_percent: float = 1.0
     previous: ControlSpec | None = None
     global_average_pooling: bool = False
+    #: SD3/Flux ControlNets that take the hint as a latent: pixels [B, 3, H, W] (0..1) -> VAE latents
+    #: (ControlNetApplyAdvanced's VAE; engine/backend/flow_control.py). Unused by UNet ControlNets.
+    vae: Any = None
 
     def chain(self) -> list[ControlSpec]:
         """Every spec of the chain, the first applied first (this one last)."""
@@ -304,6 +308,10 @@ def control_function(conds: Iterable[Sequence[Any]], model_sampling: ModelSampli
     built: dict[int, ControlNet] = {}  # one ControlNet per Control-LoRA for the run
     for spec in specs:
         resolved = spec.net if isinstance(spec.net, (ControlNet, T2IAdapter)) else resolve(spec.net)
+        if not isinstance(resolved, (ControlNet, T2IAdapter, ControlLora)):  # an SD3/Flux ControlNet
+            raise ValueError(f"ControlNet {_label(spec.net)} ({resolved.config.describe()}) does not fit this "
+                             "model: it is made for SD3/Flux transformer models; use a ControlNet made for the "
+                             "checkpoint's model family")
         net = _built(resolved, unet, built, _label(spec.net)) if isinstance(resolved, ControlLora) else resolved
         if unet_config is not None:
             problem = (adapter_problem(net.config, unet_config) if isinstance(net, T2IAdapter)

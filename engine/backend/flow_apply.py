@@ -4,8 +4,9 @@ skip-layer guidance.
 :class:`FlowTransformerCall` takes the UNet's call (``x, timestep, context, y=, control=, patches=``) that
 :class:`engine.backend.conditioning.UNetApply` makes, plus Flux's per-row ``guidance``, and calls the MMDiT
 or Flux. Of the UNet patch points only ``skip_layers`` means something here (the blocks skip-layer guidance
-leaves out); ControlNets and other UNet patches (FreeU, attention replacements, ...) are refused with a
-message naming the model, since their UNet-shaped hooks have no place in a transformer.
+leaves out); ``control`` carries SD3/Flux ControlNet residuals (engine/backend/flow_control.py) to the model;
+other UNet patches (FreeU, attention replacements, ...) are refused with a message naming the model, since their
+UNet-shaped hooks have no place in a transformer.
 
 :class:`SkipLayerGuidancePatch` is ComfyUI's SkipLayerGuidanceDiT (and SkipLayerGuidanceSD3, its double-block
 form): a post-CFG hook that, while the noise level is within ``[sigma(end_percent), sigma(start_percent)]``,
@@ -72,9 +73,6 @@ class FlowTransformerCall:
     def __call__(self, x: Tensor, timestep: Tensor, context: Tensor, *, y: Tensor | None = None,
                  control: Any = None, patches: Mapping[str, Sequence[Any]] | None = None,
                  guidance: Tensor | None = None) -> Tensor:
-        if control is not None:
-            raise ValueError(f"ControlNets are not supported on {self.label} models in Loom yet; remove the "
-                             "ControlNet apply node (SD1/SD2/SDXL ControlNets do not fit these models either)")
         skipped = _skipped(patches or {}, self.label)
         if y is None:
             y = x.new_zeros((x.shape[0], self.pooled_width))
@@ -82,9 +80,9 @@ class FlowTransformerCall:
             if skipped.single:
                 raise ValueError("skip-layer guidance: SD3 models have no single blocks; list joint blocks under "
                                  "double_layers")
-            return self.model(x, timestep, context, y, skip_layers=skipped.double)
+            return self.model(x, timestep, context, y, skip_layers=skipped.double, control=control)
         return self.model(x, timestep, context, y, guidance=guidance if self.takes_guidance else None,
-                          skip_double=skipped.double, skip_single=skipped.single)
+                          skip_double=skipped.double, skip_single=skipped.single, control=control)
 
 
 def _skipped(patches: Mapping[str, Sequence[Any]], label: str) -> SkippedBlocks:

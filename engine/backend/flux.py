@@ -342,6 +342,7 @@ class Flux(nn.Module):
     def forward(
         self, x: Tensor, timesteps: Tensor, context: Tensor, y: Tensor | None = None, guidance: Tensor | None = None,
         skip_double: Collection[int] = (), skip_single: Collection[int] = (),
+        control: Mapping[str, Sequence[Tensor | None]] | None = None,
     ) -> Tensor:
         """Predict the flow velocity for latent ``x`` ``[B, C, H, W]`` (C = in_channels / 4).
 
@@ -349,7 +350,8 @@ class Flux(nn.Module):
         ``[B, vec_in_dim]`` the pooled CLIP vector (zeros when None), ``guidance`` ``[B]`` the distilled
         guidance scale (ignored by models without ``guidance_in``; skipped when None, as ComfyUI does).
         An odd H or W is padded circularly to the patch grid and cropped off the result. ``skip_double`` /
-        ``skip_single`` leave those blocks out (skip-layer guidance).
+        ``skip_single`` leave those blocks out (skip-layer guidance). ``control``: ControlNet residuals, see
+        :meth:`forward_tokens`.
         """
         b, _, h, w = x.shape
         padded = F.pad(x, (0, (-w) % PATCH, 0, (-h) % PATCH), mode="circular")
@@ -357,29 +359,37 @@ class Flux(nn.Module):
         img_ids = image_ids(b, rows, cols, device=x.device)
         txt_ids = torch.zeros(b, context.shape[1], 3, device=x.device)
         tokens = self.forward_tokens(patchify(padded), img_ids, context, txt_ids, timesteps, y, guidance,
-                                     skip_double=skip_double, skip_single=skip_single)
+                                     skip_double=skip_double, skip_single=skip_single, control=control)
         return unpatchify(tokens, rows, cols)[:, :, :h, :w]
 
     def forward_tokens(
         self, img: Tensor, img_ids: Tensor, txt: Tensor, txt_ids: Tensor, timesteps: Tensor,
         y: Tensor | None = None, guidance: Tensor | None = None,
         skip_double: Collection[int] = (), skip_single: Collection[int] = (),
+        control: Mapping[str, Sequence[Tensor | None]] | None = None,
     ) -> Tensor:
         """The transformer on packed tokens: ``img`` ``[B, N, in_channels]`` -> ``[B, N, out_channels]``.
 
-        ``img_ids`` ``[B, N, 3]`` and ``txt_ids`` ``[B, L, 3]`` are the RoPE positions.
+        ``img_ids`` ``[B, N, 3]`` and ``txt_ids`` ``[B, L, 3]`` are the RoPE positions. ControlNet residuals
+        ``[B, N, hidden]`` (engine/backend/flux_controlnet.py) are added to the image tokens: ``control["double"][i]``
+        after double block ``i``, ``control["single"][i]`` after single block ``i`` (also where a block is skipped).
         """
         vec = self.embed_vector(timesteps, y, guidance, img.dtype)
         rope = rope_frequencies(torch.cat((txt_ids, img_ids), dim=1), self.config.axes_dim, self.config.theta)
         img = self.img_in(img)
         txt = self.txt_in(txt)
+        doubles, singles = (control.get("double", ()), control.get("single", ())) if control is not None else ((), ())
         for index, double in enumerate(self.double_blocks):
             if index not in skip_double:
                 img, txt = double(img, txt, vec, rope)
+            if (residual := _residual(doubles, index)) is not None:
+                img = img + residual.to(img.dtype)
         joint = torch.cat((txt, img), dim=1)
         for index, single in enumerate(self.single_blocks):
             if index not in skip_single:
                 joint = single(joint, vec, rope)
+            if (residual := _residual(singles, index)) is not None:
+                joint = torch.cat((joint[:, :txt.shape[1]], joint[:, txt.shape[1]:] + residual.to(joint.dtype)), dim=1)
         return self.final_layer(joint[:, txt.shape[1]:], vec)
 
     def embed_vector(self, timesteps: Tensor, y: Tensor | None, guidance: Tensor | None, dtype: torch.dtype) -> Tensor:
@@ -390,6 +400,10 @@ class Flux(nn.Module):
         if y is None:
             y = torch.zeros(vec.shape[0], self.config.vec_in_dim, device=vec.device, dtype=dtype)
         return vec + self.vector_in(y[:, : self.config.vec_in_dim].to(dtype))
+
+
+def _residual(residuals: Sequence[Tensor | None], index: int) -> Tensor | None:
+    return residuals[index] if index < len(residuals) else None
 
 
 def _embed_scalar(values: Tensor, dtype: torch.dtype) -> Tensor:

@@ -39,7 +39,7 @@ independent ``SD3Transformer2DModel`` in tests/backend/test_mmdit.py.
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -225,9 +225,11 @@ class StreamBlock(nn.Module):
 class JointBlock(nn.Module):
     """``context_block`` and ``x_block`` meeting in one attention over ``[context, image]`` tokens."""
 
-    def __init__(self, config: MMDiTConfig, index: int) -> None:
+    def __init__(self, config: MMDiTConfig, index: int, *, context_pre_only: bool | None = None) -> None:
+        """``context_pre_only``: whether the context stream stops after giving keys and values (default: in the
+        model's last block; SD3 ControlNets have none)."""
         super().__init__()
-        last = index == config.depth - 1
+        last = index == config.depth - 1 if context_pre_only is None else context_pre_only
         self.context_block = StreamBlock(config, pre_only=last)
         self.x_block = StreamBlock(config, self_attn=index in config.x_block_self_attn_layers)
         self.num_heads = config.num_heads
@@ -321,26 +323,31 @@ class MMDiT(nn.Module):
         return patches.permute(0, 5, 1, 3, 2, 4).reshape(tokens.shape[0], channels, grid_h * p, grid_w * p)
 
     def forward(
-        self, x: Tensor, timesteps: Tensor, context: Tensor, y: Tensor, skip_layers: Collection[int] = ()
+        self, x: Tensor, timesteps: Tensor, context: Tensor, y: Tensor, skip_layers: Collection[int] = (),
+        control: Mapping[str, Sequence[Tensor | None]] | None = None,
     ) -> Tensor:
         """Velocity for latent ``x`` ``[B, C, H, W]`` at ``timesteps`` ``[B]`` (sigma * 1000), text tokens
         ``context`` ``[B, L, context_in_dim]`` and pooled text ``y`` ``[B, pooled_dim]``.
 
         A latent whose sides are not multiples of the patch size is padded circularly and the output
-        cropped back. ``skip_layers`` leaves those joint blocks out (skip-layer guidance). Inputs are cast
-        to the weights' dtype and the output stays in it.
+        cropped back. ``skip_layers`` leaves those joint blocks out (skip-layer guidance). ``control["double"][i]``
+        (ControlNet residuals ``[B, tokens, hidden]``, engine/backend/mmdit_controlnet.py) is added to the image
+        tokens after joint block ``i`` (also where that block is skipped). Inputs are cast to the weights' dtype and
+        the output stays in it.
         """
         height, width = x.shape[-2:]
         dtype = self.x_embedder.proj.weight.dtype
         x = _pad_to_patches(x.to(dtype), self.config.patch_size)
         tokens, context, c = self.embed(x, timesteps, context.to(dtype), y.to(dtype))
         stream: Tensor | None = context
+        residuals = control.get("double", ()) if control is not None else ()
         for index, block in enumerate(self.joint_blocks):
-            if index in skip_layers:
-                continue
-            if stream is None:
-                raise ValueError(f"joint block {index} follows a pre-only block: skip only earlier blocks")
-            stream, tokens = block(stream, tokens, c)
+            if index not in skip_layers:
+                if stream is None:
+                    raise ValueError(f"joint block {index} follows a pre-only block: skip only earlier blocks")
+                stream, tokens = block(stream, tokens, c)
+            if index < len(residuals) and (residual := residuals[index]) is not None:
+                tokens = tokens + residual.to(tokens.dtype)
         tokens = self.final_layer(tokens, c)
         p = self.config.patch_size
         out = self.unpatchify(tokens, x.shape[-2] // p, x.shape[-1] // p)

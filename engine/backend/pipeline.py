@@ -26,6 +26,7 @@ from torch import Tensor
 
 from engine.backend import conditioning, control_apply, guiders, model_sampling
 from engine.backend.flow_apply import FlowTransformerCall, flux_concat
+from engine.backend.flow_control import flow_control_function
 from engine.backend.guidance import (
     CFGDenoiser,
     CfgFunction,
@@ -271,11 +272,9 @@ def _denoiser(request: CustomRequest, traits: ModelTraits, unet: Any, ms: ModelS
     extra = [prepare(c) for c in hooks.extra_conditioning]
     middle = prepare(guidance.middle) if guidance.uses_middle else []
     conds = [pos, neg, *extra, *([middle] if middle else [])]
+    control_fn: Callable[..., Any] | None
     if isinstance(model, FlowTransformerCall):
-        control_fn = None
-        if any(spec.control is not None for specs in conds for spec in specs):
-            raise ValueError(f"ControlNets are not supported on {traits.label} models in Loom yet; remove the "
-                             "ControlNet apply node from this graph")
+        control_fn = flow_control_function(conds, ms, load_controlnet, model.model)
     else:
         control_fn = control_apply.control_function(conds, ms, load_controlnet, model.config, unet=model)
     apply = conditioning.UNetApply(model, control_fn, concat=concat, patches=hooks.unet_patches, hooks=runner)

@@ -1,6 +1,7 @@
 """Which model a CONTROL_NET handle's file holds, and loading it: a T2I-Adapter (told by its keys, as
-ComfyUI's ControlNetLoader does), a difference ControlNet over the handle's ``base`` model
-(DiffControlNetLoader), or a ControlNet (:mod:`engine.models.controlnet_convert`)."""
+ComfyUI's ControlNetLoader does), an SD3/Flux ControlNet (:mod:`engine.models.flow_controlnet_load`), a
+difference ControlNet over the handle's ``base`` model (DiffControlNetLoader), or a ControlNet
+(:mod:`engine.models.controlnet_convert`)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from engine.backend.controlnet import ControlNet, ControlNetConfig
 from engine.backend.t2i_adapter import T2IAdapter
 from engine.models.controlnet_convert import controlnet_names, load_controlnet, read_controlnet
 from engine.models.diff_controlnet import DIFFERENCE_KEY, load_diff_controlnet
+from engine.models.flow_controlnet_load import FlowControlNet, describe_flow_controlnet, load_flow_controlnet
 from engine.models.handles import ControlNetHandle
 from engine.models.loaders import CheckpointFile, UnsupportedModel
 from engine.models.t2i_adapter_load import is_t2i_adapter, load_t2i_adapter, read_t2i_adapter
@@ -31,6 +33,9 @@ def describe_control_file(path: Path, *, difference_ok: bool = False) -> str:
         keys = ckpt.keys()
         if is_t2i_adapter(keys):
             return read_t2i_adapter(ckpt)[0].describe()
+        flow = describe_flow_controlnet(ckpt)  # SD3 / Flux ControlNets (engine/models/flow_controlnet_load.py)
+        if flow is not None:
+            return flow
         if DIFFERENCE_KEY not in keys:
             return read_controlnet(ckpt)[0].describe()
         if not difference_ok:
@@ -53,12 +58,19 @@ def cache_part(handle: ControlNetHandle) -> str:
     return f"controlnet-diff:{base.checkpoint.path}:{base.unet_layout.prefix}:{base.unet_layout.naming}"
 
 
+def _is_flow_controlnet(path: Path) -> bool:
+    with CheckpointFile(path) as ckpt:
+        return describe_flow_controlnet(ckpt) is not None
+
+
 def load_control_model(handle: ControlNetHandle, *, device: torch.device,
-                       dtype: torch.dtype) -> ControlNet | T2IAdapter:
-    """The ControlNet or T2I-Adapter of ``handle``'s file, on ``device`` in ``dtype``."""
+                       dtype: torch.dtype) -> ControlNet | T2IAdapter | FlowControlNet:
+    """The ControlNet (SD or SD3/Flux) or T2I-Adapter of ``handle``'s file, on ``device`` in ``dtype``."""
     path = Path(handle.file.path)
     if _is_adapter(path):
         return load_t2i_adapter(path, device=device, dtype=dtype)
+    if _is_flow_controlnet(path):  # DiffControlNetLoader too loads full SD3/Flux ControlNets as they are
+        return load_flow_controlnet(path, device=device, dtype=dtype)
     base = handle.base
     if base is not None:
         return load_diff_controlnet(path, base.checkpoint.path, base.unet_layout, device=device, dtype=dtype)

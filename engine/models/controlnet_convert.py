@@ -87,8 +87,9 @@ def _refuse_unsupported(keys: set[str], source: str) -> None:
         raise UnsupportedModel(f"{source} is a T2I-Adapter, not a ControlNet: load it with ControlNetLoader")
     if any(k.startswith(("controlnet_blocks.", "controlnet_single_blocks.", "double_blocks.", "pos_embed_input."))
            for k in keys):
-        raise UnsupportedModel(f"{source} is a ControlNet for SD3/Flux-style transformer models; Loom runs "
-                               "SD1.x, SD2.x and SDXL ControlNets")
+        raise UnsupportedModel(f"{source} is a ControlNet for SD3/Flux-style transformer models of a layout Loom "
+                               "does not know; Loom runs SD1.x, SD2.x and SDXL ControlNets, diffusers-layout SD3 "
+                               "ones and InstantX / XLabs Flux ones")
 
 
 def _diffusers_names(keys: list[str], source: str) -> dict[str, str]:

@@ -33,7 +33,9 @@ from engine.backend.cast_weights import FLOAT8_DTYPES, cast_at_forward, cast_par
 from engine.backend.control_lora import ControlLora
 from engine.backend.controlnet import ControlNet
 from engine.backend.flux import Flux
+from engine.backend.flux_controlnet import FluxControlNet
 from engine.backend.mmdit import MMDiT
+from engine.backend.mmdit_controlnet import SD3ControlNet
 from engine.backend.t2i_adapter import T2IAdapter
 from engine.backend.taesd import TinyAutoencoder
 from engine.backend.text import TextEncoder, load_text_encoder
@@ -44,6 +46,7 @@ from engine.models.addon_caches import clear_addon_caches
 from engine.models.control_lora_load import is_control_lora, load_control_lora
 from engine.models.control_models import cache_part, load_control_model
 from engine.models.families import FLOW_FAMILIES
+from engine.models.flow_controlnet_load import FlowControlNet
 from engine.models.flow_models import build_flow_model
 from engine.models.flow_text_load import load_flow_text_encoder
 from engine.models.handles import (
@@ -232,16 +235,16 @@ class ModelManager:
             self._use(key, module)
             return module
 
-    def controlnet(self, handle: ControlNetHandle) -> ControlNet | T2IAdapter | ControlLora:
-        """The ControlNet (LDM or diffusers layout; a difference one over ``handle.base``) or T2I-Adapter
-        of a CONTROL_NET handle, in the compute dtype."""
+    def controlnet(self, handle: ControlNetHandle) -> ControlNet | T2IAdapter | ControlLora | FlowControlNet:
+        """The ControlNet (LDM or diffusers layout; a difference one over ``handle.base``; an SD3/Flux one) or
+        T2I-Adapter of a CONTROL_NET handle, in the compute dtype."""
         with self._lock:
             key = _Key(handle.file, cache_part(handle))
             module = self._get(key, lambda: load_control_lora(handle.file.path, device=self.offload_device,
                                                               dtype=self.dtype)
                                if is_control_lora(handle.file.path)
                                else load_control_model(handle, device=self.offload_device, dtype=self.dtype))
-            assert isinstance(module, (ControlNet, T2IAdapter, ControlLora))
+            assert isinstance(module, (ControlNet, T2IAdapter, ControlLora, SD3ControlNet, FluxControlNet))
             self._use(key, module)
             return module
 

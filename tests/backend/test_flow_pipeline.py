@@ -18,6 +18,8 @@ import torch
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
+from engine.backend.control_apply import ControlSpec
+from engine.backend.controlnet import ControlNet, ControlNetConfig
 from engine.backend.flow_apply import SkipLayerGuidancePatch, SkippedBlocks
 from engine.backend.flux import Flux, FluxConfig
 from engine.backend.latent_formats import FLUX, SD3, LatentFormat
@@ -26,6 +28,7 @@ from engine.backend.model_sampling import DiscreteFlowSampling, FluxSampling, Mo
 from engine.backend.noise import prepare_noise
 from engine.backend.pipeline import SamplingRequest, sample
 from engine.backend.schedules import sigmas_for
+from engine.backend.unet import UNetConfig
 from engine.errors import ModelError
 from engine.models.families import ModelFamily
 from engine.models.handles import FileRef, ModelHandle, WeightPatch
@@ -216,12 +219,15 @@ def test_flux_variants_from_their_keys(tmp_path: Path) -> None:
     assert schnell_traits.sampling_spec is not None and schnell_traits.sampling_spec.shift == 1.0
 
 
-def test_controlnets_and_unet_patches_are_refused_on_flow_models(sd3_file: tuple[Path, MMDiT]) -> None:
+def test_sd_controlnets_and_wrong_pooled_outputs_are_refused_on_flow_models(sd3_file: tuple[Path, MMDiT]) -> None:
     path, _ = sd3_file
     with CheckpointFile(path) as ckpt:
         handle = ModelHandle(FileRef.of(path), detect_family(ckpt))
-    positive = [[torch.zeros(1, 6, 32), {"pooled_output": torch.zeros(1, 48), "control": object()}]]
-    with pytest.raises(ValueError, match="ControlNets are not supported on SD3"):
+    with torch.device("meta"):
+        sd1 = ControlNet(ControlNetConfig(UNetConfig()))
+    control = ControlSpec(sd1, torch.zeros(1, 3, 64, 64))
+    positive = [[torch.zeros(1, 6, 32), {"pooled_output": torch.zeros(1, 48), "control": control}]]
+    with pytest.raises(ValueError, match=r"SD1.x ControlNet.*does not fit this SD3 model: it is not an SD3 ControlNet"):
         _run(ModelManager("cpu"), handle, positive, _conds(32, 48))
     wrong = [[torch.zeros(1, 6, 32), {"pooled_output": torch.zeros(1, 768)}]]
     with pytest.raises(ValueError, match="pooled output has 768 values but this model takes 48"):
@@ -326,10 +332,11 @@ def test_a_lora_on_a_scaled_fp8_layer_patches_the_dequantized_weight(tmp_path: P
                "lora_unet_double_blocks_0_img_attn_qkv.alpha": torch.tensor(2.0)}, str(lora))
     handle = model_parts.unet_handle(path, "UNETLoader")
     manager = ModelManager("cpu")
-    layer = manager.unet(handle.with_patch(WeightPatch(FileRef.of(lora), 0.8))).double_blocks[0].img_attn.qkv
+    patched_model = manager.unet(handle.with_patch(WeightPatch(FileRef.of(lora), 0.8)))
+    layer = patched_model.get_submodule("double_blocks.0.img_attn.qkv")
     quantized = stored["double_blocks.0.img_attn.qkv.weight"]
     scale = stored["double_blocks.0.img_attn.qkv.scale_weight"]
     patched = quantized.float() * scale + 0.8 * (2.0 / 4) * (up @ down)
     torch.testing.assert_close(layer.weight, (patched / scale).to(torch.float8_e4m3fn).float() * scale, rtol=0, atol=0)
-    unpatched = manager.unet(handle).double_blocks[0].img_attn.qkv
+    unpatched = manager.unet(handle).get_submodule("double_blocks.0.img_attn.qkv")
     torch.testing.assert_close(unpatched.weight, quantized.float() * scale, rtol=0, atol=0)
