@@ -140,7 +140,7 @@ def _match_channels(hint: Tensor, channels: int, label: str) -> Tensor:
     raise ValueError(f"ControlNet {label} takes {channels}-channel hint images, got {hint.shape[1]} channels")
 
 
-def _tile(tensor: Tensor, batch: int) -> Tensor:
+def tile_rows(tensor: Tensor, batch: int) -> Tensor:
     """Repeat or truncate along dim 0 to ``batch`` rows."""
     if tensor.shape[0] == batch:
         return tensor
@@ -148,7 +148,7 @@ def _tile(tensor: Tensor, batch: int) -> Tensor:
     return tensor.repeat(reps, *([1] * (tensor.ndim - 1)))[:batch]
 
 
-def _label(net: Any) -> str:
+def net_label(net: Any) -> str:
     file = getattr(net, "file", None)
     name = getattr(file, "name", None)
     return repr(name) if name else type(net).__name__
@@ -191,26 +191,20 @@ class ControlApplier:
 
     def __call__(self, x: Tensor, timesteps: Tensor, context: Tensor | None, y: Tensor | None,
                  specs: Sequence[Any]) -> Residuals | None:
-        controls: list[ControlSpec | None] = [getattr(spec, "control", None) for spec in specs]
-        if all(control is None for control in controls):
+        grouping = control_groups(specs, x.shape[0])
+        if grouping is None:
             return None
-        if x.shape[0] % len(controls):
-            raise ValueError(f"a batch of {x.shape[0]} rows cannot hold {len(controls)} equal entries")
-        per = x.shape[0] // len(controls)
-        groups: dict[ControlSpec, list[int]] = {}
-        for index, control in enumerate(controls):
-            if control is not None:
-                groups.setdefault(control, []).append(index)
-        if len(groups) == 1 and all(c is not None for c in controls):
+        per, groups, whole = grouping
+        if whole:
             return self._run_chain(next(iter(groups)), x, timesteps, context, y, per)
         results: list[tuple[list[int], Residuals]] = []
         for control, members in groups.items():
-            rows = torch.cat([torch.arange(m * per, (m + 1) * per, device=x.device) for m in members])
+            rows = member_rows(members, per, x.device)
             out = self._run_chain(control, x[rows], timesteps[rows], None if context is None else context[rows],
                                   None if y is None else y[rows], per)
             if out is not None:
                 results.append((members, out))
-        return _assemble(results, per, x.shape[0]) if results else None
+        return assemble_rows(results, per, x.shape[0]) if results else None
 
     def _run_chain(self, control: ControlSpec, x: Tensor, timesteps: Tensor, context: Tensor | None,
                    y: Tensor | None, per: int) -> Residuals | None:
@@ -241,41 +235,68 @@ class ControlApplier:
         key = (spec, height, width, x.device, dtype)
         features = self._hints.get(key)
         if features is None:
-            hint = _match_channels(spec.hint, net.config.hint_channels, _label(spec.net))
+            hint = _match_channels(spec.hint, net.config.hint_channels, net_label(spec.net))
             hint = fit_hint(hint.to(device=x.device, dtype=torch.float32), height, width).to(dtype)
             with torch.no_grad():
                 features = net.encode_hint(hint)
             self._hints[key] = features
         # Each entry's rows get the hint batch repeated (or cut) to the entry's size.
-        return _tile(features, per).repeat(x.shape[0] // per, 1, 1, 1)
+        return tile_rows(features, per).repeat(x.shape[0] // per, 1, 1, 1)
 
 
-def _assemble(results: Sequence[tuple[list[int], Residuals]], per: int, batch: int) -> Residuals:
+def assemble_rows(results: Sequence[tuple[list[int], Residuals]], per: int, batch: int) -> Residuals:
     """One residual dict for the whole batch: each group's rows where its entries sit, zeros elsewhere
-    (None where no group has a residual)."""
+    (None where no group has a residual). A set of group tensors that recurs (one residual feeding several
+    blocks) is assembled once."""
     out: Residuals = {}
+    done: dict[tuple[int, ...], Tensor] = {}
     for key in dict.fromkeys(k for _, residuals in results for k in residuals):
         length = max(len(residuals.get(key, [])) for _, residuals in results)
-        merged: list[Tensor | None] = []
-        for i in range(length):
-            parts = [(members, residuals[key][i]) for members, residuals in results
-                     if i < len(residuals.get(key, [])) and residuals[key][i] is not None]
-            if not parts:
-                merged.append(None)
-                continue
-            like = parts[0][1]
-            assert like is not None
-            full = like.new_zeros((batch, *like.shape[1:]))
-            for members, part in parts:
-                assert part is not None
-                for k, member in enumerate(members):
-                    full[member * per:(member + 1) * per] = part[k * per:(k + 1) * per]
-            merged.append(full)
-        out[key] = merged
+        out[key] = []
+        for index in range(length):
+            parts = [(members, r[key][index]) for members, r in results
+                     if index < len(r.get(key, [])) and r[key][index] is not None]
+            ids = tuple(id(part) for _, part in parts)
+            if parts and ids not in done:
+                done[ids] = _rows_of(parts, per, batch)
+            out[key].append(done[ids] if parts else None)
     return out
 
 
-def _all_specs(conds: Iterable[Sequence[Any]]) -> list[ControlSpec]:
+def _rows_of(parts: Sequence[tuple[list[int], Tensor | None]], per: int, batch: int) -> Tensor:
+    like = parts[0][1]
+    assert like is not None
+    full = like.new_zeros((batch, *like.shape[1:]))
+    for members, part in parts:
+        assert part is not None
+        for k, member in enumerate(members):
+            full[member * per:(member + 1) * per] = part[k * per:(k + 1) * per]
+    return full
+
+
+def control_groups(specs: Sequence[Any], batch: int) -> tuple[int, dict[ControlSpec, list[int]], bool] | None:
+    """How a batched model call's entries (CondSpecs, ``batch`` rows in equal shares) group by ControlNet chain:
+    the rows per entry, each chain's entry indices, and whether one chain covers every entry; None when no entry
+    has a ControlNet."""
+    controls: list[ControlSpec | None] = [getattr(spec, "control", None) for spec in specs]
+    if all(control is None for control in controls):
+        return None
+    if batch % len(controls):
+        raise ValueError(f"a batch of {batch} rows cannot hold {len(controls)} equal entries")
+    groups: dict[ControlSpec, list[int]] = {}
+    for index, control in enumerate(controls):
+        if control is not None:
+            groups.setdefault(control, []).append(index)
+    whole = len(groups) == 1 and all(control is not None for control in controls)
+    return batch // len(controls), groups, whole
+
+
+def member_rows(members: Sequence[int], per: int, device: torch.device) -> Tensor:
+    """The batch rows of the entries ``members`` (``per`` rows each)."""
+    return torch.cat([torch.arange(m * per, (m + 1) * per, device=device) for m in members])
+
+
+def all_control_specs(conds: Iterable[Sequence[Any]]) -> list[ControlSpec]:
     seen: dict[ControlSpec, None] = {}
     for specs in conds:
         for spec in specs:
@@ -301,7 +322,7 @@ def control_function(conds: Iterable[Sequence[Any]], model_sampling: ModelSampli
     ControlNet. Every net is loaded (``resolve``) and checked against ``unet_config`` up front, so a
     ControlNet made for another model family fails before the first step, saying why. Control-LoRAs are
     built from ``unet``, the UNet being sampled (engine/backend/control_lora.py)."""
-    specs = _all_specs(conds)
+    specs = all_control_specs(conds)
     if not specs:
         return None
     nets: dict[ControlSpec, ControlNet | T2IAdapter] = {}
@@ -309,15 +330,15 @@ def control_function(conds: Iterable[Sequence[Any]], model_sampling: ModelSampli
     for spec in specs:
         resolved = spec.net if isinstance(spec.net, (ControlNet, T2IAdapter)) else resolve(spec.net)
         if not isinstance(resolved, (ControlNet, T2IAdapter, ControlLora)):  # an SD3/Flux ControlNet
-            raise ValueError(f"ControlNet {_label(spec.net)} ({resolved.config.describe()}) does not fit this "
+            raise ValueError(f"ControlNet {net_label(spec.net)} ({resolved.config.describe()}) does not fit this "
                              "model: it is made for SD3/Flux transformer models; use a ControlNet made for the "
                              "checkpoint's model family")
-        net = _built(resolved, unet, built, _label(spec.net)) if isinstance(resolved, ControlLora) else resolved
+        net = _built(resolved, unet, built, net_label(spec.net)) if isinstance(resolved, ControlLora) else resolved
         if unet_config is not None:
             problem = (adapter_problem(net.config, unet_config) if isinstance(net, T2IAdapter)
                        else compatibility_problem(net.config, unet_config))
             if problem:
-                raise ValueError(f"ControlNet {_label(spec.net)} ({net.config.describe()}) does not fit this "
+                raise ValueError(f"ControlNet {net_label(spec.net)} ({net.config.describe()}) does not fit this "
                                  f"model: {problem}; use a ControlNet made for the checkpoint's model family")
         nets[spec] = net
     log.debug("sampling with %d ControlNet(s)", len(nets))

@@ -27,7 +27,16 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from engine.backend.control_apply import ControlSpec, fit_hint
+from engine.backend.control_apply import (
+    ControlSpec,
+    all_control_specs,
+    assemble_rows,
+    control_groups,
+    fit_hint,
+    member_rows,
+    net_label,
+    tile_rows,
+)
 from engine.backend.flow_apply import FLUX_DEFAULT_GUIDANCE
 from engine.backend.flux import Flux
 from engine.backend.flux_controlnet import FluxControlNet
@@ -43,11 +52,6 @@ FlowNet = SD3ControlNet | FluxControlNet
 FlowResiduals = dict[str, list[Tensor | None]]
 #: Turns ``ControlSpec.net`` (a CONTROL_NET handle) into a loaded net (any kind: others are refused here).
 Resolve = Callable[[Any], Any]
-
-
-def _label(handle: Any) -> str:
-    name = getattr(getattr(handle, "file", None), "name", None)
-    return repr(name) if name else type(handle).__name__
 
 
 def _describe(net: Any) -> str:
@@ -76,16 +80,6 @@ def fit_problem(net: Any, model: MMDiT | Flux) -> str | None:
     return None
 
 
-def _all_specs(conds: Iterable[Sequence[Any]]) -> list[ControlSpec]:
-    seen: dict[ControlSpec, None] = {}
-    for specs in conds:
-        for spec in specs:
-            control = getattr(spec, "control", None)
-            for link in control.chain() if control is not None else ():
-                seen.setdefault(link, None)
-    return list(seen)
-
-
 def flow_control_function(conds: Iterable[Sequence[Any]], model_sampling: ModelSampling, resolve: Resolve,
                           model: MMDiT | Flux) -> FlowControlApplier | None:
     """The control function for a run of ``model`` over ``conds`` (lists of CondSpecs), or None when no entry has a
@@ -93,15 +87,15 @@ def flow_control_function(conds: Iterable[Sequence[Any]], model_sampling: ModelS
     without a VAE, fails before the first step."""
     label = "SD3" if isinstance(model, MMDiT) else "Flux"
     nets: dict[ControlSpec, FlowNet] = {}
-    for spec in _all_specs(conds):
+    for spec in all_control_specs(conds):
         net = spec.net if isinstance(spec.net, nn.Module) else resolve(spec.net)
         problem = fit_problem(net, model)
         if problem or not isinstance(net, (SD3ControlNet, FluxControlNet)):
-            raise ValueError(f"ControlNet {_label(spec.net)} ({_describe(net)}) does not fit this {label} model: "
+            raise ValueError(f"ControlNet {net_label(spec.net)} ({_describe(net)}) does not fit this {label} model: "
                              f"{problem}; use a ControlNet made for {label} models of this size")
         problem = _spec_problem(spec, net)
         if problem:
-            raise ValueError(f"ControlNet {_label(spec.net)} ({_describe(net)}) {problem}")
+            raise ValueError(f"ControlNet {net_label(spec.net)} ({_describe(net)}) {problem}")
         nets[spec] = net
     if not nets:
         return None
@@ -157,30 +151,6 @@ def _summed(previous: FlowResiduals | None, current: FlowResiduals) -> FlowResid
     return out
 
 
-def _assemble(results: Sequence[tuple[list[int], FlowResiduals]], per: int, batch: int) -> FlowResiduals:
-    """One residual set for the whole batch: each group's rows where its entries sit, zeros elsewhere."""
-    out: FlowResiduals = {}
-    done: dict[tuple[int, ...], Tensor] = {}
-    for key in dict.fromkeys(k for _, residuals in results for k in residuals):
-        length = max(len(residuals.get(key, [])) for _, residuals in results)
-        out[key] = []
-        for index in range(length):
-            parts = [(members, r[key][index]) for members, r in results
-                     if index < len(r.get(key, [])) and r[key][index] is not None]
-            ids = tuple(id(part) for _, part in parts)
-            if parts and ids not in done:
-                like = parts[0][1]
-                assert like is not None
-                full = like.new_zeros((batch, *like.shape[1:]))
-                for members, part in parts:
-                    assert part is not None
-                    for k, member in enumerate(members):
-                        full[member * per:(member + 1) * per] = part[k * per:(k + 1) * per]
-                done[ids] = full
-            out[key].append(done[ids] if parts else None)
-    return out
-
-
 class FlowControlApplier:
     """The ``control_fn(x, timesteps, context, y, specs)`` of an SD3/Flux sampling run; see the module docstring."""
 
@@ -195,27 +165,21 @@ class FlowControlApplier:
 
     def __call__(self, x: Tensor, timesteps: Tensor, context: Tensor, y: Tensor | None,
                  specs: Sequence[Any]) -> FlowResiduals | None:
-        controls: list[ControlSpec | None] = [getattr(spec, "control", None) for spec in specs]
-        if all(control is None for control in controls):
+        grouping = control_groups(specs, x.shape[0])
+        if grouping is None:
             return None
-        if x.shape[0] % len(controls):
-            raise ValueError(f"a batch of {x.shape[0]} rows cannot hold {len(controls)} equal entries")
-        per = x.shape[0] // len(controls)
+        per, groups, whole = grouping
         guidance = torch.cat([_guidance(spec, per, x.device) for spec in specs])
-        groups: dict[ControlSpec, list[int]] = {}
-        for index, control in enumerate(controls):
-            if control is not None:
-                groups.setdefault(control, []).append(index)
-        if len(groups) == 1 and all(c is not None for c in controls):
+        if whole:
             return self._run_chain(next(iter(groups)), x, timesteps, context, y, guidance, per)
         results: list[tuple[list[int], FlowResiduals]] = []
         for control, members in groups.items():
-            rows = torch.cat([torch.arange(m * per, (m + 1) * per, device=x.device) for m in members])
+            rows = member_rows(members, per, x.device)
             out = self._run_chain(control, x[rows], timesteps[rows], context[rows], None if y is None else y[rows],
                                   guidance[rows], per)
             if out is not None:
                 results.append((members, out))
-        return _assemble(results, per, x.shape[0]) if results else None
+        return assemble_rows(results, per, x.shape[0]) if results else None
 
     def _run_chain(self, control: ControlSpec, x: Tensor, timesteps: Tensor, context: Tensor, y: Tensor | None,
                    guidance: Tensor, per: int) -> FlowResiduals | None:
@@ -244,7 +208,7 @@ class FlowControlApplier:
             hint = self._prepared(spec, net, x)
             self._hints[key] = hint
         # Each entry's rows get the hint batch repeated (or cut) to the entry's size.
-        return _tile(hint, per).repeat(x.shape[0] // per, 1, 1, 1)
+        return tile_rows(hint, per).repeat(x.shape[0] // per, 1, 1, 1)
 
     def _prepared(self, spec: ControlSpec, net: FlowNet, x: Tensor) -> Tensor:
         pixels = spec.hint[:, :3] if spec.hint.shape[1] >= 3 else spec.hint[:, :1].expand(-1, 3, -1, -1)
@@ -254,15 +218,15 @@ class FlowControlApplier:
         with torch.no_grad():
             latent = spec.vae(pixels).to(device=x.device, dtype=torch.float32)
         if latent.shape[-2:] != x.shape[-2:]:
-            raise ValueError(f"ControlNet {_label(spec.net)}: the VAE made a {tuple(latent.shape[-2:])} latent of the "
-                             f"hint, the sampled latent is {tuple(x.shape[-2:])}: use the model's own VAE")
+            raise ValueError(f"ControlNet {net_label(spec.net)}: the VAE made a {tuple(latent.shape[-2:])} latent of "
+                             f"the hint, the sampled latent is {tuple(x.shape[-2:])}: use the model's own VAE")
         latent = net.hint_format.to_model(latent)
         extra = _hint_channels(net) - latent.shape[1]
         if extra == 1:  # an inpainting net's mask channel: all ones without a mask (ComfyUI's default)
             latent = torch.cat((latent, torch.ones_like(latent[:, :1])), dim=1)
         elif extra:
-            raise ValueError(f"ControlNet {_label(spec.net)} takes {_hint_channels(net)}-channel hint latents but the "
-                             f"VAE makes {latent.shape[1]} channels: use the model's own VAE")
+            raise ValueError(f"ControlNet {net_label(spec.net)} takes {_hint_channels(net)}-channel hint latents but "
+                             f"the VAE makes {latent.shape[1]} channels: use the model's own VAE")
         return latent.to(net.dtype)
 
 
@@ -276,11 +240,3 @@ def _guidance(spec: Any, rows: int, device: torch.device) -> Tensor:
     """Flux's distilled guidance for an entry's rows (FluxGuidance's, else Flux's default)."""
     value = getattr(spec, "guidance", None)
     return torch.full((rows,), FLUX_DEFAULT_GUIDANCE if value is None else value, device=device)
-
-
-def _tile(tensor: Tensor, batch: int) -> Tensor:
-    """Repeat or truncate along dim 0 to ``batch`` rows."""
-    if tensor.shape[0] == batch:
-        return tensor
-    reps = -(-batch // tensor.shape[0])
-    return tensor.repeat(reps, *([1] * (tensor.ndim - 1)))[:batch]
