@@ -34,6 +34,7 @@ from tools.tiny_shapes_data import PALETTE, RESOLUTION, SUPERSAMPLE, ShapeSpec, 
 log = logging.getLogger("tools.make_example_workflows")
 
 CHECKPOINT = "tiny-shapes.safetensors"
+SD3_CHECKPOINT = "tiny-shapes-sd3.safetensors"
 LORA = "tiny-shapes-dark.safetensors"
 CONTROLNET = "tiny-shapes-edges.safetensors"
 UPSCALER = "tiny-shapes-2x.safetensors"
@@ -158,6 +159,18 @@ def outpaint() -> list[N]:
             *decode_and_save(8, 13, (4, 2), "outpaint")]
 
 
+def sd3_txt2img() -> list[N]:
+    """The SD3-family demo (tools/train_tiny_sd3.py): T5-only conditioning, a 16-channel latent, rectified flow
+    sampled on SD3's shifted noise levels (ModelSamplingSD3, shift 3) with euler / simple and a moderate cfg."""
+    return [N(4, "CheckpointLoaderSimple", [SD3_CHECKPOINT]),
+            N(10, "ModelSamplingSD3", [3.0], {"model": (4, 0)}),
+            *prompts((4, 1), "a red circle on a blue background, center, large"),
+            N(5, "EmptySD3LatentImage", [64, 64, 1]),
+            N(3, "KSampler", [42, "fixed", 20, 4.5, "euler", "simple", 1.0],
+              {"model": (10, 0), "positive": (6, 0), "negative": (7, 0), "latent_image": (5, 0)}),
+            *decode_and_save(8, 3, (4, 2), "sd3-txt2img")]
+
+
 def train_lora() -> list[N]:
     """Train a rank-4 LoRA for 8 steps on the rings dataset, save it and its loss curve, and sample with it."""
     training = [4, 1, 8, 0.001, 4, "AdamW", "MSE", 0, "bf16", "bf16", "LoRA", True, "[None]"]
@@ -176,7 +189,7 @@ def train_lora() -> list[N]:
 
 WORKFLOWS = {"txt2img": txt2img, "img2img": img2img, "inpaint": inpaint, "lora": lora, "controlnet": controlnet,
              "hires-fix": hires_fix, "outpaint": outpaint, "batch": batch,
-             "upscale": upscale, "train-lora": train_lora}
+             "upscale": upscale, "train-lora": train_lora, "sd3-txt2img": sd3_txt2img}
 
 
 def api_prompt(nodes: Sequence[N], registry: NodeRegistry) -> dict[str, dict[str, Any]]:

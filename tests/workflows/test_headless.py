@@ -19,7 +19,7 @@ WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
 #: Workflows the demo tests (test_demo_workflows.py, test_upscale_workflow.py) already run headless, with the same
 #: PNG metadata check (run_workflow): here they run only with -m slow, to keep the default suite short.
 RUN_BY_DEMO_TESTS = frozenset({"txt2img", "batch", "img2img", "inpaint", "lora", "controlnet", "hires-fix", "merge",
-                               "upscale", "train-lora"})
+                               "upscale", "train-lora", "sd3-txt2img"})
 
 
 def _case(workflow: Path) -> object:
@@ -57,7 +57,7 @@ def test_workflow_runs_headless(tmp_path: Path, workflow: Path) -> None:
 
 def test_every_workflow_is_run_headless_by_some_default_test() -> None:
     demo_tests = "".join((ROOT / "tests" / "workflows" / name).read_text()
-                         for name in ("test_demo_workflows.py", "test_upscale_workflow.py"))
+                         for name in ("test_demo_workflows.py", "test_upscale_workflow.py", "test_sd3_demo.py"))
     for stem in RUN_BY_DEMO_TESTS:
         assert f'"{stem}"' in demo_tests, f"{stem}.json is run by no demo test: take it out of RUN_BY_DEMO_TESTS"
 
