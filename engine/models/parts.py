@@ -43,7 +43,6 @@ from pathlib import Path
 
 import torch
 
-from engine.backend.flow_text import FLOW_TOWER_PREFIXES
 from engine.backend.t5 import find_t5_prefix, is_t5_state_dict
 from engine.backend.text import FAMILY_LAYOUTS
 from engine.models.convert_diffusers import UNetLayout, diffusers_vae_key_to_ldm, unet_names
@@ -279,6 +278,8 @@ class FlowTextPart:
         return f"{what.split(' ', 1)[-1]} is {_FLOW_LABELS[self.kind]} (width {self.width})"
 
     def placed(self) -> TextEncoderFile:
+        from engine.backend.flow_text import FLOW_TOWER_PREFIXES  # imports T5: only when a flow model needs it
+
         return TextEncoderFile(self.file, self.prefix, FLOW_TOWER_PREFIXES[self.kind])
 
 
