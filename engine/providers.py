@@ -149,6 +149,13 @@ class DeferredModels:
     def loaded(self) -> bool:
         return self._ready.is_set() and self._provider is not None
 
+    def wait_until_built(self) -> None:
+        """Wait for a build that has started (the background import of torch, transformers and the backend), so
+        no node imports the same modules from another thread meanwhile: transformers' lazy package is not safe
+        to initialise from two threads at once. Returns at once when no build was started."""
+        if self._thread is not None:
+            self._ready.wait()
+
     def provider(self) -> ModelProvider:
         """The real provider, waiting for the build (started here if nobody started it)."""
         self.start()

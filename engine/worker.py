@@ -116,6 +116,9 @@ class PromptWorker:
             self._running = item.prompt_id
             self._interrupt.clear()
         sink = self.sink_for(item.extra_data.get("client_id"))
+        wait = getattr(self.executor.models, "wait_until_built", None)
+        if wait is not None:
+            wait()  # nodes import the backend: never beside the background import of it
         try:
             outcome = run_prompt(self.executor, item, sink, self._interrupt)
         finally:

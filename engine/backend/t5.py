@@ -44,11 +44,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
-
-# From the submodules: transformers' lazy top-level names are not safe to resolve from two threads at once
-# (the server's background warm-up imports the backend while the first prompt runs).
-from transformers.models.t5.configuration_t5 import T5Config
-from transformers.models.t5.modeling_t5 import T5EncoderModel
+from transformers import T5Config, T5EncoderModel
 
 from engine.backend.t5_tokenizer import T5_EOS_TOKEN, T5_PAD_TOKEN, T5Tokenizer, T5Tokens
 

@@ -26,11 +26,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
-
-# From the submodules: transformers' lazy top-level names are not safe to resolve from two threads at once
-# (the server's background warm-up imports the backend while the first prompt runs).
-from transformers.models.t5.configuration_t5 import T5Config
-from transformers.models.t5.modeling_t5 import T5EncoderModel
+from transformers import T5Config, T5EncoderModel
 
 from engine.backend.cast_weights import cast_at_forward, cast_parameters, set_weight_scales
 from engine.backend.flow_text import CLIP_SPECS, FLOW_TOWER_PREFIXES, T5_KEY, FlowTextEncoder
