@@ -62,6 +62,7 @@ from bench.sampling import (  # noqa: E402  (the path above first)
     peak_rss,
     reset_peak_rss,
     rss_now_gib,
+    status_field,
     wait_for_idle,
 )
 
@@ -137,19 +138,8 @@ def build_meta(spec: FlowSpec, tiny: bool) -> nn.Module:
 # ------------------------------------------------------------------------------------ helpers
 
 
-def _status_bytes(name: str) -> int:
-    """A ``/proc/self/status`` memory field in bytes (0 where /proc is missing)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(name + ":"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
 def vmhwm_gib() -> float:
-    return round(_status_bytes("VmHWM") / GIB, 3)
+    return round(status_field("VmHWM") / GIB, 3)
 
 
 def mem_available_gib() -> float | None:
@@ -192,7 +182,7 @@ class RssTrace:
         self._sample()
 
     def _sample(self) -> None:
-        rss = _status_bytes("VmRSS") / GIB
+        rss = status_field("VmRSS") / GIB
         elapsed = time.perf_counter() - self.start
         stage = self.stage
         self.stage_max[stage] = max(self.stage_max.get(stage, 0.0), rss)

@@ -64,10 +64,10 @@ NEGATIVE = "blurry, low quality"
 
 
 def rss_now_gib() -> float:
-    return _status_field("VmRSS") / GIB
+    return status_field("VmRSS") / GIB
 
 
-def _status_field(name: str) -> float:
+def status_field(name: str) -> float:
     """A ``/proc/self/status`` memory field in bytes (0 where /proc is missing)."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
@@ -90,7 +90,7 @@ def reset_peak_rss() -> bool:
 def peak_rss() -> dict[str, float]:
     """This process's peak resident set: getrusage's ru_maxrss and /proc's VmHWM, in GiB."""
     return {"ru_maxrss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GIB, 3),
-            "vmhwm_gib": round(_status_field("VmHWM") / GIB, 3)}
+            "vmhwm_gib": round(status_field("VmHWM") / GIB, 3)}
 
 
 def load_average() -> list[float]:
@@ -192,7 +192,7 @@ def phase_load(args: argparse.Namespace) -> dict[str, Any]:
     def part(name: str, load: Callable[[], Any]) -> float:
         reset_peak_rss()
         seconds, _ = timed(load)
-        peaks[name] = round(_status_field("VmHWM") / GIB, 3)
+        peaks[name] = round(status_field("VmHWM") / GIB, 3)
         return seconds
 
     t_unet = part("unet", lambda: manager.unet(model))
@@ -221,7 +221,7 @@ class _TimingSink:
             stamp = time.perf_counter()
             peak = None
             if isinstance(event, Executing | ExecutionSuccess):
-                peak = _status_field("VmHWM") / GIB
+                peak = status_field("VmHWM") / GIB
                 reset_peak_rss()
             self.events.append((stamp, event, peak))
 
@@ -337,7 +337,7 @@ def phase_txt2img(args: argparse.Namespace) -> dict[str, Any]:
         "rss_after_imports_gib": round(baseline, 3),
         "rss_end_gib": round(rss_now_gib(), 3),
         # VmHWM is restarted at every node, so the run's peak is the largest per-node peak.
-        "vmhwm_gib": round(max(peaks + [_status_field("VmHWM") / GIB]), 3),
+        "vmhwm_gib": round(max(peaks + [status_field("VmHWM") / GIB]), 3),
     }
 
 

@@ -406,7 +406,7 @@ class ModelManager:
     def _largest_unit(self, unet: nn.Module) -> int:
         if not self._streamer.is_streaming(unet):
             return 0
-        return max(module_bytes(unit) for unit in stream_units(unet, per_layer=self.mode is VramMode.NONE))
+        return max(unit.nbytes for unit in stream_units(unet, per_layer=self.mode is VramMode.NONE))
 
     def _load_unet(self, handle: ModelHandle, dtype: torch.dtype) -> DiffusionModel:
         if handle.merge is not None:

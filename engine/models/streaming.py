@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -66,18 +67,34 @@ class Placement:
 _BLOCK_LISTS = ("input_blocks", "output_blocks", "joint_blocks", "double_blocks", "single_blocks")
 
 
-def stream_units(unet: nn.Module, per_layer: bool) -> list[nn.Module]:
-    """The diffusion model's units in forward order: every module with weights of its own (``per_layer``), or
-    the blocks of its block lists (UNet input/output blocks and middle block, MMDiT joint blocks, Flux double
-    and single blocks) one by one plus the small top-level parts."""
+@dataclass(frozen=True, eq=False)
+class StreamUnit:
+    """A module whose weights move to the device around its forward: all of them (``recursive``: a block), or
+    only its own (a single layer, or the model itself for the tensors no block holds, e.g. a position table)."""
+
+    module: nn.Module
+    recursive: bool
+
+    def tensors(self) -> list[Tensor]:
+        return _own_tensors(self.module, recurse=self.recursive)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.tensors())
+
+
+def stream_units(model: nn.Module, per_layer: bool) -> list[StreamUnit]:
+    """The diffusion model's units in forward order; together they hold every tensor of ``model`` once.
+
+    ``per_layer``: every module with weights of its own. Otherwise the model's own tensors (for the whole
+    forward), then the blocks of its block lists (UNet input/output blocks and middle block, MMDiT joint blocks,
+    Flux double and single blocks) one by one, and the small top-level parts."""
     if per_layer:
-        return [m for m in unet.modules() if _own_tensors(m, recurse=False)]
-    units: list[nn.Module] = []
-    for name, child in unet.named_children():
-        if name in _BLOCK_LISTS:
-            units.extend(child.children())
-        else:
-            units.append(child)
+        return [StreamUnit(m, recursive=False) for m in model.modules() if _own_tensors(m, recurse=False)]
+    units = [StreamUnit(model, recursive=False)] if _own_tensors(model, recurse=False) else []
+    for name, child in model.named_children():
+        children = child.children() if name in _BLOCK_LISTS else (child,)
+        units.extend(StreamUnit(unit, recursive=True) for unit in children)
     return units
 
 
@@ -88,14 +105,14 @@ class BlockStreamer:
         self.device = device
         self._hooks: dict[int, list[RemovableHandle]] = {}
         self._units: dict[int, int] = {}  # module -> how many units stream
-        self._active: dict[int, tuple[nn.Module, list[Tensor]]] = {}
+        self._active: dict[int, tuple[StreamUnit, list[Tensor]]] = {}
         self._prefetched: dict[int, list[Tensor]] = {}
         self._side_stream: Any = torch.cuda.Stream(device) if device.type == "cuda" else None
 
     def is_streaming(self, module: nn.Module) -> bool:
         return id(module) in self._hooks
 
-    def install(self, module: nn.Module, units: Sequence[nn.Module]) -> None:
+    def install(self, module: nn.Module, units: Sequence[StreamUnit]) -> None:
         """Stream ``units`` of ``module`` (replacing hooks installed before for other units)."""
         if self._units.get(id(module)) == len(units):
             return
@@ -103,8 +120,8 @@ class BlockStreamer:
         handles: list[RemovableHandle] = []
         for index, unit in enumerate(units):
             following = units[index + 1] if index + 1 < len(units) else None
-            handles.append(unit.register_forward_pre_hook(self._pre_hook(following)))
-            handles.append(unit.register_forward_hook(self._post_hook))
+            handles.append(unit.module.register_forward_pre_hook(self._pre_hook(unit, following)))
+            handles.append(unit.module.register_forward_hook(self._post_hook))
         self._hooks[id(module)] = handles
         self._units[id(module)] = len(units)
         log.info("streaming %d units of %s to %s", len(units), type(module).__name__, self.device)
@@ -122,13 +139,13 @@ class BlockStreamer:
         self._active.clear()
         self._prefetched.clear()
 
-    def _pre_hook(self, following: nn.Module | None) -> Any:
-        def hook(unit: nn.Module, _args: Any) -> None:
-            if id(unit) in self._active:
+    def _pre_hook(self, unit: StreamUnit, following: StreamUnit | None) -> Any:
+        def hook(module: nn.Module, _args: Any) -> None:
+            if id(module) in self._active:
                 return
-            tensors = _own_tensors(unit, recurse=False)
+            tensors = unit.tensors()
             homes = [t.data for t in tensors]
-            copies = self._prefetched.pop(id(unit), None)
+            copies = self._prefetched.pop(id(module), None)
             if copies is None:
                 copies = [home.to(self.device, non_blocking=True) for home in homes]
             else:  # copied ahead on the side stream: wait for that copy before computing with it
@@ -136,23 +153,23 @@ class BlockStreamer:
             with torch.no_grad(), torch.inference_mode(False):
                 for tensor, copy in zip(tensors, copies, strict=True):
                     tensor.data = copy
-            self._active[id(unit)] = (unit, homes)
+            self._active[id(module)] = (unit, homes)
             if following is not None and self._side_stream is not None:
                 self._prefetch(following)
         return hook
 
-    def _post_hook(self, unit: nn.Module, _args: Any, _output: Any) -> None:
-        entry = self._active.pop(id(unit), None)
+    def _post_hook(self, module: nn.Module, _args: Any, _output: Any) -> None:
+        entry = self._active.pop(id(module), None)
         if entry is not None:
             self._swap_home(*entry)
 
-    def _prefetch(self, unit: nn.Module) -> None:
-        homes = [t.data for t in _own_tensors(unit, recurse=False)]
+    def _prefetch(self, unit: StreamUnit) -> None:
+        homes = [t.data for t in unit.tensors()]
         with torch.cuda.stream(self._side_stream):
-            self._prefetched[id(unit)] = [home.to(self.device, non_blocking=True) for home in homes]
+            self._prefetched[id(unit.module)] = [home.to(self.device, non_blocking=True) for home in homes]
 
     @staticmethod
-    def _swap_home(unit: nn.Module, homes: list[Tensor]) -> None:
+    def _swap_home(unit: StreamUnit, homes: list[Tensor]) -> None:
         with torch.no_grad(), torch.inference_mode(False):
-            for tensor, home in zip(_own_tensors(unit, recurse=False), homes, strict=True):
+            for tensor, home in zip(unit.tensors(), homes, strict=True):
                 tensor.data = home

@@ -36,6 +36,7 @@ from engine.models.loaders import CheckpointFile, UnsupportedModel, detect_famil
 from engine.models.manager import ModelManager
 from engine.sdk import model_parts
 from engine.sdk.ops import model_traits
+from tests.support.weights import seeded_state
 
 SD3_CONFIG = MMDiTConfig(depth=3, hidden_size=128, num_heads=2, context_in_dim=32, pooled_dim=48,
                          pos_embed_max_size=16)
@@ -47,11 +48,8 @@ STEPS, CFG, SEED = 4, 3.0, 7
 
 
 def _randomized(model: nn.Module, seed: int) -> nn.Module:
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for tensor in (*model.parameters(), *model.buffers()):
-            tensor.copy_(torch.randn(tensor.shape, generator=generator) * 0.05)
-    return model.eval()
+    seeded_state(model, seed)
+    return model
 
 
 def _write(model: nn.Module, path: Path, prefix: str) -> Path:

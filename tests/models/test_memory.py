@@ -330,3 +330,23 @@ def test_command_line_memory_flags_reach_the_model_manager() -> None:
     default = build_model_manager(settings_from(parse_args(["run", "workflow.json"])))
     assert (default.mode, default.budget.simulated_bytes, default.ram_budget) == (VramMode.NORMAL, None, None)
     assert build_model_manager(Settings(vram_mode="cpu")).device == torch.device("cpu")
+
+
+@pytest.mark.parametrize("per_layer", [False, True])
+def test_stream_units_hold_every_tensor_of_the_model_once(model_root: Path, per_layer: bool) -> None:
+    """What the streamer moves covers the whole model, UNet or transformer: a block moves with all its layers, and
+    the model's own tensors (an MMDiT's position table) have a unit of their own. (On a CPU a missed tensor is
+    invisible, since moving it to the CPU is the tensor itself; on a GPU it is a device mismatch.)"""
+    from engine.backend.flux import Flux, FluxConfig
+    from engine.backend.mmdit import MMDiT, MMDiTConfig
+    from engine.models.streaming import stream_units
+
+    unet = ModelManager("cpu").unet(handle(model_root, 0))
+    mmdit = MMDiT(MMDiTConfig(depth=2, hidden_size=64, num_heads=1, context_in_dim=32, pooled_dim=16,
+                              pos_embed_max_size=4))
+    flux = Flux(FluxConfig(hidden_size=64, num_heads=2, depth=1, depth_single_blocks=1, axes_dim=(4, 14, 14),
+                           context_in_dim=32, vec_in_dim=16))
+    for model in (unet, mmdit, flux):
+        moved = [id(t) for unit in stream_units(model, per_layer) for t in unit.tensors()]
+        every = [id(t) for t in (*model.parameters(), *model.buffers())]
+        assert sorted(moved) == sorted(every), type(model).__name__

@@ -31,19 +31,12 @@ from tests.backend.flow_text_files import (
 from tests.fixtures.tiny_clip_vision import hf_state, save, tiny_vision_model
 from tests.fixtures.tiny_siglip import IMAGE, TOKENS, WIDTH, redux_state, siglip_file_state, tiny_siglip
 from tests.nodes.sd_workflow import make_executor, node_context, run_prompt, shape_image
+from tests.support.weights import seeded_state
 
 SIGLIP = "tiny_sigclip_vision.safetensors"
 REDUX = "tiny_flux_redux.safetensors"
 PICTURE = "redux.png"
 SIZE = 64  # pixels: an 8x8 Flux latent
-
-
-def _seeded(model: torch.nn.Module, seed: int) -> dict[str, Tensor]:
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for tensor in (*model.parameters(), *model.buffers()):
-            tensor.copy_(torch.randn(tensor.shape, generator=generator) * 0.05)
-    return {key: value.contiguous() for key, value in model.state_dict().items()}
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +52,7 @@ def executor(tmp_path_factory: pytest.TempPathFactory) -> Executor:
     flux = Flux(FluxConfig(hidden_size=64, num_heads=2, depth=1, depth_single_blocks=1, axes_dim=(4, 14, 14),
                            context_in_dim=T5_WIDTH, vec_in_dim=CLIP_L_WIDTH))
     (root / "diffusion_models").mkdir()
-    save_file(_seeded(flux, 2), str(root / "diffusion_models" / "tiny-flux-dev.safetensors"))
+    save_file(seeded_state(flux, 2), str(root / "diffusion_models" / "tiny-flux-dev.safetensors"))
     executor = make_executor(tmp_path_factory.mktemp("run"), root)
     shape_image(executor.folders.input_dir / PICTURE, background="blue", color="red", box=(6, 10, 30, 40), size=48)
     return executor

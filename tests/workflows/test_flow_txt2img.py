@@ -16,7 +16,6 @@ from typing import Any
 import pytest
 import torch
 from safetensors.torch import save_file
-from torch import nn
 
 from engine.backend.flux import Flux, FluxConfig
 from engine.backend.mmdit import MMDiT, MMDiTConfig
@@ -33,17 +32,10 @@ from tests.backend.flow_text_files import (
     write_parts,
 )
 from tests.nodes.sd_workflow import make_executor, run_prompt
+from tests.support.weights import seeded_state
 
 VAE16 = VAEConfig(ch=32, ch_mult=(1, 1, 1, 1), num_res_blocks=1, z_channels=16, embed_dim=16, use_quant_conv=False)
 SIZE = 64  # pixels: an 8x8 latent
-
-
-def _seeded(model: nn.Module, seed: int) -> dict[str, torch.Tensor]:
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for tensor in (*model.parameters(), *model.buffers()):
-            tensor.copy_(torch.randn(tensor.shape, generator=generator) * 0.05)
-    return {key: value.contiguous() for key, value in model.state_dict().items()}
 
 
 @pytest.fixture(scope="module")
@@ -51,17 +43,17 @@ def executor(tmp_path_factory: pytest.TempPathFactory) -> Executor:
     root = tmp_path_factory.mktemp("flow-models")
     towers = reference_towers()
     spiece = train_spiece(root / "spiece")
-    vae = _seeded(AutoencoderKL(VAE16), 3)
+    vae = seeded_state(AutoencoderKL(VAE16), 3)
     mmdit = MMDiT(MMDiTConfig(depth=3, hidden_size=64, num_heads=1, context_in_dim=T5_WIDTH,
                               pooled_dim=CLIP_L_WIDTH + CLIP_G_PROJECTION, pos_embed_max_size=8))
-    sd3 = {f"model.diffusion_model.{key}": value for key, value in _seeded(mmdit, 1).items()}
+    sd3 = {f"model.diffusion_model.{key}": value for key, value in seeded_state(mmdit, 1).items()}
     sd3 |= {f"first_stage_model.{key}": value for key, value in vae.items()}
     write_checkpoint(root / "checkpoints" / "tiny-sd3.safetensors", towers, extra=sd3)
     place_tokenizer(spiece, root / "checkpoints")
     flux = Flux(FluxConfig(hidden_size=64, num_heads=2, depth=1, depth_single_blocks=1, axes_dim=(4, 14, 14),
                            context_in_dim=T5_WIDTH, vec_in_dim=CLIP_L_WIDTH))
     (root / "diffusion_models").mkdir()
-    save_file(_seeded(flux, 2), str(root / "diffusion_models" / "tiny-flux-dev.safetensors"))
+    save_file(seeded_state(flux, 2), str(root / "diffusion_models" / "tiny-flux-dev.safetensors"))
     write_parts(root / "text_encoders", towers)
     place_tokenizer(spiece, root / "text_encoders")
     (root / "vae").mkdir()
