@@ -29,6 +29,7 @@ from engine.cache import OutputCache
 from engine.errors import LoomError, ValidationFailed
 from engine.events import Event, Executing, ExecutionError, Progress
 from engine.executor import Executor
+from engine.malloc_tuning import tune_malloc
 from engine.providers import DeferredModels, ModelProvider
 from engine.registry import NodeRegistry
 from engine.settings import Settings
@@ -101,6 +102,9 @@ def _common_arguments(parser: argparse.ArgumentParser) -> None:
     _setting(parser, "--custom-nodes-dir", "custom_nodes_dirs", action="append", default=[], type=Path,
              metavar="DIR", note=f"Repeatable (default: {_checkout_default('custom_nodes_dirs')[0]}).")
     _setting(parser, "--disable-custom-nodes", "disable_custom_nodes", action="store_true")
+    parser.add_argument("--no-malloc-tuning", dest="malloc_tuning", action="store_false",
+                        help="Leave glibc's malloc settings as they are (by default freed tensor memory is kept in "
+                             "the heap for reuse: engine/malloc_tuning.py).")
     _setting(parser, "--device", "device")
     _setting(parser, "--vram", "vram_mode", choices=get_args(Settings.model_fields["vram_mode"].annotation))
     _setting(parser, "--vram-budget", "vram_budget", type=int, metavar="BYTES")
@@ -146,7 +150,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         "data_dir": args.data_dir, "cache_bytes": args.cache_bytes, "device": args.device,
         "vram_mode": args.vram, "vram_budget": args.vram_budget, "ram_budget": args.ram_budget,
         "custom_nodes_dirs": tuple(args.custom_nodes_dir or _checkout_default("custom_nodes_dirs")),
-        "disable_custom_nodes": args.disable_custom_nodes,
+        "disable_custom_nodes": args.disable_custom_nodes, "malloc_tuning": args.malloc_tuning,
     }
     if args.command == "serve":
         frontend_dir = args.frontend_dir
@@ -307,6 +311,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         settings = settings_from(args)
+        if settings.malloc_tuning:
+            tune_malloc()  # before any thread starts: see engine/malloc_tuning.py
         registry = build_registry(args.extra_nodes, settings)
         if args.command == "run":
             return run_headless(settings, registry, args.workflow, args.set)

@@ -108,6 +108,8 @@ class Settings(BaseModel):
     custom_nodes_dirs: tuple[Path, ...] = Field((Path("custom_nodes"),), description="Folders of ComfyUI custom "
                                                 "node packs, loaded at start (they run with the server's rights).")
     disable_custom_nodes: bool = Field(False, description="Load no custom node packs.")
+    malloc_tuning: bool = Field(True, description="Keep freed tensor memory in the heap for reuse instead of "
+                                "unmapping it (glibc; engine/malloc_tuning.py).")
 
     @field_validator("auth_token")
     @classmethod

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 from engine.events import EventSink
 from engine.executor import ExecutionOutcome, Executor
 from engine.lifecycle import finish, free_memory, run_prompt
+from engine.malloc_tuning import release_free_memory
 from engine.queue import PromptQueue, QueueItem
 
 log = logging.getLogger(__name__)
@@ -126,6 +127,8 @@ class PromptWorker:
                 self._running = None
         finish(self.queue, sink, item.prompt_id, outcome)
         self._handle_free()
+        if self.queue.remaining() == 0:
+            release_free_memory()  # the heap keeps freed tensors while prompts run (engine/malloc_tuning.py)
         return outcome
 
     def _handle_free(self) -> None:

@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from engine.backend.packed_layers import PackedConv2d, PackedLinear
+
 if TYPE_CHECKING:
     from engine.backend.unet import PatchContext
 
@@ -71,6 +73,8 @@ def _scaled_linear(layer: nn.Linear, x: Tensor, scale: float) -> Tensor:
     """``layer(x)`` with its weight and bias multiplied by ``scale`` (stored weights untouched)."""
     if scale == 1.0:
         return layer(x)
+    if isinstance(layer, PackedLinear):  # its weight is packed: scale the output, the same up to rounding
+        return layer(x) * scale
     bias = None if layer.bias is None else layer.bias * scale
     return F.linear(x, layer.weight * scale, bias)
 
@@ -217,16 +221,25 @@ class SpatialTransformer(nn.Module):
         h = self.norm(x)
         # One copy to channels-last tokens [B, H*W, C]; the projections work on that layout.
         h = h.permute(0, 2, 3, 1).reshape(batch, height * width, channels)
-        h = F.linear(h, self.proj_in.weight.flatten(1), self.proj_in.bias)
+        h = _project_tokens(self.proj_in, h)
         for index, block in enumerate(self.transformer_blocks):
             if patches is None:
                 h = block(h, context)
             else:
                 patches.block_index = index
                 h = block(h, context, patches)
-        h = F.linear(h, self.proj_out.weight.flatten(1), self.proj_out.bias)
+        h = _project_tokens(self.proj_out, h)
         h = h.view(batch, height, width, channels).permute(0, 3, 1, 2)
         return x + h
+
+
+def _project_tokens(layer: nn.Linear | nn.Conv2d, tokens: Tensor) -> Tensor:
+    """A linear layer, or a 1x1 conv as the matrix product over the channel axis it is, on ``[B, N, C]``."""
+    if isinstance(layer, nn.Linear):
+        return layer(tokens)
+    if isinstance(layer, PackedConv2d):
+        return layer.project_tokens(tokens)
+    return F.linear(tokens, layer.weight.flatten(1), layer.bias)
 
 
 def load_weights(

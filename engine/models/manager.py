@@ -36,11 +36,13 @@ from engine.backend.flux import Flux
 from engine.backend.flux_controlnet import FluxControlNet
 from engine.backend.mmdit import MMDiT
 from engine.backend.mmdit_controlnet import SD3ControlNet
+from engine.backend.packed_layers import pack_layers, packing_available, unpack_layers
 from engine.backend.t2i_adapter import T2IAdapter
 from engine.backend.taesd import TinyAutoencoder
 from engine.backend.text import TextEncoder, load_text_encoder
 from engine.backend.unet import UNetConfig, UNetModel
 from engine.backend.vae import AutoencoderKL, VAEConfig, adapt_vae_weight
+from engine.malloc_tuning import release_free_memory
 from engine.models import parts
 from engine.models.addon_caches import clear_addon_caches
 from engine.models.control_lora_load import is_control_lora, load_control_lora
@@ -130,7 +132,7 @@ class ModelManager:
 
     def __init__(self, device: torch.device | str = "cpu", *, dtype: torch.dtype | None = None,
                  max_loaded: int = 6, vram: VramMode | str = VramMode.NORMAL, vram_budget: int | None = None,
-                 ram_budget: int | None = None) -> None:
+                 ram_budget: int | None = None, pack_weights: bool | None = None) -> None:
         self.mode = VramMode(vram)
         self.device = torch.device("cpu") if self.mode is VramMode.CPU else torch.device(device)
         self.offload_device = torch.device("cpu")
@@ -150,6 +152,13 @@ class ModelManager:
         #: LoRA patches: parsed files (a few, by FileRef) and, per loaded module, the saved originals. On
         #: CPUs the patched buffers are reused (fresh allocations' page faults dominate there).
         self.patcher = LoraPatcher(max_files=4, reuse_buffers=self.device.type == "cpu")
+        #: On CPUs the diffusion model's convolution and linear weights are packed for oneDNN from its first
+        #: sampling run on (engine/backend/packed_layers.py); ``unet()`` outside a sampling run hands out dense
+        #: weights, and the layers a LoRA patch changes are unpacked first. (A VAE gains nothing from it: its
+        #: large convolutions already run at oneDNN's peak; bench/README.md.)
+        if pack_weights is None:
+            pack_weights = self.device.type == "cpu" and packing_available() and not self.mode.streams_unet
+        self.pack_weights = pack_weights
 
     def unet(self, handle: ModelHandle) -> DiffusionModel:
         """The diffusion model (UNet, MMDiT or Flux) with exactly ``handle.patches`` applied (the original
@@ -159,7 +168,13 @@ class ModelManager:
             module = self._get(key, lambda: self._load_unet(handle, self.unet_dtype(handle)))
             assert isinstance(module, _DIFFUSION_MODELS)
             self._use(key, module)
+            if self.pack_weights:
+                unpack_layers(module, self.patcher.pending(module, handle.patches, handle.family.label))
             self.patcher.apply(module, handle.patches, handle.family.label)
+            if self.pack_weights:
+                # packed while a sampling run holds it (a hook's patches change it mid-run), dense otherwise
+                sampling = key in self._pinned and not self._streamer.is_streaming(module)
+                pack_layers(module, release=release_free_memory) if sampling else unpack_layers(module)
             return module
 
     def unet_dtype(self, handle: ModelHandle) -> torch.dtype:
@@ -337,10 +352,12 @@ class ModelManager:
         elif key.part == "clip":
             prefixes = _TEXT_PREFIXES
         elif key.part.startswith("vae:"):
-            prefixes, dtype = tuple(key.part[4:] + part for part in _VAE_PARTS), self.vae_dtype
+            prefixes = tuple(key.part[4:] + part for part in _VAE_PARTS)
         else:
             prefixes = ("",)
         with CheckpointFile(Path(key.file.path)) as ckpt:
+            if key.part.startswith("vae:"):
+                dtype = self._vae_storage(ckpt, key.part[4:])
             elements = sum(math.prod(ckpt.shape(name)) for name in ckpt.keys() if name.startswith(prefixes))
         return elements * dtype.itemsize
 
@@ -349,6 +366,8 @@ class ModelManager:
         if self._streams(key):
             if key in self.residency:
                 self._offload(key)
+            if self.pack_weights:
+                unpack_layers(module)  # streamed blocks move their tensors: dense ones
             self._streamer.install(module, stream_units(module, per_layer=self.mode is VramMode.NONE))
             return
         if key in self.residency:
@@ -357,9 +376,15 @@ class ModelManager:
         if self._streamer.is_streaming(module):
             self._streamer.remove(module)
         self._make_room(self._bytes[key] + self._reserve, keep={key})
-        self.patcher.restore(module)  # patches are applied again, to the device copy, by the caller
+        self._restore(module)  # patches are applied again, to the device copy, by the caller
         self._placement.place(module)
         self.residency.add(key, self._bytes[key])
+
+    def _restore(self, module: nn.Module) -> None:
+        """Take ``module``'s LoRA patches off (its patched layers unpacked first, if packed)."""
+        if self.pack_weights:
+            unpack_layers(module, self.patcher.pending(module, (), ""))
+        self.patcher.restore(module)
 
     def _streams(self, key: _Key) -> bool:
         """Whether this part runs streamed: the UNet in low/none mode, or in normal mode when it and the
@@ -388,7 +413,7 @@ class ModelManager:
 
     def _offload(self, key: _Key) -> None:
         module = self._loaded[key]
-        self.patcher.restore(module)  # the caller applies patches again when it next asks for the module
+        self._restore(module)  # the caller applies patches again when it next asks for the module
         self._placement.offload(module)
         self.residency.remove(key)
         log.debug("offloaded %s (%s)", key.file.name, key.part)
@@ -458,10 +483,25 @@ class ModelManager:
             config = VAEConfig.from_state_dict(parts.vae_shapes(ckpt, prefix, _VAE_PARTS))
             with torch.device("meta"):
                 model = AutoencoderKL(config)
+            storage = self._vae_storage(ckpt, prefix)
+            if storage != self.vae_dtype:
+                cast_at_forward(model, self.vae_dtype)
             tensors = parts.vae_tensors(ckpt, prefix, _VAE_PARTS)  # LDM or diffusers names
-            load_weights(model, tensors, device=self.offload_device, dtype=self.vae_dtype, adapt=adapt_vae_weight)
+            load_weights(model, tensors, device=self.offload_device, dtype=storage, adapt=adapt_vae_weight)
         log.info("loaded VAE of %s", ref.name)
         return model.requires_grad_(False).eval()
+
+    def _vae_storage(self, ckpt: CheckpointFile, prefix: str) -> torch.dtype:
+        """The dtype a VAE's weights are kept in: the file's own when it is 16-bit and the VAE computes in fp32
+        on the CPU (each layer widens its weights as it runs: the same values, half the memory), else the VAE's
+        compute dtype."""
+        if self.vae_dtype != torch.float32 or self.device.type != "cpu":
+            return self.vae_dtype
+        names = tuple(prefix + part for part in _VAE_PARTS)
+        stored = {ckpt.dtype(key) for key in ckpt.keys() if key.startswith(names)}
+        if len(stored) == 1 and (dtype := stored.pop()) in (torch.float16, torch.bfloat16):
+            return dtype
+        return self.vae_dtype
 
     def _build_text(self, handle: ClipHandle, *, patched: bool = True) -> TextEncoder:
         """A new text encoder of ``handle``: read from its files, or merged from its two inputs' (each built

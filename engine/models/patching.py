@@ -153,19 +153,13 @@ class LoraPatcher:
 
     def apply(self, module: nn.Module, patches: Sequence[WeightPatch], family_label: str) -> None:
         """Make ``module``'s weights its originals plus exactly ``patches`` (strength 0 adds nothing)."""
-        wanted = tuple((patch.file, float(patch.strength), patch.kind) for patch in patches if patch.strength != 0)
-        state = self._states.get(module)
-        if state is None:
-            if not wanted:
-                return
-            state = _ModuleState(describe_part(module, family_label))
-            self._states[module] = state
-        if state.applied == wanted:
+        wanted = _wanted(patches)
+        state = self._state(module, wanted, family_label)
+        if state is None or state.applied == wanted:
             return
         # may raise; nothing is touched yet
-        plans = [(self._plan(state, ref, kind), strength) for ref, strength, kind in wanted]
+        contributions = self._contributions(state, wanted)
         params = dict(module.named_parameters())
-        contributions = _contributions(plans)
         scales = _weight_scales(module)
         with torch.no_grad(), torch.inference_mode(False):  # patched weights must be normal tensors
             self._restore(state, params)
@@ -176,6 +170,28 @@ class LoraPatcher:
                 raise
         state.applied = wanted
         log.debug("%s: applied %d LoRA(s) to %d weights", state.part.label, len(wanted), len(contributions))
+
+    def pending(self, module: nn.Module, patches: Sequence[WeightPatch], family_label: str) -> set[str]:
+        """Names of the parameters that :meth:`apply` with ``patches`` would change (restored or patched);
+        nothing is changed. Raises what ``apply`` would raise for a LoRA that does not fit."""
+        wanted = _wanted(patches)
+        state = self._state(module, wanted, family_label)
+        if state is None or state.applied == wanted:
+            return set()
+        return set(state.backups) | set(self._contributions(state, wanted))
+
+    def _state(self, module: nn.Module, wanted: tuple[tuple[FileRef, float, str], ...],
+               family_label: str) -> _ModuleState | None:
+        """``module``'s state, made when there is something to patch (None when nothing ever was)."""
+        state = self._states.get(module)
+        if state is None and wanted:
+            state = _ModuleState(describe_part(module, family_label))
+            self._states[module] = state
+        return state
+
+    def _contributions(self, state: _ModuleState,
+                       wanted: tuple[tuple[FileRef, float, str], ...]) -> dict[str, list[tuple[Adapter, float]]]:
+        return _contributions([(self._plan(state, ref, kind), strength) for ref, strength, kind in wanted])
 
     def restore(self, module: nn.Module) -> None:
         """Put the original weights back (e.g. before the module is moved to another device)."""
@@ -232,6 +248,11 @@ class LoraPatcher:
             patched = _patched(original, items, spare if fits_spare else None, scales.get(name))
             state.backups[name] = original if self.backup_device is None else original.to(self.backup_device, copy=True)
             param.data = patched
+
+
+def _wanted(patches: Sequence[WeightPatch]) -> tuple[tuple[FileRef, float, str], ...]:
+    """The (file, strength, kind) list a patch list asks for; strength 0 adds nothing."""
+    return tuple((patch.file, float(patch.strength), patch.kind) for patch in patches if patch.strength != 0)
 
 
 def _weight_scales(module: nn.Module) -> dict[str, Tensor]:

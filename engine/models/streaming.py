@@ -43,8 +43,10 @@ class Placement:
         return id(module) in self._homes
 
     def place(self, module: nn.Module) -> None:
-        """Swap device copies of every weight in (the caller restores LoRA patches first)."""
-        if self.is_placed(module):
+        """Swap device copies of every weight in (the caller restores LoRA patches first). Nothing to do when
+        the device is the CPU, where the weights already are (and keeping their tensors here would keep
+        weights alive that the model manager has since packed: engine/backend/packed_layers.py)."""
+        if self.is_placed(module) or self.device.type == "cpu":
             return
         tensors = _own_tensors(module)
         homes = [t.data for t in tensors]

@@ -163,8 +163,9 @@ def test_no_model_is_held_twice_in_ram(model_root: Path) -> None:
 @pytest.mark.parametrize("mode,budget", [("normal", 1), ("low", None), ("none", None), ("high", 1)])
 def test_sampling_is_bit_identical_with_offloading_and_streaming(model_root: Path, tmp_path: Path, mode: str,
                                                                  budget: int | None) -> None:
-    reference, _ = run_latents(make_executor(model_root, tmp_path, ModelManager("cpu")), txt2img())
-    manager = ModelManager("cpu", vram=mode, vram_budget=budget)
+    # unpacked weights on both sides: packed ones (engine/backend/packed_layers.py) agree to float rounding only
+    reference, _ = run_latents(make_executor(model_root, tmp_path, ModelManager("cpu", pack_weights=False)), txt2img())
+    manager = ModelManager("cpu", vram=mode, vram_budget=budget, pack_weights=False)
     latent, _ = run_latents(make_executor(model_root, tmp_path, manager), txt2img())
     assert torch.equal(latent, reference)
     unet_entry = next(m for m in manager.loaded() if m["part"] == "unet")
@@ -178,7 +179,7 @@ def test_sampling_is_bit_identical_with_offloading_and_streaming(model_root: Pat
 
 def test_normal_mode_places_a_unet_that_fits_and_streams_one_that_does_not(model_root: Path,
                                                                             tmp_path: Path) -> None:
-    reference = make_executor(model_root, tmp_path, ModelManager("cpu"))
+    reference = make_executor(model_root, tmp_path, ModelManager("cpu", pack_weights=False))
     texts = ("a red circle", "a blue square")
     expected = [run_latents(reference, txt2img(text=text))[0] for text in texts]
     probe = ModelManager("cpu")
@@ -186,7 +187,7 @@ def test_normal_mode_places_a_unet_that_fits_and_streams_one_that_does_not(model
     unet_bytes = probe.loaded()[0]["bytes"]
     working = working_memory_bytes((2, 4, 8, 8), torch.float32, model_channels=channels)  # batch 2, with CFG
     for budget, streamed in ((unet_bytes + working, False), (unet_bytes + working - 1, True)):
-        manager = ModelManager("cpu", vram_budget=budget)
+        manager = ModelManager("cpu", vram_budget=budget, pack_weights=False)
         executor = make_executor(model_root, tmp_path, manager)
         # The second text places the LoRA-patched text encoder and UNet again after each pushed the other out.
         assert all(torch.equal(run_latents(executor, txt2img(text=text))[0], want)
@@ -249,8 +250,9 @@ def test_loaded_size_is_known_from_the_header_before_loading(model_root: Path) -
 
 def test_out_of_memory_retries_in_a_lower_mode_and_then_succeeds(model_root: Path, tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    reference, _ = run_latents(make_executor(model_root, tmp_path, ModelManager("cpu")), txt2img())
-    manager = ModelManager("cpu")
+    # unpacked weights on both sides: the retry streams, and streamed blocks are never packed
+    reference, _ = run_latents(make_executor(model_root, tmp_path, ModelManager("cpu", pack_weights=False)), txt2img())
+    manager = ModelManager("cpu", pack_weights=False)
     executor = make_executor(model_root, tmp_path, manager)
     executor.cache.put("unrelated", (torch.zeros(8),), None)
     forward = UNetModel.forward
