@@ -62,8 +62,9 @@ class _Packed:
 
     @property
     def weight(self) -> Tensor:
-        """The dense weight, rebuilt from the packed one (a temporary copy with the parameter's shape)."""
-        return _dense(self.__dict__[_PACKED_WEIGHT], self._parameters["weight"])
+        """The dense weight, rebuilt from the packed one: a temporary copy with the parameter's shape, as a
+        parameter that needs no gradient (so ``get_parameter`` finds it too)."""
+        return nn.Parameter(_dense(self.__dict__[_PACKED_WEIGHT], self._parameters["weight"]), requires_grad=False)
 
     def _dense_path(self, x: Tensor) -> bool:
         """Inputs oneDNN's packed kernels do not take here: not fp32 on the CPU, or needing gradients."""

@@ -32,6 +32,7 @@ from engine.executor import ExecutionOutcome, Executor
 from engine.files import FileStore
 from engine.folders import Folders
 from engine.lifecycle import crash_error, ended_by, free_memory, run_prompt
+from engine.malloc_tuning import tune_malloc
 from engine.queue import QueueItem
 from engine.registry import NodeRegistry
 from engine.settings import Settings
@@ -132,6 +133,8 @@ class LoomWorker:
         torch.set_num_threads(config.torch_threads)
         self.config = config
         settings = config.settings
+        if settings.malloc_tuning:  # Ray's threads already have their arenas; the thresholds still apply
+            tune_malloc()
         scratch = Path(config.scratch_dir or tempfile.mkdtemp(prefix=f"loom-{config.worker_id}-"))
         self.folders = Folders(scratch / "input", scratch / "output", scratch / "temp", tuple(settings.models_dirs))
         self.folders.ensure()

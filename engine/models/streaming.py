@@ -151,7 +151,10 @@ class BlockStreamer:
             if copies is None:
                 copies = [home.to(self.device, non_blocking=True) for home in homes]
             else:  # copied ahead on the side stream: wait for that copy before computing with it
-                torch.cuda.current_stream(self.device).wait_stream(self._side_stream)
+                current = torch.cuda.current_stream(self.device)
+                current.wait_stream(self._side_stream)
+                for copy in copies:  # allocated on the side stream, used here: not reused before this is done
+                    copy.record_stream(current)
             with torch.no_grad(), torch.inference_mode(False):
                 for tensor, copy in zip(tensors, copies, strict=True):
                     tensor.data = copy

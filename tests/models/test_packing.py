@@ -3,12 +3,14 @@ for everything else: LoRA patches (also a hook's, mid-run), restores, and caller
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch import Tensor
 
 from engine.backend.packed_layers import is_packed, packing_available
-from engine.models.handles import FileRef, ModelHandle, WeightPatch
+from engine.models.handles import FileRef, ModelHandle, VaeHandle, WeightPatch
 from engine.models.loaders import CheckpointFile, detect_family
 from engine.models.manager import ModelManager
 from tests.fixtures.tiny_checkpoints import build_checkpoint
@@ -85,3 +87,22 @@ def test_packing_off(model: ModelHandle) -> None:
     manager = ModelManager("cpu", pack_weights=False)
     with manager.sampling(model, LATENT) as unet:
         assert not is_packed(unet)
+
+
+def test_a_16_bit_vae_stays_16_bit_on_the_cpu_and_decodes_the_same(tmp_path: Path) -> None:
+    path = build_checkpoint(tmp_path / "tiny-fp16.safetensors", "sd1", dtype=torch.float16)
+    handle = VaeHandle(FileRef.of(path), "first_stage_model.")
+    manager = ModelManager("cpu")
+    vae = manager.vae(handle)
+    stored = {p.dtype for p in vae.parameters()}
+    assert stored == {torch.float16} and vae.dtype == torch.float32
+    assert manager.loaded()[0]["bytes"] == sum(p.numel() * 2 for p in vae.parameters())
+    widened = ModelManager("cpu")
+    widened._vae_storage = lambda ckpt, prefix: torch.float32  # type: ignore[method-assign]
+    reference = widened.vae(handle)
+    assert {p.dtype for p in reference.parameters()} == {torch.float32}
+    generator = torch.Generator().manual_seed(5)
+    latent, image = torch.randn(1, 4, 8, 8, generator=generator), torch.rand(1, 3, 64, 64, generator=generator)
+    with torch.inference_mode():
+        assert torch.equal(vae.decode(latent), reference.decode(latent))
+        assert torch.equal(vae.encode(image * 2 - 1), reference.encode(image * 2 - 1))
