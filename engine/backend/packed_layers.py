@@ -80,6 +80,8 @@ class PackedConv2d(_Packed, nn.Conv2d):  # type: ignore[misc,override,unused-ign
     applies it to ``[..., C]`` tokens (a transformer's projections), ``forward`` to ``[B, C, H, W]`` maps."""
 
     def forward(self, x: Tensor) -> Tensor:
+        if x.dim() == 3:  # an unbatched map, as nn.Conv2d takes it
+            return self.forward(x.unsqueeze(0)).squeeze(0)
         if self._dense_path(x):
             return F.conv2d(x, self.weight, self._parameters.get("bias"), self.stride, self.padding,
                             self.dilation, self.groups)

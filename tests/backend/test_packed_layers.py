@@ -120,6 +120,22 @@ def test_only_fp32_cpu_layers_of_the_plain_types_are_packed() -> None:
     assert pack_layers(cast) == 0
 
 
+def test_unbatched_and_odd_shaped_inputs() -> None:
+    model = seeded(Layers())
+    generator = torch.Generator().manual_seed(6)
+    image, tokens = torch.randn(8, 9, 9, generator=generator), torch.randn(2, 3, 5, 12, generator=generator)
+    def outputs() -> tuple[Tensor, ...]:
+        mapped = model.conv3(image)  # [16, 9, 9]
+        return mapped, model.pointwise(mapped), model.linear(tokens), model.linear(tokens[0, 0, 0])
+
+    with torch.inference_mode():
+        expected = outputs()
+        pack_layers(model)
+        got = outputs()
+    for value, want in zip(got, expected, strict=True):
+        torch.testing.assert_close(value, want, rtol=1e-5, atol=1e-6)
+
+
 def test_pointwise_conv_projects_tokens() -> None:
     conv = seeded(nn.Conv2d(16, 24, 1))
     tokens = torch.randn(2, 30, 16, generator=torch.Generator().manual_seed(3))
