@@ -48,6 +48,7 @@ def assert_comparison(entry: dict[str, Any]) -> None:
     assert 0.0 <= entry["relative_error"] < 1e-4
 
 
+@pytest.mark.slow  # about 30 s (five fresh interpreters); run with -m slow when bench/gpu.py changes
 def test_smoke_unet_steps_and_vae_decodes(tmp_path: Path) -> None:
     result = run_bench("--smoke", "--only", "unet,vae", "--workdir", str(tmp_path))
     assert (result["benchmark"], result["smoke"], result["cuda"]) == ("gpu", True, False)
