@@ -91,7 +91,6 @@ class PackedConv2d(_Packed, nn.Conv2d):  # type: ignore[misc,override,unused-ign
             x, self.__dict__[_PACKED_WEIGHT], self._parameters.get("bias"), list(self.padding),
             list(self.stride), list(self.dilation), self.groups, "none", [], "")
 
-
     def project_tokens(self, tokens: Tensor) -> Tensor:
         """This pointwise conv on channels-last ``[..., C]`` tokens."""
         if not _pointwise(self):
