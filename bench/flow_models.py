@@ -57,9 +57,11 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.sampling import (  # noqa: E402  (the path above first)
+    children_cpu_s,
     cpu_seconds_busy,
     load_average,
     peak_rss,
+    phase_child,
     reset_peak_rss,
     rss_now_gib,
     status_field,
@@ -557,11 +559,6 @@ PHASES: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
 # ------------------------------------------------------------------------------------ driver (parent)
 
 
-def _children_cpu_s() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
 def run_phase(name: str, args: argparse.Namespace, *extra: str) -> dict[str, Any]:
     """Run one phase in a fresh interpreter and record what else used the machine meanwhile; a failed phase
     comes back as ``{"error": ...}`` (the others still run)."""
@@ -572,11 +569,11 @@ def run_phase(name: str, args: argparse.Namespace, *extra: str) -> dict[str, Any
     idle_wait = wait_for_idle(args.wait_idle) if args.wait_idle > 0 else None
     log.info("phase %s %s", name, " ".join(extra))
     load_before, available = load_average(), mem_available_gib()
-    busy_before, own_before = cpu_seconds_busy(), _children_cpu_s()
+    busy_before, own_before = cpu_seconds_busy(), children_cpu_s()
     start = time.perf_counter()
     done = subprocess.run(command, cwd=ROOT, stdout=subprocess.PIPE, check=False)
     seconds = time.perf_counter() - start
-    own = _children_cpu_s() - own_before
+    own = children_cpu_s() - own_before
     others = max(cpu_seconds_busy() - busy_before - own, 0.0)
     if done.returncode != 0:
         killed = " (killed: out of memory?)" if done.returncode in (-9, 137) else ""
@@ -676,11 +673,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.phase:
-        logging.getLogger("engine").setLevel(logging.WARNING)
-        json.dump(PHASES[args.phase](args), sys.stdout)
+    if phase_child(args, PHASES):
         return 0
     if args.size % 16:
         raise SystemExit(f"--size {args.size}: use a multiple of 16 (the latent is size/8, in 2x2 patches)")

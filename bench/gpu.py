@@ -53,6 +53,7 @@ from bench.sampling import (  # noqa: E402  (the path above first)
     _median_interleaved,
     _relative_error,
     _versions,
+    phase_child,
     reset_peak_rss,
     status_field,
 )
@@ -594,11 +595,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.phase:
-        logging.getLogger("engine").setLevel(logging.WARNING)
-        json.dump(PHASES[args.phase](args), sys.stdout)
+    if phase_child(args, PHASES):
         return 0
     import torch
 

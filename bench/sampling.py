@@ -523,11 +523,11 @@ def run_phase(name: str, args: argparse.Namespace, *extra: str) -> dict[str, Any
     idle_wait = wait_for_idle(args.wait_idle) if args.wait_idle > 0 else None
     log.info("phase %s %s", name, " ".join(extra))
     load_before = load_average()
-    busy_before, own_before = cpu_seconds_busy(), _children_cpu_s()
+    busy_before, own_before = cpu_seconds_busy(), children_cpu_s()
     start = time.perf_counter()
     done = subprocess.run(command, cwd=ROOT, stdout=subprocess.PIPE, check=False)
     seconds = time.perf_counter() - start
-    own = _children_cpu_s() - own_before
+    own = children_cpu_s() - own_before
     others = max(cpu_seconds_busy() - busy_before - own, 0.0)
     if done.returncode != 0:
         raise RuntimeError(f"phase {name} failed with exit status {done.returncode} (see the log above)")
@@ -545,7 +545,7 @@ def run_phase(name: str, args: argparse.Namespace, *extra: str) -> dict[str, Any
     return result
 
 
-def _children_cpu_s() -> float:
+def children_cpu_s() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
 
@@ -688,13 +688,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def phase_child(args: argparse.Namespace, phases: dict[str, Callable[[argparse.Namespace], dict[str, Any]]]) -> bool:
+    """Log to stderr; in a phase's own process (``--phase NAME``) run that phase and print its JSON: True then.
+    The bench scripts that run each phase in a fresh interpreter share this."""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.phase:
-        logging.getLogger("engine").setLevel(logging.WARNING)
-        json.dump(PHASES[args.phase](args), sys.stdout)
+    if not args.phase:
+        return False
+    logging.getLogger("engine").setLevel(logging.WARNING)
+    json.dump(phases[args.phase](args), sys.stdout)
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if phase_child(args, PHASES):
         return 0
 
     from bench._sd15 import check_keys, ensure_checkpoint
